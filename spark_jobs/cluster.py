@@ -1,0 +1,264 @@
+"""Step 4 - cluster: PCA features -> Spark ML KMeans, quality against the folder labels, and a report.
+
+KMeans (k = number of fruit categories unless set) is seeded and refitted from several starts; the
+one with the lowest cost wins. Quality: silhouette (Spark's ClusteringEvaluator) and, from the
+category x cluster contingency table (a small aggregate, so nothing per image reaches the driver),
+ARI, NMI and purity. The 2-D views (PCA and t-SNE) are drawn from a capped sample; t-SNE runs on the
+driver on at most `tsne_max_points` reduced vectors.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.clustering import KMeans, KMeansModel
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_jobs.common import cli, storage
+from spark_jobs.common.config import Config
+from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+
+STEP = "cluster"
+
+
+# --------------------------------------------------------------------------- transform
+
+
+def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int) -> tuple[KMeansModel, list[float]]:
+    """Best of `starts` seeded KMeans fits by training cost (k-means|| initialisation)."""
+    vectors = reduced.select(array_to_vector("pca").alias("vector")).cache()
+    best, costs = None, []
+    for start in range(max(1, starts)):
+        model = KMeans(k=k, seed=seed + start, maxIter=100, tol=1e-6, featuresCol="vector",
+                       predictionCol="cluster").fit(vectors)
+        costs.append(float(model.summary.trainingCost))
+        if best is None or costs[-1] < min(costs[:-1]):
+            best = model
+    vectors.unpersist()
+    return best, costs
+
+
+def assign(model: KMeansModel, reduced: DataFrame) -> DataFrame:
+    """key, category, pca, pc1, pc2 -> the same plus `cluster`."""
+    return model.transform(reduced.withColumn("vector", array_to_vector("pca"))).drop("vector")
+
+
+def contingency(assigned: DataFrame) -> pd.DataFrame:
+    """category x cluster counts: at most n_categories x k numbers reach the driver."""
+    rows = assigned.groupBy("category", "cluster").count().collect()
+    table = pd.DataFrame(rows, columns=["category", "cluster", "count"])
+    return table.pivot_table(index="category", columns="cluster", values="count", fill_value=0, aggfunc="sum")
+
+
+def scores_from_contingency(table: pd.DataFrame) -> dict[str, float]:
+    """ARI, NMI (arithmetic normalisation, as scikit-learn's default) and purity from counts alone."""
+    from scipy.special import comb
+    from scipy.stats import entropy
+    from sklearn.metrics import mutual_info_score
+
+    counts = table.to_numpy(dtype=np.int64)
+    n = counts.sum()
+    sum_cells = comb(counts, 2).sum()
+    sum_rows = comb(counts.sum(axis=1), 2).sum()
+    sum_cols = comb(counts.sum(axis=0), 2).sum()
+    expected = sum_rows * sum_cols / comb(n, 2) if n > 1 else 0.0
+    maximum = (sum_rows + sum_cols) / 2
+    ari = 1.0 if maximum == expected else (sum_cells - expected) / (maximum - expected)
+    mi = mutual_info_score(None, None, contingency=counts)
+    h_true, h_pred = entropy(counts.sum(axis=1)), entropy(counts.sum(axis=0))
+    nmi = 1.0 if h_true == h_pred == 0 else mi / max((h_true + h_pred) / 2, np.finfo(float).eps)
+    purity = counts.max(axis=0).sum() / n
+    return {"ari": float(ari), "nmi": float(nmi), "purity": float(purity)}
+
+
+def silhouette(assigned: DataFrame) -> float:
+    evaluator = ClusteringEvaluator(featuresCol="vector", predictionCol="cluster", metricName="silhouette")
+    return float(evaluator.evaluate(assigned.withColumn("vector", array_to_vector("pca"))))
+
+
+def sample(assigned: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
+    """A capped random sample for the driver-side views; everything when it is small."""
+    if n_rows > max_points:
+        assigned = assigned.sample(fraction=min(1.0, 1.2 * max_points / n_rows), seed=seed).limit(max_points)
+    return assigned.select("key", "category", "cluster", "pc1", "pc2", "pca").toPandas()
+
+
+def tsne_2d(points: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
+    from sklearn.manifold import TSNE
+
+    subset = points.head(max_points)
+    x = np.stack(subset["pca"].to_numpy()).astype(np.float64)
+    if len(x) < 5:
+        return subset.assign(tsne1=0.0, tsne2=0.0)
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    embedded = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
+    return subset.assign(tsne1=embedded[:, 0], tsne2=embedded[:, 1])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def scatter(points: pd.DataFrame, x: str, y: str, colour_by: str, title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted(points[colour_by].unique(), key=str)
+    cmap = plt.get_cmap("tab20")
+    markers = "o^sDv<>p*h"
+    fig, ax = plt.subplots(figsize=(9, 7), dpi=100)
+    for i, label in enumerate(labels):
+        part = points[points[colour_by] == label]
+        ax.scatter(part[x], part[y], s=14, color=cmap(i % 20), marker=markers[(i // 20) % len(markers)],
+                   label=str(label), alpha=0.8, linewidths=0)
+    ax.set_title(title)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if len(labels) <= 25:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cluster_summary(table: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    rows = []
+    for cluster in table.columns:
+        column = table[cluster].sort_values(ascending=False)
+        size = int(column.sum())
+        fruits = ", ".join(f"{cat} ({int(n)})" for cat, n in column.head(top).items() if n > 0)
+        rows.append({"cluster": int(cluster), "size": size,
+                     "purity": round(float(column.iloc[0]) / size, 3) if size else 0.0, "top_fruits": fruits})
+    return pd.DataFrame(rows).sort_values("cluster")
+
+
+def write_report(folder: str, metrics: dict, context: dict, summary: pd.DataFrame, figures: list[tuple[str, str]]) -> str:
+    metric_rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in metrics.items()
+    )
+    context_rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in context.items()
+    )
+    figure_html = "".join(
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+        "</figcaption></figure>"
+        for name, caption in figures
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fruitflow clustering report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}
+img{{max-width:560px}}</style></head><body>
+<h1>fruitflow - clustering report</h1>
+<h2>Quality against the folder labels</h2><table>{metric_rows}</table>
+<h2>Run</h2><table>{context_rows}</table>
+<h2>2-D views</h2>{figure_html}
+<h2>Clusters and their top fruits</h2>{summary.to_html(index=False, escape=True)}
+</body></html>"""
+    path = os.path.join(folder, "index.html")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
+    timings = Timings()
+    upstream = read_manifest(spark, input_uri)
+    begin_step(spark, out_uri)
+    reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()
+    n_images = reduced.count()
+    n_categories = reduced.select("category").distinct().count()
+    k = min(cfg.n_clusters or n_categories, n_images)
+    if k < 2:
+        raise SystemExit(f"cannot cluster {n_images} images into {k} clusters: need at least 2 of each")
+    with timings.measure("kmeans"):
+        model, costs = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts)
+    assignments_uri, model_uri = f"{out_uri}/assignments", f"{out_uri}/model"
+    report_uri = f"{out_uri}/report"
+    with timings.measure("write"):
+        assign(model, reduced).drop("pca").write.mode("overwrite").parquet(assignments_uri)
+        model.write().overwrite().save(model_uri)
+    assigned = reduced.join(spark.read.parquet(assignments_uri).select("key", "cluster"), "key")
+    with timings.measure("metrics"):
+        table = contingency(assigned)
+        metrics = {"silhouette": silhouette(assigned), **scores_from_contingency(table)}
+    with timings.measure("report"), tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
+        points = sample(assigned, cfg.plot_max_points, cfg.seed, n_images)
+        embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed)
+        figures = [
+            ("pca_by_fruit.png", "PCA 2-D, coloured by fruit", points, "pc1", "pc2", "category"),
+            ("pca_by_cluster.png", "PCA 2-D, coloured by KMeans cluster", points, "pc1", "pc2", "cluster"),
+            ("tsne_by_fruit.png", "t-SNE of the PCA features, coloured by fruit", embedded, "tsne1", "tsne2", "category"),
+            ("tsne_by_cluster.png", "t-SNE, coloured by KMeans cluster", embedded, "tsne1", "tsne2", "cluster"),
+        ]
+        for name, caption, frame, x, y, colour in figures:
+            scatter(frame, x, y, colour, caption, os.path.join(tmp, name))
+        summary = cluster_summary(table)
+        summary.to_csv(os.path.join(tmp, "clusters.csv"), index=False)
+        table.to_csv(os.path.join(tmp, "contingency.csv"))
+        embedded.drop(columns=["pca"]).to_csv(os.path.join(tmp, "views_2d.csv"), index=False, sep=";")
+        context = {
+            "images": n_images, "categories": n_categories, "clusters": k,
+            "pca_k": upstream["params"]["k"], "explained_variance": upstream["metrics"]["explained_variance"],
+            "kmeans_costs": [round(c, 3) for c in costs], "points_plotted": len(points),
+            "tsne_points": len(embedded), "pca_step": input_uri,
+        }
+        write_report(tmp, {k_: round(v, 4) for k_, v in metrics.items()}, context, summary,
+                     [(name, caption) for name, caption, *_ in figures])
+        for name in sorted(os.listdir(tmp)):
+            storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
+    reduced.unpersist()
+    return write_manifest(
+        spark,
+        out_uri,
+        {
+            "step": STEP,
+            "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
+            "outputs": {"assignments": assignments_uri, "model": model_uri, "report": f"{report_uri}/index.html",
+                        "report_folder": report_uri},
+            "counts": {"n_images": n_images, "n_categories": n_categories},
+            "params": {"n_clusters": k, "starts": cfg.kmeans_starts, "seed": cfg.seed,
+                       "tsne_max_points": cfg.tsne_max_points, "plot_max_points": cfg.plot_max_points},
+            "metrics": {**{k_: round(v, 6) for k_, v in metrics.items()}, "kmeans_cost": min(costs)},
+            "timings_s": dict(timings),
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
+    parser.add_argument("--n-clusters", dest="n_clusters", type=int, help="default: number of categories")
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    cfg = cli.config(args)
+    out_uri = args.output or cfg.step_uri(args.run_id, STEP)
+    with cli.session(STEP, cfg, args) as spark:
+        manifest = run(spark, cfg, args.input, out_uri)
+    cli.report(manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""What every step's thin `main()` shares: arguments, config, session, and the printed manifest."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from contextlib import contextmanager
+
+from .config import Config
+from .session import build_session
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-id", required=True, help="names the run-scoped output prefix")
+    p.add_argument("--output", help="output URI of this step (default: <bucket>/runs/<run-id>/<step>)")
+    p.add_argument("--runs-prefix", dest="runs_prefix",
+                   help="prefix under each bucket for run outputs; one prefix is one feature table")
+    p.add_argument("--master", help="Spark master when not launched by spark-submit (e.g. local[2])")
+    return p
+
+
+def config(args: argparse.Namespace) -> Config:
+    """Config from the environment, overridden by any argument named like a Config field."""
+    fields = {f.name for f in dataclasses.fields(Config) if f.init}
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    return Config.from_env(**overrides)
+
+
+@contextmanager
+def session(step: str, cfg: Config, args: argparse.Namespace):
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    spark = build_session(f"fruitflow-{step}-{args.run_id}", cfg, master=args.master)
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def report(manifest: dict) -> None:
+    """The manifest as the last line of stdout, for whoever launched the job."""
+    sys.stdout.write(json.dumps(manifest, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,73 @@
+"""Image decoding and preprocessing, one image at a time, pure numpy/OpenCV (no Spark)."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+
+from .config import IMAGE_SIZE
+
+
+class RejectedImage(ValueError):
+    """The file is not an image the pipeline can use; the message is the recorded reason."""
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, without decoding the pixels; None if unknown."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - OpenCV gets the final word on the format
+        return None
+
+
+def decode(data: bytes | None, max_pixels: int) -> np.ndarray:
+    """Bytes -> BGR uint8 array (3 channels), whatever the input format (gray, RGBA, 16-bit)."""
+    if not data:
+        raise RejectedImage("empty file")
+    size = image_dimensions(data)
+    if size and size[0] * size[1] > max_pixels:
+        raise RejectedImage(f"image too large: {size[0]}x{size[1]} exceeds {max_pixels} pixels")
+    flags = cv2.IMREAD_UNCHANGED
+    # Large photos: let the decoder scale by 1/2, 1/4 or 1/8 on the way, bounding memory and time,
+    # while keeping at least IMAGE_SIZE pixels on the short side.
+    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if size and min(size) >= factor * IMAGE_SIZE:
+            flags = reduced
+            break
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if img is None or img.size == 0:
+        raise RejectedImage("not a decodable image (corrupt, truncated or not an image format)")
+    if img.dtype != np.uint8:  # 16-bit PNG
+        img = cv2.convertScaleAbs(img, alpha=255.0 / np.iinfo(img.dtype).max)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return img
+
+
+def preprocess(bgr: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The study's preprocessing: denoise (3x3 Gaussian), resize to size x size, BGR -> RGB."""
+    denoised = cv2.GaussianBlur(bgr, (3, 3), 0)
+    shrinking = denoised.shape[0] > size or denoised.shape[1] > size
+    resized = cv2.resize(denoised, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+
+def to_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def rgb_from_bytes(raw: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The preprocessed table stores raw RGB bytes; this is the inverse of `arr.tobytes()`."""
+    return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)

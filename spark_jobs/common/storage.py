@@ -1,0 +1,109 @@
+"""Object-store access.
+
+On the driver, through Hadoop's FileSystem API over py4j: the same s3a settings and credentials as
+the Spark reads and writes, and any Hadoop scheme (s3a, file, hdfs) works. On executors, where there
+is no JVM gateway, through boto3 and the standard AWS chain (see `s3_client`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from pyspark.sql import SparkSession
+
+
+def _path(spark: SparkSession, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs, path
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    fs, path = _path(spark, uri)
+    return bool(fs.exists(path))
+
+
+def delete(spark: SparkSession, uri: str) -> None:
+    fs, path = _path(spark, uri)
+    if fs.exists(path):
+        fs.delete(path, True)
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    fs, path = _path(spark, uri)
+    out = fs.create(path, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def read_text(spark: SparkSession, uri: str) -> str:
+    fs, path = _path(spark, uri)
+    jvm = spark.sparkContext._jvm
+    stream = fs.open(path)
+    try:
+        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+    finally:
+        stream.close()
+    return bytes(data).decode("utf-8")
+
+
+def copy(spark: SparkSession, source_uri: str, dest_uri: str) -> None:
+    """Stream one file between any two Hadoop file systems (file://, s3a://), inside the JVM.
+
+    (s3a's copyFromLocalFile can stall waiting on its own thread pool; a plain stream copy cannot.)
+    """
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    src_fs, src = _path(spark, source_uri)
+    dest_fs, dest = _path(spark, dest_uri)
+    jvm.org.apache.hadoop.io.IOUtils.copyBytes(src_fs.open(src), dest_fs.create(dest, True), conf, True)
+
+
+def upload_file(spark: SparkSession, local_path: str, uri: str) -> None:
+    copy(spark, "file://" + os.path.abspath(local_path), uri)
+
+
+def download_file(spark: SparkSession, uri: str, local_path: str) -> None:
+    copy(spark, uri, "file://" + os.path.abspath(local_path))
+
+
+def glob(spark: SparkSession, pattern: str) -> list[str]:
+    fs, path = _path(spark, pattern)
+    statuses = fs.globStatus(path) or []
+    return sorted(str(s.getPath().toString()) for s in statuses)
+
+
+def single_csv(df, spark: SparkSession, uri: str, sep: str = ";") -> None:
+    """Write a small DataFrame as one CSV object named `uri` (Spark writes folders of parts)."""
+    tmp = uri + ".parts"
+    delete(spark, tmp)
+    df.coalesce(1).write.mode("overwrite").option("header", True).option("sep", sep).csv(tmp)
+    parts = glob(spark, tmp + "/part-*")
+    fs, dest = _path(spark, uri)
+    delete(spark, uri)
+    fs.rename(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(parts[0]), dest)
+    delete(spark, tmp)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+@lru_cache(maxsize=4)
+def s3_client(endpoint: str | None = None):
+    """A boto3 S3 client, one per Python worker. Credentials from the AWS default chain."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint = endpoint or os.environ.get("FRUITFLOW_S3_ENDPOINT") or None
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        config=BotoConfig(
+            retries={"max_attempts": 10, "mode": "adaptive"},
+            s3={"addressing_style": "path" if endpoint else "auto"},
+        ),
+    )

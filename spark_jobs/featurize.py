@@ -1,0 +1,115 @@
+"""Step 2 - featurize: preprocessed images -> 2048 ResNet50 features per image (transfer learning).
+
+The driver materialises the model once for the run in the models location and ships it with
+`SparkContext.addFile`; an Iterator pandas UDF loads it once per Python worker and runs it on whole
+Arrow batches (`batch_size` images per call), one intra-op thread per worker so that the workers
+share the cores instead of fighting over them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark import SparkFiles
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import ArrayType, FloatType
+
+from spark_jobs.common import cli
+from spark_jobs.common.config import Config
+from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+from spark_jobs.common.models import materialize
+
+STEP = "featurize"
+
+
+def resolve_model_file(model_ref: str) -> str:
+    """A local path as is (tests, local mode); otherwise the name of a file shipped with addFile."""
+    return model_ref if os.path.isabs(model_ref) and os.path.exists(model_ref) else SparkFiles.get(model_ref)
+
+
+def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
+                     threads_per_worker: int = 1) -> DataFrame:
+    """key, category, etag, image (raw 224x224 RGB bytes) -> key, category, etag, features (float[])."""
+
+    @pandas_udf(ArrayType(FloatType()))
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        from spark_jobs.common.images import rgb_from_bytes
+        from spark_jobs.common.models import load_featurizer
+
+        model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker)
+        for images_batch in batches:
+            rgb = np.stack([rgb_from_bytes(b) for b in images_batch]).astype(np.float32)
+            features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
+            yield pd.Series(list(np.concatenate(features).astype(np.float32)))
+
+    return images.select("key", "category", "etag", embed("image").alias("features"))
+
+
+def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
+    timings = Timings()
+    upstream = read_manifest(spark, input_uri)
+    begin_step(spark, out_uri)
+    features_uri = f"{out_uri}/features"
+    n_expected = upstream["counts"]["n_images"]
+    with timings.measure("materialize_model"):
+        model = materialize(spark, cfg)
+        model_uri = model.uri_for(cfg.engine)
+        spark.sparkContext.addFile(model_uri)
+    images = spark.read.parquet(upstream["outputs"]["images"])
+    # Enough partitions for every core, each a few model batches long.
+    partitions = max(spark.sparkContext.defaultParallelism * 2, math.ceil(n_expected / (4 * cfg.batch_size)))
+    started = time.perf_counter()
+    with timings.measure("featurize"):
+        features = featurize_images(images.repartition(partitions), os.path.basename(model_uri),
+                                    cfg.engine, cfg.batch_size)
+        features.write.mode("overwrite").parquet(features_uri)
+    elapsed = time.perf_counter() - started
+    written = spark.read.parquet(features_uri)
+    n_images = written.count()
+    dims = written.select(F.size("features").alias("d")).distinct().collect()
+    if n_images != n_expected:
+        raise RuntimeError(f"featurized {n_images} images, expected {n_expected}: outputs left without manifest")
+    return write_manifest(
+        spark,
+        out_uri,
+        {
+            "step": STEP,
+            "inputs": {"preprocess": input_uri, "images": upstream["outputs"]["images"]},
+            "outputs": {"features": features_uri, "model": model_uri},
+            "counts": {"n_images": n_images, "n_rejected": upstream["counts"]["n_rejected"],
+                       "n_input": upstream["counts"]["n_input"]},
+            "params": {"backbone": cfg.backbone, "weights": model.weights, "model_tag": model.tag,
+                       "engine": cfg.engine, "batch_size": cfg.batch_size, "partitions": partitions,
+                       "feature_dim": dims[0]["d"] if dims else None},
+            "metrics": {"images_per_s": round(n_images / elapsed, 2) if elapsed else None},
+            "timings_s": dict(timings),
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--input", required=True, help="URI of the preprocess step (its manifest is read)")
+    parser.add_argument("--weights", help="imagenet | random | path or s3a URI of a saved model")
+    parser.add_argument("--engine", choices=["onnx", "tensorflow"])
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    cfg = cli.config(args)
+    out_uri = args.output or cfg.step_uri(args.run_id, STEP)
+    with cli.session(STEP, cfg, args) as spark:
+        manifest = run(spark, cfg, args.input, out_uri)
+    cli.report(manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The local stack: every service healthy, buckets from config, and Spark writing Parquet through s3a."""
+
+import subprocess
+import sys
+
+from scripts import stack as local_stack
+from tests.conftest import ROOT
+
+
+def test_status_reports_every_service_healthy(stack):
+    result = subprocess.run([sys.executable, "-m", "scripts.stack", "status"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("s3", "spark-master", "spark-worker", "airflow-db"):
+        assert f"{name}" in result.stdout and "DOWN" not in result.stdout
+
+
+def test_buckets_come_from_config(stack, s3, cfg):
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert set(cfg.buckets) <= names
+
+
+def test_standalone_master_has_a_worker_with_both_cores(stack):
+    state = local_stack.SparkMaster("spark-master", local_stack.SPARK_PORT).state()
+    alive = [w for w in state["workers"] if w["state"] == "ALIVE"]
+    assert len(alive) == 1 and alive[0]["cores"] >= 1
+
+
+def test_spark_writes_and_reads_parquet_through_s3a(stack, spark, cfg):
+    uri = f"s3a://{cfg.features_bucket}/{cfg.runs_prefix}/s3a-check"
+    spark.range(1000).selectExpr("id", "id * 2 as twice").write.mode("overwrite").parquet(uri)
+    back = spark.read.parquet(uri)
+    assert back.count() == 1000 and back.selectExpr("sum(twice)").first()[0] == 999 * 1000
