@@ -8,43 +8,20 @@ and the study's `df_categ.csv` (categ;key).
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_jobs.common import cli, storage
+from spark_jobs.common.table import committed_featurize_steps, feature_table
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 
 STEP = "pca"
-
-
-# --------------------------------------------------------------------------- extract
-
-
-def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
-    """Manifests of every finished featurize step; a step without manifest never counts."""
-    return [json.loads(storage.read_text(spark, uri)) for uri in storage.glob(spark, cfg.featurize_manifests_glob)]
-
-
-def extract(spark: SparkSession, manifests: list[dict]) -> DataFrame:
-    """Union of the featurize outputs; for a key present several times, the newest row wins."""
-    if not manifests:
-        raise SystemExit("no committed featurize output: run the featurize step first")
-    frames = [
-        spark.read.parquet(m["outputs"]["features"]).withColumn("written_at", F.lit(m["written_at"]))
-        for m in manifests
-    ]
-    table = frames[0]
-    for frame in frames[1:]:
-        table = table.unionByName(frame)
-    newest = Window.partitionBy("key").orderBy(F.col("written_at").desc())
-    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "written_at")
 
 
 # --------------------------------------------------------------------------- transform
@@ -90,7 +67,7 @@ def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = 
     timings = Timings()
     manifests = [read_manifest(spark, input_uri)] if input_uri else committed_featurize_steps(spark, cfg)
     begin_step(spark, out_uri)
-    features = extract(spark, manifests).cache()
+    features = feature_table(spark, manifests).cache()
     n_images = features.count()
     with timings.measure("fit"):
         model = fit_pca(features, cfg.pca_k, cfg.target_variance, n_images)
@@ -129,8 +106,8 @@ def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("--input", help="one featurize step URI (default: every committed featurize output)")
-    parser.add_argument("--k", dest="pca_k", type=int, help="number of components (default 20)")
-    parser.add_argument("--target-variance", dest="target_variance", type=float,
+    parser.add_argument("--k", dest="pca_k", type=cli.optional(int), help="number of components (default 20)")
+    parser.add_argument("--target-variance", dest="target_variance", type=cli.optional(float),
                         help="pick the smallest k reaching this cumulative explained variance")
     args = parser.parse_args(argv)
     cfg = cli.config(args)

@@ -20,6 +20,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_jobs.common import cli, storage
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, split_s3_uri
+from spark_jobs.common.table import committed_featurize_steps, feature_table
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
 
 STEP = "preprocess"
@@ -132,6 +133,15 @@ def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
     )
 
 
+def new_keys(spark: SparkSession, keys_uri: str, featurized: list[dict]) -> DataFrame:
+    """key, etag from the DAG's listing, flagged `already` when that exact content was featurized."""
+    listed = spark.read.schema("key string, etag string").json(keys_uri).dropDuplicates(["key"])
+    if not featurized:
+        return listed.withColumn("already", F.lit(False))
+    done = feature_table(spark, featurized).select("key", "etag").withColumn("already", F.lit(True))
+    return listed.join(done, ["key", "etag"], "left").fillna({"already": False})
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -165,9 +175,11 @@ def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: 
     if n_files == 0:
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     candidates = listing.filter(F.col("ignored_reason").isNull())
-    if keys_uri:  # incremental runs: only the keys the DAG found new
-        wanted = spark.read.json(keys_uri).select("key").distinct()
-        candidates = candidates.join(F.broadcast(wanted), "key", "left_semi")
+    n_already = 0
+    if keys_uri:  # incremental runs: only the keys the DAG listed, less those featurized with that ETag
+        wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg))
+        n_already = wanted.filter("already").count()
+        candidates = candidates.join(wanted.filter("not already").select("key"), "key", "left_semi")
     with timings.measure("preprocess"):
         processed = upload_jpegs(preprocess_images(candidates, cfg), jpeg_uri, cfg.s3_endpoint)
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
@@ -203,6 +215,7 @@ def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: 
                 "n_images": n_ok,
                 "n_rejected": n_rejected,
                 "n_ignored": n_ignored,
+                "n_already_featurized": n_already,
                 "n_categories": n_categories,
             },
             "params": {"image_size": 224, "max_image_bytes": cfg.max_image_bytes,

@@ -23,6 +23,16 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def optional(kind):
+    """argparse type where an empty string means 'not set' (templated arguments cannot be omitted)."""
+
+    def parse(text: str):
+        return None if text.strip() in ("", "None", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def config(args: argparse.Namespace) -> Config:
     """Config from the environment, overridden by any argument named like a Config field."""
     fields = {f.name for f in dataclasses.fields(Config) if f.init}

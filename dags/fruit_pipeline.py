@@ -1,0 +1,119 @@
+"""
+### fruit_pipeline
+
+New fruit photos in the raw bucket -> preprocessed images -> ResNet50 features -> PCA -> KMeans report.
+
+`wait_for_images` (deferrable S3KeySensor) -> `list_new` (images modified since the last successful
+run; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` (Spark
+jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
+
+PCA and KMeans refit on the whole feature table; preprocess and featurize see only new images.
+Params (validated before anything runs): raw prefix, k or target variance, clusters, batch size, weights.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.sdk import DAG, Asset, Param, chain, task
+
+from fruitflow_airflow.operators import SparkStepOperator
+from spark_jobs.common.config import Config
+
+CFG = Config.from_env()
+FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
+PCA_OUTPUT = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/pca")
+REPORT = Asset(f"s3://{CFG.reports_bucket}/{CFG.runs_prefix}/report")
+
+
+def xcom(task_id: str, field: str) -> str:
+    return f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{field}'] }}}}"
+
+
+with DAG(
+    dag_id="fruit_pipeline",
+    schedule=os.environ.get("FRUITFLOW_SCHEDULE", "@daily"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["fruitflow", "spark", "s3", "ml"],
+    doc_md=__doc__,
+    default_args={
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=10),
+        "execution_timeout": dt.timedelta(hours=2),
+    },
+    params={
+        "raw_prefix": Param(CFG.raw_prefix, type="string", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+                            description="prefix of <fruit>/<image> objects in the raw bucket"),
+        "pca_k": Param(CFG.pca_k, type="integer", minimum=1, maximum=2048, description="PCA components"),
+        "target_variance": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                                 description="if set, the smallest k reaching this explained variance"),
+        "n_clusters": Param(None, type=["null", "integer"], minimum=2,
+                            description="KMeans k; empty: the number of fruit categories"),
+        "batch_size": Param(CFG.batch_size, type="integer", minimum=1, maximum=1024),
+        "weights": Param(CFG.weights, type="string", pattern=r"^(imagenet|random|s3a?://\S+|/\S+)$",
+                         description="imagenet | random | path or s3a URI of a saved model"),
+    },
+) as dag:
+    wait_for_images = S3KeySensor(
+        task_id="wait_for_images",
+        bucket_name=CFG.raw_bucket,
+        bucket_key="{{ params.raw_prefix }}/*/*",
+        wildcard_match=True,
+        deferrable=True,
+        poke_interval=60,
+        timeout=dt.timedelta(hours=6).total_seconds(),
+        execution_timeout=dt.timedelta(hours=7),
+    )
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=30))
+    def list_new(params=None, run_id=None, prev_start_date_success=None, ti=None):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from fruitflow_airflow.tasks import list_new_images
+
+        found = list_new_images(S3Hook(aws_conn_id="aws_default"), CFG, params["raw_prefix"], run_id,
+                                prev_start_date_success or None)  # a lazy proxy, possibly of None
+        ti.xcom_push(key="new", value=found)
+        return found if found["n_new"] else None
+
+    new_images = list_new()
+
+    preprocess = SparkStepOperator(
+        step="preprocess",
+        application_args=["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
+                          "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}"],
+    )
+    featurize = SparkStepOperator(
+        step="featurize",
+        application_args=["--input", xcom("preprocess", "step_uri"), "--weights", "{{ params.weights }}",
+                          "--batch-size", "{{ params.batch_size }}"],
+        outlets=[FEATURE_TABLE],
+    )
+    pca = SparkStepOperator(
+        step="pca",
+        application_args=["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}"],
+        outlets=[PCA_OUTPUT],
+    )
+    cluster = SparkStepOperator(
+        step="cluster",
+        application_args=["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}"],
+        outlets=[REPORT],
+    )
+
+    @task(trigger_rule="none_failed", execution_timeout=dt.timedelta(minutes=5))
+    def publish(run_id=None, ti=None):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from fruitflow_airflow.tasks import publish_summary
+
+        manifests = {step: ti.xcom_pull(task_ids=step) for step in ("preprocess", "featurize", "pca", "cluster")}
+        return publish_summary(S3Hook(aws_conn_id="aws_default"), CFG, run_id,
+                               ti.xcom_pull(task_ids="list_new", key="new"), manifests)
+
+    chain(wait_for_images, new_images, preprocess, featurize, pca, cluster, publish())

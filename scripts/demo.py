@@ -1,0 +1,168 @@
+"""`make demo [DATA=folder]`: the pipeline end to end on the local stack.
+
+Brings the stack up, uploads the images of DATA (default: the Fruits-360 sample beside the checkout,
+else generated fruit-like images) to the raw location, runs the `fruit_pipeline` DAG in this process
+(`dag.test()`), copies the HTML report to ./out/, brings the stack down (if this command started it),
+and prints the run summary as the last line of stdout. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scripts import stack
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "fruits360" / "data_sample_025_020"
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def imagenet_reachable() -> bool:
+    """ImageNet ResNet50 weights are either in Keras' cache or downloadable."""
+    cached = Path.home() / ".keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    if cached.exists():
+        return True
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def upload(folder: Path, bucket: str, prefix: str) -> int:
+    import boto3
+    from concurrent.futures import ThreadPoolExecutor
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["FRUITFLOW_S3_ENDPOINT"])
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    keys = [f"{prefix}/{p.relative_to(folder).as_posix()}" for p in files]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda fk: s3.upload_file(str(fk[0]), bucket, fk[1]), zip(files, keys)))
+    return len(files)
+
+
+def download_report(report_folder_uri: str, dest: Path) -> Path:
+    import boto3
+
+    from spark_jobs.common.config import split_s3_uri
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["FRUITFLOW_S3_ENDPOINT"])
+    bucket, prefix = split_s3_uri(report_folder_uri)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            s3.download_file(bucket, obj["Key"], str(dest / obj["Key"][len(prefix) + 1:]))
+    return dest / "index.html"
+
+
+def run_dag(conf: dict):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    return bag.dags["fruit_pipeline"].test(run_conf=conf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="folder of <fruit>/<image> files")
+    parser.add_argument("--weights", help="imagenet | random | path; default: imagenet when reachable")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    args = parser.parse_args(argv)
+
+    os.environ.update(stack.env())
+    started = time.monotonic()
+    services_up = all(_healthy(s) for s in stack.services())
+    if not services_up:
+        log("starting the local stack")
+        stack.up()
+    try:
+        return _demo(args)
+    finally:
+        if not services_up and not args.keep_stack:
+            log("stopping the local stack")
+            stack.down()
+        log(f"done in {time.monotonic() - started:.0f}s")
+
+
+def _demo(args) -> int:
+    from scripts.fruit_images import generate
+    from scripts.package import build_zip
+    from spark_jobs.common.config import Config
+
+    cfg = Config.from_env()
+    with tempfile.TemporaryDirectory(prefix="fruitflow-demo-") as tmp:
+        data = args.data
+        if data is None:
+            if DEFAULT_DATA.is_dir():
+                data = DEFAULT_DATA
+            else:
+                data = Path(tmp) / "generated"
+                n = generate(data)
+                log(f"NOTE: {DEFAULT_DATA} not found: using {n} generated fruit-like images instead")
+        if not data.is_dir():
+            log(f"error: {data} is not a folder")
+            return 2
+        n_files = upload(data, cfg.raw_bucket, cfg.raw_prefix)
+        log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{cfg.raw_prefix}/")
+    weights = args.weights or os.environ.get("FRUITFLOW_WEIGHTS")
+    if not weights:
+        if imagenet_reachable():
+            weights = "imagenet"
+        else:
+            weights = "random"
+            log("NOTE: ImageNet weights cannot be downloaded from this machine: featurizing with a "
+                "fixed-seed RANDOM ResNet50 (real architecture, real features, no ImageNet knowledge); "
+                "pass --weights / FRUITFLOW_WEIGHTS with a saved model for better clusters")
+    build_zip()
+    log(f"running DAG fruit_pipeline (weights={weights}); Spark UI http://127.0.0.1:{stack.SPARK_MASTER_UI_PORT}")
+    dag_run = run_dag({"weights": weights})
+    state = str(getattr(dag_run, "state", "unknown"))
+    log(f"DAG run {dag_run.run_id}: {state}")
+    if state != "success":
+        log("the run failed: see the task logs above")
+        return 1
+    summary = _read_summary(cfg, dag_run.run_id)
+    if summary.get("report"):
+        local = download_report(summary["report"].rsplit("/", 1)[0], ROOT / "out" / "report")
+        summary["report_local"] = str(local)
+        log(f"report: open {local} in a browser")
+    sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    return 0
+
+
+def _read_summary(cfg, run_id: str) -> dict:
+    import boto3
+
+    from fruitflow_airflow.tasks import summary_uri
+    from spark_jobs.common.config import split_s3_uri
+
+    bucket, key = split_s3_uri(summary_uri(cfg, run_id))
+    s3 = boto3.client("s3", endpoint_url=os.environ["FRUITFLOW_S3_ENDPOINT"])
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _healthy(svc) -> bool:
+    try:
+        return bool(svc.healthy())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "plugins"))
+    sys.exit(main())
