@@ -48,7 +48,7 @@ with DAG(
         "execution_timeout": dt.timedelta(hours=2),
     },
     params={
-        "raw_prefix": Param(CFG.raw_prefix, type="string", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        "raw_prefix": Param(CFG.raw_prefix, type="string", pattern=r"^(?!(.*/)?\.\.?(/|$))[A-Za-z0-9._ -]+(/[A-Za-z0-9._ -]+)*$",
                             description="prefix of <fruit>/<image> objects in the raw bucket"),
         "pca_k": Param(CFG.pca_k, type="integer", minimum=1, maximum=2048, description="PCA components"),
         "target_variance": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,

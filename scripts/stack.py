@@ -410,9 +410,13 @@ def status() -> bool:
 
 
 def down() -> None:
+    standalone = read_pid(PIDS / "airflow-standalone.pid")  # `make airflow-ui`, if still running
+    if standalone:
+        stop_pid(standalone, "airflow standalone", grace=20)
+    (PIDS / "airflow-standalone.pid").unlink(missing_ok=True)
     for svc in reversed(services()):
         svc.stop()
-    busy = [p for p in (S3_PORT, SPARK_PORT, SPARK_MASTER_UI_PORT, SPARK_WORKER_UI_PORT) if port_open(p)]
+    busy = [p for p in (S3_PORT, SPARK_PORT, SPARK_MASTER_UI_PORT, SPARK_WORKER_UI_PORT, AIRFLOW_PORT) if port_open(p)]
     deadline = time.monotonic() + 10
     while busy and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -246,12 +246,16 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
     parser.add_argument("--n-clusters", dest="n_clusters", type=cli.optional(int), help="default: number of categories")
     parser.add_argument("--seed", type=int)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     cfg = cli.config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, STEP)
     with cli.session(STEP, cfg, args) as spark:

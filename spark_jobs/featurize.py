@@ -95,14 +95,18 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the preprocess step (its manifest is read)")
     parser.add_argument("--weights", help="imagenet | random | path or s3a URI of a saved model")
     parser.add_argument("--engine", choices=["onnx", "tensorflow"])
     parser.add_argument("--batch-size", dest="batch_size", type=int)
     parser.add_argument("--seed", type=int)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     cfg = cli.config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, STEP)
     with cli.session(STEP, cfg, args) as spark:

@@ -103,13 +103,17 @@ def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--input", help="one featurize step URI (default: every committed featurize output)")
     parser.add_argument("--k", dest="pca_k", type=cli.optional(int), help="number of components (default 20)")
     parser.add_argument("--target-variance", dest="target_variance", type=cli.optional(float),
                         help="pick the smallest k reaching this cumulative explained variance")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     cfg = cli.config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, STEP)
     with cli.session(STEP, cfg, args) as spark:

@@ -225,11 +225,15 @@ def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--raw", help="raw images URI (default: from config)")
     parser.add_argument("--keys", help="JSON-lines URI of the keys to process (incremental runs)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     cfg = cli.config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, STEP)
     with cli.session(STEP, cfg, args) as spark:
