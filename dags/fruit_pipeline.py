@@ -23,6 +23,7 @@ from fruitflow_airflow.operators import SparkStepOperator
 from spark_jobs.common.config import Config
 
 CFG = Config.from_env()
+SCHEDULE = os.environ.get("FRUITFLOW_SCHEDULE", "@daily")  # "none": manual and API runs only
 FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
 PCA_OUTPUT = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/pca")
 REPORT = Asset(f"s3://{CFG.reports_bucket}/{CFG.runs_prefix}/report")
@@ -34,7 +35,7 @@ def xcom(task_id: str, field: str) -> str:
 
 with DAG(
     dag_id="fruit_pipeline",
-    schedule=os.environ.get("FRUITFLOW_SCHEDULE", "@daily"),
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
@@ -48,8 +49,8 @@ with DAG(
         "execution_timeout": dt.timedelta(hours=2),
     },
     params={
-        "raw_prefix": Param(CFG.raw_prefix, type="string", pattern=r"^(?!(.*/)?\.\.?(/|$))[A-Za-z0-9._ -]+(/[A-Za-z0-9._ -]+)*$",
-                            description="prefix of <fruit>/<image> objects in the raw bucket"),
+        "raw_prefix": Param(CFG.raw_prefix, type="string", description="prefix of <fruit>/<image> objects",
+                            pattern=r"^(?!(.*/)?\.\.?(/|$))[A-Za-z0-9._ -]+(/[A-Za-z0-9._ -]+)*$"),
         "pca_k": Param(CFG.pca_k, type="integer", minimum=1, maximum=2048, description="PCA components"),
         "target_variance": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
                                  description="if set, the smallest k reaching this explained variance"),
