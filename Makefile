@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo stack-up stack-status stack-down airflow-ui zip lock clean
+.PHONY: setup test demo stack-up stack-status stack-down airflow-ui zip lock clean bench
 
 $(STAMP): requirements.in constraints.txt scripts/setup.sh scripts/check_setup.py
 	bash scripts/setup.sh
@@ -44,3 +44,7 @@ lock:  ## re-resolve requirements.in into constraints.txt (needs a fresh venv)
 clean:
 	-$(PY) -m scripts.stack down
 	rm -rf .state dist out
+
+N ?=
+bench: $(STAMP)  ## featurization benchmark; the last stdout line is JSON
+	$(PY) bench/featurize_bench.py $(if $(DATA),--data "$(DATA)") $(if $(N),--n $(N))
