@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
@@ -123,12 +124,10 @@ def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
 
 
 def bench_spark_udf(spark, table: str, model_ref: str, engine: str, cfg, n: int) -> float:
-    import math
-
-    from spark_jobs.featurize import featurize_images
+    from spark_jobs.featurize import featurize_images, partitions_for
 
     images = spark.read.parquet(table)
-    partitions = max(spark.sparkContext.defaultParallelism * 2, math.ceil(n / (4 * cfg.batch_size)))
+    partitions = partitions_for(n, spark.sparkContext.defaultParallelism, cfg.batch_size)
     out = featurize_images(images.repartition(partitions), model_ref, engine, cfg.batch_size)
     start = time.perf_counter()
     out.write.format("noop").mode("overwrite").save()
@@ -139,7 +138,6 @@ def bench_original(spark, table: str, keras_path: str, n: int) -> float:
     """The study's approach: a Series->Series UDF, model rebuilt from broadcast weights per batch,
     `predict` per image."""
     import keras
-    import pandas as pd
     from pyspark.sql.functions import pandas_udf
 
     model = keras.saving.load_model(keras_path, compile=False)
@@ -197,7 +195,7 @@ def main(argv=None) -> int:
         results["bare"] = bench_bare(onnx_path, batch, cfg.batch_size)
         log(f"bare: {results['bare']:.1f} img/s")
 
-        started_stack = not all(_healthy(s) for s in stack.services())
+        started_stack = not stack.all_healthy()
         if started_stack:
             stack.up()
         try:
@@ -244,13 +242,6 @@ def main(argv=None) -> int:
     }
     print(json.dumps(summary))
     return 0
-
-
-def _healthy(svc) -> bool:
-    try:
-        return bool(svc.healthy())
-    except Exception:  # noqa: BLE001
-        return False
 
 
 if __name__ == "__main__":

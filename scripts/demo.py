@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.update(stack.env())
     started = time.monotonic()
-    services_up = all(_healthy(s) for s in stack.services())
+    services_up = stack.all_healthy()
     if not services_up:
         log("starting the local stack")
         stack.up()
@@ -154,13 +154,6 @@ def _read_summary(cfg, run_id: str) -> dict:
     bucket, key = split_s3_uri(summary_uri(cfg, run_id))
     s3 = boto3.client("s3", endpoint_url=os.environ["FRUITFLOW_S3_ENDPOINT"])
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def _healthy(svc) -> bool:
-    try:
-        return bool(svc.healthy())
-    except Exception:  # noqa: BLE001
-        return False
 
 
 if __name__ == "__main__":

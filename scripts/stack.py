@@ -348,6 +348,17 @@ def services() -> list[Service]:
     ]
 
 
+def all_healthy() -> bool:
+    """True when every service of the stack answers its health check (no exception escapes)."""
+    for svc in services():
+        try:
+            if not svc.healthy():
+                return False
+        except Exception:  # noqa: BLE001 - unreachable means unhealthy
+            return False
+    return True
+
+
 def create_buckets(e: dict[str, str]) -> None:
     import boto3
 

@@ -255,13 +255,7 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arg_parser().parse_args(argv)
-    cfg = cli.config(args)
-    out_uri = args.output or cfg.step_uri(args.run_id, STEP)
-    with cli.session(STEP, cfg, args) as spark:
-        manifest = run(spark, cfg, args.input, out_uri)
-    cli.report(manifest)
-    return 0
+    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(spark, cfg, args.input, out))
 
 
 if __name__ == "__main__":

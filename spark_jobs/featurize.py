@@ -53,6 +53,13 @@ def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size:
     return images.select("key", "category", "etag", embed("image").alias("features"))
 
 
+def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:
+    """A few model batches per partition, and a whole number of waves over the cores (a last wave
+    with idle cores costs as much as a full one)."""
+    waves = max(1, math.ceil(n_images / (4 * batch_size * parallelism)))
+    return parallelism * waves
+
+
 def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
     timings = Timings()
     upstream = read_manifest(spark, input_uri)
@@ -64,8 +71,7 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
         model_uri = model.uri_for(cfg.engine)
         spark.sparkContext.addFile(model_uri)
     images = spark.read.parquet(upstream["outputs"]["images"])
-    # Enough partitions for every core, each a few model batches long.
-    partitions = max(spark.sparkContext.defaultParallelism * 2, math.ceil(n_expected / (4 * cfg.batch_size)))
+    partitions = partitions_for(n_expected, spark.sparkContext.defaultParallelism, cfg.batch_size)
     started = time.perf_counter()
     with timings.measure("featurize"):
         features = featurize_images(images.repartition(partitions), os.path.basename(model_uri),
@@ -106,13 +112,7 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arg_parser().parse_args(argv)
-    cfg = cli.config(args)
-    out_uri = args.output or cfg.step_uri(args.run_id, STEP)
-    with cli.session(STEP, cfg, args) as spark:
-        manifest = run(spark, cfg, args.input, out_uri)
-    cli.report(manifest)
-    return 0
+    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(spark, cfg, args.input, out))
 
 
 if __name__ == "__main__":

@@ -233,13 +233,9 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arg_parser().parse_args(argv)
-    cfg = cli.config(args)
-    out_uri = args.output or cfg.step_uri(args.run_id, STEP)
-    with cli.session(STEP, cfg, args) as spark:
-        manifest = run(spark, cfg, args.raw or cfg.raw_uri, out_uri, args.keys)
-    cli.report(manifest)
-    return 0
+    return cli.run_step(
+        STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(spark, cfg, args.raw or cfg.raw_uri, out, args.keys)
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def sample_500() -> Path:
 def stack():
     """The local stack, healthy. Started (and stopped at the end, pass or fail) when not already up."""
     started = False
-    if not all(_healthy(svc) for svc in local_stack.services()):
+    if not local_stack.all_healthy():
         local_stack.up()
         started = True
     try:
@@ -51,13 +51,6 @@ def stack():
     finally:
         if started:
             local_stack.down()
-
-
-def _healthy(svc) -> bool:
-    try:
-        return bool(svc.healthy())
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @pytest.fixture(scope="session")

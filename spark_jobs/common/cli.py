@@ -50,6 +50,20 @@ def session(step: str, cfg: Config, args: argparse.Namespace):
         spark.stop()
 
 
+def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None, runner) -> int:
+    """A step's whole main(): parse, configure, open the session, run, print the manifest.
+
+    `runner(spark, cfg, args, out_uri)` returns the manifest the step wrote.
+    """
+    args = parser.parse_args(argv)
+    cfg = config(args)
+    out_uri = args.output or cfg.step_uri(args.run_id, step)
+    with session(step, cfg, args) as spark:
+        manifest = runner(spark, cfg, args, out_uri)
+    report(manifest)
+    return 0
+
+
 def report(manifest: dict) -> None:
     """The manifest as the last line of stdout, for whoever launched the job."""
     sys.stdout.write(json.dumps(manifest, sort_keys=True, default=str) + "\n")
