@@ -34,6 +34,7 @@ class SparkStepOperator(SparkSubmitOperator):
         self.step = step
         self.aws_conn_id = aws_conn_id
         self._step_cfg = Config.from_env()
+        self._explicit_conf = dict(kwargs.get("conf") or {})
         submit = submit_kwargs(step, self._step_cfg)
         submit.update(kwargs)
         submit.setdefault("task_id", step)
@@ -48,9 +49,8 @@ class SparkStepOperator(SparkSubmitOperator):
         cfg = self._step_cfg.with_overrides(s3_endpoint=endpoint)
         run_id = safe_run_id(context["run_id"])
         step_uri = cfg.step_uri(run_id, self.step)
-        # Connection settings win over what was known at parse time; explicit operator conf wins over both.
-        self.conf = {**submit_kwargs(self.step, cfg)["conf"], **{k: v for k, v in (self.conf or {}).items()
-                                                             if not k.startswith("spark.hadoop.fs.s3a.endpoint")}}
+        # The connection's endpoint replaces the parse-time one; conf given to the operator wins over both.
+        self.conf = {**submit_kwargs(self.step, cfg)["conf"], **self._explicit_conf}
         self.application_args = [*step_args(self.step, cfg, run_id), *map(str, self.application_args or [])]
         credentials = s3.get_credentials()
         env = dict(self.env_vars or {})
