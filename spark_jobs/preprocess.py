@@ -171,13 +171,13 @@ def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: 
 
     listing = with_keys(extract(spark, raw_uri), raw_uri)
     with timings.measure("list"):
-        n_files = listing.select("path").count()  # content is pruned: a listing, not a read
+        n_files = len(listing.inputFiles())  # Spark's file index, listed once by extract()
     if n_files == 0:
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     candidates = listing.filter(F.col("ignored_reason").isNull())
     n_already = 0
     if keys_uri:  # incremental runs: only the keys the DAG listed, less those featurized with that ETag
-        wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg))
+        wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg)).cache()  # counted, then joined
         n_already = wanted.filter("already").count()
         candidates = candidates.join(wanted.filter("not already").select("key"), "key", "left_semi")
     with timings.measure("preprocess"):
