@@ -1,7 +1,9 @@
 """Step 1 - preprocess: raw fruit photos -> denoised 224x224 RGB images.
 
-Extract: every object under the raw prefix (`binaryFile`). Transform: `category`/`key` from the path,
-decoding and preprocessing in a pandas UDF; files that cannot be used become rejects with a reason.
+Extract: the objects the DAG's `list_new` listed (`--keys`), read by exact key with boto3 on the
+executors; or, without `--keys`, every object under the raw prefix (`binaryFile`). Transform:
+`category`/`key` from the path, decoding and preprocessing in a pandas UDF; files that cannot be used,
+and keys that are unsafe to read ('..', '.', empty segments), become rejects with a reason.
 Load: the executors write each preprocessed image to S3 as a JPEG under its key, and the step writes a
 Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored files and its manifest.
 """
@@ -9,6 +11,7 @@ Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored file
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from urllib.parse import unquote
 
@@ -34,23 +37,48 @@ def extract(spark: SparkSession, raw_uri: str) -> DataFrame:
     """Lazy listing of the raw objects; `content` is read only for the rows that need it.
 
     Spark's file scan skips zero-byte files; they are added back (as empty content) so that every
-    object is accounted for.
+    object is accounted for. A listed file the scan cannot open (an S3 key whose '.', '..' or empty
+    segments Hadoop's Path normalised into another, missing, key; or an object deleted meanwhile) does
+    not fail the run: it is added back with a `read_error`, and becomes a reject.
     """
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(raw_uri)
+    files = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("ignoreMissingFiles", "true")
+        .load(raw_uri)
+        .withColumn("read_error", F.lit(None).cast("string"))
+    )
     listed = files.inputFiles()  # the driver's file index, which Spark holds anyway
     if len(listed) == files.select("path").count():
         return files
     # inputFiles() gives URL-encoded URIs (file:///a%20b); the scan gives Hadoop paths (file:/a b).
     paths = [unquote(p).replace("file:///", "file:/", 1) for p in listed]
-    empty = spark.createDataFrame([(p,) for p in paths], "path string").join(files.select("path"), "path", "left_anti")
+    absent = spark.createDataFrame([(p,) for p in paths], "path string").join(files.select("path"), "path", "left_anti")
+    rows = [(r["path"], _read_error(spark, r["path"])) for r in absent.collect()]  # the few zero-byte files
+    added = spark.createDataFrame(rows, "path string, read_error string")
     return files.unionByName(
-        empty.select(
+        added.select(
             "path",
             F.lit(None).cast("timestamp").alias("modificationTime"),
             F.lit(0).cast("long").alias("length"),
             F.lit(b"").cast("binary").alias("content"),
+            "read_error",
         )
     )
+
+
+def _read_error(spark: SparkSession, path: str) -> str | None:
+    """None for a zero-byte file (decoding rejects it as empty); otherwise why it cannot be read."""
+    try:
+        fs, hpath = storage._path(spark, path)
+        if fs.getFileStatus(hpath).getLen() == 0:
+            return None
+        return "unreadable: the scan could not open it"
+    except Exception as exc:  # noqa: BLE001 - py4j wraps FileNotFoundException
+        if "FileNotFoundException" in str(exc):
+            return ("unreadable: listed but not found (a key with '.', '..' or empty segments, which Hadoop "
+                    "normalises into another key, or an object deleted since the listing)")
+        return f"unreadable: {type(exc).__name__}"
 
 
 # --------------------------------------------------------------------------- transform
@@ -68,15 +96,19 @@ def with_keys(files: DataFrame, raw_uri: str) -> DataFrame:
     relative = F.when(path.startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
     parts = F.split(relative, "/")
     extension = F.lower(F.regexp_extract(relative, r"\.([^./]+)$", 1))
+    unreadable = F.col("read_error").isNotNull() if "read_error" in files.columns else F.lit(False)
     ignored = (
         F.when(relative.isNull(), F.lit("outside the raw prefix"))
+        .when(unreadable, F.lit(None))  # a listed key that cannot be read is a candidate, rejected below
         .when(F.size(parts) != 2, F.lit("not at <category>/<file> depth"))
         .when(~extension.isin(*IMAGE_EXTENSIONS), F.lit("not an image extension"))
     )
     unsafe = (
         F.when(F.exists(parts, lambda p: p.isin("", ".", "..")), F.lit("unsafe key: empty, '.' or '..' segment"))
-        .when(F.col("relative").rlike(r"[\x00-\x1f]"), F.lit("unsafe key: control character"))
+        .when(F.col("relative").rlike(r"[\x00-\x1f\x7f]"), F.lit("unsafe key: control character"))
     )
+    if "read_error" in files.columns:
+        unsafe = F.coalesce(unsafe, F.col("read_error"))
     return (
         files.withColumn("relative", relative)
         .withColumn("ignored_reason", ignored)
@@ -134,8 +166,14 @@ def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
 
 
 def new_keys(spark: SparkSession, keys_uri: str, featurized: list[dict]) -> DataFrame:
-    """key, etag from the DAG's listing, flagged `already` when that exact content was featurized."""
-    listed = spark.read.schema("key string, etag string").json(keys_uri).dropDuplicates(["key"])
+    """key, etag, refused from the DAG's listing, flagged `already` when that exact content was featurized.
+
+    `refused` is the reason list_new would not let a key be read (outside the prefix, '..' segments).
+    """
+    listed = (
+        spark.read.schema("key string, etag string, size long, refused string").json(keys_uri)
+        .dropDuplicates(["key"])
+    )
     if not featurized:
         return listed.withColumn("already", F.lit(False))
     done = feature_table(spark, featurized).select("key", "etag").withColumn("already", F.lit(True))
@@ -163,23 +201,94 @@ def upload_jpegs(processed: DataFrame, jpeg_uri: str, endpoint: str | None) -> D
     return processed.mapInPandas(upload, schema=processed.schema)
 
 
+def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
+    """The DAG's listing (key, etag, size, refused, already) in the shape `extract` gives, without
+    listing S3 again: Hadoop would normalise '.', '..' and empty key segments (reading another object,
+    or failing the whole listing when the key climbs out of the prefix), so keys stay keys. A key
+    list_new refused carries its reason as `read_error`; `content` is fetched later, by key."""
+    base = raw_uri.rstrip("/")
+    return wanted.select(
+        F.concat(F.lit(base + "/"), "key").alias("path"),
+        F.lit(None).cast("timestamp").alias("modificationTime"),
+        F.coalesce(F.col("size"), F.lit(0)).cast("long").alias("length"),
+        F.lit(None).cast("binary").alias("content"),
+        F.col("refused").alias("read_error"),
+        "already",
+    )
+
+
+def fetch_content(candidates: DataFrame, raw_uri: str, endpoint: str | None, max_bytes: int) -> DataFrame:
+    """Fills `content` with each candidate's bytes, fetched by its exact key with boto3 on the executors.
+    An object gone since the listing, unreadable or grown over the size cap becomes a `pre_reject`;
+    other errors (after boto3's retries) fail the task, which Spark retries."""
+    bucket, prefix = split_s3_uri(raw_uri)
+    prefix = prefix.strip("/")
+
+    def fetch(batches):
+        from botocore.exceptions import ClientError
+
+        from spark_jobs.common import storage as st
+
+        s3 = st.s3_client(endpoint)
+        for batch in batches:
+            contents, reasons = [], []
+            for key, reason, length in zip(batch["key"], batch["pre_reject"], batch["length"]):
+                data = None
+                if reason is None and length <= max_bytes:
+                    try:
+                        obj = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
+                        if obj["ContentLength"] > max_bytes:
+                            obj["Body"].close()
+                            reason = f"file too large: over {max_bytes} bytes"
+                        else:
+                            data = obj["Body"].read()
+                    except ClientError as exc:
+                        code = exc.response.get("Error", {}).get("Code", "")
+                        if code in ("NoSuchKey", "404"):
+                            reason = "not found: deleted since list_new listed it"
+                        elif code in ("AccessDenied", "403", "InvalidObjectState"):
+                            reason = f"unreadable: {code}"
+                        else:
+                            raise
+                contents.append(data)
+                reasons.append(reason)
+            yield batch.assign(content=contents, pre_reject=reasons)
+
+    return candidates.mapInPandas(fetch, schema=candidates.schema)
+
+
+def check_raw_uri(raw_uri: str) -> None:
+    """The raw location itself must not climb out of where it points (`..`) or hide a segment."""
+    _, _, rest = raw_uri.partition("://")
+    segments = rest.rstrip("/").split("/")[1:]  # after the bucket (or the host of file://)
+    if any(s in (".", "..") for s in segments) or re.search(r"[\x00-\x1f\x7f]", raw_uri):
+        raise SystemExit(f"refusing raw URI {raw_uri!r}: '.' or '..' segment or control character")
+
+
 def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
     timings = Timings()
+    check_raw_uri(raw_uri)
     begin_step(spark, out_uri)
     table_uri, jpeg_uri = f"{out_uri}/images", f"{out_uri}/jpeg"
     rejects_uri, ignored_uri = f"{out_uri}/rejects", f"{out_uri}/ignored"
 
-    listing = with_keys(extract(spark, raw_uri), raw_uri)
-    with timings.measure("list"):
-        n_files = len(listing.inputFiles())  # Spark's file index, listed once by extract()
+    n_already = 0
+    if keys_uri:  # incremental runs: the objects the DAG listed, less images featurized with that ETag
+        wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg)).cache()  # counted, then read
+        listing = with_keys(listed_files(wanted, raw_uri), raw_uri)
+        with timings.measure("list"):
+            n_files = wanted.count()
+        candidates = listing.filter(F.col("ignored_reason").isNull())
+        n_already = candidates.filter("already").count()
+        candidates = fetch_content(candidates.filter("not already").drop("already"), raw_uri, cfg.s3_endpoint,
+                                   cfg.max_image_bytes)
+    else:
+        listing = with_keys(extract(spark, raw_uri), raw_uri)
+        with timings.measure("list"):
+            n_files = len(listing.inputFiles())  # Spark's file index, listed once by extract()
+        candidates = listing.filter(F.col("ignored_reason").isNull())
     if n_files == 0:
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
-    candidates = listing.filter(F.col("ignored_reason").isNull())
-    n_already = 0
-    if keys_uri:  # incremental runs: only the keys the DAG listed, less those featurized with that ETag
-        wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg)).cache()  # counted, then joined
-        n_already = wanted.filter("already").count()
-        candidates = candidates.join(wanted.filter("not already").select("key"), "key", "left_semi")
     with timings.measure("preprocess"):
         processed = upload_jpegs(preprocess_images(candidates, cfg), jpeg_uri, cfg.s3_endpoint)
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)

@@ -4,35 +4,72 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import re
 import tempfile
 
 from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
 
+log = logging.getLogger(__name__)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unsafe_key_reason(key: str, prefix: str) -> str | None:
+    """Why an object key must not be read, or None. Hadoop paths normalise '.', '..' and empty
+    segments away, so such a key would be read as another object (or a missing one): it is refused
+    and recorded instead, as is a key outside the raw prefix."""
+    if not key.startswith(prefix):
+        return "unsafe key: outside the raw prefix"
+    if any(part in ("", ".", "..") for part in key[len(prefix):].split("/")):
+        return "unsafe key: empty, '.' or '..' segment"
+    if _CONTROL.search(key):
+        return "unsafe key: control character"
+    return None
+
 
 def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: dt.datetime | None) -> dict:
-    """Candidate images (key, ETag) under the raw prefix modified after `since` (the last successful
-    run's start), streamed page by page to a JSON-lines object that the preprocess step reads.
+    """Objects (key, ETag, size) under the raw prefix modified after `since` (the last successful
+    run's start), streamed page by page to a JSON-lines object that the preprocess step reads by key.
+    `n_new` counts the image candidates among them (none: the Spark steps are skipped).
 
-    Only a count stays in memory: the listing goes to a temporary file, then to S3.
+    Keys that are not safe to read (`unsafe_key_reason`) are written with a `refused` reason instead:
+    the preprocess step records them as rejects, and a few are named here and in the task log.
+    Only counts stay in memory: the listing goes to a temporary file, then to S3.
     """
     client = s3_hook.get_conn()
     prefix = raw_prefix.strip("/") + "/"
+    if unsafe_key_reason(prefix.rstrip("/"), ""):
+        raise ValueError(f"refusing raw prefix {raw_prefix!r}: empty, '.' or '..' segment or control character")
     keys_uri = s3a_uri(cfg.features_bucket, cfg.runs_prefix, safe_run_id(run_id), "new_images.jsonl")
-    n_new = n_listed = 0
+    n_new = n_listed = n_refused = 0
+    refused_sample: list[dict] = []
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as out:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=cfg.raw_bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 n_listed += 1
-                relative = obj["Key"][len(prefix):]
-                if relative.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
-                    continue
                 if since is not None and obj["LastModified"] <= since:
                     continue
-                out.write(json.dumps({"key": relative, "etag": obj["ETag"].strip('"')}) + "\n")
-                n_new += 1
+                relative = obj["Key"][len(prefix):]
+                line = {"key": relative, "etag": obj["ETag"].strip('"'), "size": obj["Size"]}
+                refused = unsafe_key_reason(obj["Key"], prefix)
+                if refused:
+                    line["refused"] = refused
+                    n_refused += 1
+                    if len(refused_sample) < 20:
+                        refused_sample.append({"key": obj["Key"], "reason": refused})
+                # Every new object goes to the list: preprocess reads by key (never re-listing) and
+                # counts what is not a candidate image as ignored.
+                out.write(json.dumps(line) + "\n")
+                if relative.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+                    n_new += 1
         local = out.name
+    if n_refused:
+        log.warning("refusing %d unsafe keys under %s (recorded as rejects by preprocess), e.g. %s",
+                    n_refused, prefix, refused_sample)
     try:
         bucket, key = split_s3_uri(keys_uri)
         s3_hook.load_file(local, key=key, bucket_name=bucket, replace=True)
@@ -43,6 +80,8 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: d
         "keys_uri": keys_uri,
         "n_new": n_new,
         "n_listed": n_listed,
+        "n_refused": n_refused,
+        "refused_sample": refused_sample,
         "since": since.isoformat() if since else None,
     }
 
