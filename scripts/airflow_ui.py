@@ -3,7 +3,6 @@ the local stack, sized for 2 cores. Ctrl-C stops Airflow's whole process group a
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

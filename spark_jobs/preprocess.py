@@ -10,8 +10,6 @@ Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored file
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 from urllib.parse import unquote
 
@@ -23,6 +21,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_jobs.common import cli, storage
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, split_s3_uri
+from spark_jobs.common.keys import check_location, unsafe_key_column
 from spark_jobs.common.table import committed_featurize_steps, feature_table
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
 
@@ -103,10 +102,7 @@ def with_keys(files: DataFrame, raw_uri: str) -> DataFrame:
         .when(F.size(parts) != 2, F.lit("not at <category>/<file> depth"))
         .when(~extension.isin(*IMAGE_EXTENSIONS), F.lit("not an image extension"))
     )
-    unsafe = (
-        F.when(F.exists(parts, lambda p: p.isin("", ".", "..")), F.lit("unsafe key: empty, '.' or '..' segment"))
-        .when(F.col("relative").rlike(r"[\x00-\x1f\x7f]"), F.lit("unsafe key: control character"))
-    )
+    unsafe = unsafe_key_column(F.col("relative"))
     if "read_error" in files.columns:
         unsafe = F.coalesce(unsafe, F.col("read_error"))
     return (
@@ -258,11 +254,10 @@ def fetch_content(candidates: DataFrame, raw_uri: str, endpoint: str | None, max
 
 
 def check_raw_uri(raw_uri: str) -> None:
-    """The raw location itself must not climb out of where it points (`..`) or hide a segment."""
-    _, _, rest = raw_uri.partition("://")
-    segments = rest.rstrip("/").split("/")[1:]  # after the bucket (or the host of file://)
-    if any(s in (".", "..") for s in segments) or re.search(r"[\x00-\x1f\x7f]", raw_uri):
-        raise SystemExit(f"refusing raw URI {raw_uri!r}: '.' or '..' segment or control character")
+    try:
+        check_location(raw_uri)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:

@@ -17,6 +17,7 @@ from fruitflow_airflow.tasks import list_new_images, unsafe_key_reason
 from scripts.package import build_zip
 from spark_jobs.common import images
 from spark_jobs.common.config import split_s3_uri
+from spark_jobs.common.keys import check_location
 from spark_jobs.preprocess import check_raw_uri
 from tests.badfiles import (HUGE_SIZE, SINGLE_CLASS, UNSAFE_KEYS, cmyk_jpeg, huge_jpeg, write_bad_files,
                             write_more_bad_files)
@@ -91,6 +92,10 @@ def test_unsafe_keys_and_raw_uris_are_refused():
             check_raw_uri(uri)
     check_raw_uri("s3a://fruitflow-raw/images")
     check_raw_uri("file:///tmp/raw dir/été")
+    for prefix in ("images/../secret", "../etc", "images/."):
+        with pytest.raises(ValueError):
+            check_location(prefix)
+    check_location("images/2026 été")
 
 
 # --------------------------------------------------------------------------- the pipeline, on the stack
