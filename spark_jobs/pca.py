@@ -1,7 +1,7 @@
 """Step 3 - pca: the feature table -> k principal components (Spark ML PCA) and explained variance.
 
 Reads every committed featurize output (the feature table grows run after run; a key featurized again
-keeps its newest features), fits PCA with k components, or the smallest k whose cumulative explained
+keeps its newest features), L2-normalises and centres them (`l2_normalize`, on by default), fits PCA with k components, or the smallest k whose cumulative explained
 variance reaches `--target-variance`, and writes the reduced vectors, the fitted model, the 2-D view
 and the study's `df_categ.csv` (categ;key).
 """
@@ -11,13 +11,15 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from pyspark.ml.feature import PCA, PCAModel
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import Normalizer, PCAModel, StandardScaler
+from pyspark.ml.stat import Correlation, Summarizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_jobs.common import cli, storage
-from spark_jobs.common.table import committed_featurize_steps, feature_table
+from spark_jobs.common.table import committed_featurize_steps, feature_table, model_of, same_model
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 
@@ -36,20 +38,70 @@ def choose_k(explained: np.ndarray, k: int, target_variance: float | None) -> in
 
 
 def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: int,
-            max_k_search: int = 256) -> PCAModel:
-    """Spark ML PCA on `features` (array). With a target variance, one wide fit picks k, then k is fitted."""
+            l2_normalize: bool = True) -> PipelineModel:
+    """[L2 normalisation], centring and PCA with k components (or the smallest k reaching
+    `target_variance`) as one Spark ML PipelineModel.
+
+    Spark computes the covariance matrix (an aggregate over the executors: d x d numbers, whatever the
+    number of images); its eigendecomposition, d <= 2048, is numpy's on the driver. Spark ML's own
+    PCA.fit decomposes it with LAPACK, and on machines without a native LAPACK (libblas3/liblapack3)
+    its pure-Java fallback returned wrong components beyond the second one (measured on 1280-d CNN
+    features; tests/test_pca_cluster.py compares with scikit-learn)."""
     vectors = features.select(array_to_vector("features").alias("vector"))
-    dim = len(features.select("features").first()["features"])
-    upper = min(dim, n_rows, max(k, max_k_search) if target_variance else k)
-    pca = PCA(k=max(1, upper), inputCol="vector", outputCol="pca")
-    model = pca.fit(vectors)
-    if target_variance is None:
-        return model
-    chosen = choose_k(model.explainedVariance.toArray(), upper, target_variance)
-    return pca.setK(chosen).fit(vectors) if chosen != upper else model
+    stages: list = []
+    if l2_normalize:  # unit-length features: the image's overall activation level stops weighing in
+        stages.append(Normalizer(p=2.0, inputCol="vector", outputCol="unit"))
+    # Spark's PCAModel projects rows as they come; centring makes the projection the one the variance describes.
+    centring = StandardScaler(withMean=True, withStd=False, inputCol=stages[-1].getOutputCol() if stages else "vector",
+                              outputCol="centred")
+    prepared_model = Pipeline(stages=[*stages, centring]).fit(vectors)
+    prepared = prepared_model.transform(vectors).select("centred")
+    eigenvalues, eigenvectors = _eigen(covariance(prepared, "centred"))
+    total = eigenvalues.sum()
+    explained = eigenvalues / total if total > 0 else np.zeros_like(eigenvalues)
+    chosen = choose_k(explained, min(k, n_rows), target_variance)
+    return PipelineModel(stages=[*prepared_model.stages,
+                                 _pca_model(features.sparkSession, eigenvectors[:, :chosen], explained[:chosen])])
 
 
-def project(model: PCAModel, features: DataFrame) -> DataFrame:
+def covariance(frame: DataFrame, column: str) -> np.ndarray:
+    """The d x d sample covariance of a vector column, computed by the executors (Spark ML statistics)."""
+    stats = frame.select(Summarizer.variance(F.col(column)).alias("variance")).first()
+    std = np.sqrt(np.maximum(stats["variance"].toArray(), 0.0))
+    correlation = Correlation.corr(frame, column).first()[0].toArray()
+    # A constant dimension (a dead ReLU channel) has no correlation (NaN) and no covariance.
+    return np.nan_to_num(correlation, nan=0.0) * np.outer(std, std)
+
+
+def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, >= 0) and eigenvectors with a deterministic sign (largest entry positive)."""
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
+    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
+    return values, vectors * np.where(signs == 0, 1.0, signs)
+
+
+def _pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarray) -> PCAModel:
+    """A Spark ML PCAModel (transform, save, load as usual) from given components."""
+    from pyspark.ml.common import _py2java
+    from pyspark.ml.linalg import DenseMatrix, DenseVector
+
+    sc = spark.sparkContext
+    d, k = components.shape
+    matrix = _py2java(sc, DenseMatrix(d, k, components.ravel(order="F").tolist()))  # column-major
+    variance = _py2java(sc, DenseVector(explained.tolist()))
+    java_model = sc._jvm.org.apache.spark.ml.feature.PCAModel(f"PCAModel_fruitflow_{k}", matrix, variance)
+    model = PCAModel(java_model)
+    model._set(inputCol="centred", outputCol="pca", k=k)
+    return model
+
+
+def explained_variance(model: PipelineModel) -> np.ndarray:
+    return model.stages[-1].explainedVariance.toArray()
+
+
+def project(model: PipelineModel, features: DataFrame) -> DataFrame:
     """key, category, features -> key, category, pca (double[k]), pc1, pc2."""
     reduced = model.transform(features.withColumn("vector", array_to_vector("features")))
     pca = vector_to_array("pca")
@@ -65,13 +117,17 @@ def project(model: PCAModel, features: DataFrame) -> DataFrame:
 
 def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = None) -> dict:
     timings = Timings()
-    manifests = [read_manifest(spark, input_uri)] if input_uri else committed_featurize_steps(spark, cfg)
+    committed = [read_manifest(spark, input_uri)] if input_uri else committed_featurize_steps(spark, cfg)
+    manifests, left_out = same_model(committed)
+    if left_out:
+        print(f"pca: {len(left_out)} featurize step(s) made with another model left out of the table: "
+              f"{sorted({m['step_uri'] for m in left_out})[:5]}", file=sys.stderr)
     begin_step(spark, out_uri)
     features = feature_table(spark, manifests).cache()
     n_images = features.count()
     with timings.measure("fit"):
-        model = fit_pca(features, cfg.pca_k, cfg.target_variance, n_images)
-    explained = [float(v) for v in model.explainedVariance.toArray()]
+        model = fit_pca(features, cfg.pca_k, cfg.target_variance, n_images, cfg.l2_normalize)
+    explained = [float(v) for v in explained_variance(model)]
     reduced_uri, model_uri = f"{out_uri}/reduced", f"{out_uri}/model"
     with timings.measure("write"):
         project(model, features).write.mode("overwrite").parquet(reduced_uri)
@@ -92,8 +148,11 @@ def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = 
                 "categories_csv": f"{out_uri}/df_categ.csv",
                 "pca_2d_csv": f"{out_uri}/pca_2d.csv",
             },
-            "counts": {"n_images": n_images},
-            "params": {"k": len(explained), "k_requested": cfg.pca_k, "target_variance": cfg.target_variance},
+            "counts": {"n_images": n_images, "n_featurize_steps": len(manifests),
+                       "n_featurize_steps_left_out": len(left_out)},
+            "params": {"k": len(explained), "k_requested": cfg.pca_k, "target_variance": cfg.target_variance,
+                       "l2_normalize": cfg.l2_normalize, "centred": True,
+                       **(model_of(manifests[0]) if manifests else {})},
             "metrics": {
                 "explained_variance": round(sum(explained), 6),
                 "explained_variance_per_component": [round(v, 6) for v in explained],
@@ -109,6 +168,7 @@ def arg_parser():
     parser.add_argument("--k", dest="pca_k", type=cli.optional(int), help="number of components (default 20)")
     parser.add_argument("--target-variance", dest="target_variance", type=cli.optional(float),
                         help="pick the smallest k reaching this cumulative explained variance")
+    cli.add_l2_normalize(parser)
     return parser
 
 

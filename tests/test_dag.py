@@ -2,7 +2,6 @@
 
 import copy
 import time
-from pathlib import Path
 
 import jinja2
 import pytest
@@ -82,6 +81,7 @@ def test_chain_order_and_operators(dag):
 @pytest.mark.parametrize("bad", [
     {"pca_k": 0}, {"pca_k": "twenty"}, {"target_variance": 1.5}, {"n_clusters": 1},
     {"batch_size": 0}, {"weights": "http://example.invalid/w.h5"}, {"raw_prefix": "../etc"},
+    {"backbone": "vgg16"}, {"l2_normalize": "yes"},
 ])
 def test_bad_params_are_refused(dag, bad):
     from airflow.sdk.definitions.param import ParamValidationError
@@ -94,7 +94,8 @@ def test_bad_params_are_refused(dag, bad):
 
 def test_good_params_pass(dag):
     params = copy.deepcopy(dag.params)
-    params.update({"pca_k": 50, "target_variance": 0.9, "n_clusters": 20, "weights": "s3a://m/x.keras"})
+    params.update({"pca_k": 50, "target_variance": 0.9, "n_clusters": 20, "weights": "s3a://m/x.keras",
+                   "backbone": "efficientnet_lite0", "l2_normalize": False})
     params.validate()
 
 
@@ -123,12 +124,12 @@ def test_rendered_spark_arguments(dag):
     assert _render(dag.get_task("preprocess"), params) == [
         "--raw", "s3a://fruitflow-raw/images", "--keys", "s3a://f/runs/r/new.jsonl"]
     assert _render(dag.get_task("featurize"), params) == [
-        "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--weights", params["weights"],
-        "--batch-size", str(params["batch_size"])]
+        "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--backbone", params["backbone"],
+        "--weights", params["weights"], "--batch-size", str(params["batch_size"])]
     assert _render(dag.get_task("pca"), {**params, "target_variance": 0.9}) == [
-        "--k", str(params["pca_k"]), "--target-variance", "0.9"]
-    assert _render(dag.get_task("cluster"), params) == [
-        "--input", "s3a://fruitflow-features/runs/r/pca", "--n-clusters", ""]
+        "--k", str(params["pca_k"]), "--target-variance", "0.9", "--l2-normalize"]
+    assert _render(dag.get_task("cluster"), {**params, "l2_normalize": False}) == [
+        "--input", "s3a://fruitflow-features/runs/r/pca", "--n-clusters", "", "--no-l2-normalize"]
 
 
 def test_rendered_arguments_parse_in_the_jobs(dag):
@@ -144,4 +145,10 @@ def test_rendered_arguments_parse_in_the_jobs(dag):
         args = job.arg_parser().parse_args(argv)
         assert args.run_id == "r1"
     args = pca.arg_parser().parse_args(["--run-id", "r", *_render(dag.get_task("pca"), params)])
-    assert args.pca_k == params["pca_k"] and args.target_variance is None
+    assert args.pca_k == params["pca_k"] and args.target_variance is None and args.l2_normalize is True
+    args = cluster.arg_parser().parse_args(
+        ["--run-id", "r", *_render(dag.get_task("cluster"), {**params, "l2_normalize": False})])
+    assert args.l2_normalize is False
+    args = featurize.arg_parser().parse_args(
+        ["--run-id", "r", *_render(dag.get_task("featurize"), {**params, "backbone": "efficientnet_lite0"})])
+    assert args.backbone == "efficientnet_lite0"

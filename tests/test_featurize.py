@@ -60,3 +60,52 @@ def test_imagenet_without_internet_fails_with_a_clear_message(monkeypatch):
     monkeypatch.setattr("keras.src.applications.resnet.file_utils.get_file", offline)
     with pytest.raises(models.ModelUnavailable, match="weights=random"):
         models.build_keras_model("resnet50", "imagenet", seed=0)
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0 (offline ImageNet)
+
+
+@pytest.fixture(scope="module")
+def lite0_classifier():
+    from spark_jobs.common import efficientnet_lite
+    from spark_jobs.common.torch_checkpoint import load_state_dict
+
+    return efficientnet_lite.load(load_state_dict(efficientnet_lite.packaged_checkpoint()), include_top=True)
+
+
+@pytest.mark.parametrize("fruit, imagenet_class", [("Banana", 954), ("Orange", 950), ("Lemon", 951),
+                                                   ("Strawberry", 949)])
+def test_lite0_weights_are_imagenet(lite0_classifier, fruit, imagenet_class):
+    """Through the pipeline's own preprocessing, the network's own head names the real fruit."""
+    from spark_jobs.common import efficientnet_lite
+
+    if not (SAMPLE_500 / fruit).is_dir():
+        pytest.skip(f"{SAMPLE_500 / fruit} not found")
+    path = sorted((SAMPLE_500 / fruit).glob("*.jpg"))[0]
+    rgb = images.preprocess(images.decode(path.read_bytes(), 10**7)).astype(np.float32)[None]
+    logits = np.asarray(lite0_classifier.predict_on_batch(efficientnet_lite.preprocess(rgb)))
+    assert logits.shape == (1, 1000)
+    assert int(logits.argmax()) == imagenet_class
+
+
+def test_lite0_onnx_export_matches_keras(tmp_path, real_batch):
+    model = models.build_keras_model("efficientnet_lite0", "imagenet", seed=0)
+    model.save(tmp_path / "model.keras")
+    models.export_onnx(model, str(tmp_path / "model.onnx"), "efficientnet_lite0")
+    keras_features = models.TensorFlowFeaturizer(str(tmp_path / "model.keras"), backbone="efficientnet_lite0")(real_batch)
+    onnx_features = models.OnnxFeaturizer(str(tmp_path / "model.onnx"))(real_batch)
+    assert onnx_features.shape == (len(real_batch), 1280)
+    assert np.abs(keras_features - onnx_features).max() <= 1e-4
+    assert np.abs(onnx_features).max() > 0.1  # not a dead network
+
+
+def test_lite0_loading_is_strict():
+    from spark_jobs.common import efficientnet_lite
+    from spark_jobs.common.torch_checkpoint import load_state_dict
+
+    state = load_state_dict(efficientnet_lite.packaged_checkpoint())
+    assert len(state) == 296 and state["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    with pytest.raises(KeyError, match="_blocks.3._depthwise_conv.weight"):
+        efficientnet_lite.load({k: v for k, v in state.items() if k != "_blocks.3._depthwise_conv.weight"})
+    with pytest.raises(ValueError, match="not used"):
+        efficientnet_lite.load({**state, "_extra.weight": np.zeros(3, np.float32)})

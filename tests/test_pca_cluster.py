@@ -29,11 +29,11 @@ def test_choose_k():
 def test_pca_k_and_target_variance(spark):
     features = _features(spark)
     model = pca.fit_pca(features, 5, None, n_rows=48)
-    assert model.getK() == 5
-    explained = model.explainedVariance.toArray()
+    assert model.stages[-1].getK() == 5
+    explained = pca.explained_variance(model)
     assert 0 < explained.sum() <= 1 + 1e-9 and np.all(np.diff(explained) <= 1e-12)
     by_target = pca.fit_pca(features, 20, 0.9, n_rows=48)
-    cumulative = np.cumsum(by_target.explainedVariance.toArray())
+    cumulative = np.cumsum(pca.explained_variance(by_target))
     assert cumulative[-1] >= 0.9 and (len(cumulative) == 1 or cumulative[-2] < 0.9)
     reduced = pca.project(model, features).collect()
     assert len(reduced) == 48 and len(reduced[0]["pca"]) == 5 and reduced[0]["pc1"] == reduced[0]["pca"][0]
@@ -59,3 +59,73 @@ def test_kmeans_finds_separated_classes(spark):
     scores = cluster.scores_from_contingency(cluster.contingency(assigned))
     assert scores["ari"] == pytest.approx(1.0) and scores["purity"] == pytest.approx(1.0)
     assert 0 < cluster.silhouette(assigned) <= 1
+
+
+def _wide_features(spark, n=240, dim=1280, seed=5):
+    """CNN-like: non-negative, 1280 wide, a slowly decaying spectrum, some dead (constant) channels."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(60, dim)) * np.linspace(3.0, 0.2, 60)[:, None]
+    x = np.maximum(rng.normal(size=(n, 60)) @ basis + rng.normal(0, 0.3, (n, dim)) + 1.0, 0.0)
+    x[:, :7] = 0.0
+    rows = [(f"c{i % 6}/{i}.jpg", f"c{i % 6}", r.astype(np.float32).tolist()) for i, r in enumerate(x)]
+    return spark.createDataFrame(rows, "key string, category string, features array<float>")
+
+
+@pytest.mark.parametrize("l2_normalize", [False, True])
+def test_reduction_matches_scikit_learn(spark, l2_normalize):
+    """Centred PCA (after optional L2 normalisation) gives scikit-learn's explained variance and
+    projection (up to sign) on wide features, where Spark ML's own PCA.fit went wrong without a
+    native LAPACK."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
+    features = _wide_features(spark)
+    rows = features.orderBy("key").collect()
+    x = np.array([r["features"] for r in rows], dtype=np.float64)
+    x = normalize(x) if l2_normalize else x
+    want = PCA(10, svd_solver="full").fit(x)
+    model = pca.fit_pca(features, 10, None, n_rows=len(rows), l2_normalize=l2_normalize)
+    np.testing.assert_allclose(pca.explained_variance(model), want.explained_variance_ratio_, rtol=1e-5)
+    got = np.array([r["pca"] for r in pca.project(model, features).orderBy("key").collect()])
+    expected = want.transform(x)
+    signs = np.sign((got * expected).sum(axis=0))
+    np.testing.assert_allclose(got * signs, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_pca_model_saves_and_loads(spark, tmp_path):
+    from pyspark.ml import PipelineModel
+
+    features = _features(spark)
+    model = pca.fit_pca(features, 3, None, n_rows=48)
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    before = [r["pca"] for r in pca.project(model, features).orderBy("key").collect()]
+    after = [r["pca"] for r in pca.project(loaded, features).orderBy("key").collect()]
+    np.testing.assert_allclose(np.array(after), np.array(before))
+
+
+def test_feature_table_never_mixes_models():
+    from spark_jobs.common.table import same_model
+
+    def step(uri, written_at, backbone, tag):
+        return {"step_uri": uri, "written_at": written_at,
+                "params": {"backbone": backbone, "weights": "imagenet", "model_tag": tag}}
+
+    old = step("s3a://f/runs/a/featurize", "2026-01-01T00:00:00", "resnet50", "imagenet-keras3")
+    new = step("s3a://f/runs/b/featurize", "2026-01-02T00:00:00", "efficientnet_lite0", "imagenet-pypi0.1.0")
+    newer = step("s3a://f/runs/c/featurize", "2026-01-03T00:00:00", "efficientnet_lite0", "imagenet-pypi0.1.0")
+    kept, left_out = same_model([old, new, newer])
+    assert kept == [new, newer] and left_out == [old]
+    assert same_model([]) == ([], [])
+
+
+def test_quality_evaluation_agrees_with_scikit_learn_on_separable_data(spark):
+    """`make quality`'s scoring: the pipeline's PCA + KMeans and scikit-learn's KMeans on the same
+    vectors find the same separated classes."""
+    from scripts.quality import evaluate
+
+    features = _features(spark, n_per_class=10, classes=5, dim=64, seed=2)
+    result = evaluate(features, 50, k=4, target_variance=None, l2_before=True, l2_after=True, seed=3, starts=3)
+    assert result["k"] == 4 and 0 < result["explained_variance"] <= 1
+    assert result["ari"] == pytest.approx(1.0) and result["sklearn_ari"] == pytest.approx(1.0)
+    assert result["nmi"] == pytest.approx(1.0) and result["purity"] == pytest.approx(1.0)

@@ -6,29 +6,13 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import tempfile
 
 from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
+from spark_jobs.common.keys import check_location, unsafe_key_reason
 
 log = logging.getLogger(__name__)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def unsafe_key_reason(key: str, prefix: str) -> str | None:
-    """Why an object key must not be read, or None. Hadoop paths normalise '.', '..' and empty
-    segments away, so such a key would be read as another object (or a missing one): it is refused
-    and recorded instead, as is a key outside the raw prefix."""
-    if not key.startswith(prefix):
-        return "unsafe key: outside the raw prefix"
-    if any(part in ("", ".", "..") for part in key[len(prefix):].split("/")):
-        return "unsafe key: empty, '.' or '..' segment"
-    if _CONTROL.search(key):
-        return "unsafe key: control character"
-    return None
 
 
 def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: dt.datetime | None) -> dict:
@@ -42,8 +26,7 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: d
     """
     client = s3_hook.get_conn()
     prefix = raw_prefix.strip("/") + "/"
-    if unsafe_key_reason(prefix.rstrip("/"), ""):
-        raise ValueError(f"refusing raw prefix {raw_prefix!r}: empty, '.' or '..' segment or control character")
+    check_location(raw_prefix)
     keys_uri = s3a_uri(cfg.features_bucket, cfg.runs_prefix, safe_run_id(run_id), "new_images.jsonl")
     n_new = n_listed = n_refused = 0
     refused_sample: list[dict] = []
@@ -103,6 +86,9 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
         "n_table": pca["counts"]["n_images"],
         "backbone": feat["params"]["backbone"],
         "weights": feat["params"]["weights"],
+        "weights_source": feat["params"].get("weights_source"),
+        "precision": feat["params"].get("precision", "fp32"),
+        "l2_normalize": pca["params"].get("l2_normalize"),
         "explained_variance": pca["metrics"]["explained_variance"],
         "explained_variance_per_component": pca["metrics"]["explained_variance_per_component"],
         "k": pca["params"]["k"],

@@ -33,6 +33,11 @@ def optional(kind):
     return parse
 
 
+def add_l2_normalize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--l2-normalize", dest="l2_normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="cosine geometry: unit-length features before PCA and reduced vectors before KMeans")
+
+
 def config(args: argparse.Namespace) -> Config:
     """Config from the environment, overridden by any argument named like a Config field."""
     fields = {f.name for f in dataclasses.fields(Config) if f.init}

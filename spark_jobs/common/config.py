@@ -22,7 +22,7 @@ HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 IMAGE_SIZE = 224
-FEATURE_DIM = {"resnet50": 2048}
+FEATURE_DIM = {"resnet50": 2048, "efficientnet_lite0": 1280}
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,17 @@ class Config:
     backbone: str = "resnet50"
     weights: str = "imagenet"  # imagenet | random | path or s3a URI of a saved model
     engine: str = "onnx"  # onnx | tensorflow
+    precision: str = "fp32"  # fp32 | int8 (opt-in: ONNX model statically quantized on the run's images)
     batch_size: int = 64
     seed: int = 42
 
     # Reduction and clustering
     pca_k: int = 20
     target_variance: float | None = None  # when set, the smallest k reaching it wins over pca_k
+    # Cosine geometry: L2-normalise the features before PCA and the reduced vectors before KMeans.
+    l2_normalize: bool = True
     n_clusters: int | None = None  # None: the number of distinct categories
-    kmeans_starts: int = 4
+    kmeans_starts: int = 10  # best of 10 seeded k-means|| starts by cost (make quality compares with scikit-learn)
     tsne_max_points: int = 3000
     plot_max_points: int = 20000
 
@@ -86,6 +89,10 @@ class Config:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(FEATURE_DIM)}")
         if self.engine not in ("onnx", "tensorflow"):
             raise ValueError(f"unknown engine {self.engine!r}; choose onnx or tensorflow")
+        if self.precision not in ("fp32", "int8"):
+            raise ValueError(f"unknown precision {self.precision!r}; choose fp32 or int8")
+        if self.precision == "int8" and self.engine != "onnx":
+            raise ValueError("precision int8 needs the onnx engine")
         if self.pca_k < 1:
             raise ValueError("pca_k must be >= 1")
         if self.target_variance is not None and not 0 < self.target_variance <= 1:
@@ -150,6 +157,10 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def _parse(kind, raw: str):
     kind = str(kind)
+    if kind.startswith("bool"):
+        if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"not a boolean: {raw!r}")
+        return raw.strip().lower() in ("1", "true", "yes", "on")
     if kind.startswith("int"):
         return int(raw)
     if kind.startswith("float"):

@@ -16,6 +16,24 @@ def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
     return [json.loads(storage.read_text(spark, uri)) for uri in storage.glob(spark, cfg.featurize_manifests_glob)]
 
 
+def model_of(manifest: dict) -> dict:
+    """What made a featurize step's vectors: vectors of different models do not mix in one table."""
+    params = manifest.get("params", {})
+    return {"backbone": params.get("backbone"), "weights": params.get("weights"), "model_tag": params.get("model_tag"),
+            # INT8 runs calibrate on their own images: their models differ by a hair, not by kind
+            "precision": params.get("precision", "fp32")}
+
+
+def same_model(manifests: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(kept, left out): the newest step's model defines the table; steps made with another model
+    (a backbone or weights switched under the same runs prefix) are left out, never mixed in."""
+    if not manifests:
+        return [], []
+    newest = model_of(max(manifests, key=lambda m: m["written_at"]))
+    kept = [m for m in manifests if model_of(m) == newest]
+    return kept, [m for m in manifests if model_of(m) != newest]
+
+
 def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
     """Union of the featurize outputs; for a key present several times, the newest row wins."""
     if not manifests:
