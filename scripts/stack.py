@@ -90,6 +90,10 @@ def env(base: dict[str, str] | None = None) -> dict[str, str]:
             "SPARK_PID_DIR": str(PIDS),
             "SPARK_LOG_DIR": str(LOGS),
             "SPARK_WORKER_DIR": str(STATE / "spark-work"),
+            # Every application's executor gets its own copy of the --packages jars (~0.7 GB with
+            # hadoop-aws' AWS SDK bundle): the worker drops finished applications' folders after 10 min.
+            "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
+                                 "-Dspark.worker.cleanup.appDataTtl=600",
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PATH": f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}",
@@ -434,7 +438,20 @@ def down() -> None:
         busy = [p for p in busy if port_open(p)]
     if busy:
         raise RuntimeError(f"ports still listening after stack-down: {busy}")
-    log("stack down")
+    freed = drop_executor_jars()
+    log(f"stack down{f' (removed {freed / 2**30:.1f} GiB of executor jar copies; logs kept)' if freed else ''}")
+
+
+def drop_executor_jars() -> int:
+    """The jar copies in the worker's application folders (its logs stay for post-mortems)."""
+    freed = 0
+    for jar in (STATE / "spark-work").glob("app-*/*/*.jar"):
+        try:
+            freed += jar.stat().st_size
+            jar.unlink()
+        except OSError:
+            pass
+    return freed
 
 
 def main(argv: list[str] | None = None) -> int:
