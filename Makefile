@@ -20,8 +20,9 @@ test: $(STAMP)  ## the whole test suite; starts and stops the local stack itself
 demo: $(STAMP)  ## stack up, upload images, run the DAG end to end, stack down; the summary is the last stdout line
 	$(PY) -m scripts.demo $(if $(DATA),--data "$(DATA)")
 
-quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1: the table of choices)
-	$(PY) -m scripts.quality $(if $(VARIANTS),--variants)
+TARGET_VARIANCE ?=
+quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1: the table of choices; TARGET_VARIANCE=0.8: k by variance)
+	$(PY) -m scripts.quality $(if $(VARIANTS),--variants) $(if $(TARGET_VARIANCE),--target-variance $(TARGET_VARIANCE))
 
 stack-up: $(STAMP)
 	$(PY) -m scripts.stack up

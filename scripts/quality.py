@@ -77,7 +77,8 @@ def featurized(spark, cfg, backbone: str, weights: str, data: Path):
 
 
 def evaluate(features, n_images: int, *, k: int, target_variance: float | None, l2_before: bool,
-             l2_after: bool, seed: int, starts: int, algorithm: str = "kmeans", whiten: bool = False) -> dict:
+             l2_after: bool, seed: int, starts: int, algorithm: str = "kmeans", whiten: bool = False,
+             start_max_points: int | None = None, start_share: float | None = None) -> dict:
     """One reduction + clustering choice, scored against the folder labels."""
     import numpy as np
     from pyspark.sql import functions as F
@@ -93,10 +94,12 @@ def evaluate(features, n_images: int, *, k: int, target_variance: float | None, 
     reduced = reduced.cache()
     n_clusters = reduced.select("category").distinct().count()
     if algorithm == "kmeans":
-        model_, _ = cluster.fit_kmeans(reduced, n_clusters, seed, starts, l2_after)
+        model_, _ = cluster.fit_kmeans(reduced, n_clusters, seed, starts, l2_after,
+                                       int(n_images * start_share) if start_share else start_max_points or n_images,
+                                       n_images)
         assigned = cluster.assign(model_, reduced, l2_after)
     else:
-        assigned = _other_clustering(reduced, n_clusters, seed, l2_after, algorithm)
+        assigned = _other_clustering(reduced, n_clusters, seed, starts, l2_after, algorithm)
     assigned = assigned.cache()
     scores = cluster.scores_from_contingency(cluster.contingency(assigned))
     result = {
@@ -107,27 +110,30 @@ def evaluate(features, n_images: int, *, k: int, target_variance: float | None, 
         "silhouette": round(cluster.silhouette(assigned, l2_after), 4),
         "purity": round(scores["purity"], 4),
     }
-    if algorithm == "kmeans":
+    if algorithm in ("kmeans", "kmeans-parallel"):
         result.update(_sklearn_reference(assigned, n_clusters, seed, l2_after))
     assigned.unpersist()
     reduced.unpersist()
     return result
 
 
-def _other_clustering(reduced, n_clusters: int, seed: int, l2_after: bool, algorithm: str):
-    from pyspark.ml.clustering import BisectingKMeans, GaussianMixture
+def _other_clustering(reduced, n_clusters: int, seed: int, starts: int, l2_after: bool, algorithm: str):
+    from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 
     from spark_jobs import cluster
 
     vectors = cluster.with_vectors(reduced, l2_after)
+    if algorithm == "kmeans-parallel":  # Spark ML's own k-means|| start, best of `starts` by cost
+        fits = [KMeans(k=n_clusters, seed=seed + i, maxIter=100, tol=1e-6, featuresCol="vector",
+                       predictionCol="cluster").fit(vectors) for i in range(starts)]
+        best = min(fits, key=lambda m: m.summary.trainingCost)
+        return best.transform(vectors).drop("vector")
     if algorithm == "bisecting":
         estimator = BisectingKMeans(k=n_clusters, seed=seed, featuresCol="vector", predictionCol="cluster")
     elif algorithm == "gmm":
         estimator = GaussianMixture(k=n_clusters, seed=seed, featuresCol="vector", predictionCol="cluster",
                                     maxIter=200)
     elif algorithm == "kmeans-cosine":
-        from pyspark.ml.clustering import KMeans
-
         estimator = KMeans(k=n_clusters, seed=seed, featuresCol="vector", predictionCol="cluster",
                            distanceMeasure="cosine", maxIter=100)
     else:
@@ -158,10 +164,14 @@ VARIANTS = [
     ("+ L2 before PCA", {"l2_before": True, "l2_after": False}),
     ("+ L2 before PCA, whitening", {"l2_before": True, "l2_after": False, "whiten": True}),
     ("+ L2 before and after PCA (cosine) [default]", {"l2_before": True, "l2_after": True}),
+    ("  same, Spark's own k-means|| start", {"l2_before": True, "l2_after": True,
+                                                     "algorithm": "kmeans-parallel"}),
+    ("  same, start found on half of the vectors", {"l2_before": True, "l2_after": True, "start_share": 0.5}),
     ("  same, KMeans with cosine distance", {"l2_before": True, "l2_after": False, "algorithm": "kmeans-cosine"}),
     ("  same, BisectingKMeans", {"l2_before": True, "l2_after": True, "algorithm": "bisecting"}),
     ("  same, GaussianMixture", {"l2_before": True, "l2_after": True, "algorithm": "gmm"}),
     ("  same, k by target variance 0.8", {"l2_before": True, "l2_after": True, "target_variance": 0.8}),
+    ("  same, k by target variance 0.85", {"l2_before": True, "l2_after": True, "target_variance": 0.85}),
 ]
 
 
@@ -197,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 features = featurized(spark, cfg, backbone, weights, folder)
                 n = features.count()
                 settings = {"k": cfg.pca_k, "target_variance": cfg.target_variance, "seed": cfg.seed,
-                            "starts": cfg.kmeans_starts}
+                            "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points}
                 pipeline = evaluate(features, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize)
                 results[backbone][set_name] = {"n_images": n, **pipeline}
                 rows.append((backbone, weights, set_name, "pipeline settings", pipeline))

@@ -53,12 +53,35 @@ def test_metrics_from_contingency_match_scikit_learn():
 def test_kmeans_finds_separated_classes(spark):
     features = _features(spark)
     reduced = pca.project(pca.fit_pca(features, 5, None, n_rows=48), features)
-    model, costs = cluster.fit_kmeans(reduced, 4, seed=1, starts=3)
-    assert len(costs) == 3
+    model, fit = cluster.fit_kmeans(reduced, 4, seed=1, starts=3)
+    assert fit["start_points"] == 48 and fit["starts"] == 3
     assigned = cluster.assign(model, reduced)
     scores = cluster.scores_from_contingency(cluster.contingency(assigned))
     assert scores["ari"] == pytest.approx(1.0) and scores["purity"] == pytest.approx(1.0)
     assert 0 < cluster.silhouette(assigned) <= 1
+
+
+def test_kmeans_from_a_sample_iterates_over_all_vectors(spark, tmp_path):
+    """The start comes from a sample smaller than the data; Spark's iterations over all the vectors
+    still find the classes, and the model is an ordinary Spark ML KMeansModel (save, load, transform)."""
+    from pyspark.ml.clustering import KMeansModel
+
+    features = _features(spark, n_per_class=40)
+    reduced = pca.project(pca.fit_pca(features, 5, None, n_rows=160), features)
+    model, fit = cluster.fit_kmeans(reduced, 4, seed=2, starts=2, start_max_points=20, n_rows=160)
+    assert 8 <= fit["start_points"] <= 20
+    model.write().overwrite().save(str(tmp_path / "kmeans"))
+    loaded = KMeansModel.load(str(tmp_path / "kmeans"))
+    assert np.allclose(np.stack(loaded.clusterCenters()), np.stack(model.clusterCenters()))
+    assigned = cluster.assign(loaded, reduced)
+    assert assigned.count() == 160
+    assert cluster.scores_from_contingency(cluster.contingency(assigned))["ari"] == pytest.approx(1.0)
+    # The cost is that of all the vectors: their squared distances to the nearest centre, computed here.
+    rows = cluster.with_vectors(reduced, True).select("vector").toPandas()
+    x = np.stack([v.toArray() for v in rows["vector"]])
+    centres = np.stack(model.clusterCenters())
+    expected = ((x[:, None, :] - centres[None]) ** 2).sum(axis=2).min(axis=1).sum()
+    assert fit["cost"] == pytest.approx(expected, rel=1e-6)
 
 
 def _wide_features(spark, n=240, dim=1280, seed=5):

@@ -63,7 +63,10 @@ class Config:
     # Cosine geometry: L2-normalise the features before PCA and the reduced vectors before KMeans.
     l2_normalize: bool = True
     n_clusters: int | None = None  # None: the number of distinct categories
-    kmeans_starts: int = 10  # best of 10 seeded k-means|| starts by cost (make quality compares with scikit-learn)
+    # KMeans starts from the best of `kmeans_starts` greedy k-means++ starts on a random sample of at most
+    # `kmeans_start_max_points` vectors (driver), then iterates over all of them in Spark.
+    kmeans_starts: int = 20
+    kmeans_start_max_points: int = 20000
     tsne_max_points: int = 3000
     plot_max_points: int = 20000
 
