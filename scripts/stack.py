@@ -58,6 +58,38 @@ def spark_home() -> Path:
     return Path(pyspark.__file__).resolve().parent
 
 
+def hadoop_aws_jars() -> list[str]:
+    """hadoop-aws and its dependencies as local jars, resolved once from Maven Central with the Ivy
+    that pyspark ships, for the class path of the driver and executors (FRUITFLOW_SPARK_JARS): with
+    --packages every spark-submit resolves them again and copies the 0.7 GB AWS SDK bundle into the
+    application's executor folder. [] (spark-submit falls back to --packages) when they cannot be had."""
+    from spark_jobs.common.config import HADOOP_AWS_PACKAGE
+
+    folder = STATE / "jars"
+    listing = folder / "resolved.json"
+    if listing.exists():
+        known = json.loads(listing.read_text())
+        if known.get("package") == HADOOP_AWS_PACKAGE and all(Path(j).is_file() for j in known["jars"]):
+            return known["jars"]
+    group, artifact, version = HADOOP_AWS_PACKAGE.split(":")
+    ivy = sorted((spark_home() / "jars").glob("ivy-*.jar"))
+    java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
+    command = [str(java), "-cp", str(ivy[-1]) if ivy else "", "org.apache.ivy.Main",
+               "-dependency", group, artifact, version, "-confs", "default", "-types", "jar",
+               "-cache", str(STATE / "ivy" / "cache"),
+               "-retrieve", str(folder / "[organisation]_[artifact]-[revision](-[classifier]).[ext]"), "-sync"]
+    log(f"resolving {HADOOP_AWS_PACKAGE} into {folder} (once)")
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log(f"could not resolve {HADOOP_AWS_PACKAGE} ({str(detail).strip()[-300:]}); spark-submit will use --packages")
+        return []
+    jars = sorted(str(j) for j in folder.glob("*.jar"))
+    listing.write_text(json.dumps({"package": HADOOP_AWS_PACKAGE, "jars": jars}))
+    return jars
+
+
 def local_credentials() -> dict[str, str]:
     """Throw-away credentials for the local S3 server, made per state dir, never committed."""
     path = STATE / "local-credentials.json"
@@ -85,13 +117,14 @@ def env(base: dict[str, str] | None = None) -> dict[str, str]:
             "FRUITFLOW_S3_ENDPOINT": endpoint,
             "FRUITFLOW_SPARK_MASTER": master,
             "FRUITFLOW_IVY_DIR": str(STATE / "ivy"),
+            "FRUITFLOW_SPARK_JARS": ",".join(hadoop_aws_jars()),
             "SPARK_HOME": str(spark_home()),
             "SPARK_LOCAL_IP": HOST,
             "SPARK_PID_DIR": str(PIDS),
             "SPARK_LOG_DIR": str(LOGS),
             "SPARK_WORKER_DIR": str(STATE / "spark-work"),
-            # Every application's executor gets its own copy of the --packages jars (~0.7 GB with
-            # hadoop-aws' AWS SDK bundle): the worker drops finished applications' folders after 10 min.
+            # Without FRUITFLOW_SPARK_JARS every application's executor gets its own copy of the
+            # --packages jars (~0.7 GB): the worker drops finished applications' folders after 10 min.
             "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
                                  "-Dspark.worker.cleanup.appDataTtl=600",
             "PYSPARK_PYTHON": sys.executable,

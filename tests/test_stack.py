@@ -31,3 +31,23 @@ def test_spark_writes_and_reads_parquet_through_s3a(stack, spark, cfg):
     spark.range(1000).selectExpr("id", "id * 2 as twice").write.mode("overwrite").parquet(uri)
     back = spark.read.parquet(uri)
     assert back.count() == 1000 and back.selectExpr("sum(twice)").first()[0] == 999 * 1000
+
+
+def test_hadoop_aws_comes_from_the_class_path_not_shipped_per_application(stack):
+    """The stack resolves hadoop-aws once into local jars; spark-submit then puts them on the class path
+    instead of resolving --packages and copying the 0.7 GB AWS SDK bundle into every application."""
+    import os
+
+    from fruitflow_airflow.submit import submit_kwargs
+    from spark_jobs.common.config import HADOOP_AWS_PACKAGE, Config
+
+    cfg = Config.from_env()
+    jars = cfg.spark_jars.split(",")
+    assert any(j.endswith("hadoop-aws-3.5.0.jar") for j in jars) and any("awssdk_bundle" in j for j in jars)
+    assert all(os.path.isfile(j) for j in jars)
+    kwargs = submit_kwargs("pca", cfg)
+    assert kwargs["packages"] is None
+    assert kwargs["conf"]["spark.driver.extraClassPath"] == kwargs["conf"]["spark.executor.extraClassPath"] == ":".join(jars)
+    # Elsewhere (no jars on the nodes) spark-submit resolves and ships the package itself.
+    fallback = submit_kwargs("pca", cfg.with_overrides(spark_jars=""))
+    assert fallback["packages"] == HADOOP_AWS_PACKAGE and "spark.executor.extraClassPath" not in fallback["conf"]

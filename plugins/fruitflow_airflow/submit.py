@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from spark_jobs.common.config import HADOOP_AWS_PACKAGE, Config
-from spark_jobs.common.session import spark_conf
+from spark_jobs.common.config import Config
+from spark_jobs.common.session import hadoop_aws_packages, spark_conf
 
 STEPS = ("preprocess", "featurize", "pca", "cluster")
 
@@ -22,7 +22,7 @@ def submit_kwargs(step: str, cfg: Config) -> dict:
     return {
         "application": f"{cfg.jobs_dir.rstrip('/')}/{step}.py",
         "py_files": cfg.py_files,
-        "packages": HADOOP_AWS_PACKAGE,
+        "packages": hadoop_aws_packages(cfg),
         "conf": spark_conf(cfg),
         "name": f"fruitflow-{step}",
     }

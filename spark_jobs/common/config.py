@@ -47,6 +47,10 @@ class Config:
     jobs_dir: str = str(_PROJECT_ROOT / "spark_jobs")
     py_files: str = str(_PROJECT_ROOT / "dist" / "fruitflow_jobs.zip")
     ivy_dir: str = ""  # empty: Spark's default (~/.ivy2.5.2)
+    # hadoop-aws and its dependencies as jar files present at the same paths on every Spark node
+    # (comma-separated); they go on the driver's and executors' class path. Empty: spark-submit
+    # resolves HADOOP_AWS_PACKAGE from Maven and ships it with each application (~0.7 GB each time).
+    spark_jars: str = ""
     shuffle_partitions: int = 8
 
     # Featurization

@@ -30,14 +30,24 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(cfg.s3_endpoint.startswith("https")).lower()
     if cfg.ivy_dir:
         conf["spark.jars.ivy"] = cfg.ivy_dir
+    if cfg.spark_jars:
+        class_path = ":".join(j.strip() for j in cfg.spark_jars.split(",") if j.strip())
+        conf["spark.driver.extraClassPath"] = conf["spark.executor.extraClassPath"] = class_path
     return conf
+
+
+def hadoop_aws_packages(cfg: Config) -> str | None:
+    """What spark-submit must resolve and ship itself: nothing when the jars are on the nodes."""
+    return None if cfg.spark_jars else HADOOP_AWS_PACKAGE
 
 
 def build_session(app_name: str, cfg: Config, master: str | None = None) -> SparkSession:
     """Under spark-submit the master and packages come from the command line; tests pass `master`."""
     builder = SparkSession.builder.appName(app_name)
     if master:
-        builder = builder.master(master).config("spark.jars.packages", HADOOP_AWS_PACKAGE)
+        builder = builder.master(master)
+        if hadoop_aws_packages(cfg):
+            builder = builder.config("spark.jars.packages", hadoop_aws_packages(cfg))
     for key, value in spark_conf(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
