@@ -52,6 +52,7 @@ class Config:
     # resolves HADOOP_AWS_PACKAGE from Maven and ships it with each application (~0.7 GB each time).
     spark_jars: str = ""
     shuffle_partitions: int = 8
+    executor_memory: str = "2g"  # JVM heap per executor (Spark's default, 1g, ran out at 4716 images)
 
     # Featurization
     backbone: str = "resnet50"
