@@ -10,7 +10,7 @@ jobs on the standalone master, each returning its manifest as XCom) -> `publish`
 
 PCA and KMeans refit on the whole feature table; preprocess and featurize see only new images.
 Params (validated before anything runs): raw prefix, k or target variance, clusters, batch size, backbone,
-weights, cosine geometry (l2_normalize).
+weights, cosine geometry (l2_normalize), the colour histogram's weight (color_weight).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ with DAG(
                          description="imagenet | random | path or s3a URI of a saved model"),
         "l2_normalize": Param(CFG.l2_normalize, type="boolean",
                               description="cosine geometry for PCA and KMeans (unit-length vectors)"),
+        "color_weight": Param(CFG.color_weight, type="number", minimum=0, maximum=10,
+                              description="weight of the colour histogram beside the CNN features in PCA (0: none)"),
     },
 ) as dag:
     wait_for_images = S3KeySensor(
@@ -109,7 +111,7 @@ with DAG(
     pca = SparkStepOperator(
         step="pca",
         application_args=["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
-                          L2_NORMALIZE],
+                          "--color-weight", "{{ params.color_weight }}", L2_NORMALIZE],
         outlets=[PCA_OUTPUT],
     )
     cluster = SparkStepOperator(

@@ -73,19 +73,20 @@ def featurized(spark, cfg, backbone: str, weights: str, data: Path):
     out = STATE / "features" / f"{backbone}-{weights}-{data.name}.parquet"
     features.write.mode("overwrite").parquet(str(out))
     log(f"{backbone} ({weights}) on {data.name}: {n} images featurized in {time.perf_counter() - started:.0f}s")
-    return spark.read.parquet(str(out)).select("key", "category", "features").cache()
+    return spark.read.parquet(str(out)).select("key", "category", "features", "color").cache()
 
 
 def evaluate(features, n_images: int, *, k: int, target_variance: float | None, l2_before: bool,
              l2_after: bool, seed: int, starts: int, algorithm: str = "kmeans", whiten: bool = False,
-             start_max_points: int | None = None, start_share: float | None = None) -> dict:
+             start_max_points: int | None = None, start_share: float | None = None,
+             color_weight: float = 0.0) -> dict:
     """One reduction + clustering choice, scored against the folder labels."""
     import numpy as np
     from pyspark.sql import functions as F
 
     from spark_jobs import cluster, pca
 
-    model = pca.fit_pca(features, k, target_variance, n_images, l2_normalize=l2_before)
+    model = pca.fit_pca(features, k, target_variance, n_images, l2_normalize=l2_before, color_weight=color_weight)
     explained = pca.explained_variance(model)
     reduced = pca.project(model, features)
     if whiten:  # unit variance per component
@@ -160,18 +161,26 @@ def _sklearn_reference(assigned, n_clusters: int, seed: int, l2_after: bool) -> 
 
 # The choices the README's table records: (name, evaluate() keyword arguments).
 VARIANTS = [
-    ("study: PCA-20, KMeans", {"l2_before": False, "l2_after": False}),
-    ("+ L2 before PCA", {"l2_before": True, "l2_after": False}),
-    ("+ L2 before PCA, whitening", {"l2_before": True, "l2_after": False, "whiten": True}),
-    ("+ L2 before and after PCA (cosine) [default]", {"l2_before": True, "l2_after": True}),
-    ("  same, Spark's own k-means|| start", {"l2_before": True, "l2_after": True,
-                                                     "algorithm": "kmeans-parallel"}),
-    ("  same, start found on half of the vectors", {"l2_before": True, "l2_after": True, "start_share": 0.5}),
-    ("  same, KMeans with cosine distance", {"l2_before": True, "l2_after": False, "algorithm": "kmeans-cosine"}),
-    ("  same, BisectingKMeans", {"l2_before": True, "l2_after": True, "algorithm": "bisecting"}),
-    ("  same, GaussianMixture", {"l2_before": True, "l2_after": True, "algorithm": "gmm"}),
-    ("  same, k by target variance 0.8", {"l2_before": True, "l2_after": True, "target_variance": 0.8}),
-    ("  same, k by target variance 0.85", {"l2_before": True, "l2_after": True, "target_variance": 0.85}),
+    ("study: PCA-20, KMeans", {"l2_before": False, "l2_after": False, "color_weight": 0.0}),
+    ("+ L2 before PCA", {"l2_before": True, "l2_after": False, "color_weight": 0.0}),
+    ("+ L2 before PCA, whitening", {"l2_before": True, "l2_after": False, "whiten": True, "color_weight": 0.0}),
+    ("+ L2 before and after PCA (cosine)", {"l2_before": True, "l2_after": True, "color_weight": 0.0}),
+    ("  same, Spark's own k-means|| start", {"l2_before": True, "l2_after": True, "color_weight": 0.0,
+                                             "algorithm": "kmeans-parallel"}),
+    ("  same, start found on half of the vectors", {"l2_before": True, "l2_after": True, "color_weight": 0.0,
+                                                    "start_share": 0.5}),
+    ("  same, KMeans with cosine distance", {"l2_before": True, "l2_after": False, "color_weight": 0.0,
+                                             "algorithm": "kmeans-cosine"}),
+    ("  same, BisectingKMeans", {"l2_before": True, "l2_after": True, "color_weight": 0.0, "algorithm": "bisecting"}),
+    ("  same, GaussianMixture", {"l2_before": True, "l2_after": True, "color_weight": 0.0, "algorithm": "gmm"}),
+    ("  same, k by target variance 0.8", {"l2_before": True, "l2_after": True, "color_weight": 0.0,
+                                          "target_variance": 0.8}),
+    ("+ colour histogram, weight 0.5", {"l2_before": True, "l2_after": True, "color_weight": 0.5}),
+    ("+ colour histogram, weight 1 [default]", {"l2_before": True, "l2_after": True, "color_weight": 1.0}),
+    ("  same, Spark's own k-means|| start", {"l2_before": True, "l2_after": True, "color_weight": 1.0,
+                                             "algorithm": "kmeans-parallel"}),
+    ("  same, k by target variance 0.8", {"l2_before": True, "l2_after": True, "color_weight": 1.0,
+                                          "target_variance": 0.8}),
 ]
 
 
@@ -207,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 features = featurized(spark, cfg, backbone, weights, folder)
                 n = features.count()
                 settings = {"k": cfg.pca_k, "target_variance": cfg.target_variance, "seed": cfg.seed,
-                            "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points}
+                            "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
+                            "color_weight": cfg.color_weight}
                 pipeline = evaluate(features, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize)
                 results[backbone][set_name] = {"n_images": n, **pipeline}
                 rows.append((backbone, weights, set_name, "pipeline settings", pipeline))

@@ -25,6 +25,7 @@ from pyspark.sql.types import ArrayType, FloatType
 
 from spark_jobs.common import cli
 from spark_jobs.common.config import FEATURE_DIM, Config
+from spark_jobs.common.images import COLOR_DESCRIPTOR
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.common.models import materialize
 from spark_jobs.common.quantize import materialize_int8
@@ -39,7 +40,8 @@ def resolve_model_file(model_ref: str) -> str:
 
 def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
                      threads_per_worker: int = 1, backbone: str = "resnet50") -> DataFrame:
-    """key, category, etag, image (raw 224x224 RGB bytes) -> key, category, etag, features (float[])."""
+    """key, category, etag, image (raw 224x224 RGB bytes) -> key, category, etag, features (float[]),
+    color (float[], the colour histogram of `images.color_histogram`)."""
 
     @pandas_udf(ArrayType(FloatType()))
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
@@ -52,7 +54,13 @@ def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size:
             features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
             yield pd.Series(list(np.concatenate(features).astype(np.float32)))
 
-    return images.select("key", "category", "etag", embed("image").alias("features"))
+    @pandas_udf(ArrayType(FloatType()))
+    def colour(images_batch: pd.Series) -> pd.Series:
+        from spark_jobs.common.images import color_histogram, rgb_from_bytes
+
+        return pd.Series([color_histogram(rgb_from_bytes(b)) for b in images_batch])
+
+    return images.select("key", "category", "etag", embed("image").alias("features"), colour("image").alias("color"))
 
 
 def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:
@@ -103,6 +111,7 @@ def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
                        "model_tag": model.tag,
                        "engine": cfg.engine, "batch_size": cfg.batch_size, "partitions": partitions,
                        "feature_dim": dims[0]["d"] if dims else None, "precision": cfg.precision,
+                       "color_descriptor": COLOR_DESCRIPTOR,
                        **({"fp32_model": model.onnx_uri, "int8_calibration_hash": int8.calibration_hash,
                            "int8_calibration_images": int8.n_calibration, "int8_reused": int8.reused}
                           if int8 else {})},

@@ -1,8 +1,9 @@
 """Step 3 - pca: the feature table -> k principal components (Spark ML PCA) and explained variance.
 
 Reads every committed featurize output (the feature table grows run after run; a key featurized again
-keeps its newest features), L2-normalises and centres them (`l2_normalize`, on by default), fits PCA with k components, or the smallest k whose cumulative explained
-variance reaches `--target-variance`, and writes the reduced vectors, the fitted model, the 2-D view
+keeps its newest features), L2-normalises them (`l2_normalize`, on by default), appends the colour
+histogram with weight `color_weight` (1.0 by default), centres them and fits PCA with k components, or
+the smallest k whose cumulative explained variance reaches `--target-variance`, and writes the reduced vectors, the fitted model, the 2-D view
 and the study's `df_categ.csv` (categ;key).
 """
 
@@ -12,7 +13,8 @@ import sys
 
 import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.feature import Normalizer, PCAModel, StandardScaler
+from pyspark.ml.feature import ElementwiseProduct, Normalizer, PCAModel, StandardScaler, VectorAssembler
+from pyspark.ml.linalg import DenseVector
 from pyspark.ml.stat import Correlation, Summarizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
@@ -37,23 +39,37 @@ def choose_k(explained: np.ndarray, k: int, target_variance: float | None) -> in
     return int(reached[0]) + 1 if len(reached) else len(explained)
 
 
+def _input_vectors(features: DataFrame) -> DataFrame:
+    """The array columns as ML vectors: `vector` (CNN features) and, when present, `color_vector`."""
+    frame = features.withColumn("vector", array_to_vector("features"))
+    return frame.withColumn("color_vector", array_to_vector("color")) if "color" in features.columns else frame
+
+
 def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: int,
-            l2_normalize: bool = True) -> PipelineModel:
-    """[L2 normalisation], centring and PCA with k components (or the smallest k reaching
-    `target_variance`) as one Spark ML PipelineModel.
+            l2_normalize: bool = True, color_weight: float = 0.0) -> PipelineModel:
+    """[L2 normalisation], [the colour histogram appended with weight `color_weight`], centring and
+    PCA with k components (or the smallest k reaching `target_variance`) as one Spark ML PipelineModel.
 
     Spark computes the covariance matrix (an aggregate over the executors: d x d numbers, whatever the
-    number of images); its eigendecomposition, d <= 2048, is numpy's on the driver. Spark ML's own
+    number of images); its eigendecomposition, d <= 2048 + 192, is numpy's on the driver. Spark ML's own
     PCA.fit decomposes it with LAPACK, and on machines without a native LAPACK (libblas3/liblapack3)
     its pure-Java fallback returned wrong components beyond the second one (measured on 1280-d CNN
     features; tests/test_pca_cluster.py compares with scikit-learn)."""
-    vectors = features.select(array_to_vector("features").alias("vector"))
+    vectors = _input_vectors(features)
     stages: list = []
+    column = "vector"
     if l2_normalize:  # unit-length features: the image's overall activation level stops weighing in
-        stages.append(Normalizer(p=2.0, inputCol="vector", outputCol="unit"))
+        stages.append(Normalizer(p=2.0, inputCol=column, outputCol="unit"))
+        column = "unit"
+    if color_weight > 0 and "color_vector" in vectors.columns:
+        # The histogram has unit length already: the weight sets its share against unit CNN vectors.
+        n_bins = len(features.select("color").first()["color"])
+        stages.append(ElementwiseProduct(scalingVec=DenseVector([color_weight] * n_bins),
+                                         inputCol="color_vector", outputCol="color_weighted"))
+        stages.append(VectorAssembler(inputCols=[column, "color_weighted"], outputCol="joined"))
+        column = "joined"
     # Spark's PCAModel projects rows as they come; centring makes the projection the one the variance describes.
-    centring = StandardScaler(withMean=True, withStd=False, inputCol=stages[-1].getOutputCol() if stages else "vector",
-                              outputCol="centred")
+    centring = StandardScaler(withMean=True, withStd=False, inputCol=column, outputCol="centred")
     prepared_model = Pipeline(stages=[*stages, centring]).fit(vectors)
     prepared = prepared_model.transform(vectors).select("centred")
     eigenvalues, eigenvectors = _eigen(covariance(prepared, "centred"))
@@ -62,6 +78,14 @@ def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: 
     chosen = choose_k(explained, min(k, n_rows), target_variance)
     return PipelineModel(stages=[*prepared_model.stages,
                                  _pca_model(features.sparkSession, eigenvectors[:, :chosen], explained[:chosen])])
+
+
+def color_weight_of(model: PipelineModel) -> float:
+    """The weight the colour histogram had in the fit (0.0 when it was not part of it)."""
+    for stage in model.stages:
+        if isinstance(stage, ElementwiseProduct):
+            return float(stage.getScalingVec()[0])
+    return 0.0
 
 
 def covariance(frame: DataFrame, column: str) -> np.ndarray:
@@ -103,7 +127,7 @@ def explained_variance(model: PipelineModel) -> np.ndarray:
 
 def project(model: PipelineModel, features: DataFrame) -> DataFrame:
     """key, category, features -> key, category, pca (double[k]), pc1, pc2."""
-    reduced = model.transform(features.withColumn("vector", array_to_vector("features")))
+    reduced = model.transform(_input_vectors(features))
     pca = vector_to_array("pca")
     return reduced.select(
         "key", "category", pca.alias("pca"),
@@ -126,7 +150,7 @@ def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = 
     features = feature_table(spark, manifests).cache()
     n_images = features.count()
     with timings.measure("fit"):
-        model = fit_pca(features, cfg.pca_k, cfg.target_variance, n_images, cfg.l2_normalize)
+        model = fit_pca(features, cfg.pca_k, cfg.target_variance, n_images, cfg.l2_normalize, cfg.color_weight)
     explained = [float(v) for v in explained_variance(model)]
     reduced_uri, model_uri = f"{out_uri}/reduced", f"{out_uri}/model"
     with timings.measure("write"):
@@ -151,7 +175,7 @@ def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = 
             "counts": {"n_images": n_images, "n_featurize_steps": len(manifests),
                        "n_featurize_steps_left_out": len(left_out)},
             "params": {"k": len(explained), "k_requested": cfg.pca_k, "target_variance": cfg.target_variance,
-                       "l2_normalize": cfg.l2_normalize, "centred": True,
+                       "l2_normalize": cfg.l2_normalize, "centred": True, "color_weight": color_weight_of(model),
                        **(model_of(manifests[0]) if manifests else {})},
             "metrics": {
                 "explained_variance": round(sum(explained), 6),
@@ -168,6 +192,8 @@ def arg_parser():
     parser.add_argument("--k", dest="pca_k", type=cli.optional(int), help="number of components (default 20)")
     parser.add_argument("--target-variance", dest="target_variance", type=cli.optional(float),
                         help="pick the smallest k reaching this cumulative explained variance")
+    parser.add_argument("--color-weight", dest="color_weight", type=cli.optional(float),
+                        help="weight of the colour histogram appended to the unit-length CNN features (0: none)")
     cli.add_l2_normalize(parser)
     return parser
 

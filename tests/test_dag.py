@@ -81,7 +81,7 @@ def test_chain_order_and_operators(dag):
 @pytest.mark.parametrize("bad", [
     {"pca_k": 0}, {"pca_k": "twenty"}, {"target_variance": 1.5}, {"n_clusters": 1},
     {"batch_size": 0}, {"weights": "http://example.invalid/w.h5"}, {"raw_prefix": "../etc"},
-    {"backbone": "vgg16"}, {"l2_normalize": "yes"},
+    {"backbone": "vgg16"}, {"l2_normalize": "yes"}, {"color_weight": -1}, {"color_weight": "lots"},
 ])
 def test_bad_params_are_refused(dag, bad):
     from airflow.sdk.definitions.param import ParamValidationError
@@ -95,7 +95,7 @@ def test_bad_params_are_refused(dag, bad):
 def test_good_params_pass(dag):
     params = copy.deepcopy(dag.params)
     params.update({"pca_k": 50, "target_variance": 0.9, "n_clusters": 20, "weights": "s3a://m/x.keras",
-                   "backbone": "efficientnet_lite0", "l2_normalize": False})
+                   "backbone": "efficientnet_lite0", "l2_normalize": False, "color_weight": 0.5})
     params.validate()
 
 
@@ -126,8 +126,8 @@ def test_rendered_spark_arguments(dag):
     assert _render(dag.get_task("featurize"), params) == [
         "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--backbone", params["backbone"],
         "--weights", params["weights"], "--batch-size", str(params["batch_size"])]
-    assert _render(dag.get_task("pca"), {**params, "target_variance": 0.9}) == [
-        "--k", str(params["pca_k"]), "--target-variance", "0.9", "--l2-normalize"]
+    assert _render(dag.get_task("pca"), {**params, "target_variance": 0.9, "color_weight": 0.5}) == [
+        "--k", str(params["pca_k"]), "--target-variance", "0.9", "--color-weight", "0.5", "--l2-normalize"]
     assert _render(dag.get_task("cluster"), {**params, "l2_normalize": False}) == [
         "--input", "s3a://fruitflow-features/runs/r/pca", "--n-clusters", "", "--no-l2-normalize"]
 
@@ -146,6 +146,9 @@ def test_rendered_arguments_parse_in_the_jobs(dag):
         assert args.run_id == "r1"
     args = pca.arg_parser().parse_args(["--run-id", "r", *_render(dag.get_task("pca"), params)])
     assert args.pca_k == params["pca_k"] and args.target_variance is None and args.l2_normalize is True
+    assert args.color_weight == params["color_weight"] == 1.0
+    args = pca.arg_parser().parse_args(["--run-id", "r", *_render(dag.get_task("pca"), {**params, "color_weight": 0})])
+    assert args.color_weight == 0.0
     args = cluster.arg_parser().parse_args(
         ["--run-id", "r", *_render(dag.get_task("cluster"), {**params, "l2_normalize": False})])
     assert args.l2_normalize is False

@@ -41,13 +41,17 @@ def test_featurize_udf_gives_the_models_features(spark, image_tree, model_files,
     frame = preprocess.with_keys(preprocess.extract(spark, root.as_uri()), root.as_uri())
     prepared = preprocess.preprocess_images(frame.filter("ignored_reason is null"), cfg).filter("status = 'ok'")
     out = featurize.featurize_images(prepared.repartition(3), model_files["onnx"], "onnx", batch_size=3)
-    rows = {r["key"]: np.asarray(r["features"], np.float32) for r in out.collect()}
+    collected = out.collect()
+    rows = {r["key"]: np.asarray(r["features"], np.float32) for r in collected}
+    colours = {r["key"]: np.asarray(r["color"], np.float32) for r in collected}
     assert len(rows) == len(paths)
     direct = models.OnnxFeaturizer(model_files["onnx"])(real_batch)
     for i, p in enumerate(paths):
         got = rows[f"{p.parent.name}/{p.name}"]
         assert got.shape == (2048,)
         np.testing.assert_allclose(got, direct[i], atol=1e-4, rtol=1e-5)
+        expected_colour = images.color_histogram(real_batch[i].astype(np.uint8))
+        np.testing.assert_allclose(colours[f"{p.parent.name}/{p.name}"], expected_colour, atol=1e-6)
 
 
 def test_imagenet_without_internet_fails_with_a_clear_message(monkeypatch):

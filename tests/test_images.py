@@ -46,3 +46,24 @@ def test_huge_image_is_decoded_reduced_or_refused():
     assert images.decode(data, max_pixels=10**8).shape == (500, 750, 3)  # decoded at 1/8 scale
     with pytest.raises(images.RejectedImage, match="too large"):
         images.decode(data, max_pixels=10**6)
+
+
+def test_color_histogram_describes_the_fruit_not_the_white_background():
+    red_on_white = np.full((224, 224, 3), 255, np.uint8)
+    red_on_white[60:160, 60:160] = (200, 20, 20)
+    histogram = images.color_histogram(red_on_white)
+    assert histogram.shape == (int(np.prod(images.COLOR_BINS)),) and histogram.dtype == np.float32
+    assert np.linalg.norm(histogram) == pytest.approx(1.0, abs=1e-6)
+    assert np.count_nonzero(histogram) == 1  # one bin: the red square, and nothing of the background
+    green = red_on_white.copy()
+    green[60:160, 60:160] = (20, 200, 20)
+    assert float(histogram @ images.color_histogram(green)) == 0.0
+    assert not images.color_histogram(np.full((224, 224, 3), 255, np.uint8)).any()  # all background: zeros
+
+
+def test_color_histogram_puts_yellow_fruits_together():
+    """A banana's colours are closer to a lemon's than to a strawberry's (real photos of the set)."""
+    paths = {p.parent.name: p for p in real_images(SAMPLE_500, 20, 1)}
+    hist = {n: images.color_histogram(images.preprocess(images.decode(paths[n].read_bytes(), 10**7)))
+            for n in ("Banana", "Lemon", "Strawberry")}
+    assert float(hist["Banana"] @ hist["Lemon"]) > float(hist["Banana"] @ hist["Strawberry"]) + 0.2

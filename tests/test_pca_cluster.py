@@ -152,3 +152,28 @@ def test_quality_evaluation_agrees_with_scikit_learn_on_separable_data(spark):
     assert result["k"] == 4 and 0 < result["explained_variance"] <= 1
     assert result["ari"] == pytest.approx(1.0) and result["sklearn_ari"] == pytest.approx(1.0)
     assert result["nmi"] == pytest.approx(1.0) and result["purity"] == pytest.approx(1.0)
+
+
+def test_colour_histogram_joins_the_reduction_with_its_weight(spark):
+    """With a `color` column and color_weight > 0 the PCA input is [unit CNN vector, weight x colour]:
+    explained variance and projection are scikit-learn's on that concatenation; weight 0 leaves it out."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(11)
+    n, dim, bins = 90, 40, 12
+    x = np.maximum(rng.normal(size=(n, dim)) + 1.0, 0.0)
+    colour = normalize(rng.random((n, bins)) ** 3)
+    rows = [(f"c{i % 3}/{i}.jpg", f"c{i % 3}", x[i].astype(np.float32).tolist(), colour[i].astype(np.float32).tolist())
+            for i in range(n)]
+    frame = spark.createDataFrame(rows, "key string, category string, features array<float>, color array<float>")
+    x32, colour32 = x.astype(np.float32).astype(np.float64), colour.astype(np.float32).astype(np.float64)
+    for weight in (0.0, 0.7):
+        model = pca.fit_pca(frame, 6, None, n_rows=n, l2_normalize=True, color_weight=weight)
+        assert pca.color_weight_of(model) == pytest.approx(weight)
+        joined = normalize(x32) if weight == 0 else np.hstack([normalize(x32), weight * colour32])
+        reference = PCA(6).fit(joined)
+        np.testing.assert_allclose(pca.explained_variance(model), reference.explained_variance_ratio_, atol=1e-6)
+        ours = np.stack([r["pca"] for r in pca.project(model, frame).orderBy("key").collect()])
+        order = np.argsort([r[0] for r in rows])
+        np.testing.assert_allclose(np.abs(ours), np.abs(reference.transform(joined)[order]), atol=1e-5)

@@ -89,6 +89,7 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
         "weights_source": feat["params"].get("weights_source"),
         "precision": feat["params"].get("precision", "fp32"),
         "l2_normalize": pca["params"].get("l2_normalize"),
+        "color_weight": pca["params"].get("color_weight", 0.0),
         "explained_variance": pca["metrics"]["explained_variance"],
         "explained_variance_per_component": pca["metrics"]["explained_variance_per_component"],
         "k": pca["params"]["k"],

@@ -67,6 +67,9 @@ class Config:
     target_variance: float | None = None  # when set, the smallest k reaching it wins over pca_k
     # Cosine geometry: L2-normalise the features before PCA and the reduced vectors before KMeans.
     l2_normalize: bool = True
+    # The colour histogram (featurize's `color` column) appended to the unit-length CNN features before
+    # PCA, with this weight; 0 leaves it out (README, "Clustering quality").
+    color_weight: float = 1.0
     n_clusters: int | None = None  # None: the number of distinct categories
     # KMeans starts from the best of `kmeans_starts` greedy k-means++ starts on a random sample of at most
     # `kmeans_start_max_points` vectors (driver), then iterates over all of them in Spark.

@@ -21,7 +21,9 @@ def model_of(manifest: dict) -> dict:
     params = manifest.get("params", {})
     return {"backbone": params.get("backbone"), "weights": params.get("weights"), "model_tag": params.get("model_tag"),
             # INT8 runs calibrate on their own images: their models differ by a hair, not by kind
-            "precision": params.get("precision", "fp32")}
+            "precision": params.get("precision", "fp32"),
+            # colour vectors of another definition (or none, before they existed) do not mix either
+            "color_descriptor": params.get("color_descriptor")}
 
 
 def same_model(manifests: list[dict]) -> tuple[list[dict], list[dict]]:
