@@ -74,8 +74,7 @@ def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int, l2_normalize:
         cost = float(refined.computeCost(rdd))
     finally:
         rdd.unpersist()
-    fit = {"cost": cost, "start_points": len(points), "starts": max(1, starts),
-           "start_sample_cost": float(start.inertia_)}
+    fit = {"cost": cost, "start_points": len(points), "starts": max(1, starts)}
     return _ml_kmeans_model(reduced.sparkSession, refined.clusterCenters, k), fit
 
 

@@ -3,8 +3,8 @@
 Reads every committed featurize output (the feature table grows run after run; a key featurized again
 keeps its newest features), L2-normalises them (`l2_normalize`, on by default), appends the colour
 histogram with weight `color_weight` (1.0 by default), centres them and fits PCA with k components, or
-the smallest k whose cumulative explained variance reaches `--target-variance`, and writes the reduced vectors, the fitted model, the 2-D view
-and the study's `df_categ.csv` (categ;key).
+the smallest k whose cumulative explained variance reaches `--target-variance`, and writes the reduced
+vectors, the fitted model, the 2-D view and the study's `df_categ.csv` (categ;key).
 """
 
 from __future__ import annotations

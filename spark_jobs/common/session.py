@@ -50,8 +50,8 @@ def build_session(app_name: str, cfg: Config, master: str | None = None) -> Spar
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-        if hadoop_aws_packages(cfg):
-            builder = builder.config("spark.jars.packages", hadoop_aws_packages(cfg))
+        if packages := hadoop_aws_packages(cfg):
+            builder = builder.config("spark.jars.packages", packages)
     for key, value in spark_conf(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
