@@ -1,43 +1,54 @@
 # fruitflow - the two commands a user needs are `make demo` and `make test`; both set up what they need.
+# `make help` lists every target.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+FRUITFLOW := $(VENV)/bin/fruitflow
 STAMP := $(VENV)/.installed
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo quality stack-up stack-status stack-down airflow-ui zip lock clean bench
+.PHONY: help setup test test-unit test-dags demo quality stack-up stack-status stack-down airflow-ui zip lock clean bench
 
-$(STAMP): requirements.in constraints.txt scripts/setup.sh scripts/check_setup.py
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
+
+$(STAMP): requirements.in constraints.txt pyproject.toml scripts/setup.sh scripts/check_setup.py
 	bash scripts/setup.sh
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv with the pinned set (fast when nothing changed)
+setup: $(STAMP)  ## create .venv with the pinned set and the project (fast when nothing changed)
 
-test: $(STAMP)  ## the whole test suite; starts and stops the local stack itself
+test: $(STAMP)  ## the whole suite (unit, DAG, integration on the local stack it starts and stops)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)  ## stack up, upload images, run the DAG end to end, stack down; the summary is the last stdout line
-	$(PY) -m scripts.demo $(if $(DATA),--data "$(DATA)")
+test-unit: $(STAMP)  ## the fast layer alone: no service, no JVM, no CNN built (under a minute)
+	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+
+test-dags: $(STAMP)  ## DAG integrity, structure, Params and templates over DagBag
+	$(PY) -m pytest tests/dags $(PYTEST_ARGS)
+
+demo: $(STAMP)  ## stack up, upload DATA, run the DAG end to end, stack down; the summary is the last stdout line
+	$(FRUITFLOW) demo $(if $(DATA),--data "$(DATA)")
 
 TARGET_VARIANCE ?=
-quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1: the table of choices; TARGET_VARIANCE=0.8: k by variance)
-	$(PY) -m scripts.quality $(if $(VARIANTS),--variants) $(if $(TARGET_VARIANCE),--target-variance $(TARGET_VARIANCE))
+quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1, TARGET_VARIANCE=0.8)
+	$(FRUITFLOW) quality $(if $(VARIANTS),--variants) $(if $(TARGET_VARIANCE),--target-variance $(TARGET_VARIANCE))
 
-stack-up: $(STAMP)
-	$(PY) -m scripts.stack up
+stack-up: $(STAMP)  ## start the local stack (S3, Spark master and worker, Airflow's DB)
+	$(FRUITFLOW) stack up
 
-stack-status: $(STAMP)
-	$(PY) -m scripts.stack status
+stack-status: $(STAMP)  ## exit 0 only when every service of the stack is healthy
+	$(FRUITFLOW) stack status
 
-stack-down: $(STAMP)
-	$(PY) -m scripts.stack down
+stack-down: $(STAMP)  ## stop the local stack (its data stays under .state/)
+	$(FRUITFLOW) stack down
 
-airflow-ui: $(STAMP)  ## airflow standalone on top of the local stack
-	$(PY) -m scripts.airflow_ui
+airflow-ui: $(STAMP)  ## Airflow's UI (airflow standalone) on top of the local stack
+	$(FRUITFLOW) airflow-ui
 
-zip: $(STAMP)  ## the shared library for --py-files
-	$(PY) -m scripts.package
+zip: $(STAMP)  ## the shared library for spark-submit --py-files (dist/fruitflow_jobs.zip)
+	$(FRUITFLOW) zip
 
 lock:  ## re-resolve requirements.in into constraints.txt (needs a fresh venv)
 	rm -rf .lockvenv && python3.11 -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in
@@ -45,17 +56,17 @@ lock:  ## re-resolve requirements.in into constraints.txt (needs a fresh venv)
 	{ sed -n '1,3p' constraints.txt; .lockvenv/bin/pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lockvenv
 
-clean:
-	-$(PY) -m scripts.stack down
+clean:  ## stop the stack and remove its state (the store's data included), dist/ and out/
+	-$(FRUITFLOW) stack down
 	rm -rf .state dist out
 
 N ?=
 E2E ?=
 SCALE ?=
 PRECISION ?=
-bench: $(STAMP)  ## featurization benchmark (E2E=1: the whole DAG timed; SCALE=1: N vs 4N); the last stdout line is JSON
+bench: $(STAMP)  ## featurization benchmark (E2E=1: the whole DAG timed; SCALE=1: N vs 4N); last line JSON
 ifneq ($(E2E)$(SCALE),)
-	$(PY) bench/e2e_bench.py $(if $(DATA),--data "$(DATA)") $(if $(SCALE),--scale) $(if $(PRECISION),--precision $(PRECISION))
+	$(FRUITFLOW) bench-e2e $(if $(DATA),--data "$(DATA)") $(if $(SCALE),--scale) $(if $(PRECISION),--precision $(PRECISION))
 else
-	$(PY) bench/featurize_bench.py $(if $(DATA),--data "$(DATA)") $(if $(N),--n $(N))
+	$(FRUITFLOW) bench $(if $(DATA),--data "$(DATA)") $(if $(N),--n $(N))
 endif

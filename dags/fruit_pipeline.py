@@ -16,16 +16,15 @@ weights, cosine geometry (l2_normalize), the colour histogram's weight (color_we
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Asset, Param, chain, task
 
 from fruitflow_airflow.operators import SparkStepOperator
 from spark_jobs.common.config import FEATURE_DIM, Config
+from spark_jobs.common.steps import STEP_NAMES
 
 CFG = Config.from_env()
-SCHEDULE = os.environ.get("FRUITFLOW_SCHEDULE", "@daily")  # "none": manual and API runs only
 FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
 PCA_OUTPUT = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/pca")
 REPORT = Asset(f"s3://{CFG.reports_bucket}/{CFG.runs_prefix}/report")
@@ -40,7 +39,7 @@ def xcom(task_id: str, field: str) -> str:
 
 with DAG(
     dag_id="fruit_pipeline",
-    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    schedule=CFG.dag_schedule,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
@@ -127,7 +126,7 @@ with DAG(
 
         from fruitflow_airflow.tasks import publish_summary
 
-        manifests = {step: ti.xcom_pull(task_ids=step) for step in ("preprocess", "featurize", "pca", "cluster")}
+        manifests = {step: ti.xcom_pull(task_ids=step) for step in STEP_NAMES}
         return publish_summary(S3Hook(aws_conn_id="aws_default"), CFG, run_id,
                                ti.xcom_pull(task_ids="list_new", key="new"), manifests)
 

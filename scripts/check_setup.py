@@ -30,6 +30,10 @@ def main() -> int:
     match = re.search(r'version "(\d+)', java.stderr)
     if not match or int(match.group(1)) < 17:
         problems.append(f"Java 17+ required, found: {java.stderr.splitlines()[:1]}")
+    import fruitflow
+
+    if Path(fruitflow.__file__).resolve().parent.parent != ROOT:
+        problems.append(f"fruitflow is imported from {fruitflow.__file__}, not this checkout (pip install -e .)")
     for p in problems:
         print(f"setup check: {p}", file=sys.stderr)
     if not problems:

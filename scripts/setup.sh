@@ -20,4 +20,7 @@ command -v java >/dev/null 2>&1 || { echo "setup: Java 17 is required by Spark (
 # The Spark provider's pyspark-client overwrites pyspark's Python files with an older version.
 pyspark_pin=$(grep -E '^pyspark==' constraints.txt | cut -d= -f3)
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "pyspark==${pyspark_pin}"
+# The project itself, editable: `fruitflow` on the venv's PATH, its packages importable everywhere
+# (Airflow, spark-submit's driver, the tests) without patching the import path.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 .venv/bin/python scripts/check_setup.py

@@ -69,7 +69,7 @@ def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:
     return parallelism * waves
 
 
-def run(spark: SparkSession, cfg: Config, input_uri: str, out_uri: str) -> dict:
+def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
     timings = Timings()
     upstream = read_manifest(spark, input_uri)
     begin_step(spark, out_uri)
@@ -134,7 +134,8 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(spark, cfg, args.input, out))
+    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+        spark, cfg, input_uri=args.input, out_uri=out))
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def project(model: PipelineModel, features: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------- load
 
 
-def run(spark: SparkSession, cfg: Config, out_uri: str, input_uri: str | None = None) -> dict:
+def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None = None) -> dict:
     timings = Timings()
     committed = [read_manifest(spark, input_uri)] if input_uri else committed_featurize_steps(spark, cfg)
     manifests, left_out = same_model(committed)
@@ -199,7 +199,8 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(spark, cfg, out, args.input))
+    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+        spark, cfg, out_uri=out, input_uri=args.input))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored file
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 import pandas as pd
@@ -260,28 +261,43 @@ def check_raw_uri(raw_uri: str) -> None:
         raise SystemExit(str(exc)) from exc
 
 
-def run(spark: SparkSession, cfg: Config, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
+@dataclass
+class Input:
+    listing: DataFrame  # every object considered, with its key, category and `ignored_reason`
+    candidates: DataFrame  # the images to decode
+    n_files: int
+    n_already: int = 0  # listed images already featurized with the same ETag (not read again)
+
+
+def read_listed(spark: SparkSession, cfg: Config, raw_uri: str, keys_uri: str) -> Input:
+    """Incremental runs: the objects the DAG listed, less the images featurized with that ETag, each
+    read by its exact key."""
+    wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg)).cache()  # counted, then read
+    listing = with_keys(listed_files(wanted, raw_uri), raw_uri)
+    n_files = wanted.count()
+    candidates = listing.filter(F.col("ignored_reason").isNull())
+    n_already = candidates.filter("already").count()
+    candidates = fetch_content(candidates.filter("not already").drop("already"), raw_uri, cfg.s3_endpoint,
+                               cfg.max_image_bytes)
+    return Input(listing, candidates, n_files, n_already)
+
+
+def read_prefix(spark: SparkSession, raw_uri: str) -> Input:
+    """A manual run without a listing: every object under the prefix, listed by Spark's file index once."""
+    listing = with_keys(extract(spark, raw_uri), raw_uri)
+    return Input(listing, listing.filter(F.col("ignored_reason").isNull()), len(listing.inputFiles()))
+
+
+def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
     timings = Timings()
     check_raw_uri(raw_uri)
     begin_step(spark, out_uri)
     table_uri, jpeg_uri = f"{out_uri}/images", f"{out_uri}/jpeg"
     rejects_uri, ignored_uri = f"{out_uri}/rejects", f"{out_uri}/ignored"
 
-    n_already = 0
-    if keys_uri:  # incremental runs: the objects the DAG listed, less images featurized with that ETag
-        wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg)).cache()  # counted, then read
-        listing = with_keys(listed_files(wanted, raw_uri), raw_uri)
-        with timings.measure("list"):
-            n_files = wanted.count()
-        candidates = listing.filter(F.col("ignored_reason").isNull())
-        n_already = candidates.filter("already").count()
-        candidates = fetch_content(candidates.filter("not already").drop("already"), raw_uri, cfg.s3_endpoint,
-                                   cfg.max_image_bytes)
-    else:
-        listing = with_keys(extract(spark, raw_uri), raw_uri)
-        with timings.measure("list"):
-            n_files = len(listing.inputFiles())  # Spark's file index, listed once by extract()
-        candidates = listing.filter(F.col("ignored_reason").isNull())
+    with timings.measure("list"):
+        found = read_listed(spark, cfg, raw_uri, keys_uri) if keys_uri else read_prefix(spark, raw_uri)
+    listing, candidates, n_files, n_already = found.listing, found.candidates, found.n_files, found.n_already
     if n_files == 0:
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     with timings.measure("preprocess"):
@@ -337,9 +353,8 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(
-        STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(spark, cfg, args.raw or cfg.raw_uri, out, args.keys)
-    )
+    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+        spark, cfg, raw_uri=args.raw or cfg.raw_uri, out_uri=out, keys_uri=args.keys))
 
 
 if __name__ == "__main__":

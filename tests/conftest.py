@@ -1,5 +1,9 @@
-"""Shared fixtures: the real images, the local stack (started here when not already up), a local
-SparkSession with the s3a settings, and a fixed-seed random ResNet50 saved to files."""
+"""Shared fixtures: the local stack (started here when not already up, one for the whole session), a
+local SparkSession with the s3a settings, a fixed-seed random ResNet50 saved to files, and real images.
+
+Tests live by layer: tests/unit (no service, no spark-submit; `make test-unit`), tests/dags (DagBag),
+tests/integration (the local stack). Each layer's tests get its marker from their folder.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,29 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from scripts import stack as local_stack
+from fruitflow import stack as local_stack
+from tests.helpers import SAMPLE_500, real_images
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "fruits360"
-SAMPLE_500 = SHARED / "data_sample_025_020"
-SAMPLE_1179 = SHARED / "data_sample_009"
-
-# The stack's environment (endpoint, throw-away local credentials, AIRFLOW_HOME, connections) must be in
-# place before Spark's JVM or Airflow's config are loaded by any test module.
-os.environ.update(local_stack.env())
+# The stack's environment (endpoint, the local credentials, AIRFLOW_HOME, connections) must be in place
+# before Spark's JVM or Airflow's config are loaded by any test module: prepared here, explicitly, once.
+os.environ.update(local_stack.prepared_env())
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+LAYERS = ("unit", "dags", "integration")
+# Fixtures that start a JVM or build a CNN: a test using one is `slow` (`make test-unit` leaves it out).
+SLOW_FIXTURES = {"spark", "model_files", "stack"}
 
-def real_images(root: Path, classes: int, per_class: int) -> list[Path]:
-    if not root.is_dir():
-        pytest.skip(f"real images not found at {root} (../shared is absent on this machine)")
-    picked = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir())[:classes]:
-        picked += sorted(folder.glob("*.jpg"))[:per_class]
-    return picked
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +52,7 @@ def stack():
         local_stack.up()
         started = True
     try:
-        yield local_stack.env()
+        yield local_stack.prepared_env()
     finally:
         if started:
             local_stack.down()
@@ -62,11 +67,11 @@ def cfg():
 
 @pytest.fixture(scope="session")
 def spark(cfg):
-    from spark_jobs.common.session import build_session
+    from spark_jobs.common.session import build_session, stop_session
 
     session = build_session("fruitflow-tests", cfg, master="local[2]")
     yield session
-    session.stop()
+    stop_session(session)
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +121,23 @@ def image_tree(tmp_path):
         return root
 
     return _tree
+
+
+@pytest.fixture(scope="session")
+def real_jpeg():
+    return real_images(SAMPLE_500, 1, 1)[0].read_bytes()
+
+
+def _preprocessed(paths):
+    from spark_jobs.common import images
+
+    return np.stack([images.preprocess(images.decode(p.read_bytes(), 10**7)) for p in paths])
+
+
+@pytest.fixture(scope="session")
+def calibration_and_held_out():
+    """32 real images of 8 classes, preprocessed: 16 to calibrate INT8 with, 16 others held out."""
+    paths = real_images(SAMPLE_500, 8, 4)
+    calibration = [p for i, p in enumerate(paths) if i % 4 < 2]  # 16 images, 2 per class
+    held_out = [p for i, p in enumerate(paths) if i % 4 >= 2]  # 16 others, never seen in calibration
+    return calibration, _preprocessed(calibration), _preprocessed(held_out)

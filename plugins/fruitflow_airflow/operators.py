@@ -21,10 +21,11 @@ from spark_jobs.common.manifest import manifest_uri
 class SparkStepOperator(SparkSubmitOperator):
     """Runs one fruitflow Spark step (preprocess, featurize, pca, cluster) and returns its manifest.
 
-    S3 access for the job comes from the AWS connection: its `endpoint_url` extra (an S3-compatible
-    server) and, when it holds keys, its credentials, passed to spark-submit's environment at run time
-    (never rendered into a template or stored). Without keys, the default AWS chain applies (an EC2
-    instance profile on a real cluster).
+    S3 access for the job comes from the AWS connection, the one source of it: its `endpoint_url`
+    extra (an S3-compatible server; FRUITFLOW_S3_ENDPOINT for the driver, whose Config hands it to
+    s3a and to the executors' UDFs) and, when it holds keys, its credentials, passed to spark-submit's
+    environment at run time (never rendered into a template or stored). Without keys, the default AWS
+    chain applies (an EC2 instance profile on a real cluster).
     """
 
     ui_color = "#f4a261"
@@ -34,7 +35,6 @@ class SparkStepOperator(SparkSubmitOperator):
         self.step = step
         self.aws_conn_id = aws_conn_id
         self._step_cfg = Config.from_env()
-        self._explicit_conf = dict(kwargs.get("conf") or {})
         submit = submit_kwargs(step, self._step_cfg)
         submit.update(kwargs)
         submit.setdefault("task_id", step)
@@ -44,24 +44,11 @@ class SparkStepOperator(SparkSubmitOperator):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         s3 = S3Hook(aws_conn_id=self.aws_conn_id)
-        connection = s3.get_connection(self.aws_conn_id)
-        endpoint = connection.extra_dejson.get("endpoint_url") or s3.conn_config.endpoint_url
-        cfg = self._step_cfg.with_overrides(s3_endpoint=endpoint)
         run_id = safe_run_id(context["run_id"])
-        step_uri = cfg.step_uri(run_id, self.step)
-        # The connection's endpoint replaces the parse-time one; conf given to the operator wins over both.
-        self.conf = {**submit_kwargs(self.step, cfg)["conf"], **self._explicit_conf}
-        self.application_args = [*step_args(self.step, cfg, run_id), *map(str, self.application_args or [])]
-        credentials = s3.get_credentials()
-        env = dict(self.env_vars or {})
-        if endpoint:
-            env["FRUITFLOW_S3_ENDPOINT"] = endpoint
-        if credentials and credentials.access_key:
-            env.update({"AWS_ACCESS_KEY_ID": credentials.access_key,
-                        "AWS_SECRET_ACCESS_KEY": credentials.secret_key})
-            if credentials.token:
-                env["AWS_SESSION_TOKEN"] = credentials.token
-        self.env_vars = env
+        step_uri = self._step_cfg.step_uri(run_id, self.step)
+        self.application_args = [*step_args(self.step, self._step_cfg, run_id),
+                                 *map(str, self.application_args or [])]
+        self.env_vars = {**(self.env_vars or {}), **s3_environment(s3)}
         self._hook = None  # rebuilt from the settings above
         super().execute(context)
         bucket, key = split_s3_uri(manifest_uri(step_uri))
@@ -71,3 +58,18 @@ class SparkStepOperator(SparkSubmitOperator):
         self.log.info("%s manifest: counts %s, metrics %s", self.step, manifest.get("counts"),
                       {k: v for k, v in manifest.get("metrics", {}).items() if not isinstance(v, list)})
         return manifest
+
+
+def s3_environment(s3) -> dict[str, str]:
+    """spark-submit's S3 settings from the AWS connection behind `s3` (an S3Hook): the endpoint (empty
+    for real AWS, so that no stale value from the worker's environment applies) and, when the
+    connection holds keys, the credentials."""
+    connection = s3.get_connection(s3.aws_conn_id)
+    endpoint = connection.extra_dejson.get("endpoint_url") or s3.conn_config.endpoint_url or ""
+    env = {"FRUITFLOW_S3_ENDPOINT": endpoint}
+    credentials = s3.get_credentials()
+    if credentials and credentials.access_key:
+        env.update({"AWS_ACCESS_KEY_ID": credentials.access_key, "AWS_SECRET_ACCESS_KEY": credentials.secret_key})
+        if credentials.token:
+            env["AWS_SESSION_TOKEN"] = credentials.token
+    return env

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 
 from spark_jobs.common.config import Config
-from spark_jobs.common.session import hadoop_aws_packages, spark_conf
-
-STEPS = ("preprocess", "featurize", "pca", "cluster")
+from spark_jobs.common.spark_conf import hadoop_aws_packages, launch_conf
+from spark_jobs.common.steps import step as registered_step
 
 
 def safe_run_id(run_id: str) -> str:
@@ -16,14 +15,13 @@ def safe_run_id(run_id: str) -> str:
 
 
 def submit_kwargs(step: str, cfg: Config) -> dict:
-    """Keyword arguments of SparkSubmitOperator / SparkSubmitHook for `step`."""
-    if step not in STEPS:
-        raise ValueError(f"unknown step {step!r}")
+    """Keyword arguments of SparkSubmitOperator / SparkSubmitHook for `step`: what spark-submit needs
+    before the driver starts. The job sets the rest of its Spark settings itself, from its Config."""
     return {
-        "application": f"{cfg.jobs_dir.rstrip('/')}/{step}.py",
+        "application": f"{cfg.jobs_dir.rstrip('/')}/{registered_step(step).application}",
         "py_files": cfg.py_files,
         "packages": hadoop_aws_packages(cfg),
-        "conf": spark_conf(cfg),
+        "conf": launch_conf(cfg),
         "name": f"fruitflow-{step}",
     }
 

@@ -11,6 +11,7 @@ import tempfile
 from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
 from spark_jobs.common.keys import check_location, unsafe_key_reason
+from spark_jobs.common.steps import STEP_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: d
 
 def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """One flat JSON object for the run: counts, variance, quality, and every step's output URI."""
-    pre, feat, pca, clu = (manifests.get(s) for s in ("preprocess", "featurize", "pca", "cluster"))
+    pre, feat, pca, clu = (manifests.get(s) for s in STEP_NAMES)
     if not pre:
         return {"status": "nothing new", "n_input": 0, "n_images": 0, "n_rejected": 0,
                 "n_new": (new or {}).get("n_new", 0), "outputs": {}}

@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 
 from .config import Config
-from .session import build_session
+from .session import build_session, stop_session
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def session(step: str, cfg: Config, args: argparse.Namespace):
     try:
         yield spark
     finally:
-        spark.stop()
+        stop_session(spark)
 
 
 def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None, runner) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .steps import step as registered_step
+
 ENV_PREFIX = "FRUITFLOW_"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -41,9 +43,8 @@ class Config:
     models_bucket: str = "fruitflow-models"
     reports_bucket: str = "fruitflow-reports"
 
-    # Spark. jobs_dir and py_files default to this checkout (spark_jobs/ and dist/fruitflow_jobs.zip);
-    # on a cluster in cluster deploy mode point them at a location every node can read.
-    spark_master: str = "spark://127.0.0.1:7077"
+    # Spark (the master is the Airflow connection `spark_default`). jobs_dir and py_files default to this
+    # checkout (spark_jobs/ and dist/fruitflow_jobs.zip): the driver runs beside Airflow (client mode).
     jobs_dir: str = str(_PROJECT_ROOT / "spark_jobs")
     py_files: str = str(_PROJECT_ROOT / "dist" / "fruitflow_jobs.zip")
     ivy_dir: str = ""  # empty: Spark's default (~/.ivy2.5.2)
@@ -77,6 +78,9 @@ class Config:
     kmeans_start_max_points: int = 20000
     tsne_max_points: int = 3000
     plot_max_points: int = 20000
+
+    # Airflow: the DAG's schedule ("none": manual and API runs only).
+    schedule: str = "@daily"
 
     # Guards against hostile or broken input
     max_image_bytes: int = 64 * 1024 * 1024
@@ -114,16 +118,7 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Config":
         """Defaults, then ``FRUITFLOW_*`` variables, then explicit overrides (None means 'not given')."""
-        environ = os.environ if environ is None else environ
-        values: dict = {}
-        for f in dataclasses.fields(cls):
-            if not f.init:
-                continue
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**{**env_values(cls, environ), **{k: v for k, v in overrides.items() if v is not None}})
 
     def with_overrides(self, **overrides) -> "Config":
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -133,13 +128,12 @@ class Config:
     def raw_uri(self) -> str:
         return s3a_uri(self.raw_bucket, self.raw_prefix)
 
+    @property
+    def dag_schedule(self) -> str | None:
+        return None if self.schedule.lower() == "none" else self.schedule
+
     def step_uri(self, run_id: str, step: str) -> str:
-        bucket = {
-            "preprocess": self.preprocessed_bucket,
-            "featurize": self.features_bucket,
-            "pca": self.features_bucket,
-            "cluster": self.reports_bucket,
-        }[step]
+        bucket = getattr(self, registered_step(step).bucket_field)
         return s3a_uri(bucket, self.runs_prefix, run_id, step)
 
     @property
@@ -150,6 +144,47 @@ class Config:
     @property
     def models_uri(self) -> str:
         return s3a_uri(self.models_bucket, self.backbone)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The local stack (`fruitflow stack up`): where its services listen and keep their state.
+    Field names map to ``FRUITFLOW_<NAME>`` environment variables, like Config's."""
+
+    state_dir: str = str(_PROJECT_ROOT / ".state")
+    host: str = "127.0.0.1"
+    s3_port: int = 9000
+    spark_port: int = 7077
+    spark_master_ui_port: int = 8081
+    spark_worker_ui_port: int = 8082
+    airflow_port: int = 8080
+    # Sized for a 2-core, 24 GiB machine: the worker offers every core and leaves room for the driver,
+    # the Python workers running the model, Airflow and the S3 server.
+    worker_cores: int = os.cpu_count() or 2
+    worker_memory: str = "8g"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "StackSettings":
+        return cls(**env_values(cls, environ))
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def spark_master(self) -> str:
+        return f"spark://{self.host}:{self.spark_port}"
+
+
+def env_values(cls, environ: Mapping[str, str] | None = None) -> dict:
+    """The ``FRUITFLOW_<FIELD>`` variables set (non-empty) in `environ`, parsed by each field's type."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in dataclasses.fields(cls):
+        raw = environ.get(ENV_PREFIX + f.name.upper()) if f.init else None
+        if raw is not None and raw != "":
+            values[f.name] = _parse(f.type, raw)
+    return values
 
 
 def s3a_uri(bucket: str, *parts: str) -> str:

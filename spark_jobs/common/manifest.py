@@ -8,7 +8,10 @@ import platform
 import time
 from contextlib import contextmanager
 
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no pyspark here
+    from pyspark.sql import SparkSession
 
 from . import storage
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no pyspark here
+    from pyspark.sql import SparkSession
 
 
 def _path(spark: SparkSession, uri: str):
@@ -93,12 +96,12 @@ def single_csv(df, spark: SparkSession, uri: str, sep: str = ";") -> None:
 
 
 @lru_cache(maxsize=4)
-def s3_client(endpoint: str | None = None):
-    """A boto3 S3 client, one per Python worker. Credentials from the AWS default chain."""
+def s3_client(endpoint: str | None):
+    """A boto3 S3 client, one per Python worker. The endpoint travels from the driver's Config in the
+    UDF's closure (None: real AWS); credentials from the AWS default chain."""
     import boto3
     from botocore.config import Config as BotoConfig
 
-    endpoint = endpoint or os.environ.get("FRUITFLOW_S3_ENDPOINT") or None
     return boto3.client(
         "s3",
         endpoint_url=endpoint,

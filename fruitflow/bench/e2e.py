@@ -1,0 +1,220 @@
+"""`make bench E2E=1 [SCALE=1] [PRECISION=int8] [DATA=...]`: the whole DAG on real images, timed.
+
+E2E: uploads DATA (default: the 1179-image sample) under a fresh raw prefix, runs `fruit_pipeline`
+with `dag.test()` on the local stack (the machinery of `make demo`, with its own feature table), and
+prints the time of every task, the in-step timings of the Spark steps, and the overhead outside
+featurization (JVM starts, S3 I/O, PCA, KMeans, Airflow): the DAG's wall time minus the featurize
+step's model time.
+
+SCALE: the same at N and at 4N (the same images copied under new keys, each set with its own feature
+table): featurize + PCA + KMeans time at both sizes, their ratio, and each step's driver peak RSS (the
+spark-submit JVM plus the step's driver Python process, polled with psutil).
+
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from fruitflow import stack, store
+from fruitflow.bench.sampler import ProcessSampler
+from fruitflow.paths import SAMPLE_1179
+from spark_jobs.common.steps import STEP_NAMES
+
+DEFAULT_DATA = SAMPLE_1179
+SCALED_STEPS = STEP_NAMES[1:]  # what grows with the table: featurize, PCA, KMeans (preprocess sees new images)
+
+
+def log(msg: str) -> None:
+    print(f"[bench-e2e] {msg}", file=sys.stderr, flush=True)
+
+
+class StepDriverRss(ProcessSampler):
+    """Peak RSS of each Spark step's driver: the spark-submit JVM and its Python child, both of which
+    carry `spark_jobs/<step>.py` on their command line (executors and Python workers do not)."""
+
+    def __init__(self, interval: float = 0.25):
+        super().__init__(interval)
+        self.peaks: dict[str, dict[str, float]] = {}
+
+    def sample(self, processes):
+        now: dict[str, dict[str, float]] = {}
+        for _, cmd, rss in processes:
+            for step in STEP_NAMES:
+                if f"spark_jobs/{step}.py" in cmd and "pyspark.daemon" not in cmd:
+                    part = "jvm_mb" if "SparkSubmit" in cmd else "python_mb"
+                    now.setdefault(step, {"jvm_mb": 0.0, "python_mb": 0.0})[part] += rss
+        for step, parts in now.items():
+            peak = self.peaks.setdefault(step, {"jvm_mb": 0.0, "python_mb": 0.0, "total_mb": 0.0})
+            peak["jvm_mb"] = max(peak["jvm_mb"], parts["jvm_mb"])
+            peak["python_mb"] = max(peak["python_mb"], parts["python_mb"])
+            peak["total_mb"] = max(peak["total_mb"], parts["jvm_mb"] + parts["python_mb"])
+
+
+def upload_copies(folder: Path, bucket: str, prefix: str, copies: int) -> int:
+    """<fruit>/<name> files, `copies` times: copy c > 0 is stored as <fruit>/c<c>_<name> (new keys)."""
+    files = [p for p in sorted(folder.glob("*/*")) if p.is_file()]
+    return store.upload_files([(p, f"{prefix}/{p.parent.name}/{'' if c == 0 else f'c{c}_'}{p.name}")
+                               for c in range(copies) for p in files], bucket)
+
+
+def run_pipeline(data: Path, copies: int, weights: str, precision: str) -> dict:
+    """One DAG run over `copies` x DATA under its own raw prefix and feature table; timings and RSS."""
+    from fruitflow.demo import read_summary, run_dag
+    from spark_jobs.common.config import Config
+
+    label = f"bench-e2e-{uuid.uuid4().hex[:6]}-x{copies}"
+    os.environ["FRUITFLOW_RUNS_PREFIX"] = f"{label}-runs"  # a feature table of this run's own
+    os.environ["FRUITFLOW_PRECISION"] = precision  # read by the featurize driver (spark-submit inherits it)
+    cfg = Config.from_env()
+    n_files = upload_copies(data, cfg.raw_bucket, label, copies)
+    log(f"uploaded {n_files} files to s3://{cfg.raw_bucket}/{label}/; running the DAG (precision {precision})")
+    started = time.perf_counter()
+    with StepDriverRss() as rss:
+        dag_run = run_dag({"raw_prefix": label, "weights": weights})
+    wall = time.perf_counter() - started
+    state = str(getattr(dag_run, "state", "unknown"))
+    tasks = {}
+    for ti in dag_run.get_task_instances():
+        duration = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
+        tasks[ti.task_id] = {"state": str(ti.state), "seconds": round(duration, 2) if duration is not None else None}
+    if state != "success":
+        raise RuntimeError(f"DAG run {dag_run.run_id} ended {state}: {tasks}")
+    summary = read_summary(cfg, dag_run.run_id)
+    return {"n_files": n_files, "n_images": summary["n_images"], "wall_s": round(wall, 2), "tasks": tasks,
+            "step_timings_s": summary.get("timings_s", {}), "driver_peak_rss_mb": {
+                k: {kk: round(vv) for kk, vv in v.items()} for k, v in rss.peaks.items()},
+            "n_table": summary.get("n_table"), "ari": summary.get("ari"), "nmi": summary.get("nmi"),
+            "run_id": dag_run.run_id}
+
+
+def prime_model(weights: str) -> float:
+    """Materialise the FP32 model in the models location before the timed runs (a deployment does it
+    once; every later run reuses it), so that each run measures the steady state and N and 4N compare."""
+    from spark_jobs.common.config import Config
+    from spark_jobs.common.models import materialize
+    from spark_jobs.common.session import build_session, stop_session
+
+    started = time.perf_counter()
+    cfg = Config.from_env(weights=weights)
+    spark = build_session("fruitflow-bench-prime", cfg, master="local[1]")
+    try:
+        model = materialize(spark, cfg)
+    finally:
+        stop_session(spark)
+    log(f"model ready at {model.onnx_uri} ({time.perf_counter() - started:.0f} s)")
+    return time.perf_counter() - started
+
+
+def breakdown(run: dict) -> dict:
+    featurize_model_s = (run["step_timings_s"].get("featurize") or {}).get("featurize", 0.0)
+    task_total = sum(t["seconds"] or 0 for t in run["tasks"].values())
+    return {
+        "dag_wall_s": run["wall_s"],
+        "featurize_model_s": featurize_model_s,
+        "overhead_outside_featurization_s": round(run["wall_s"] - featurize_model_s, 2),
+        "airflow_between_tasks_s": round(run["wall_s"] - task_total, 2),
+        "spark_step_outside_measured_s": {  # JVM start, session, manifests, reads outside timed blocks
+            step: round(run["tasks"][step]["seconds"] - sum((run["step_timings_s"].get(step) or {}).values()), 2)
+            for step in STEP_NAMES if run["tasks"].get(step, {}).get("seconds") is not None
+        },
+    }
+
+
+def print_run(name: str, run: dict) -> None:
+    print(f"== {name}: {run['n_images']} images (feature table {run['n_table']}), DAG wall {run['wall_s']:.1f} s")
+    print(f"{'task':16s} {'seconds':>8s}  in-step timings (s)")
+    for task, info in run["tasks"].items():
+        inner = run["step_timings_s"].get(task) or {}
+        print(f"{task:16s} {info['seconds'] if info['seconds'] is not None else '-':>8}  "
+              + ", ".join(f"{k} {v:.1f}" for k, v in inner.items()))
+    b = breakdown(run)
+    print(f"overhead outside featurization: {b['overhead_outside_featurization_s']:.1f} s "
+          f"(= DAG wall {b['dag_wall_s']:.1f} - featurize model time {b['featurize_model_s']:.1f}); "
+          f"Airflow between tasks {b['airflow_between_tasks_s']:.1f} s; Spark steps outside their timed "
+          f"blocks (JVM start, session, manifests): {b['spark_step_outside_measured_s']}")
+    print("driver peak RSS (MB, spark-submit JVM + driver Python): "
+          + ", ".join(f"{s} {v['total_mb']} ({v['jvm_mb']} + {v['python_mb']})" for s, v in run["driver_peak_rss_mb"].items()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--scale", action="store_true", help="also run 4N (the same images under new keys)")
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    parser.add_argument("--weights", default="random")
+    parser.add_argument("--copies", type=int, default=0, help=argparse.SUPPRESS)  # one run, in a child process
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        log(f"no images at {args.data}: pass DATA=<folder of <fruit>/<image>.jpg>")
+        return 2
+    os.environ.update(stack.prepared_env())
+    os.environ.setdefault("FRUITFLOW_SCHEDULE", "none")
+    if args.copies:  # child: one DAG run on a stack the parent brought up; the run as the last line
+        print(json.dumps(run_pipeline(args.data, args.copies, args.weights, args.precision), default=str))
+        return 0
+    from fruitflow.package import build_zip
+
+    load_start = os.getloadavg()
+    started_stack = not stack.all_healthy()
+    if started_stack:
+        stack.up()
+    try:
+        build_zip()
+        prime_s = prime_model(args.weights)
+        runs = {}
+        for name, copies in (("N", 1), ("4N", 4)) if args.scale else (("N", 1),):
+            # Each DAG run in a fresh process: a second dag.test() in one process does not run cleanly.
+            child = subprocess.run(
+                [sys.executable, "-m", "fruitflow.bench.e2e", "--data", str(args.data), "--precision", args.precision,
+                 "--weights", args.weights, "--copies", str(copies)], stdout=subprocess.PIPE, text=True)
+            if child.returncode != 0:
+                raise RuntimeError(f"the {name} run failed (exit {child.returncode}): see its log above")
+            runs[name] = json.loads(child.stdout.strip().splitlines()[-1])
+            print_run(name, runs[name])
+    finally:
+        if started_stack:
+            stack.down()
+    load = [round(max(a, b), 2) for a, b in zip(load_start, os.getloadavg())]
+    result = {"precision": args.precision, "weights": args.weights, "load_avg_1_5_15_max": load,
+              "model_materialize_before_runs_s": round(prime_s, 1),
+              "e2e": {**breakdown(runs["N"]), **{k: runs["N"][k] for k in ("n_images", "tasks", "step_timings_s",
+                                                                           "driver_peak_rss_mb", "ari", "nmi")}}}
+    if args.scale:
+        def scaled(run):
+            return round(sum(run["tasks"][s]["seconds"] for s in SCALED_STEPS), 2)
+
+        def peak(run):
+            return max((run["driver_peak_rss_mb"].get(s, {}).get("total_mb", 0) for s in SCALED_STEPS), default=0)
+
+        n, n4 = runs["N"], runs["4N"]
+        result["scale"] = {
+            "n_images": [n["n_images"], n4["n_images"]],
+            "featurize_pca_kmeans_s": [scaled(n), scaled(n4)],
+            "time_ratio": round(scaled(n4) / scaled(n), 3),
+            "per_step_s": {s: [n["tasks"][s]["seconds"], n4["tasks"][s]["seconds"]] for s in SCALED_STEPS},
+            "driver_peak_rss_mb": [peak(n), peak(n4)],
+            "driver_peak_rss_mb_per_step": {s: [n["driver_peak_rss_mb"].get(s, {}).get("total_mb"),
+                                                n4["driver_peak_rss_mb"].get(s, {}).get("total_mb")]
+                                            for s in SCALED_STEPS},
+            "e2e_4n": breakdown(n4),
+        }
+        sc = result["scale"]
+        print(f"== scale: featurize + PCA + KMeans {sc['featurize_pca_kmeans_s'][0]:.1f} s at N={sc['n_images'][0]}, "
+              f"{sc['featurize_pca_kmeans_s'][1]:.1f} s at 4N={sc['n_images'][1]}: ratio {sc['time_ratio']:.2f} "
+              f"(target <= 4.4); driver peak RSS {sc['driver_peak_rss_mb'][0]} MB vs {sc['driver_peak_rss_mb'][1]} MB")
+    print(f"load average (max of start/end, 1/5/15 min): {load}")
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

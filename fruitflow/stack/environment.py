@@ -1,0 +1,166 @@
+"""The local stack's settings and the environment its processes run with.
+
+`settings()` only reads (``FRUITFLOW_*`` variables over the defaults in `spark_jobs.common.config`);
+`prepare()` is the one step that writes: the state folders, the throw-away credentials, and the
+hadoop-aws jars resolved once. `environment()` turns both into the variables that Spark, Airflow,
+the demo and the tests run with, without touching anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fruitflow.paths import DAGS, PLUGINS
+from fruitflow.stack.process import log
+from spark_jobs.common.config import HADOOP_AWS_PACKAGE, StackSettings
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def settings() -> StackSettings:
+    return StackSettings.from_env()
+
+
+def state_dir(s: StackSettings) -> Path:
+    return Path(s.state_dir)
+
+
+def pid_dir(s: StackSettings) -> Path:
+    return state_dir(s) / "pids"
+
+
+def log_dir(s: StackSettings) -> Path:
+    return state_dir(s) / "logs"
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare()` made: the local S3 credentials and the hadoop-aws jars ([] when unresolvable)."""
+
+    access_key: str
+    secret_key: str
+    jars: tuple[str, ...]
+
+
+def prepare(s: StackSettings | None = None) -> Prepared:
+    """Creates the state folders and the local credentials, and resolves the jars (each once)."""
+    s = s or settings()
+    for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
+        d.mkdir(parents=True, exist_ok=True)
+    creds = local_credentials(state_dir(s))
+    return Prepared(creds["key"], creds["secret"], tuple(hadoop_aws_jars(state_dir(s))))
+
+
+def local_credentials(state: Path) -> dict[str, str]:
+    """Throw-away credentials for the local S3 server, made per state dir (mode 0600 from creation)."""
+    path = state / "local-credentials.json"
+    if not path.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"key": "local-" + secrets.token_hex(6), "secret": secrets.token_urlsafe(24)})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(body)
+    return json.loads(path.read_text())
+
+
+def hadoop_aws_jars(state: Path) -> list[str]:
+    """hadoop-aws and its dependencies as local jars, resolved once from Maven Central with the Ivy
+    that pyspark ships, for the class path of the driver and executors (FRUITFLOW_SPARK_JARS): with
+    --packages every spark-submit resolves them again and copies the 0.7 GB AWS SDK bundle into the
+    application's executor folder. [] (spark-submit falls back to --packages) when they cannot be had."""
+    folder = state / "jars"
+    listing = folder / "resolved.json"
+    if listing.exists():
+        known = json.loads(listing.read_text())
+        if known.get("package") == HADOOP_AWS_PACKAGE and all(Path(j).is_file() for j in known["jars"]):
+            return known["jars"]
+    group, artifact, version = HADOOP_AWS_PACKAGE.split(":")
+    ivy = sorted((spark_home() / "jars").glob("ivy-*.jar"))
+    java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
+    command = [str(java), "-cp", str(ivy[-1]) if ivy else "", "org.apache.ivy.Main",
+               "-dependency", group, artifact, version, "-confs", "default", "-types", "jar",
+               "-cache", str(state / "ivy" / "cache"),
+               "-retrieve", str(folder / "[organisation]_[artifact]-[revision](-[classifier]).[ext]"), "-sync"]
+    log(f"resolving {HADOOP_AWS_PACKAGE} into {folder} (once)")
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log(f"could not resolve {HADOOP_AWS_PACKAGE} ({str(detail).strip()[-300:]}); spark-submit will use --packages")
+        return []
+    jars = sorted(str(j) for j in folder.glob("*.jar"))
+    listing.write_text(json.dumps({"package": HADOOP_AWS_PACKAGE, "jars": jars}))
+    return jars
+
+
+def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every process of the local stack (Spark, Airflow, tests, demo) runs with."""
+    e = dict(os.environ if base is None else base)
+    state = state_dir(s)
+    e.update(
+        {
+            "AWS_ACCESS_KEY_ID": prepared.access_key,
+            "AWS_SECRET_ACCESS_KEY": prepared.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": s.s3_endpoint,
+            "FRUITFLOW_S3_ENDPOINT": s.s3_endpoint,
+            "FRUITFLOW_IVY_DIR": str(state / "ivy"),
+            "FRUITFLOW_SPARK_JARS": ",".join(prepared.jars),
+            "SPARK_HOME": str(spark_home()),
+            "SPARK_LOCAL_IP": s.host,
+            "SPARK_PID_DIR": str(pid_dir(s)),
+            "SPARK_LOG_DIR": str(log_dir(s)),
+            "SPARK_WORKER_DIR": str(state / "spark-work"),
+            # Without FRUITFLOW_SPARK_JARS every application's executor gets its own copy of the
+            # --packages jars (~0.7 GB): the worker drops finished applications' folders after 10 min.
+            "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
+                                 "-Dspark.worker.cleanup.appDataTtl=600",
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PATH": f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}",
+            "AIRFLOW_HOME": str(state / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": e.get("AIRFLOW__CORE__UNIT_TEST_MODE", "False"),
+            "AIRFLOW__API__PORT": str(s.airflow_port),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{state / 'airflow' / 'airflow.db'}",
+            # Connections come from the environment only: nothing is stored in a file or the DB. The
+            # AWS connection is where the operator and the hooks take the S3 endpoint from.
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": prepared.access_key,
+                    "password": prepared.secret_key,
+                    "extra": {"endpoint_url": s.s3_endpoint, "region_name": "us-east-1"},
+                }
+            ),
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+                {
+                    "conn_type": "spark",
+                    "host": f"spark://{s.host}",
+                    "port": s.spark_port,
+                    "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"},
+                }
+            ),
+        }
+    )
+    return e
+
+
+def prepared_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`prepare()` then `environment()` for the current settings: what a command running on the stack uses."""
+    s = settings()
+    return environment(s, prepare(s), base)

@@ -1,0 +1,94 @@
+"""Starting, watching and stopping the stack's processes: PID files, health polling, process groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def log(msg: str) -> None:
+    print(f"[stack] {msg}", file=sys.stderr, flush=True)
+
+
+def http_json(url: str, timeout: float = 2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = resp.read()
+    return json.loads(body) if body.strip().startswith((b"{", b"[")) else body
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The PID in `pidfile` when that process is alive, else None."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def wait_until(check, timeout: float, what: str, logfile: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy yet"
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    hint = f"; see {logfile}" if logfile else ""
+    raise RuntimeError(f"{what} not healthy after {timeout:.0f}s ({last_error or 'check returned false'}){hint}")
+
+
+def stop_pid(pid: int, name: str, grace: float = 15.0) -> None:
+    """SIGTERM the process group (or the process), then SIGKILL whatever is left after `grace`."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    own_group = pgid == pid
+    sender = (lambda sig: os.killpg(pgid, sig)) if own_group else (lambda sig: os.kill(pid, sig))
+    try:
+        sender(signal.SIGCONT)  # a paused (SIGSTOP) process cannot act on SIGTERM
+        sender(signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")
+    try:
+        sender(signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def spawn(argv: list[str], env: dict[str, str], logfile: Path, pidfile: Path, cwd: Path) -> subprocess.Popen:
+    """Start argv in its own session (so that its whole process group can be stopped), logging to file."""
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd)
+    pidfile.write_text(str(proc.pid))
+    return proc

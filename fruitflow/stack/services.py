@@ -1,0 +1,255 @@
+"""The local stack's services on loopback: an S3-compatible server (moto), a Spark standalone master and
+worker (from pyspark's own distribution) and Airflow's metadata DB; `up`, `status` and `down`.
+
+Every service has a PID file and a log file under the state folder, a health check with a timeout, and
+is stopped by its process group so that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from fruitflow.paths import ROOT
+from fruitflow.stack.environment import (VENV_BIN, environment, log_dir, pid_dir, prepare, settings, spark_home,
+                                         state_dir)
+from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
+from spark_jobs.common.config import Config, StackSettings
+
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+
+
+class Service:
+    def __init__(self, name: str, port: int, s: StackSettings):
+        self.name, self.port, self.s = name, port, s
+
+    @property
+    def pidfile(self) -> Path:
+        return pid_dir(self.s) / f"{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return log_dir(self.s) / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pidfile)
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, e: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid:
+            stop_pid(pid, self.name)  # a Spark JVM's shutdown hook stops its executors and Python workers
+        self.pidfile.unlink(missing_ok=True)
+
+
+class S3Server(Service):
+    def healthy(self) -> bool:
+        if not self.pid():
+            return False
+        return http_json(f"http://{self.s.host}:{self.port}/moto-api/") is not None
+
+    def start(self, e):
+        spawn([str(VENV_BIN / "moto_server"), "-H", self.s.host, "-p", str(self.port)], e, self.logfile,
+              self.pidfile, ROOT)
+        wait_until(self.healthy, 30, "S3 server (moto)", self.logfile)
+        create_buckets(e)
+
+
+class SparkDaemon(Service):
+    klass: str = ""
+
+    @property
+    def pidfile(self) -> Path:
+        # spark-daemon.sh names the PID file itself.
+        user = os.environ.get("USER") or os.environ.get("LOGNAME") or _whoami()
+        return pid_dir(self.s) / f"spark-{user}-{self.klass}-1.pid"
+
+    @property
+    def logfile(self) -> Path:
+        matches = sorted(log_dir(self.s).glob(f"spark-*-{self.klass}-1-*.out"))
+        return matches[-1] if matches else log_dir(self.s) / f"spark-{self.klass}.out"
+
+    def daemon(self, action: str, args: list[str], e: dict[str, str]) -> None:
+        cmd = [str(spark_home() / "sbin" / "spark-daemon.sh"), action, self.klass, "1", *args]
+        subprocess.run(cmd, env=e, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+
+
+class SparkMaster(SparkDaemon):
+    klass = MASTER_CLASS
+
+    def state(self) -> dict:
+        return http_json(f"http://{self.s.host}:{self.s.spark_master_ui_port}/json/")
+
+    def healthy(self) -> bool:
+        return bool(self.pid()) and self.state().get("status") == "ALIVE"
+
+    def start(self, e):
+        self.daemon("start", ["--host", self.s.host, "--port", str(self.port),
+                              "--webui-port", str(self.s.spark_master_ui_port)], e)
+        wait_until(self.healthy, 60, "Spark master", self.logfile)
+
+
+class SparkWorker(SparkDaemon):
+    klass = WORKER_CLASS
+
+    def healthy(self) -> bool:
+        if not self.pid():
+            return False
+        workers = SparkMaster("spark-master", self.s.spark_port, self.s).state().get("workers", [])
+        return any(w.get("state") == "ALIVE" for w in workers)
+
+    def start(self, e):
+        self.daemon("start", [self.s.spark_master, "--host", self.s.host, "--cores", str(self.s.worker_cores),
+                              "--memory", self.s.worker_memory, "--webui-port", str(self.port),
+                              "--work-dir", e["SPARK_WORKER_DIR"]], e)
+        wait_until(self.healthy, 60, "Spark worker", self.logfile)
+
+
+class AirflowMetadata(Service):
+    """Airflow's SQLite metadata DB, migrated. DAG runs happen in-process (`dag.test()`);
+    `make airflow-ui` starts the long-running Airflow services on top of it."""
+
+    def pid(self) -> int | None:
+        return None
+
+    def healthy(self, e: dict[str, str] | None = None) -> bool:
+        result = subprocess.run([str(VENV_BIN / "airflow"), "db", "check-migrations", "-t", "0"],
+                                env=e or environment(self.s, prepare(self.s)), capture_output=True, text=True,
+                                timeout=120)
+        return result.returncode == 0
+
+    def start(self, e):
+        Path(e["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+        with open(self.logfile, "ab") as out:
+            subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=e, stdout=out,
+                           stderr=subprocess.STDOUT, check=True, timeout=600)
+        wait_until(lambda: self.healthy(e), 60, "Airflow metadata DB", self.logfile)
+
+    def stop(self) -> None:
+        pass  # a file, not a process
+
+
+def services(s: StackSettings | None = None) -> list[Service]:
+    s = s or settings()
+    return [
+        S3Server("s3", s.s3_port, s),
+        SparkMaster("spark-master", s.spark_port, s),
+        SparkWorker("spark-worker", s.spark_worker_ui_port, s),
+        AirflowMetadata("airflow-db", 0, s),
+    ]
+
+
+def all_healthy(s: StackSettings | None = None) -> bool:
+    """True when every service of the stack answers its health check (no exception escapes)."""
+    for svc in services(s):
+        try:
+            if not svc.healthy():
+                return False
+        except Exception:  # noqa: BLE001 - unreachable means unhealthy
+            return False
+    return True
+
+
+def create_buckets(e: dict[str, str]) -> None:
+    import boto3
+
+    cfg = Config.from_env(e)
+    s3 = boto3.client("s3", endpoint_url=e["FRUITFLOW_S3_ENDPOINT"], region_name=e["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=e["AWS_ACCESS_KEY_ID"], aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"])
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in cfg.buckets:
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
+    log(f"buckets ready: {', '.join(cfg.buckets)}")
+
+
+def _whoami() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _ports(s: StackSettings) -> list[int]:
+    return [s.s3_port, s.spark_port, s.spark_master_ui_port, s.spark_worker_ui_port, s.airflow_port]
+
+
+def up(s: StackSettings | None = None) -> None:
+    s = s or settings()
+    e = environment(s, prepare(s))
+    for svc in services(s):
+        try:
+            if svc.healthy():
+                log(f"{svc.name}: already healthy")
+                continue
+        except Exception:  # noqa: BLE001 - not reachable means not running
+            pass
+        if svc.pid():
+            raise RuntimeError(f"{svc.name} runs (pid {svc.pid()}) but is not healthy; run `make stack-down`")
+        if svc.port and port_open(s.host, svc.port):
+            raise RuntimeError(f"port {svc.port} for {svc.name} is taken by another program")
+        log(f"{svc.name}: starting")
+        svc.start(e)
+        log(f"{svc.name}: healthy")
+
+
+def status(s: StackSettings | None = None) -> bool:
+    all_ok = True
+    for svc in services(s):
+        try:
+            ok = svc.healthy()
+            detail = ""
+        except Exception as exc:  # noqa: BLE001
+            ok, detail = False, f" ({type(exc).__name__}: {exc})"
+        all_ok &= ok
+        where = f" port {svc.port}" if svc.port else ""
+        print(f"{svc.name:13s} {'healthy' if ok else 'DOWN':8s}{where}  log: {svc.logfile}{detail}")
+    return all_ok
+
+
+def down(s: StackSettings | None = None) -> None:
+    s = s or settings()
+    standalone_pidfile = pid_dir(s) / "airflow-standalone.pid"  # `make airflow-ui`, if still running
+    if standalone := read_pid(standalone_pidfile):
+        stop_pid(standalone, "airflow standalone", grace=20)
+    standalone_pidfile.unlink(missing_ok=True)
+    for svc in reversed(services(s)):
+        svc.stop()
+    busy = [p for p in _ports(s) if port_open(s.host, p)]
+    deadline = time.monotonic() + 10
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.5)
+        busy = [p for p in busy if port_open(s.host, p)]
+    if busy:
+        raise RuntimeError(f"ports still listening after stack-down: {busy}")
+    freed = drop_executor_jars(state_dir(s))
+    log(f"stack down{f' (removed {freed / 2**30:.1f} GiB of executor jar copies; logs kept)' if freed else ''}")
+
+
+def drop_executor_jars(state: Path) -> int:
+    """The jar copies in the worker's application folders (its logs stay for post-mortems)."""
+    freed = 0
+    for jar in (state / "spark-work").glob("app-*/*/*.jar"):
+        try:
+            freed += jar.stat().st_size
+            jar.unlink()
+        except OSError:
+            pass
+    return freed
+
+
+def service(name: str, s: StackSettings | None = None) -> Service:
+    """One of the stack's services by name (s3, spark-master, spark-worker, airflow-db)."""
+    return {svc.name: svc for svc in services(s)}[name]
+
+
+def master_state(s: StackSettings | None = None) -> dict:
+    """The Spark master's JSON status: workers, their cores and state, active applications."""
+    return service("spark-master", s).state()

@@ -1,0 +1,58 @@
+"""boto3 access to the pipeline's object store for the project's commands (demo, benchmarks): the
+endpoint comes from the same Config as the pipeline's (FRUITFLOW_S3_ENDPOINT; unset: real AWS)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def client():
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    from spark_jobs.common.config import Config
+
+    cfg = Config.from_env()
+    return boto3.client("s3", endpoint_url=cfg.s3_endpoint, region_name=cfg.s3_region,
+                        config=BotoConfig(s3={"addressing_style": "path" if cfg.s3_endpoint else "auto"}))
+
+
+def upload_files(pairs: list[tuple[Path, str]], bucket: str, threads: int = 8) -> int:
+    """(local file, key) pairs into `bucket`, in parallel."""
+    s3 = client()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda pair: s3.upload_file(str(pair[0]), bucket, pair[1]), pairs))
+    return len(pairs)
+
+
+def upload_folder(folder: Path, bucket: str, prefix: str) -> int:
+    """Every file under `folder` to <bucket>/<prefix>/<relative path>."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    return upload_files([(p, f"{prefix}/{p.relative_to(folder).as_posix()}") for p in files], bucket)
+
+
+def download_prefix(uri: str, dest: Path) -> Path:
+    """Every object under the folder `uri` (s3:// or s3a://) into `dest`, replaced."""
+    from spark_jobs.common.config import split_s3_uri
+
+    s3 = client()
+    bucket, prefix = split_s3_uri(uri.rstrip("/"))
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            target = dest / obj["Key"][len(prefix) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
+    return dest
+
+
+def read_json(uri: str) -> dict:
+    from spark_jobs.common.config import split_s3_uri
+
+    bucket, key = split_s3_uri(uri)
+    return json.loads(client().get_object(Bucket=bucket, Key=key)["Body"].read())

@@ -1,0 +1,77 @@
+"""`airflow standalone` (what `make airflow-ui` runs): trigger fruit_pipeline through the REST API with
+Params, wait for success, read the `publish` XCom through the API, then stop the whole process group."""
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from fruitflow import airflow_ui
+from fruitflow import stack as local_stack
+from fruitflow.package import build_zip
+from fruitflow.stack.process import port_open
+from tests.helpers import SAMPLE_500, real_images
+
+pytestmark = pytest.mark.slow
+BASE = airflow_ui.url()
+
+
+def _call(method, path, token=None, body=None, timeout=30):
+    request = urllib.request.Request(BASE + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _wait(what, check, timeout, every=3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_trigger_through_the_rest_api(stack, s3, image_tree, monkeypatch):
+    build_zip()
+    root = image_tree(real_images(SAMPLE_500, 2, 3))
+    raw_prefix = f"ui-{uuid.uuid4().hex[:6]}"
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.relative_to(root).as_posix()}")
+    env = airflow_ui.airflow_env()
+    env.update({"FRUITFLOW_RUNS_PREFIX": f"{raw_prefix}-runs", "FRUITFLOW_SCHEDULE": "none"})
+    proc = airflow_ui.start(env)
+    try:
+        airflow_ui.wait_healthy(timeout=300)
+        password = _wait("generated password", lambda: json.loads(airflow_ui.password_file().read_text())["admin"], 60)
+        token = _call("POST", "/auth/token", body={"username": "admin", "password": password})["access_token"]
+        _wait("DAG parsed", lambda: _call("GET", "/api/v2/dags/fruit_pipeline", token), 240)
+        _call("PATCH", "/api/v2/dags/fruit_pipeline", token, {"is_paused": False})
+        with pytest.raises(urllib.error.HTTPError):  # a bad Param is refused before anything runs
+            _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
+                  {"logical_date": None, "conf": {"pca_k": 0}})
+        run = _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token, {
+            "logical_date": None,
+            "conf": {"raw_prefix": raw_prefix, "weights": "random", "pca_k": 4, "batch_size": 16},
+        })
+        run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{run['dag_run_id']}"
+        final = _wait("run finished", lambda: (s := _call("GET", run_path, token)["state"]) in ("success", "failed")
+                      and s, 900, every=5)
+        assert final == "success"
+        entry = _call("GET", f"{run_path}/taskInstances/publish/xcomEntries/return_value", token)
+        summary = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
+        assert summary["n_images"] == 6 and summary["n_input"] == 6 and summary["k"] == 4
+        assert 0 < summary["explained_variance"] <= 1
+    finally:
+        airflow_ui.stop(proc)
+    assert _wait("api-server stopped", lambda: not port_open(local_stack.settings().host, local_stack.settings().airflow_port), 30, every=1)

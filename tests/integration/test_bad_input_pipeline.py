@@ -1,0 +1,92 @@
+"""Bad and unusual input through the real pipeline (list_new, then the steps with spark-submit): CMYK
+JPEG, a 6000x4000 photo, UTF-8 / space / accent keys into S3 and back into the feature table and
+df_categ.csv, a class with a single image, a note and an image at the wrong depth, unsafe keys ('..',
+'.', empty segments, a climb out of the prefix) refused by list_new and recorded as rejects by
+preprocess, and a listed key deleted before preprocess reads it."""
+
+import json
+import uuid
+
+import pytest
+
+from fruitflow.package import build_zip
+from fruitflow_airflow.tasks import list_new_images
+from spark_jobs.common import images
+from spark_jobs.common.config import split_s3_uri
+from tests.badfiles import SINGLE_CLASS, UNSAFE_KEYS, write_bad_files, write_more_bad_files
+from tests.helpers import SAMPLE_500, list_keys, read_manifest, real_images, submit_step
+
+
+def _json_lines(s3, uri):
+    bucket, _ = split_s3_uri(uri)
+    rows = []
+    for key in list_keys(s3, uri):
+        if key.rsplit("/", 1)[-1].startswith("part-"):
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+            rows += [json.loads(line) for line in body.splitlines() if line.strip()]
+    return rows
+
+
+@pytest.mark.slow
+def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, image_tree, real_jpeg):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    build_zip()
+    cfg = cfg.with_overrides(runs_prefix=f"bad-{uuid.uuid4().hex[:6]}")  # a feature table of its own
+    reals = real_images(SAMPLE_500, 3, 3)
+    root = image_tree(reals)
+    expected = {f"{p.parent.name}/{p.name}": "ok" for p in reals}
+    expected.update(write_bad_files(root, real_jpeg))
+    expected.update(write_more_bad_files(root, real_jpeg))
+    prefix = f"bad-raw-{uuid.uuid4().hex[:6]}"
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), cfg.raw_bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
+    for key in UNSAFE_KEYS:
+        s3.put_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/{key}", Body=real_jpeg)
+        expected[key] = "reject"
+    s3.put_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/Odd/gone.jpg", Body=real_jpeg)
+    expected["Odd/gone.jpg"] = "reject"
+    run_id = f"bad-{uuid.uuid4().hex[:6]}"
+
+    found = list_new_images(S3Hook(aws_conn_id="aws_default"), cfg, prefix, run_id, None)
+    assert found["n_refused"] == len(UNSAFE_KEYS)
+    assert {r["key"] for r in found["refused_sample"]} == {f"{prefix}/{k}" for k in UNSAFE_KEYS}
+    s3.delete_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/Odd/gone.jpg")  # deleted after the listing
+
+    submit_step("preprocess", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}", "--keys", found["keys_uri"])
+    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    ok = {k for k, v in expected.items() if v == "ok"}
+    rejected = {k for k, v in expected.items() if v == "reject"}
+    counts = pre["counts"]
+    assert counts["n_images"] == len(ok), counts
+    assert counts["n_rejected"] == len(rejected), counts
+    assert counts["n_input"] == counts["n_images"] + counts["n_rejected"] == len(ok) + len(rejected)
+    ignored = {r["path"].split(f"/{prefix}/")[-1] for r in _json_lines(s3, pre["outputs"]["ignored"])}
+    assert ignored == {k for k, v in expected.items() if v == "ignore"} == {"Odd/notes.txt", "Odd/deeper/nested.jpg"}
+    assert counts["n_ignored"] == 2, counts
+
+    rejects = {r["key"]: r["reason"] for r in _json_lines(s3, pre["outputs"]["rejects"])}
+    assert set(rejects) == rejected, rejects
+    for key in UNSAFE_KEYS:
+        assert rejects[key].startswith("unsafe key"), (key, rejects[key])
+    assert rejects["Odd/gone.jpg"].startswith("not found")
+    assert rejects["Odd/empty.jpg"] == "empty file"
+
+    jpeg_bucket, jpeg_prefix = split_s3_uri(pre["outputs"]["jpeg"])
+    assert set(list_keys(s3, pre["outputs"]["jpeg"])) == {f"{jpeg_prefix}/{k}" for k in ok}  # UTF-8 keys back
+    stored = s3.get_object(Bucket=jpeg_bucket, Key=f"{jpeg_prefix}/Odd/huge 6000x4000.jpg")["Body"].read()
+    assert images.decode(stored, 10**7).shape == (224, 224, 3)
+
+    submit_step("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", "--batch-size", "8")
+    feat = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
+    assert feat["counts"]["n_images"] == len(ok)
+
+    submit_step("pca", cfg, run_id, "--k", "3")
+    pca = read_manifest(s3, cfg.step_uri(run_id, "pca"))
+    bucket, key = split_s3_uri(pca["outputs"]["categories_csv"])
+    lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8").splitlines()
+    assert lines[0] == "categ;key"
+    table = dict(reversed(line.split(";", 1)) for line in lines[1:])  # key -> category
+    assert set(table) == ok  # every accepted image, UTF-8 keys intact, in the feature table
+    assert table[f"{SINGLE_CLASS}/seul.jpeg"] == SINGLE_CLASS
+    assert list(table.values()).count(SINGLE_CLASS) == 1

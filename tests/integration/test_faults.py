@@ -1,0 +1,268 @@
+"""Faults in the middle of a run, on the real local stack (spark-submit to the standalone master, s3a and
+boto3 against the S3 server): two runs at once, the S3 endpoint frozen for 20 s, a step killed half way
+then rerun under the same run id, and the Spark worker killed (then restarted) during featurize.
+
+Each test checks the outcome the DAG relies on: a `_manifest.json` only for complete outputs, counts
+that add up, and no duplicate keys."""
+
+import io
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import psutil
+import pytest
+
+from fruitflow_airflow.submit import step_args, submit_kwargs
+from fruitflow import stack as local_stack
+from fruitflow.stack.environment import pid_dir
+from fruitflow.stack.process import read_pid, wait_until
+from fruitflow.stack.services import master_state, service
+from fruitflow.package import build_zip
+from spark_jobs.common.config import split_s3_uri
+from tests.helpers import SAMPLE_500, real_images
+from tests.helpers import list_keys, read_manifest
+
+pytestmark = pytest.mark.slow
+
+PAUSE_S = 20
+_STARTED: list[subprocess.Popen] = []
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _start(step, cfg, run_id, *extra, log, conf=None):
+    """spark-submit of one step, as the DAG's operator builds it, in its own process group."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    kwargs = submit_kwargs(step, cfg)
+    application = kwargs.pop("application")
+    kwargs["conf"] = {**kwargs["conf"], **(conf or {})}
+    hook = SparkSubmitHook(conn_id="spark_default", application_args=[*step_args(step, cfg, run_id), *extra],
+                           **kwargs)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(hook._build_spark_submit_command(application), stdout=out,
+                                stderr=subprocess.STDOUT, env=os.environ, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_submissions():
+    """A failing test leaves no spark-submit of its own running (each has its own process group)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _finish(proc, log, timeout=600):
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return rc, open(log, encoding="utf-8", errors="replace").read()
+
+
+def _run(step, cfg, run_id, *extra, tmp_path, conf=None):
+    log = tmp_path / f"{step}-{run_id}-{uuid.uuid4().hex[:4]}.log"
+    rc, text = _finish(_start(step, cfg, run_id, *extra, log=log, conf=conf), log)
+    assert rc == 0, text[-3000:]
+    return text
+
+
+def _worker():
+    return service("spark-worker")
+
+
+def _active_apps():
+    return master_state()["activeapps"]
+
+
+def _python_workers_running():
+    """True once an executor under the Spark worker runs Python (the step's UDF stage has started)."""
+    pid = _worker().pid()
+    if not pid:
+        return False
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for child in children:
+        try:
+            if "pyspark.daemon" in " ".join(child.cmdline()) or "pyspark/daemon" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def _wait_for(check, proc, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the step ended (rc {proc.returncode}) before {what}"
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _features(s3, step_uri):
+    """key -> features of a featurize output, read back with pyarrow (not Spark)."""
+    import pyarrow.parquet as pq
+
+    bucket, _ = split_s3_uri(step_uri)
+    rows = {}
+    keys = []
+    for key in list_keys(s3, step_uri + "/features"):
+        if key.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+            for k, f in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
+                keys.append(k)
+                rows[k] = f
+    return keys, rows
+
+
+@pytest.fixture(scope="module")
+def prepared(stack, s3, cfg, tmp_path_factory):
+    """3 classes x 3 real images under a fresh raw prefix, preprocessed once under a runs prefix of its own."""
+    build_zip()
+    cfg = cfg.with_overrides(runs_prefix=f"faults-{uuid.uuid4().hex[:6]}", batch_size=4)
+    prefix = f"faults-raw-{uuid.uuid4().hex[:6]}"
+    for path in real_images(SAMPLE_500, 3, 3):
+        s3.upload_file(str(path), cfg.raw_bucket, f"{prefix}/{path.parent.name}/{path.name}")
+    raw_uri = f"s3a://{cfg.raw_bucket}/{prefix}"
+    run_id = f"ref-{uuid.uuid4().hex[:6]}"
+    _run("preprocess", cfg, run_id, "--raw", raw_uri, tmp_path=tmp_path_factory.mktemp("ref"))
+    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert pre["counts"]["n_images"] == 9
+    return {"cfg": cfg, "raw_uri": raw_uri, "run_id": run_id, "pre": pre}
+
+
+@pytest.fixture
+def healthy_stack_after():
+    """Whatever a fault test did, the stack is healthy for the next test (S3 resumed, worker back)."""
+    yield
+    s3_pid = read_pid(pid_dir(local_stack.settings()) / "s3.pid")
+    if s3_pid:
+        os.killpg(s3_pid, signal.SIGCONT)
+    if not _worker().pid():
+        _worker().start(local_stack.prepared_env())
+    wait_until(local_stack.all_healthy, 60, "the local stack")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_two_runs_at_once_do_not_touch_each_other(s3, prepared, tmp_path):
+    cfg, pre = prepared["cfg"], prepared["pre"]
+    run_ids = [f"twin{i}-{uuid.uuid4().hex[:6]}" for i in (1, 2)]
+    # One core each, so that the two applications really run side by side on the 2-core worker.
+    procs = [(_start("preprocess", cfg, r, "--raw", prepared["raw_uri"], log=tmp_path / f"{r}.log",
+                     conf={"spark.cores.max": "1"}), tmp_path / f"{r}.log") for r in run_ids]
+    _wait_for(lambda: len(_active_apps()) >= 2, procs[0][0], 120, "both applications to be running")
+    for proc, log in procs:
+        rc, text = _finish(proc, log)
+        assert rc == 0, text[-3000:]
+    for run_id in run_ids:
+        twin = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+        assert twin["counts"] == pre["counts"]
+        assert twin["step_uri"].endswith(f"/{run_id}/preprocess")
+        _, jpeg_prefix = split_s3_uri(twin["outputs"]["jpeg"])
+        jpegs = list_keys(s3, twin["outputs"]["jpeg"])
+        assert len(jpegs) == len(set(jpegs)) == twin["counts"]["n_images"]
+        assert all(k.startswith(jpeg_prefix + "/") for k in jpegs)
+
+
+def test_s3_frozen_for_20_s_mid_step(s3, prepared, tmp_path, healthy_stack_after):
+    cfg, pre = prepared["cfg"], prepared["pre"]
+    run_id = f"frozen-{uuid.uuid4().hex[:6]}"
+    s3_pid = read_pid(pid_dir(local_stack.settings()) / "s3.pid")
+    assert s3_pid
+    log = tmp_path / "frozen.log"
+    started = time.monotonic()
+    proc = _start("preprocess", cfg, run_id, "--raw", prepared["raw_uri"], log=log)
+    # Registered with the master: the driver is up and about to list, read and write S3.
+    _wait_for(lambda: bool(_active_apps()), proc, 120, "the application to register")
+    os.killpg(s3_pid, signal.SIGSTOP)
+    try:
+        time.sleep(PAUSE_S)
+        assert proc.poll() is None, "the step ended while S3 was frozen"
+    finally:
+        os.killpg(s3_pid, signal.SIGCONT)
+    rc, text = _finish(proc, log)
+    assert rc == 0, text[-3000:]
+    assert time.monotonic() - started > PAUSE_S
+    frozen = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert frozen["counts"] == pre["counts"]
+    assert len(list_keys(s3, frozen["outputs"]["jpeg"])) == pre["counts"]["n_images"]
+
+
+def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, prepared, tmp_path):
+    from spark_jobs.common.table import committed_featurize_steps
+
+    cfg, pre = prepared["cfg"], prepared["pre"]
+    run_id = prepared["run_id"]
+    step_uri = cfg.step_uri(run_id, "featurize")
+    log = tmp_path / "killed.log"
+    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log)
+    _wait_for(_python_workers_running, proc, 300, "the featurize UDF stage")
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and spark-submit, as a lost Airflow worker would
+    proc.wait(timeout=60)
+    bucket, key = split_s3_uri(step_uri + "/_manifest.json")
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0
+    # Readers of the feature table go by manifests: the killed attempt is invisible to them.
+    assert all(run_id not in m["step_uri"] for m in committed_featurize_steps(spark, cfg))
+    wait_until(lambda: not _active_apps(), 60, "the killed application to be gone")
+
+    # The retry (same run id) starts from a clean prefix and commits complete outputs.
+    _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
+    first = read_manifest(s3, step_uri)
+    keys, features = _features(s3, step_uri)
+    assert first["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
+    assert any(run_id in m["step_uri"] for m in committed_featurize_steps(spark, cfg))
+
+    # Rerunning the same run id again: the same outputs and counts.
+    _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
+    again = read_manifest(s3, step_uri)
+    keys_again, features_again = _features(s3, step_uri)
+    assert again["counts"] == first["counts"] and sorted(keys_again) == sorted(keys)
+    for key in keys:
+        assert features_again[key] == pytest.approx(features[key], abs=1e-5)
+    assert again["written_at"] >= first["written_at"]
+
+
+def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_after):
+    cfg, pre = prepared["cfg"], prepared["pre"]
+    run_id = f"workerkill-{uuid.uuid4().hex[:6]}"
+    step_uri = cfg.step_uri(run_id, "featurize")
+    log = tmp_path / "workerkill.log"
+    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log)
+    _wait_for(_python_workers_running, proc, 300, "the featurize UDF stage")
+    worker = psutil.Process(_worker().pid())
+    victims = [worker, *worker.children(recursive=True)]  # the worker JVM, its executor, the Python workers
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=30)
+    assert proc.poll() is None, "featurize ended before the worker was lost"
+    _worker().start(local_stack.prepared_env())  # a new worker registers; the master gives the app executors on it
+    rc, text = _finish(proc, log)
+    assert "Lost executor" in text, text[-3000:]  # the application did lose its executor mid-stage
+    if rc != 0:  # Spark gave up: the Airflow task retry resubmits the same run id
+        print("featurize failed after the worker loss; resubmitting the run id as the Airflow retry does")
+        _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
+    else:
+        print("Spark rescheduled the lost tasks on the restarted worker")
+    feat = read_manifest(s3, step_uri)
+    keys, _ = _features(s3, step_uri)
+    assert feat["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))

@@ -1,0 +1,56 @@
+"""The four steps submitted with spark-submit (the provider's SparkSubmitHook, as the DAG does) to the
+standalone master, reading and writing S3 through s3a, on a small real subset plus bad files."""
+
+import uuid
+
+
+from fruitflow.package import build_zip
+from spark_jobs.common.config import split_s3_uri
+from tests.badfiles import write_bad_files
+from tests.helpers import SAMPLE_500, list_keys, read_manifest, real_images, submit_step
+
+
+
+def test_four_steps_on_the_standalone_master(stack, s3, cfg, image_tree, upload_folder):
+    build_zip()
+    reals = real_images(SAMPLE_500, 3, 4)
+    root = image_tree(reals)
+    expected = write_bad_files(root, reals[0].read_bytes())
+    (root / "README.txt").write_text("a stray note at the top level")
+    raw_uri = upload_folder(root, cfg.raw_bucket)
+    run_id = f"it-{uuid.uuid4().hex[:6]}"
+    n_bad = sum(1 for v in expected.values() if v == "reject")
+    n_odd_ok = len(expected) - n_bad
+
+    submit_step("preprocess", cfg, run_id, "--raw", raw_uri)
+    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert pre["counts"]["n_input"] == len(reals) + len(expected)
+    assert pre["counts"]["n_images"] == len(reals) + n_odd_ok
+    assert pre["counts"]["n_rejected"] == n_bad
+    assert pre["counts"]["n_ignored"] == 1
+    jpegs = list_keys(s3, pre["outputs"]["jpeg"])
+    assert len(jpegs) == pre["counts"]["n_images"]
+    assert any(k.endswith(f"{reals[0].parent.name}/{reals[0].name}") for k in jpegs)
+
+    submit_step("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", "--batch-size", "8")
+    feat = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
+    assert feat["counts"]["n_images"] == pre["counts"]["n_images"]
+    assert feat["params"]["feature_dim"] == 2048 and feat["params"]["weights"] == "random"
+    assert list_keys(s3, feat["outputs"]["model"].rsplit("/", 1)[0])
+
+    submit_step("pca", cfg, run_id, "--k", "5")
+    pca = read_manifest(s3, cfg.step_uri(run_id, "pca"))
+    assert pca["params"]["k"] == 5 and pca["counts"]["n_images"] == feat["counts"]["n_images"]
+    assert 0 < pca["metrics"]["explained_variance"] <= 1
+    assert len(pca["metrics"]["explained_variance_per_component"]) == 5
+    bucket, key = split_s3_uri(pca["outputs"]["categories_csv"])
+    categ = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+    assert categ[0] == "categ;key" and len(categ) == 1 + pca["counts"]["n_images"]
+
+    submit_step("cluster", cfg, run_id, "--input", pca["step_uri"])
+    clu = read_manifest(s3, cfg.step_uri(run_id, "cluster"))
+    assert clu["params"]["n_clusters"] == 4  # three fruit folders and the generated 'Odd' one
+    for metric in ("silhouette", "ari", "nmi", "purity"):
+        assert -1 <= clu["metrics"][metric] <= 1
+    report = list_keys(s3, clu["outputs"]["report_folder"])
+    assert {k.rsplit("/", 1)[1] for k in report} >= {"index.html", "pca_by_fruit.png", "tsne_by_cluster.png"}

@@ -1,0 +1,102 @@
+"""Deployment files: docker-compose.yaml (no Docker engine here: validated, not run), the EC2 scripts and
+the IAM policy."""
+
+import json
+import re
+import shutil
+import subprocess
+from importlib import metadata
+
+import pytest
+import yaml
+
+from spark_jobs.common.config import Config
+from tests.helpers import ROOT
+
+COMPOSE = ROOT / "docker-compose.yaml"
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _env_example() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    return {k: v for k, v in pairs}
+
+
+def test_compose_file_is_valid_for_docker_compose(tmp_path):
+    tool = shutil.which("docker-compose")
+    if not tool:
+        pytest.skip("docker-compose not installed (CI installs it from Debian: apt-get install docker-compose)")
+    result = subprocess.run([tool, "--env-file", str(ROOT / ".env.example"), "-f", str(COMPOSE), "config", "-q"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_services_and_healthchecks(compose):
+    services = compose["services"]
+    for name in ("postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer", "spark-master", "spark-worker", "minio", "minio-init"):
+        assert name in services, name
+    for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "spark-master", "minio"):
+        assert "healthcheck" in services[name], name
+    assert services["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert "ports" not in services["spark-worker"] and "container_name" not in services["spark-worker"]  # scalable
+
+
+def test_image_tags_are_pinned_to_the_projects_versions(compose):
+    images = [svc["image"] for svc in compose["services"].values() if "image" in svc]
+    for dockerfile in (ROOT / "deploy" / "docker").glob("*.Dockerfile"):
+        images += re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.M)
+    for image in images:
+        name, _, tag = image.partition(":")
+        assert tag and tag != "latest", image
+    joined = " ".join(images)
+    assert f"apache/airflow:{metadata.version('apache-airflow')}-python3.11" in joined
+    assert f"apache/spark:{metadata.version('pyspark')}-" in joined
+    assert "postgres:" in joined and "minio/minio:RELEASE." in joined
+
+
+def test_every_variable_is_in_env_example():
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    assert used and used <= set(_env_example()), used - set(_env_example())
+
+
+def test_connections_name_services_that_exist(compose):
+    services = compose["services"]
+    env = compose["x-airflow-common"]["environment"]
+    aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
+    spark = json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
+    assert aws["extra"]["endpoint_url"].split("//")[1].split(":")[0] in services
+    assert spark["host"].split("//")[1] in services
+
+
+def test_no_secret_in_compose_or_env_example():
+    for value in _env_example().values():
+        assert value.startswith(("change-me", "airflow")) or re.fullmatch(r"[0-9a-z@]+", value), value
+
+
+def test_iam_policy_names_only_the_project_buckets():
+    policy = json.loads((ROOT / "deploy" / "ec2" / "iam-policy.json").read_text())
+    buckets = set(Config().buckets)
+    resources = [r for st in policy["Statement"] for r in st["Resource"]]
+    assert resources
+    for resource in resources:
+        assert resource.startswith("arn:aws:s3:::"), resource
+        assert resource[len("arn:aws:s3:::"):].split("/")[0] in buckets, resource
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    assert "s3:*" not in actions and all(st["Effect"] == "Allow" for st in policy["Statement"])
+    raw = [st for st in policy["Statement"] if any(r.startswith("arn:aws:s3:::fruitflow-raw/") for r in st["Resource"])]
+    assert all(set(st["Action"]) == {"s3:GetObject"} for st in raw)  # the raw photos are read-only
+
+
+def test_shell_scripts_pass_shellcheck():
+    tool = shutil.which("shellcheck")
+    if not tool:
+        pytest.skip("shellcheck not installed (CI installs it from Debian: apt-get install shellcheck)")
+    scripts = [ROOT / "deploy" / "ec2" / "spark-node.sh", ROOT / "scripts" / "setup.sh", ROOT / ".ci" / "run"]
+    result = subprocess.run([tool, "-S", "warning", *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

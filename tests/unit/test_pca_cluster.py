@@ -1,0 +1,179 @@
+"""PCA (k and target variance) and clustering metrics on a local SparkSession."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from spark_jobs import cluster, pca
+
+
+def _features(spark, n_per_class=12, classes=4, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (classes, dim))
+    rows = []
+    for c in range(classes):
+        for i in range(n_per_class):
+            rows.append((f"c{c}/{i}.jpg", f"c{c}", (centres[c] + rng.normal(0, 1, dim)).astype(float).tolist()))
+    return spark.createDataFrame(rows, "key string, category string, features array<float>")
+
+
+def test_choose_k():
+    explained = np.array([0.5, 0.3, 0.1, 0.05, 0.05])
+    assert pca.choose_k(explained, 3, None) == 3
+    assert pca.choose_k(explained, 3, 0.8) == 2
+    assert pca.choose_k(explained, 3, 0.95) == 4
+    assert pca.choose_k(explained, 3, 1.0) == 5
+
+
+def test_pca_k_and_target_variance(spark):
+    features = _features(spark)
+    model = pca.fit_pca(features, 5, None, n_rows=48)
+    assert model.stages[-1].getK() == 5
+    explained = pca.explained_variance(model)
+    assert 0 < explained.sum() <= 1 + 1e-9 and np.all(np.diff(explained) <= 1e-12)
+    by_target = pca.fit_pca(features, 20, 0.9, n_rows=48)
+    cumulative = np.cumsum(pca.explained_variance(by_target))
+    assert cumulative[-1] >= 0.9 and (len(cumulative) == 1 or cumulative[-2] < 0.9)
+    reduced = pca.project(model, features).collect()
+    assert len(reduced) == 48 and len(reduced[0]["pca"]) == 5 and reduced[0]["pc1"] == reduced[0]["pca"][0]
+
+
+def test_metrics_from_contingency_match_scikit_learn():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 6, 300)
+    pred = np.where(rng.random(300) < 0.7, truth, rng.integers(0, 7, 300))
+    table = pd.crosstab(pd.Series(truth, name="category"), pd.Series(pred, name="cluster"))
+    scores = cluster.scores_from_contingency(table)
+    assert scores["ari"] == pytest.approx(adjusted_rand_score(truth, pred), abs=1e-12)
+    assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(truth, pred), abs=1e-12)
+    assert 0 < scores["purity"] <= 1
+
+
+def test_kmeans_finds_separated_classes(spark):
+    features = _features(spark)
+    reduced = pca.project(pca.fit_pca(features, 5, None, n_rows=48), features)
+    model, fit = cluster.fit_kmeans(reduced, 4, seed=1, starts=3)
+    assert fit["start_points"] == 48 and fit["starts"] == 3
+    assigned = cluster.assign(model, reduced)
+    scores = cluster.scores_from_contingency(cluster.contingency(assigned))
+    assert scores["ari"] == pytest.approx(1.0) and scores["purity"] == pytest.approx(1.0)
+    assert 0 < cluster.silhouette(assigned) <= 1
+
+
+def test_kmeans_from_a_sample_iterates_over_all_vectors(spark, tmp_path):
+    """The start comes from a sample smaller than the data; Spark's iterations over all the vectors
+    still find the classes, and the model is an ordinary Spark ML KMeansModel (save, load, transform)."""
+    from pyspark.ml.clustering import KMeansModel
+
+    features = _features(spark, n_per_class=40)
+    reduced = pca.project(pca.fit_pca(features, 5, None, n_rows=160), features)
+    model, fit = cluster.fit_kmeans(reduced, 4, seed=2, starts=2, start_max_points=20, n_rows=160)
+    assert 8 <= fit["start_points"] <= 20
+    model.write().overwrite().save(str(tmp_path / "kmeans"))
+    loaded = KMeansModel.load(str(tmp_path / "kmeans"))
+    assert np.allclose(np.stack(loaded.clusterCenters()), np.stack(model.clusterCenters()))
+    assigned = cluster.assign(loaded, reduced)
+    assert assigned.count() == 160
+    assert cluster.scores_from_contingency(cluster.contingency(assigned))["ari"] == pytest.approx(1.0)
+    # The cost is that of all the vectors: their squared distances to the nearest centre, computed here.
+    rows = cluster.with_vectors(reduced, True).select("vector").toPandas()
+    x = np.stack([v.toArray() for v in rows["vector"]])
+    centres = np.stack(model.clusterCenters())
+    expected = ((x[:, None, :] - centres[None]) ** 2).sum(axis=2).min(axis=1).sum()
+    assert fit["cost"] == pytest.approx(expected, rel=1e-6)
+
+
+def _wide_features(spark, n=240, dim=1280, seed=5):
+    """CNN-like: non-negative, 1280 wide, a slowly decaying spectrum, some dead (constant) channels."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(60, dim)) * np.linspace(3.0, 0.2, 60)[:, None]
+    x = np.maximum(rng.normal(size=(n, 60)) @ basis + rng.normal(0, 0.3, (n, dim)) + 1.0, 0.0)
+    x[:, :7] = 0.0
+    rows = [(f"c{i % 6}/{i}.jpg", f"c{i % 6}", r.astype(np.float32).tolist()) for i, r in enumerate(x)]
+    return spark.createDataFrame(rows, "key string, category string, features array<float>")
+
+
+@pytest.mark.parametrize("l2_normalize", [False, True])
+def test_reduction_matches_scikit_learn(spark, l2_normalize):
+    """Centred PCA (after optional L2 normalisation) gives scikit-learn's explained variance and
+    projection (up to sign) on wide features, where Spark ML's own PCA.fit went wrong without a
+    native LAPACK."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
+    features = _wide_features(spark)
+    rows = features.orderBy("key").collect()
+    x = np.array([r["features"] for r in rows], dtype=np.float64)
+    x = normalize(x) if l2_normalize else x
+    want = PCA(10, svd_solver="full").fit(x)
+    model = pca.fit_pca(features, 10, None, n_rows=len(rows), l2_normalize=l2_normalize)
+    np.testing.assert_allclose(pca.explained_variance(model), want.explained_variance_ratio_, rtol=1e-5)
+    got = np.array([r["pca"] for r in pca.project(model, features).orderBy("key").collect()])
+    expected = want.transform(x)
+    signs = np.sign((got * expected).sum(axis=0))
+    np.testing.assert_allclose(got * signs, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_pca_model_saves_and_loads(spark, tmp_path):
+    from pyspark.ml import PipelineModel
+
+    features = _features(spark)
+    model = pca.fit_pca(features, 3, None, n_rows=48)
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    before = [r["pca"] for r in pca.project(model, features).orderBy("key").collect()]
+    after = [r["pca"] for r in pca.project(loaded, features).orderBy("key").collect()]
+    np.testing.assert_allclose(np.array(after), np.array(before))
+
+
+def test_feature_table_never_mixes_models():
+    from spark_jobs.common.table import same_model
+
+    def step(uri, written_at, backbone, tag):
+        return {"step_uri": uri, "written_at": written_at,
+                "params": {"backbone": backbone, "weights": "imagenet", "model_tag": tag}}
+
+    old = step("s3a://f/runs/a/featurize", "2026-01-01T00:00:00", "resnet50", "imagenet-keras3")
+    new = step("s3a://f/runs/b/featurize", "2026-01-02T00:00:00", "efficientnet_lite0", "imagenet-pypi0.1.0")
+    newer = step("s3a://f/runs/c/featurize", "2026-01-03T00:00:00", "efficientnet_lite0", "imagenet-pypi0.1.0")
+    kept, left_out = same_model([old, new, newer])
+    assert kept == [new, newer] and left_out == [old]
+    assert same_model([]) == ([], [])
+
+
+def test_quality_evaluation_agrees_with_scikit_learn_on_separable_data(spark):
+    """`make quality`'s scoring: the pipeline's PCA + KMeans and scikit-learn's KMeans on the same
+    vectors find the same separated classes."""
+    from fruitflow.quality import evaluate
+
+    features = _features(spark, n_per_class=10, classes=5, dim=64, seed=2)
+    result = evaluate(features, 50, k=4, target_variance=None, l2_before=True, l2_after=True, seed=3, starts=3)
+    assert result["k"] == 4 and 0 < result["explained_variance"] <= 1
+    assert result["ari"] == pytest.approx(1.0) and result["sklearn_ari"] == pytest.approx(1.0)
+    assert result["nmi"] == pytest.approx(1.0) and result["purity"] == pytest.approx(1.0)
+
+
+def test_colour_histogram_joins_the_reduction_with_its_weight(spark):
+    """With a `color` column and color_weight > 0 the PCA input is [unit CNN vector, weight x colour]:
+    explained variance and projection are scikit-learn's on that concatenation; weight 0 leaves it out."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
+    rng = np.random.default_rng(11)
+    n, dim, bins = 90, 40, 12
+    x = np.maximum(rng.normal(size=(n, dim)) + 1.0, 0.0)
+    colour = normalize(rng.random((n, bins)) ** 3)
+    rows = [(f"c{i % 3}/{i}.jpg", f"c{i % 3}", x[i].astype(np.float32).tolist(), colour[i].astype(np.float32).tolist())
+            for i in range(n)]
+    frame = spark.createDataFrame(rows, "key string, category string, features array<float>, color array<float>")
+    x32, colour32 = x.astype(np.float32).astype(np.float64), colour.astype(np.float32).astype(np.float64)
+    for weight in (0.0, 0.7):
+        model = pca.fit_pca(frame, 6, None, n_rows=n, l2_normalize=True, color_weight=weight)
+        assert pca.color_weight_of(model) == pytest.approx(weight)
+        joined = normalize(x32) if weight == 0 else np.hstack([normalize(x32), weight * colour32])
+        reference = PCA(6).fit(joined)
+        np.testing.assert_allclose(pca.explained_variance(model), reference.explained_variance_ratio_, atol=1e-6)
+        ours = np.stack([r["pca"] for r in pca.project(model, frame).orderBy("key").collect()])
+        order = np.argsort([r[0] for r in rows])
+        np.testing.assert_allclose(np.abs(ours), np.abs(reference.transform(joined)[order]), atol=1e-5)

@@ -1,0 +1,61 @@
+"""The preprocess step's pure transforms on a local SparkSession, real images and generated bad files."""
+
+import numpy as np
+from pyspark.sql import functions as F
+
+from spark_jobs import preprocess
+from spark_jobs.common import images
+from tests.badfiles import write_bad_files
+from tests.helpers import SAMPLE_500, real_images
+
+
+def _frame(spark, root):
+    uri = root.as_uri()
+    return preprocess.with_keys(preprocess.extract(spark, uri), uri)
+
+
+def test_keys_categories_and_ignored_files(spark, image_tree):
+    root = image_tree(real_images(SAMPLE_500, 2, 3))
+    (root / "notes.txt").write_text("not in a fruit folder")
+    (root / "Banana" / "readme.txt").parent.mkdir(exist_ok=True)
+    (root / "Banana" / "readme.txt").write_text("not an image")
+    nested = root / "Banana" / "deeper" / "x.jpg"
+    nested.parent.mkdir()
+    nested.write_bytes(real_images(SAMPLE_500, 1, 1)[0].read_bytes())
+    rows = {r["relative"]: r for r in _frame(spark, root).drop("content").collect()}
+    candidates = {k for k, r in rows.items() if r["ignored_reason"] is None}
+    assert len(candidates) == 6
+    for key in candidates:
+        category, name = key.split("/")
+        assert rows[key]["category"] == category and rows[key]["key"] == key
+    assert rows["notes.txt"]["ignored_reason"] == "not at <category>/<file> depth"
+    assert rows["Banana/readme.txt"]["ignored_reason"] == "not an image extension"
+    assert rows["Banana/deeper/x.jpg"]["ignored_reason"] == "not at <category>/<file> depth"
+
+
+def test_preprocess_accepts_images_and_rejects_bad_files(spark, image_tree, cfg):
+    reals = real_images(SAMPLE_500, 2, 3)
+    root = image_tree(reals)
+    expected = write_bad_files(root, reals[0].read_bytes())
+    frame = _frame(spark, root).filter(F.col("ignored_reason").isNull())
+    out = {r["key"]: r for r in preprocess.preprocess_images(frame, cfg).collect()}
+    assert len(out) == len(reals) + len(expected)  # nothing lost
+    for path in reals:
+        row = out[f"{path.parent.name}/{path.name}"]
+        assert row["status"] == "ok" and row["reason"] is None
+        want = images.preprocess(images.decode(path.read_bytes(), 10**7))
+        assert np.array_equal(images.rgb_from_bytes(row["image"]), want)
+        assert row["etag"] and len(row["etag"]) == 32
+    for key, outcome in expected.items():
+        assert out[key]["status"] == ("ok" if outcome == "ok" else "rejected"), key
+        if outcome != "ok":
+            assert out[key]["reason"] and out[key]["image"] is None
+
+
+def test_oversized_file_is_rejected_without_decoding(spark, image_tree, cfg):
+    root = image_tree(real_images(SAMPLE_500, 1, 2))
+    small = cfg.with_overrides(max_image_bytes=100)
+    frame = _frame(spark, root).filter(F.col("ignored_reason").isNull())
+    rows = preprocess.preprocess_images(frame, small).collect()
+    assert {r["status"] for r in rows} == {"rejected"}
+    assert all("too large" in r["reason"] for r in rows)
