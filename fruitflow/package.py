@@ -26,6 +26,9 @@ def build_zip(dest: Path = DEFAULT_ZIP) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="fruitflow zip", description=__doc__).parse_args(argv)
     print(build_zip())
     return 0
 

@@ -51,6 +51,14 @@ def download_prefix(uri: str, dest: Path) -> Path:
     return dest
 
 
+def write_json(uri: str, body: dict) -> None:
+    from spark_jobs.common.config import split_s3_uri
+
+    bucket, key = split_s3_uri(uri)
+    client().put_object(Bucket=bucket, Key=key, Body=json.dumps(body, indent=2).encode(),
+                        ContentType="application/json")
+
+
 def read_json(uri: str) -> dict:
     from spark_jobs.common.config import split_s3_uri
 

@@ -22,5 +22,5 @@ pyspark_pin=$(grep -E '^pyspark==' constraints.txt | cut -d= -f3)
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "pyspark==${pyspark_pin}"
 # The project itself, editable: `fruitflow` on the venv's PATH, its packages importable everywhere
 # (Airflow, spark-submit's driver, the tests) without patching the import path.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 .venv/bin/python scripts/check_setup.py

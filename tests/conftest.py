@@ -46,16 +46,26 @@ def sample_500() -> Path:
 
 @pytest.fixture(scope="session")
 def stack():
-    """The local stack, healthy. Started (and stopped at the end, pass or fail) when not already up."""
+    """The local stack, healthy. Started (and stopped at the end, pass or fail) when not already up.
+
+    A user's data in the store (a demo's results, say) must survive the tests: every object present when
+    the session starts, and one planted like a demo's, are checked unchanged at the end."""
+    from tests.helpers import UserData
+
     started = False
     if not local_stack.all_healthy():
         local_stack.up()
         started = True
+    guard = UserData()
     try:
+        guard.snapshot()
         yield local_stack.prepared_env()
+        changed = guard.changes()
     finally:
+        guard.remove_planted()
         if started:
             local_stack.down()
+    assert not changed, f"the tests changed data they did not make: {changed[:10]}"
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +86,10 @@ def spark(cfg):
 
 @pytest.fixture(scope="session")
 def s3(stack):
-    import boto3
+    """boto3 with the pipeline's identity (scoped to its buckets), as the demo uses it."""
+    from fruitflow import store
 
-    return boto3.client("s3", endpoint_url=stack["FRUITFLOW_S3_ENDPOINT"])
+    return store.client()
 
 
 @pytest.fixture(scope="session")

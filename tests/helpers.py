@@ -24,6 +24,41 @@ def real_images(root: Path, classes: int, per_class: int) -> list[Path]:
     return picked
 
 
+class UserData:
+    """What the store held before the tests, plus one object planted where a demo keeps its results
+    (`demo-<stamp>/`, `demo-<stamp>-runs/`): `changes()` lists whatever was deleted or rewritten since."""
+
+    PLANTED = ("demo-00000000T000000/Apple/planted-by-the-tests.jpg",
+               "demo-00000000T000000-runs/planted/featurize/_manifest.json")
+
+    def __init__(self):
+        from fruitflow import store
+        from spark_jobs.common.config import Config
+
+        self.s3, self.cfg, self.before = store.client(), Config.from_env(), {}
+
+    def snapshot(self):
+        self.s3.put_object(Bucket=self.cfg.raw_bucket, Key=self.PLANTED[0], Body=b"a user's photo")
+        self.s3.put_object(Bucket=self.cfg.features_bucket, Key=self.PLANTED[1], Body=b"{}")
+        self.before = self._listing()
+
+    def changes(self) -> list[str]:
+        after = self._listing()
+        return [f"{where} ({'deleted' if where not in after else 'rewritten'})"
+                for where, etag in self.before.items() if after.get(where) != etag]
+
+    def remove_planted(self):
+        self.s3.delete_object(Bucket=self.cfg.raw_bucket, Key=self.PLANTED[0])
+        self.s3.delete_object(Bucket=self.cfg.features_bucket, Key=self.PLANTED[1])
+
+    def _listing(self) -> dict[str, str]:
+        found = {}
+        for bucket in self.cfg.buckets:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                found.update({f"{bucket}/{o['Key']}": o["ETag"] for o in page.get("Contents", [])})
+        return found
+
+
 def submit_step(step, cfg, run_id, *extra):
     """spark-submit one step to the standalone master, as the DAG's operator does."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook

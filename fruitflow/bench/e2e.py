@@ -27,7 +27,7 @@ from pathlib import Path
 from fruitflow import stack, store
 from fruitflow.bench.sampler import ProcessSampler
 from fruitflow.paths import SAMPLE_1179
-from spark_jobs.common.steps import STEP_NAMES
+from spark_jobs.common.steps import STEP_NAMES, STEPS
 
 DEFAULT_DATA = SAMPLE_1179
 SCALED_STEPS = STEP_NAMES[1:]  # what grows with the table: featurize, PCA, KMeans (preprocess sees new images)
@@ -48,10 +48,10 @@ class StepDriverRss(ProcessSampler):
     def sample(self, processes):
         now: dict[str, dict[str, float]] = {}
         for _, cmd, rss in processes:
-            for step in STEP_NAMES:
-                if f"spark_jobs/{step}.py" in cmd and "pyspark.daemon" not in cmd:
+            for step in STEPS:
+                if f"spark_jobs/{step.application}" in cmd and "pyspark.daemon" not in cmd:
                     part = "jvm_mb" if "SparkSubmit" in cmd else "python_mb"
-                    now.setdefault(step, {"jvm_mb": 0.0, "python_mb": 0.0})[part] += rss
+                    now.setdefault(step.name, {"jvm_mb": 0.0, "python_mb": 0.0})[part] += rss
         for step, parts in now.items():
             peak = self.peaks.setdefault(step, {"jvm_mb": 0.0, "python_mb": 0.0, "total_mb": 0.0})
             peak["jvm_mb"] = max(peak["jvm_mb"], parts["jvm_mb"])

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             if k.startswith(SHOWN):
                 print(f"export {k}={shlex.quote(v)}")
         print(f"# credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, the aws_default connection): "
-              f"{s.state_dir}/local-credentials.json")
+              f"{s.state_dir}/credentials/pipeline.json")
         return 0
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         log(f"error: {exc}")

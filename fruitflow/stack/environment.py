@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fruitflow.paths import DAGS, PLUGINS
 from fruitflow.stack.process import log
-from spark_jobs.common.config import HADOOP_AWS_PACKAGE, StackSettings
+from spark_jobs.common.config import HADOOP_AWS_PACKAGE, Config, StackSettings
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -59,19 +59,19 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     s = s or settings()
     for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
         d.mkdir(parents=True, exist_ok=True)
-    creds = local_credentials(state_dir(s))
+    creds = local_credentials(state_dir(s), "pipeline")
     return Prepared(creds["key"], creds["secret"], tuple(hadoop_aws_jars(state_dir(s))))
 
 
-def local_credentials(state: Path) -> dict[str, str]:
-    """Throw-away credentials for the local S3 server, made per state dir (mode 0600 from creation)."""
-    path = state / "local-credentials.json"
+def local_credentials(state: Path, identity: str) -> dict[str, str]:
+    """Credentials of one identity of the local S3 service (`pipeline` or `admin`), generated once per
+    state folder into `credentials/<identity>.json`, mode 0600 from creation; never committed."""
+    from fruitflow.stack.seaweed import write_private
+
+    path = state / "credentials" / f"{identity}.json"
     if not path.exists():
-        state.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"key": "local-" + secrets.token_hex(6), "secret": secrets.token_urlsafe(24)})
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(body)
+        write_private(path, json.dumps({"key": f"{identity}-" + secrets.token_hex(6),
+                                        "secret": secrets.token_urlsafe(24)}))
     return json.loads(path.read_text())
 
 
@@ -109,12 +109,12 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
     """The environment every process of the local stack (Spark, Airflow, tests, demo) runs with."""
     e = dict(os.environ if base is None else base)
     state = state_dir(s)
-    e.update(
+    region = Config.from_env(e).s3_region
+    e.update({**airflow_environment(s), **
         {
             "AWS_ACCESS_KEY_ID": prepared.access_key,
             "AWS_SECRET_ACCESS_KEY": prepared.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_S3": s.s3_endpoint,
+            "AWS_DEFAULT_REGION": region,
             "FRUITFLOW_S3_ENDPOINT": s.s3_endpoint,
             "FRUITFLOW_IVY_DIR": str(state / "ivy"),
             "FRUITFLOW_SPARK_JARS": ",".join(prepared.jars),
@@ -130,13 +130,11 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PATH": f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}",
-            "AIRFLOW_HOME": str(state / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": e.get("AIRFLOW__CORE__UNIT_TEST_MODE", "False"),
             "AIRFLOW__API__PORT": str(s.airflow_port),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{state / 'airflow' / 'airflow.db'}",
             # Connections come from the environment only: nothing is stored in a file or the DB. The
             # AWS connection is where the operator and the hooks take the S3 endpoint from.
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
@@ -144,7 +142,8 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
                     "conn_type": "aws",
                     "login": prepared.access_key,
                     "password": prepared.secret_key,
-                    "extra": {"endpoint_url": s.s3_endpoint, "region_name": "us-east-1"},
+                    "extra": {"endpoint_url": s.s3_endpoint, "region_name": region,
+                              "config_kwargs": {"s3": {"addressing_style": "path"}}},
                 }
             ),
             "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
@@ -156,8 +155,14 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
                 }
             ),
         }
-    )
+    })
     return e
+
+
+def airflow_environment(s: StackSettings) -> dict[str, str]:
+    """Where Airflow keeps its home and metadata DB (all that its health check needs)."""
+    home = state_dir(s) / "airflow"
+    return {"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
 
 
 def prepared_env(base: dict[str, str] | None = None) -> dict[str, str]:

@@ -29,12 +29,36 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def read_pid(pidfile: Path) -> int | None:
-    """The PID in `pidfile` when that process is alive, else None."""
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22): with the PID it
+    names one process, where a PID alone may have been reused by an unrelated one."""
     try:
-        pid = int(pidfile.read_text().split()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def write_pid(pidfile: Path, pid: int) -> None:
+    pidfile.write_text(f"{pid} {start_time(pid) or ''}".strip())
+
+
+def read_pid(pidfile: Path, command: str | None = None) -> int | None:
+    """The PID in `pidfile` when that very process still runs, else None: the start time recorded with
+    it must match (PID files the project writes), or its command line must contain `command` (PID files
+    that spark-daemon.sh writes). A stale file then never names an unrelated process to signal."""
+    try:
+        fields = pidfile.read_text().split()
+        pid = int(fields[0])
     except (OSError, ValueError, IndexError):
         return None
+    if len(fields) > 1:
+        return pid if start_time(pid) == fields[1] else None
+    if command is not None:
+        try:
+            return pid if command in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") else None
+        except OSError:
+            return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -90,5 +114,5 @@ def spawn(argv: list[str], env: dict[str, str], logfile: Path, pidfile: Path, cw
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=cwd)
-    pidfile.write_text(str(proc.pid))
+    write_pid(pidfile, proc.pid)
     return proc

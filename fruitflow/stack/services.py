@@ -1,4 +1,4 @@
-"""The local stack's services on loopback: an S3-compatible server (moto), a Spark standalone master and
+"""The local stack's services on loopback: the S3 service (SeaweedFS), a Spark standalone master and
 worker (from pyspark's own distribution) and Airflow's metadata DB; `up`, `status` and `down`.
 
 Every service has a PID file and a log file under the state folder, a health check with a timeout, and
@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from fruitflow.paths import ROOT
-from fruitflow.stack.environment import (VENV_BIN, environment, log_dir, pid_dir, prepare, settings, spark_home,
-                                         state_dir)
+from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, local_credentials, log_dir,
+                                         pid_dir, prepare, settings, spark_home, state_dir)
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
 from spark_jobs.common.config import Config, StackSettings
 
@@ -51,16 +53,32 @@ class Service:
 
 
 class S3Server(Service):
+    """SeaweedFS (`weed mini`), its data under <state>/s3/data: it outlives `stack down` (`make clean`
+    removes it). Healthy means answering and refusing an unsigned request (authentication on)."""
+
     def healthy(self) -> bool:
         if not self.pid():
             return False
-        return http_json(f"http://{self.s.host}:{self.port}/moto-api/") is not None
+        with urllib.request.urlopen(f"http://{self.s.host}:{self.port}/healthz", timeout=2) as resp:
+            if resp.status != 200:
+                return False
+        return refuses_anonymous(f"http://{self.s.host}:{self.port}/")
 
     def start(self, e):
-        spawn([str(VENV_BIN / "moto_server"), "-H", self.s.host, "-p", str(self.port)], e, self.logfile,
-              self.pidfile, ROOT)
-        wait_until(self.healthy, 30, "S3 server (moto)", self.logfile)
-        create_buckets(e)
+        from fruitflow.stack import seaweed
+
+        state = state_dir(self.s)
+        admin = local_credentials(state, "admin")
+        pipeline = local_credentials(state, "pipeline")
+        identity_file = seaweed.write_identities(self.s, pipeline, admin, Config.from_env(e).buckets)
+        busy = [p for p in seaweed.ports(self.s).values() if port_open(self.s.host, p)]
+        if busy:
+            raise RuntimeError(f"ports {busy} for the S3 service are taken by another program")
+        seaweed.prepare_start(self.s)
+        spawn(seaweed.command(self.s, identity_file), seaweed.environment(e, self.s), self.logfile, self.pidfile,
+              ROOT)
+        wait_until(self.healthy, 60, "S3 service (SeaweedFS)", self.logfile)
+        create_buckets(e, admin)
 
 
 class SparkDaemon(Service):
@@ -76,6 +94,9 @@ class SparkDaemon(Service):
     def logfile(self) -> Path:
         matches = sorted(log_dir(self.s).glob(f"spark-*-{self.klass}-1-*.out"))
         return matches[-1] if matches else log_dir(self.s) / f"spark-{self.klass}.out"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pidfile, command=self.klass)
 
     def daemon(self, action: str, args: list[str], e: dict[str, str]) -> None:
         cmd = [str(spark_home() / "sbin" / "spark-daemon.sh"), action, self.klass, "1", *args]
@@ -122,8 +143,8 @@ class AirflowMetadata(Service):
 
     def healthy(self, e: dict[str, str] | None = None) -> bool:
         result = subprocess.run([str(VENV_BIN / "airflow"), "db", "check-migrations", "-t", "0"],
-                                env=e or environment(self.s, prepare(self.s)), capture_output=True, text=True,
-                                timeout=120)
+                                env=e or {**os.environ, **airflow_environment(self.s)}, capture_output=True,
+                                text=True, timeout=120)
         return result.returncode == 0
 
     def start(self, e):
@@ -158,12 +179,24 @@ def all_healthy(s: StackSettings | None = None) -> bool:
     return True
 
 
-def create_buckets(e: dict[str, str]) -> None:
+def refuses_anonymous(url: str) -> bool:
+    """True when an unsigned request gets 403: a store restarted without its identities would be open."""
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 403
+    return False
+
+
+def create_buckets(e: dict[str, str], admin: dict[str, str]) -> None:
+    """The pipeline's buckets, made with the admin identity (the pipeline's own key may not)."""
     import boto3
+    from botocore.config import Config as BotoConfig
 
     cfg = Config.from_env(e)
     s3 = boto3.client("s3", endpoint_url=e["FRUITFLOW_S3_ENDPOINT"], region_name=e["AWS_DEFAULT_REGION"],
-                      aws_access_key_id=e["AWS_ACCESS_KEY_ID"], aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"])
+                      aws_access_key_id=admin["key"], aws_secret_access_key=admin["secret"],
+                      config=BotoConfig(s3={"addressing_style": "path"}))
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for bucket in cfg.buckets:
         if bucket not in existing:
@@ -178,7 +211,9 @@ def _whoami() -> str:
 
 
 def _ports(s: StackSettings) -> list[int]:
-    return [s.s3_port, s.spark_port, s.spark_master_ui_port, s.spark_worker_ui_port, s.airflow_port]
+    from fruitflow.stack import seaweed
+
+    return [*seaweed.ports(s).values(), s.spark_port, s.spark_master_ui_port, s.spark_worker_ui_port, s.airflow_port]
 
 
 def up(s: StackSettings | None = None) -> None:

@@ -36,6 +36,8 @@ class SparkStepOperator(SparkSubmitOperator):
         self.aws_conn_id = aws_conn_id
         self._step_cfg = Config.from_env()
         submit = submit_kwargs(step, self._step_cfg)
+        # conf given to the operator adds to (and wins over) the launch settings, never replaces them
+        submit["conf"] = {**submit["conf"], **(kwargs.pop("conf", None) or {})}
         submit.update(kwargs)
         submit.setdefault("task_id", step)
         super().__init__(application_args=list(application_args or []), **submit)

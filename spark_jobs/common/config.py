@@ -154,6 +154,7 @@ class StackSettings:
     state_dir: str = str(_PROJECT_ROOT / ".state")
     host: str = "127.0.0.1"
     s3_port: int = 9000
+    s3_port_base: int = 18000  # the S3 service's internal ports: base + 2, 333, 334, 340, 341, 646, 733, 888, 889
     spark_port: int = 7077
     spark_master_ui_port: int = 8081
     spark_worker_ui_port: int = 8082

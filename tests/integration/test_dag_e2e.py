@@ -8,6 +8,8 @@ import pytest
 from fruitflow.package import build_zip
 from spark_jobs.common.config import split_s3_uri
 from tests.badfiles import write_bad_files
+from fruitflow import stack as local_stack
+from fruitflow.stack.services import service
 from tests.helpers import SAMPLE_500, ROOT, real_images
 
 pytestmark = pytest.mark.slow
@@ -76,3 +78,17 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
         assert states[step] == "skipped", states
     again = _xcom(second, "publish")
     assert again["status"] == "nothing new" and again["n_new"] == 0
+
+    # The store restarted (its data persists), then a new fruit folder: only the new images are featurized,
+    # and the feature table holds the earlier ones too.
+    store = service("s3")
+    store.stop()
+    store.start(local_stack.prepared_env())
+    new = real_images(SAMPLE_500, 5, 2)[-2:]  # the fifth class: not among the first run's three
+    for path in new:
+        s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.parent.name}/{path.name}")
+    third = dag.test(run_conf=conf)
+    assert str(third.state) == "success", _states(third)
+    latest = _xcom(third, "publish")
+    assert latest["n_new"] == 2 and latest["n_input"] == 2 and latest["n_images"] == 2
+    assert latest["n_table"] == summary["n_images"] + 2

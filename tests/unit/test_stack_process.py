@@ -1,0 +1,38 @@
+"""The stack's PID files: a stale one (its process gone, the PID reused by another program) never names
+a process to signal."""
+
+import subprocess
+import sys
+
+from fruitflow.stack.process import read_pid, start_time, write_pid
+
+
+def test_a_pid_file_names_its_own_process_only(tmp_path):
+    pidfile = tmp_path / "service.pid"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        write_pid(pidfile, proc.pid)
+        assert read_pid(pidfile) == proc.pid
+        # The same PID with another start time: what a reused PID looks like after a reboot or wrap-around.
+        pidfile.write_text(f"{proc.pid} {int(start_time(proc.pid)) + 1}")
+        assert read_pid(pidfile) is None
+    finally:
+        proc.kill()
+        proc.wait()
+    write_pid(pidfile, proc.pid)
+    assert read_pid(pidfile) is None  # gone
+
+
+def test_a_pid_file_without_start_time_is_checked_by_command_line(tmp_path):
+    pidfile = tmp_path / "spark-daemon.pid"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "org.example.Master"])
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pidfile.write_text(str(proc.pid))
+        assert read_pid(pidfile, command="org.example.Master") == proc.pid
+        pidfile.write_text(str(unrelated.pid))  # the PID now belongs to another program
+        assert read_pid(pidfile, command="org.example.Master") is None
+    finally:
+        for p in (proc, unrelated):
+            p.kill()
+            p.wait()
