@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from spark_jobs.common import cli, storage
 from spark_jobs.common.table import committed_featurize_steps, feature_table, model_of, same_model
 from spark_jobs.common.config import Config
+from spark_jobs.common.untrusted import csv_column
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 
 STEP = "pca"
@@ -157,8 +158,11 @@ def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None
         project(model, features).write.mode("overwrite").parquet(reduced_uri)
         model.write().overwrite().save(model_uri)
         reduced = spark.read.parquet(reduced_uri)
-        storage.single_csv(reduced.select(F.col("category").alias("categ"), "key"), spark, f"{out_uri}/df_categ.csv")
-        storage.single_csv(reduced.select("key", "category", "pc1", "pc2"), spark, f"{out_uri}/pca_2d.csv")
+        # category names and keys come from object keys: no cell a spreadsheet would run as a formula
+        categ, key = csv_column(F.col("category")), csv_column(F.col("key"))
+        storage.single_csv(reduced.select(categ.alias("categ"), key.alias("key")), spark, f"{out_uri}/df_categ.csv")
+        storage.single_csv(reduced.select(key.alias("key"), categ.alias("category"), "pc1", "pc2"), spark,
+                           f"{out_uri}/pca_2d.csv")
     features.unpersist()
     return write_manifest(
         spark,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 
-from spark_jobs.common.config import Config
+from spark_jobs.common.config import Config, check_run_id
 from spark_jobs.common.spark_conf import hadoop_aws_packages, launch_conf
 from spark_jobs.common.steps import step as registered_step
 
 
 def safe_run_id(run_id: str) -> str:
-    """Airflow run ids (manual__2026-01-01T00:00:00+00:00) carry ':' and '+', which Hadoop paths refuse."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_")
+    """Airflow run ids (manual__2026-01-01T00:00:00+00:00) carry ':' and '+', which Hadoop paths refuse;
+    one that is empty or only dots once cleaned is refused (ValueError)."""
+    return check_run_id(re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_"))
 
 
 def submit_kwargs(step: str, cfg: Config) -> dict:

@@ -9,7 +9,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .config import Config
+from .config import Config, check_run_id, s3a_uri
 from .session import build_session, stop_session
 
 
@@ -63,10 +63,24 @@ def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None,
     args = parser.parse_args(argv)
     cfg = config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, step)
+    check_output(cfg, out_uri, args.run_id)  # a step deletes its output folder first: never another one
     with session(step, cfg, args) as spark:
         manifest = runner(spark, cfg, args, out_uri)
     report(manifest)
     return 0
+
+
+def check_output(cfg: Config, out_uri: str, run_id: str) -> None:
+    """`out_uri` must be a folder inside <bucket>/<runs_prefix>/<run_id>/ of a configured bucket."""
+    check_run_id(run_id)
+    for bucket in cfg.buckets:
+        run_folder = s3a_uri(bucket, cfg.runs_prefix, run_id) + "/"
+        if out_uri.startswith(run_folder):
+            inside = out_uri[len(run_folder):].strip("/").split("/")
+            if all(part not in ("", ".", "..") for part in inside):
+                return
+    raise SystemExit(f"refusing to write {out_uri}: outside <bucket>/{cfg.runs_prefix}/{run_id}/<step> "
+                     f"of the configured buckets")
 
 
 def report(manifest: dict) -> None:

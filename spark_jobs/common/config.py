@@ -133,6 +133,7 @@ class Config:
         return None if self.schedule.lower() == "none" else self.schedule
 
     def step_uri(self, run_id: str, step: str) -> str:
+        check_run_id(run_id)
         bucket = getattr(self, registered_step(step).bucket_field)
         return s3a_uri(bucket, self.runs_prefix, run_id, step)
 
@@ -186,6 +187,14 @@ def env_values(cls, environ: Mapping[str, str] | None = None) -> dict:
         if raw is not None and raw != "":
             values[f.name] = _parse(f.type, raw)
     return values
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names one folder of its own under the runs prefix: not empty, not made of dots (Hadoop
+    paths would normalise it into the prefix itself or its parent), no '/'."""
+    if not run_id or not run_id.strip(".") or "/" in run_id:
+        raise ValueError(f"unusable run id {run_id!r}: it must name one folder of its own")
+    return run_id
 
 
 def s3a_uri(bucket: str, *parts: str) -> str:

@@ -1,7 +1,8 @@
 """The cluster step's report: a folder with the 2-D views, the cluster and contingency tables and an
 HTML page, written locally from small driver-side frames (the step uploads the folder).
 
-Category names are untrusted (they come from object keys): the page escapes everything it prints.
+Category names are untrusted (they come from object keys): the page escapes everything it prints, CSV
+cells are neutralised and plot labels escaped (`untrusted`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 
 import pandas as pd
+
+from .untrusted import csv_cell, plot_label
 
 FIGURES = (  # file, caption, frame ("points": PCA sample, "embedded": t-SNE), x, y, colour
     ("pca_by_fruit.png", "PCA 2-D, coloured by fruit", "points", "pc1", "pc2", "category"),
@@ -27,9 +30,12 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     for name, caption, frame, x, y, colour in FIGURES:
         scatter(frames[frame], x, y, colour, caption, os.path.join(folder, name))
     summary = cluster_summary(table)
-    summary.to_csv(os.path.join(folder, "clusters.csv"), index=False)
-    table.to_csv(os.path.join(folder, "contingency.csv"))
-    embedded.drop(columns=["pca"]).to_csv(os.path.join(folder, "views_2d.csv"), index=False, sep=";")
+    summary.assign(top_fruits=summary["top_fruits"].map(csv_cell)).to_csv(os.path.join(folder, "clusters.csv"),
+                                                                           index=False)
+    table.rename(index=csv_cell).to_csv(os.path.join(folder, "contingency.csv"))
+    views = embedded.drop(columns=["pca"])
+    views.assign(key=views["key"].map(csv_cell), category=views["category"].map(csv_cell)).to_csv(
+        os.path.join(folder, "views_2d.csv"), index=False, sep=";")
     return write_report(folder, metrics, context, summary, [(name, caption) for name, caption, *_ in FIGURES])
 
 
@@ -47,7 +53,7 @@ def scatter(points: pd.DataFrame, x: str, y: str, colour_by: str, title: str, pa
     for i, label in enumerate(labels):
         part = points[points[colour_by] == label]
         ax.scatter(part[x], part[y], s=14, color=cmap(i % 20), marker=markers[(i // 20) % len(markers)],
-                   label=str(label), alpha=0.8, linewidths=0)
+                   label=plot_label(label), alpha=0.8, linewidths=0)
     ax.set_title(title)
     ax.set_xlabel(x)
     ax.set_ylabel(y)

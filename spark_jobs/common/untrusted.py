@@ -1,0 +1,29 @@
+"""Text from untrusted places (object keys, hence category names) made safe for where it is shown.
+
+- CSV: a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return is read as a formula by
+  spreadsheet programs (OWASP, "CSV Injection"): such a cell gets a leading `'`.
+- Plots: matplotlib reads text between `$` signs as mathtext, and a bad expression raises while the
+  figure is drawn: `$` is escaped.
+HTML is escaped where the page is written (`report.write_report`).
+"""
+
+from __future__ import annotations
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_PATTERN = r"^[=+\-@\t\r]"
+
+
+def csv_cell(text) -> str:
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def csv_column(column):
+    """The same rule as `csv_cell`, as a Spark column expression (for CSVs that Spark writes)."""
+    from pyspark.sql import functions as F
+
+    return F.when(column.rlike(FORMULA_PATTERN), F.concat(F.lit("'"), column)).otherwise(column)
+
+
+def plot_label(text) -> str:
+    return str(text).replace("$", r"\$")

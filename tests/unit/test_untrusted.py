@@ -1,0 +1,80 @@
+"""Hostile category names (they come from object keys) in the report's CSVs and plots, and hostile run
+ids and output locations: neutralised or refused, never a failed run or a write outside the run."""
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spark_jobs.common import cli, report
+from spark_jobs.common.config import Config
+from spark_jobs.common.untrusted import csv_cell, plot_label
+
+HOSTILE = ["=HYPERLINK(\"http://example.invalid\",\"x\")", "+1+1", "-2", "@SUM(A1)", "\tTab", r"$\evil$", "Apple"]
+
+
+def test_csv_cells_that_spreadsheets_run_are_neutralised():
+    assert [csv_cell(c) for c in HOSTILE] == [
+        "'=HYPERLINK(\"http://example.invalid\",\"x\")", "'+1+1", "'-2", "'@SUM(A1)", "'\tTab", r"$\evil$", "Apple"]
+    assert plot_label(r"$\evil$") == r"\$\evil\$"
+
+
+def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
+    """A category named like mathtext raised in the plot legend; CSV cells carried formulas as given."""
+    rng = np.random.default_rng(0)
+    categories = [HOSTILE[i % len(HOSTILE)] for i in range(28)]
+    points = pd.DataFrame({"key": [f"{c}/{i}.jpg" for i, c in enumerate(categories)], "category": categories,
+                           "cluster": [i % 3 for i in range(28)], "pc1": rng.normal(size=28),
+                           "pc2": rng.normal(size=28), "pca": list(rng.normal(size=(28, 4)))})
+    embedded = points.assign(tsne1=points["pc1"], tsne2=points["pc2"])
+    table = points.groupby(["category", "cluster"]).size().unstack(fill_value=0)
+    report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
+                 context={"images": 28})
+    cells = [cell for name in ("clusters.csv", "contingency.csv") for row in csv.reader(open(tmp_path / name))
+             for cell in row]
+    cells += [cell for row in csv.reader(open(tmp_path / "views_2d.csv"), delimiter=";") for cell in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r")) and not _number(c)]
+    assert (tmp_path / "pca_by_fruit.png").stat().st_size > 0
+
+
+def _number(cell):
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("run_id", ["", ".", "..", "a/b", "../runs"])
+def test_run_ids_that_name_no_folder_of_their_own_are_refused(run_id):
+    with pytest.raises(ValueError, match="run id"):
+        Config().step_uri(run_id, "pca")
+
+
+def test_a_step_refuses_to_write_outside_its_run():
+    cfg = Config(runs_prefix="runs")
+    good = cfg.step_uri("r1", "pca")
+    cli.check_output(cfg, good, "r1")
+    for bad in ("s3a://fruitflow-features/runs/r2/pca", "s3a://fruitflow-features/other/r1/pca",
+                "s3a://elsewhere/runs/r1/pca", "s3a://fruitflow-features/runs/r1", "s3a://fruitflow-features/runs"):
+        with pytest.raises(SystemExit, match="outside"):
+            cli.check_output(cfg, bad, "r1")
+
+
+@pytest.mark.parametrize("airflow_run_id", ["::", "..", "+.+"])
+def test_airflow_run_ids_that_clean_to_nothing_are_refused(airflow_run_id):
+    from fruitflow_airflow.submit import safe_run_id
+
+    with pytest.raises(ValueError, match="run id"):
+        safe_run_id(airflow_run_id)
+    assert safe_run_id("manual__2026-01-01T00:00:00+00:00") == "manual__2026-01-01T00_00_00_00_00"
+
+
+def test_csvs_that_spark_writes_follow_the_same_rule(spark):
+    from pyspark.sql import functions as F
+
+    from spark_jobs.common.untrusted import csv_column
+
+    frame = spark.createDataFrame([(c,) for c in HOSTILE], "category string")
+    assert [r[0] for r in frame.select(csv_column(F.col("category"))).collect()] == [csv_cell(c) for c in HOSTILE]
