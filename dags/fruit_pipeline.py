@@ -21,7 +21,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Asset, Param, chain, task
 
 from fruitflow_airflow.operators import SparkStepOperator
-from spark_jobs.common.config import FEATURE_DIM, Config
+from spark_jobs.common.config import FEATURE_DIM, Config, weights_param_pattern
 from spark_jobs.common.steps import STEP_NAMES
 
 CFG = Config.from_env()
@@ -63,8 +63,8 @@ with DAG(
         "batch_size": Param(CFG.batch_size, type="integer", minimum=1, maximum=1024),
         "backbone": Param(CFG.backbone, type="string", enum=sorted(FEATURE_DIM),
                           description="resnet50 (2048 floats) | efficientnet_lite0 (1280, ImageNet offline)"),
-        "weights": Param(CFG.weights, type="string", pattern=r"^(imagenet|random|s3a?://\S+|/\S+)$",
-                         description="imagenet | random | path or s3a URI of a saved model"),
+        "weights": Param(CFG.weights, type="string", pattern=weights_param_pattern(CFG),
+                         description=f"imagenet | random | s3a://{CFG.models_bucket}/<file>.keras, .onnx or .pth"),
         "l2_normalize": Param(CFG.l2_normalize, type="boolean",
                               description="cosine geometry for PCA and KMeans (unit-length vectors)"),
         "color_weight": Param(CFG.color_weight, type="number", minimum=0, maximum=10,

@@ -9,7 +9,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .config import Config, check_run_id, s3a_uri
+from .config import Config, check_run_id, check_weights, s3a_uri
 from .session import build_session, stop_session
 
 
@@ -42,6 +42,11 @@ def config(args: argparse.Namespace) -> Config:
     """Config from the environment, overridden by any argument named like a Config field."""
     fields = {f.name for f in dataclasses.fields(Config) if f.init}
     overrides = {k: v for k, v in vars(args).items() if k in fields}
+    if overrides.get("weights") is not None:  # arguments come from DAG Params: untrusted
+        try:
+            check_weights(overrides["weights"], Config.from_env())
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
     return Config.from_env(**overrides)
 
 

@@ -23,6 +23,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+WEIGHTS_EXTENSIONS = ("keras", "onnx", "pth")
 IMAGE_SIZE = 224
 FEATURE_DIM = {"resnet50": 2048, "efficientnet_lite0": 1280}
 
@@ -187,6 +188,39 @@ def env_values(cls, environ: Mapping[str, str] | None = None) -> dict:
         if raw is not None and raw != "":
             values[f.name] = _parse(f.type, raw)
     return values
+
+
+def check_weights(weights: str, cfg: "Config") -> str:
+    """Weights a run may ask for (a DAG Param, a job argument): imagenet, random, or a model file in the
+    models bucket with a known extension. A local path only when it is the one the operator configured
+    (FRUITFLOW_WEIGHTS, i.e. `cfg.weights` from the environment): a Param never names a driver's file."""
+    if weights in ("imagenet", "random") or (weights == cfg.weights and weights.startswith("/")):
+        known = weights in ("imagenet", "random") or weights.rsplit(".", 1)[-1] in WEIGHTS_EXTENSIONS
+        if known:
+            return weights
+    if weights.startswith(("s3://", "s3a://")) and weights.rsplit(".", 1)[-1] in WEIGHTS_EXTENSIONS:
+        bucket, key = split_s3_uri(weights)
+        if bucket == cfg.models_bucket and all(part not in ("", ".", "..") for part in key.split("/")):
+            return weights
+    raise ValueError(f"weights {weights!r} refused: imagenet, random, or a .keras, .onnx or .pth file in "
+                     f"s3a://{cfg.models_bucket}/ (a local file only as the operator's FRUITFLOW_WEIGHTS)")
+
+
+def weights_param_pattern(cfg: "Config") -> str:
+    """check_weights as the DAG Param's JSON-schema pattern, for the trigger form: an ECMA regex too
+    (the UI checks it in the browser), so only syntax characters are escaped."""
+    import re
+
+    def escape(text: str) -> str:
+        return re.sub(r"([.*+?^${}()|\[\]\\/])", r"\\\1", text)
+
+    extensions = "|".join(WEIGHTS_EXTENSIONS)
+    # no empty, '.' or '..' segment after the bucket
+    key = r"(?!(\S*/)?\.{0,2}(/|$))\S+\." + f"({extensions})"
+    choices = ["imagenet", "random", rf"s3a?://{escape(cfg.models_bucket)}/{key}"]
+    if cfg.weights.startswith("/"):
+        choices.append(escape(cfg.weights))
+    return "^(" + "|".join(choices) + ")$"
 
 
 def check_run_id(run_id: str) -> str:

@@ -52,12 +52,28 @@ class _StorageType:
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     flat = storage.array
     itemsize = flat.dtype.itemsize
+    _check_view(len(flat), offset, size, stride)
     if not size:
         return np.array(flat[offset], copy=True)
     view = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride), writeable=False
     )
     return np.array(view, copy=True)
+
+
+def _check_view(length: int, offset, size, stride) -> None:
+    """as_strided reads whatever memory the view names: the view must lie inside its storage
+    (offset + sum((size - 1) * stride) < length, nothing negative), or the file is refused."""
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride) or not all(isinstance(v, int) for v in (offset, *size, *stride)):
+        raise CheckpointError("malformed tensor view")
+    if offset < 0 or any(v < 0 for v in (*size, *stride)):
+        raise CheckpointError(f"tensor view outside its storage: offset {offset}, size {size}, stride {stride}")
+    if 0 in size:
+        return
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= length:
+        raise CheckpointError(f"tensor view outside its storage: element {last} of {length}")
 
 
 class _Storage:
@@ -108,6 +124,10 @@ def _load_zip(path: Path) -> dict:
         return _Unpickler(io.BytesIO(archive.read(pkl)), storage).load()
 
 
+def _no_storage(key, dtype, n):
+    raise CheckpointError("a storage where plain data was expected")
+
+
 def _load_legacy(path: Path) -> dict:
     storages: dict[str, _Storage] = {}
 
@@ -115,10 +135,11 @@ def _load_legacy(path: Path) -> dict:
         return storages.setdefault(key, _Storage(dtype, n))
 
     with open(path, "rb") as f:
-        if pickle.load(f) != LEGACY_MAGIC:
+        # Every pickle of the file goes through the restricted unpickler, headers included: plain data.
+        if _Unpickler(f, _no_storage).load() != LEGACY_MAGIC:
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (bad magic number)")
-        pickle.load(f)  # protocol version
-        pickle.load(f)  # sys info
+        _Unpickler(f, _no_storage).load()  # protocol version
+        _Unpickler(f, _no_storage).load()  # sys info
         # Tensors are rebuilt while unpickling, before their bytes are read: keep them lazy.
         def lazy_rebuild(s, offset, size, stride, *rest):
             return ("__tensor__", s, offset, tuple(size), tuple(stride))
@@ -128,7 +149,12 @@ def _load_legacy(path: Path) -> dict:
                               ("torch._utils", "_rebuild_tensor_v2"): lazy_rebuild,
                               ("torch._utils", "_rebuild_tensor"): lazy_rebuild}
         state = unpickler.load()
-        for key in pickle.load(f):
+        keys = _Unpickler(f, _no_storage).load()
+        if not isinstance(keys, list):
+            raise CheckpointError(f"{path}: storage keys are a {type(keys).__name__}, not a list")
+        for key in keys:
+            if str(key) not in storages:
+                raise CheckpointError(f"{path}: storage {key!r} is not used by any tensor")
             s = storages[str(key)]
             (count,) = struct.unpack("<q", f.read(8))
             data = f.read(count * s.dtype.itemsize)

@@ -107,6 +107,9 @@ def test_chain_order_and_operators(dag):
 @pytest.mark.parametrize("bad", [
     {"pca_k": 0}, {"pca_k": "twenty"}, {"target_variance": 1.5}, {"n_clusters": 1},
     {"batch_size": 0}, {"weights": "http://example.invalid/w.h5"}, {"raw_prefix": "../etc"},
+    {"weights": "s3a://someone-elses-bucket/evil.pth"}, {"weights": "/etc/passwd"}, {"weights": "/tmp/evil.pth"},
+    {"weights": "s3a://fruitflow-models/a/../../other/evil.pth"}, {"weights": "s3a://fruitflow-models/../x.onnx"},
+    {"weights": "s3a://fruitflow-models//x.onnx"}, {"weights": "s3a://fruitflow-models/model.pkl"},
     {"backbone": "vgg16"}, {"l2_normalize": "yes"}, {"color_weight": -1}, {"color_weight": "lots"},
 ])
 def test_bad_params_are_refused(dag, bad):
@@ -120,7 +123,7 @@ def test_bad_params_are_refused(dag, bad):
 
 def test_good_params_pass(dag):
     params = copy.deepcopy(dag.params)
-    params.update({"pca_k": 50, "target_variance": 0.9, "n_clusters": 20, "weights": "s3a://m/x.keras",
+    params.update({"pca_k": 50, "target_variance": 0.9, "n_clusters": 20, "weights": "s3a://fruitflow-models/resnet50/x.keras",
                    "backbone": "efficientnet_lite0", "l2_normalize": False, "color_weight": 0.5})
     params.validate()
 

@@ -114,3 +114,49 @@ def test_refuses_arbitrary_globals(tmp_path):
         archive.writestr("archive/data.pkl", pickle.dumps({"x": print}, protocol=2))
     with pytest.raises(CheckpointError, match=r"refusing to unpickle (__builtin__|builtins)\.print"):
         load_state_dict(path)
+
+
+class _Planted:
+    """Unpickling this would run code: it writes a file where the test can see it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("where", ["magic", "protocol", "sys_info", "storage_keys"])
+def test_legacy_headers_never_run_pickled_code(tmp_path, torch_names, where):
+    """Every pickle of a legacy checkpoint, not only the state dict, goes through the restricted
+    unpickler: a weights file planted in a bucket must not run code on the driver."""
+    storages, tensors, _ = _state()
+    marker = tmp_path / "ran"
+    planted = _Planted(str(marker))
+    headers = {"magic": LEGACY_MAGIC, "protocol": 1001, "sys_info": {"little_endian": True}}
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        for name, value in headers.items():
+            pickle.dump(planted if name == where else value, f, protocol=2)
+        f.write(_pickled(tensors, torch_names))
+        pickle.dump(planted if where == "storage_keys" else [s.key for s in storages], f, protocol=2)
+        for s in storages:
+            f.write(struct.pack("<q", s.array.size) + s.array.astype("<f4").tobytes())
+    with pytest.raises(CheckpointError):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("offset, shape, stride", [
+    (8, (2, 3), (1, 2)),    # runs past the end of the 10-element storage
+    (0, (4, 4), (4, 1)),    # 16 elements from a 10-element storage
+    (-1, (2,), (1,)),       # before its start
+    (0, (2, 2), (-1, 1)),   # negative strides walk out of it
+])
+def test_tensor_views_outside_their_storage_are_refused(tmp_path, torch_names, offset, shape, stride):
+    storage = _Storage("0", np.arange(10, dtype=np.float32))
+    path = tmp_path / "oob.pth"
+    _write_zip(path, [storage], collections.OrderedDict([("w", _Tensor(storage, offset, shape, stride))]),
+               torch_names)
+    with pytest.raises(CheckpointError, match="outside its storage"):
+        load_state_dict(path)

@@ -78,3 +78,23 @@ def test_csvs_that_spark_writes_follow_the_same_rule(spark):
 
     frame = spark.createDataFrame([(c,) for c in HOSTILE], "category string")
     assert [r[0] for r in frame.select(csv_column(F.col("category"))).collect()] == [csv_cell(c) for c in HOSTILE]
+
+
+@pytest.mark.parametrize("weights", ["/tmp/evil.pth", "s3a://someone-elses/evil.pth", "s3a://fruitflow-models/x.pkl",
+                                     "s3a://fruitflow-models/a/../../b/evil.pth"])
+def test_a_job_refuses_weights_a_param_may_not_name(weights, monkeypatch):
+    from spark_jobs import featurize
+
+    monkeypatch.delenv("FRUITFLOW_WEIGHTS", raising=False)
+    args = featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://x/y", "--weights", weights])
+    with pytest.raises(SystemExit, match="refused"):
+        cli.config(args)
+
+
+def test_the_operators_own_local_weights_stay_usable(monkeypatch):
+    from spark_jobs import featurize
+
+    monkeypatch.setenv("FRUITFLOW_WEIGHTS", "/opt/models/resnet50.onnx")
+    for weights in ("/opt/models/resnet50.onnx", "s3a://fruitflow-models/resnet50/x.onnx", "imagenet"):
+        args = featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://x/y", "--weights", weights])
+        assert cli.config(args).weights == weights
