@@ -14,32 +14,60 @@ class RejectedImage(ValueError):
     """The file is not an image the pipeline can use; the message is the recorded reason."""
 
 
-def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header alone, without decoding the pixels; None if unknown."""
+# The formats the pipeline reads, by their magic bytes (never by the file's name), and a few others
+# named in the reason when they are refused.
+READ_FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+OTHER_FORMATS = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP",
+                 b"RIFF": "RIFF (WebP?)", b"\x00\x00\x00\x0cjP": "JPEG 2000", b"%PDF": "PDF"}
+
+
+def image_format(data: bytes) -> str:
+    """JPEG or PNG, by magic bytes; anything else is refused (OpenCV would decode GIF, TIFF, WebP, ...,
+    each one more decoder exposed to untrusted bytes)."""
+    for magic, name in READ_FORMATS.items():
+        if data.startswith(magic):
+            return name
+    other = next((name for magic, name in OTHER_FORMATS.items() if data.startswith(magic)), "not an image")
+    raise RejectedImage(f"unsupported format: {other} (JPEG and PNG are read)")
+
+
+def image_dimensions(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) from the header alone, without decoding the pixels; None if unreadable.
+    Pillow's own bomb guard is off here: it would hide the size of exactly the images that need it."""
     from PIL import Image
 
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
             return img.size
-    except Exception:  # noqa: BLE001 - OpenCV gets the final word on the format
+    except Exception:  # noqa: BLE001 - any failure: the size is unknown
         return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def decode(data: bytes | None, max_pixels: int) -> np.ndarray:
-    """Bytes -> BGR uint8 array (3 channels), whatever the input format (gray, RGBA, 16-bit)."""
+    """Bytes -> BGR uint8 array (3 channels), for JPEG and PNG (gray, RGBA, 16-bit, CMYK). Nothing is
+    decoded before the header says the image is within `max_pixels`; an unknown size is a reject."""
     if not data:
         raise RejectedImage("empty file")
-    size = image_dimensions(data)
-    if size and size[0] * size[1] > max_pixels:
+    fmt = image_format(data)
+    size = image_dimensions(data, fmt)
+    if size is None:
+        raise RejectedImage(f"unreadable {fmt} header: image size unknown")
+    if size[0] * size[1] > max_pixels:
         raise RejectedImage(f"image too large: {size[0]}x{size[1]} exceeds {max_pixels} pixels")
     flags = cv2.IMREAD_UNCHANGED
     # Large photos: let the decoder scale by 1/2, 1/4 or 1/8 on the way, bounding memory and time,
     # while keeping at least IMAGE_SIZE pixels on the short side.
     for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if size and min(size) >= factor * IMAGE_SIZE:
+        if min(size) >= factor * IMAGE_SIZE:
             flags = reduced
             break
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as exc:  # OpenCV's own limits (OPENCV_IO_MAX_IMAGE_PIXELS) and decoder errors
+        raise RejectedImage(f"not decodable: {str(exc).strip().splitlines()[-1][:200]}") from exc
     if img is None or img.size == 0:
         raise RejectedImage("not a decodable image (corrupt, truncated or not an image format)")
     if img.dtype != np.uint8:  # 16-bit PNG

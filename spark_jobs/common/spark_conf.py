@@ -35,6 +35,8 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.hadoop.fs.s3a.attempts.maximum": "10",
         "spark.task.maxFailures": "4",
         "spark.ui.showConsoleProgress": "false",
+        # OpenCV's own pixel limit in the executors' decoders, behind the header check in images.decode
+        "spark.executorEnv.OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg.max_image_pixels),
     }
     if cfg.s3_endpoint:
         conf["spark.hadoop.fs.s3a.endpoint"] = cfg.s3_endpoint

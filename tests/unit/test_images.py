@@ -67,3 +67,72 @@ def test_color_histogram_puts_yellow_fruits_together():
     hist = {n: images.color_histogram(images.preprocess(images.decode(paths[n].read_bytes(), 10**7)))
             for n in ("Banana", "Lemon", "Strawberry")}
     assert float(hist["Banana"] @ hist["Lemon"]) > float(hist["Banana"] @ hist["Strawberry"]) + 0.2
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A gray 8-bit PNG of width x height zero pixels, compressed in chunks (never held in memory):
+    ~190 KB on disk for 14000 x 14000, 196 MB once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_bomb_beyond_pillows_own_limit_is_refused_from_its_header():
+    """Pillow refuses to give the size of a 196 Mpx image (its own bomb guard): the size check must not
+    be skipped then, or OpenCV decodes it whole."""
+    bomb = _png_bomb(14000, 14000)
+    assert len(bomb) < 400_000
+    with pytest.raises(images.RejectedImage, match="too large: 14000x14000"):
+        images.decode(bomb, max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize("fmt, name", [(".gif", "GIF"), (".tiff", "TIFF"), (".bmp", "BMP")])
+def test_other_formats_named_jpg_are_refused_by_their_bytes(tmp_path, fmt, name):
+    from PIL import Image
+
+    path = tmp_path / f"photo{fmt}"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    with pytest.raises(images.RejectedImage, match=f"unsupported format: {name}"):
+        images.decode(path.read_bytes(), max_pixels=10**7)  # whatever its key says (.jpg)
+
+
+def test_a_16_bit_png_is_read_with_its_colours():
+    rgb16 = np.zeros((40, 50, 3), np.uint16)
+    rgb16[..., 2] = 65535  # red, in OpenCV's BGR order
+    rgb16[..., 1] = 32768
+    bgr = images.decode(cv2.imencode(".png", rgb16)[1].tobytes(), max_pixels=10**7)
+    assert bgr.dtype == np.uint8 and bgr.shape == (40, 50, 3)
+    assert tuple(bgr[0, 0]) == (0, 128, 255)
+
+
+def test_a_header_whose_size_cannot_be_read_is_refused():
+    with pytest.raises(images.RejectedImage, match="size unknown"):
+        images.decode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, max_pixels=10**7)
+
+
+def test_executors_get_opencvs_own_pixel_limit():
+    """Behind the header check, OpenCV's decoder has the same cap (OPENCV_IO_MAX_IMAGE_PIXELS), and it
+    honours it: a 3000 x 2000 PNG under a 1 Mpx limit is not decoded."""
+    import subprocess
+    import sys
+
+    from spark_jobs.common.config import Config
+    from spark_jobs.common.spark_conf import session_conf
+
+    assert session_conf(Config(max_image_pixels=1_000_000))["spark.executorEnv.OPENCV_IO_MAX_IMAGE_PIXELS"] == "1000000"
+    code = ("import sys, cv2, numpy as np; from spark_jobs.common import images;"
+            "data = cv2.imencode('.png', np.zeros((2000, 3000), np.uint8))[1].tobytes()\n"
+            "try:\n    images.decode(data, max_pixels=10**9)\nexcept images.RejectedImage as exc:\n"
+            "    sys.exit(0 if 'CV_IO_MAX_IMAGE_PIXELS' in str(exc) else 2)\nsys.exit(1)")
+    result = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ,
+                                                                "OPENCV_IO_MAX_IMAGE_PIXELS": "1000000"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-500:]
