@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+from fruitflow import stack as local_stack
 from fruitflow.stack.services import master_state
 from tests.helpers import ROOT
 
@@ -23,7 +24,7 @@ def test_buckets_come_from_config(stack, s3, cfg):
 def test_standalone_master_has_a_worker_with_both_cores(stack):
     state = master_state()
     alive = [w for w in state["workers"] if w["state"] == "ALIVE"]
-    assert len(alive) == 1 and alive[0]["cores"] >= 1
+    assert len(alive) == 1 and alive[0]["cores"] == local_stack.settings().worker_cores
 
 
 def test_spark_writes_and_reads_parquet_through_s3a(stack, spark, cfg):

@@ -94,9 +94,36 @@ def test_the_pipeline_uses_its_scoped_identity_not_the_admin_key(compose):
     assert '"Admin"' in text and text.count("S3_PIPELINE_ACCESS_KEY") >= 3
 
 
-def test_no_secret_in_compose_or_env_example():
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|_KEY$", re.I)
+
+
+def literal_secrets(compose: dict) -> list[str]:
+    """Secret-looking settings of the compose file whose value is written in it instead of taken
+    from the environment (`${VAR}`), including the login and password of Airflow connections."""
+    found = []
+    environments = [("x-airflow-common", compose.get("x-airflow-common", {}).get("environment", {}))]
+    environments += [(name, svc.get("environment", {})) for name, svc in compose["services"].items()]
+    for where, env in environments:
+        for name, value in (env.items() if isinstance(env, dict) else []):
+            value = str(value)
+            if name.startswith("AIRFLOW_CONN_") and value.lstrip().startswith("{"):
+                conn = json.loads(value)
+                found += [f"{where}.{name}.{f}" for f in ("login", "password")
+                          if conn.get(f) and not re.fullmatch(r"\$\{[A-Z0-9_]+\}", conn[f])]
+            elif SECRET_NAME.search(name) and not re.fullmatch(r"\$\{[A-Z0-9_]+\}", value):
+                found.append(f"{where}.{name}")
+    return found
+
+
+def test_no_secret_in_compose_or_env_example(compose):
     for value in _env_example().values():
         assert value.startswith(("change-me", "airflow")) or re.fullmatch(r"[0-9a-z@]+", value), value
+    assert literal_secrets(compose) == []
+    # the scan finds what it looks for: a literal password, a connection with a literal key
+    planted = {"services": {"x": {"environment": {
+        "POSTGRES_PASSWORD": "hunter2", "S3_PIPELINE_SECRET_KEY": "${S3_PIPELINE_SECRET_KEY}",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"login": "AKIAEXAMPLE", "password": "${P}"})}}}}
+    assert literal_secrets(planted) == ["x.POSTGRES_PASSWORD", "x.AIRFLOW_CONN_AWS_DEFAULT.login"]
 
 
 def test_iam_policy_names_only_the_project_buckets():

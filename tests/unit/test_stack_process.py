@@ -36,3 +36,19 @@ def test_a_pid_file_without_start_time_is_checked_by_command_line(tmp_path):
         for p in (proc, unrelated):
             p.kill()
             p.wait()
+
+
+def test_stack_env_prints_settings_but_no_secret():
+    import json
+
+    from fruitflow import stack
+    from fruitflow.stack.environment import state_dir
+    from tests.helpers import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "fruitflow.cli", "stack", "env"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "export FRUITFLOW_S3_ENDPOINT=" in result.stdout
+    for identity in ("pipeline", "admin"):
+        path = state_dir(stack.settings()) / "credentials" / f"{identity}.json"
+        assert json.loads(path.read_text())["secret"] not in result.stdout
