@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Turns an Amazon Linux 2023 (or Debian/Ubuntu) EC2 instance into a fruitflow Spark standalone node.
 # Use as EC2 user data (cloud-init runs it as root) or by hand:
-#   sudo ROLE=master bash spark-node.sh
-#   sudo ROLE=worker MASTER_URL=spark://10.0.0.10:7077 bash spark-node.sh
+#   sudo ROLE=master SPARK_AUTH_SECRET_FILE=/path/to/secret bash spark-node.sh
+#   sudo ROLE=worker MASTER_URL=spark://10.0.0.10:7077 SPARK_AUTH_SECRET_FILE=/path/to/secret bash spark-node.sh
+# Every node and the Airflow host share one RPC secret (spark.authenticate), e.g. from AWS Secrets Manager
+# written to a root-only file by the instance's own bootstrap; this script copies it into the 0600 conf.
 # S3 access comes from the instance profile (deploy/ec2/iam-policy.json); no key is written anywhere.
 set -euo pipefail
 
 ROLE=${ROLE:-worker}
 MASTER_URL=${MASTER_URL:-}
+SPARK_AUTH_SECRET_FILE=${SPARK_AUTH_SECRET_FILE:-}
 REPO_URL=${REPO_URL:-}              # where to fetch the project from (git URL), or
 SOURCE_DIR=${SOURCE_DIR:-/opt/fruitflow/src}  # an existing checkout copied onto the instance
 PREFIX=/opt/fruitflow
@@ -17,6 +20,10 @@ case "$ROLE" in
   master|worker) ;;
   *) echo "ROLE must be master or worker, not '$ROLE'" >&2; exit 2 ;;
 esac
+if [ -z "$SPARK_AUTH_SECRET_FILE" ] || [ ! -s "$SPARK_AUTH_SECRET_FILE" ]; then
+  echo "SPARK_AUTH_SECRET_FILE must name a file holding the cluster's shared RPC secret" >&2
+  exit 2
+fi
 if [ "$ROLE" = worker ] && [ -z "$MASTER_URL" ]; then
   echo "a worker needs MASTER_URL=spark://<master-private-ip>:7077" >&2
   exit 2
@@ -50,11 +57,19 @@ install_project() {
 }
 
 write_spark_defaults() {
-  # s3a on real S3 with the instance profile's rotating credentials.
+  # s3a on real S3 with the instance profile's rotating credentials; RPC authentication with the
+  # shared secret, no REST submission server, no kill links in the UIs. Readable by the Spark user only.
+  local secret
+  secret=$(tr -d '\n' < "$SPARK_AUTH_SECRET_FILE")
+  install -m 0600 -o "$SPARK_USER" /dev/null "$PREFIX/conf/spark-defaults.conf"
   cat > "$PREFIX/conf/spark-defaults.conf" <<CONF
 spark.hadoop.fs.s3a.aws.credentials.provider org.apache.hadoop.fs.s3a.auth.IAMInstanceCredentialsProvider
 spark.jars.packages org.apache.hadoop:hadoop-aws:3.5.0
 spark.pyspark.python $PREFIX/venv/bin/python
+spark.authenticate true
+spark.authenticate.secret $secret
+spark.master.rest.enabled false
+spark.ui.killEnabled false
 CONF
 }
 

@@ -60,11 +60,35 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
         d.mkdir(parents=True, exist_ok=True)
     creds = local_credentials(state_dir(s), "pipeline")
+    write_spark_defaults(s)
     return Prepared(creds["key"], creds["secret"], tuple(hadoop_aws_jars(state_dir(s))))
 
 
+def spark_conf_dir(s: StackSettings) -> Path:
+    return state_dir(s) / "spark-conf"
+
+
+def spark_security(secret: str) -> dict[str, str]:
+    """What the standalone cluster and every application share: RPC authentication with one secret,
+    no REST submission server (it would accept unauthenticated submissions on 6066), no kill links
+    in the web UIs."""
+    return {"spark.authenticate": "true", "spark.authenticate.secret": secret,
+            "spark.master.rest.enabled": "false", "spark.ui.killEnabled": "false"}
+
+
+def write_spark_defaults(s: StackSettings) -> Path:
+    """spark-defaults.conf (mode 0600) in the stack's SPARK_CONF_DIR, read by the master, the worker,
+    spark-submit and pyspark alike; executors get the secret from their worker."""
+    from fruitflow.stack.seaweed import write_private
+
+    secret = local_credentials(state_dir(s), "spark")["secret"]
+    path = spark_conf_dir(s) / "spark-defaults.conf"
+    write_private(path, "".join(f"{key} {value}\n" for key, value in spark_security(secret).items()))
+    return path
+
+
 def local_credentials(state: Path, identity: str) -> dict[str, str]:
-    """Credentials of one identity of the local S3 service (`pipeline` or `admin`), generated once per
+    """Credentials of one identity (`pipeline` or `admin` of the S3 service, `spark`), generated once per
     state folder into `credentials/<identity>.json`, mode 0600 from creation; never committed."""
     from fruitflow.stack.seaweed import write_private
 
@@ -120,6 +144,7 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "FRUITFLOW_SPARK_JARS": ",".join(prepared.jars),
             "SPARK_HOME": str(spark_home()),
             "SPARK_LOCAL_IP": s.host,
+            "SPARK_CONF_DIR": str(spark_conf_dir(s)),
             "SPARK_PID_DIR": str(pid_dir(s)),
             "SPARK_LOG_DIR": str(log_dir(s)),
             "SPARK_WORKER_DIR": str(state / "spark-work"),

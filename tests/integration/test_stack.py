@@ -52,3 +52,40 @@ def test_hadoop_aws_comes_from_the_class_path_not_shipped_per_application(stack)
     # Elsewhere (no jars on the nodes) spark-submit resolves and ships the package itself.
     fallback = submit_kwargs("pca", cfg.with_overrides(spark_jars=""))
     assert fallback["packages"] == HADOOP_AWS_PACKAGE and "spark.executor.extraClassPath" not in fallback["conf"]
+
+
+def test_a_client_without_the_clusters_secret_is_refused(stack, tmp_path):
+    """spark.authenticate is on: an application without the stack's secret cannot even register with
+    the master (its connection fails the SASL challenge). The REST submission server is off."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from fruitflow.stack.services import service
+
+    s = local_stack.settings()
+    master = psutil.Process(service("spark-master").pid())
+    listening = {c.laddr.port for p in (master, *master.children(recursive=True))
+                 for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    assert s.spark_port in listening and 6066 not in listening, listening
+    env = {**os.environ, "SPARK_CONF_DIR": str(tmp_path)}  # an empty conf folder: no secret
+    code = ("import sys; from pyspark.sql import SparkSession;"
+            "SparkSession.builder.master(sys.argv[1]).config('spark.cores.max', '1').getOrCreate()"
+            ".sparkContext.parallelize([1]).sum()")
+    log = tmp_path / "client.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, s.spark_master], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "Expected SaslMessage" not in log.read_text(errors="replace"):
+            assert proc.poll() is None or "Expected SaslMessage" in log.read_text(errors="replace"), \
+                log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        assert "Expected SaslMessage" in log.read_text(errors="replace"), log.read_text(errors="replace")[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -115,6 +115,19 @@ def literal_secrets(compose: dict) -> list[str]:
     return found
 
 
+def test_the_spark_cluster_authenticates_and_has_no_rest_server(compose):
+    services = compose["services"]
+    master = services["spark-master"]["environment"]["SPARK_MASTER_OPTS"]
+    worker = services["spark-worker"]["environment"]["SPARK_WORKER_OPTS"]
+    submit = compose["x-airflow-common"]["environment"]["SPARK_SUBMIT_OPTS"]
+    for opts in (master, worker, submit):
+        assert "-Dspark.authenticate=true" in opts and "-Dspark.authenticate.secret=${SPARK_AUTH_SECRET}" in opts
+    assert "-Dspark.master.rest.enabled=false" in master and "-Dspark.ui.killEnabled=false" in master
+    node = (ROOT / "deploy" / "ec2" / "spark-node.sh").read_text()
+    for line in ("spark.authenticate true", "spark.master.rest.enabled false", "spark.ui.killEnabled false"):
+        assert line in node
+
+
 def test_no_secret_in_compose_or_env_example(compose):
     for value in _env_example().values():
         assert value.startswith(("change-me", "airflow")) or re.fullmatch(r"[0-9a-z@]+", value), value
