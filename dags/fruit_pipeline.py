@@ -98,7 +98,8 @@ with DAG(
     preprocess = SparkStepOperator(
         step="preprocess",
         application_args=["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
-                          "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}"],
+                          "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
+                          "--backbone", "{{ params.backbone }}", "--weights", "{{ params.weights }}"],
     )
     featurize = SparkStepOperator(
         step="featurize",

@@ -21,9 +21,9 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_jobs.common import cli, storage
-from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, split_s3_uri
+from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.keys import check_location, unsafe_key_column
-from spark_jobs.common.table import committed_featurize_steps, feature_table
+from spark_jobs.common.table import committed_featurize_steps, feature_table, made_with
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
 
 STEP = "preprocess"
@@ -270,9 +270,10 @@ class Input:
 
 
 def read_listed(spark: SparkSession, cfg: Config, raw_uri: str, keys_uri: str) -> Input:
-    """Incremental runs: the objects the DAG listed, less the images featurized with that ETag, each
-    read by its exact key."""
-    wanted = new_keys(spark, keys_uri, committed_featurize_steps(spark, cfg)).cache()  # counted, then read
+    """Incremental runs: the objects the DAG listed, less the images this run's model featurized with
+    that ETag, each read by its exact key."""
+    featurized = made_with(committed_featurize_steps(spark, cfg), cfg)
+    wanted = new_keys(spark, keys_uri, featurized).cache()  # counted, then read
     listing = with_keys(listed_files(wanted, raw_uri), raw_uri)
     n_files = wanted.count()
     candidates = listing.filter(F.col("ignored_reason").isNull())
@@ -349,6 +350,9 @@ def arg_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("--raw", help="raw images URI (default: from config)")
     parser.add_argument("--keys", help="JSON-lines URI of the keys to process (incremental runs)")
+    # The model the run featurizes with: images it has not featurized yet are preprocessed again.
+    parser.add_argument("--backbone", choices=sorted(FEATURE_DIM))
+    parser.add_argument("--weights", help="imagenet | random | a model file in the models bucket")
     return parser
 
 

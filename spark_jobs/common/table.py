@@ -26,6 +26,17 @@ def model_of(manifest: dict) -> dict:
             "color_descriptor": params.get("color_descriptor")}
 
 
+def made_with(manifests: list[dict], cfg: Config) -> list[dict]:
+    """The featurize steps made with the model this run featurizes with (backbone, weights, precision,
+    colour descriptor): "already featurized" means featurized by it. An image seen under another model
+    (before a backbone switch) is featurized again, or the new model's table would lack it."""
+    from .images import COLOR_DESCRIPTOR
+
+    want = {"backbone": cfg.backbone, "weights": cfg.weights, "precision": cfg.precision,
+            "color_descriptor": COLOR_DESCRIPTOR}
+    return [m for m in manifests if all(model_of(m)[k] == v for k, v in want.items())]
+
+
 def same_model(manifests: list[dict]) -> tuple[list[dict], list[dict]]:
     """(kept, left out): the newest step's model defines the table; steps made with another model
     (a backbone or weights switched under the same runs prefix) are left out, never mixed in."""

@@ -151,7 +151,8 @@ def _render(task, params):
 def test_rendered_spark_arguments(dag):
     params = {**{k: dag.params[k] for k in dag.params}, "target_variance": None, "n_clusters": None}
     assert _render(dag.get_task("preprocess"), params) == [
-        "--raw", "s3a://fruitflow-raw/images", "--keys", "s3a://f/runs/r/new.jsonl"]
+        "--raw", "s3a://fruitflow-raw/images", "--keys", "s3a://f/runs/r/new.jsonl",
+        "--backbone", params["backbone"], "--weights", params["weights"]]
     assert _render(dag.get_task("featurize"), params) == [
         "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--backbone", params["backbone"],
         "--weights", params["weights"], "--batch-size", str(params["batch_size"])]

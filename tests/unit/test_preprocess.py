@@ -59,3 +59,32 @@ def test_oversized_file_is_rejected_without_decoding(spark, image_tree, cfg):
     rows = preprocess.preprocess_images(frame, small).collect()
     assert {r["status"] for r in rows} == {"rejected"}
     assert all("too large" in r["reason"] for r in rows)
+
+
+def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
+    """After a backbone switch under the same runs prefix, images featurized by the old model are not
+    'already featurized' for the new one: preprocess hands them on again, or the new table lacks them."""
+    import json
+
+    from spark_jobs.common.config import Config
+    from spark_jobs.common.images import COLOR_DESCRIPTOR
+    from spark_jobs.common.table import made_with
+
+    features = str(tmp_path / "features")
+    spark.createDataFrame([("Apple/a.jpg", "e1", [0.0]), ("Apple/b.jpg", "e2", [1.0])],
+                          "key string, etag string, features array<float>").write.parquet(features)
+    lines = [{"key": "Apple/a.jpg", "etag": "e1", "size": 1}, {"key": "Apple/b.jpg", "etag": "e2", "size": 1},
+             {"key": "Pear/c.jpg", "etag": "e3", "size": 1}]
+    keys = tmp_path / "new.jsonl"
+    keys.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    resnet = {"params": {"backbone": "resnet50", "weights": "random", "precision": "fp32",
+                         "color_descriptor": COLOR_DESCRIPTOR},
+              "outputs": {"features": features}, "written_at": "2026-11-27T00:00:00+00:00"}
+
+    def already(cfg):
+        frame = preprocess.new_keys(spark, keys.as_uri(), made_with([resnet], cfg))
+        return {r["key"] for r in frame.collect() if r["already"]}
+
+    assert already(Config(backbone="resnet50", weights="random")) == {"Apple/a.jpg", "Apple/b.jpg"}
+    assert already(Config(backbone="efficientnet_lite0", weights="imagenet")) == set()
+    assert already(Config(backbone="resnet50", weights="imagenet")) == set()
