@@ -89,3 +89,42 @@ def test_unsafe_keys_and_raw_uris_are_refused():
 
 
 # --------------------------------------------------------------------------- the pipeline, on the stack
+
+
+class _ListingHook:
+    """The S3Hook calls list_new makes, over a listing as AWS S3 returns it (keys kept as given, where
+    SeaweedFS refuses '.' and '..' segments at upload and folds '//')."""
+
+    def __init__(self, keys):
+        import datetime as dt
+
+        now = dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)
+        self.contents = [{"Key": k, "ETag": '"e"', "Size": 3, "LastModified": now} for k in keys]
+        self.uploaded = {}
+
+    def get_conn(self):
+        return self
+
+    def get_paginator(self, name):
+        assert name == "list_objects_v2"
+        return self
+
+    def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
+        yield {"Contents": [c for c in self.contents if c["Key"].startswith(Prefix)]}
+
+    def load_file(self, filename, key, bucket_name, replace):
+        with open(filename, encoding="utf-8") as f:
+            self.uploaded[(bucket_name, key)] = [json.loads(line) for line in f]
+
+
+def test_list_new_marks_unsafe_keys_refused_as_aws_lists_them():
+    from fruitflow_airflow.tasks import list_new_images
+    from spark_jobs.common.config import Config
+
+    hook = _ListingHook([f"raw/{k}" for k in (*UNSAFE_KEYS, "Apple/ok.jpg")])
+    found = list_new_images(hook, Config(), "raw", "r1", None)
+    assert found["n_new"] == len(UNSAFE_KEYS) + 1 and found["n_refused"] == len(UNSAFE_KEYS)
+    (lines,) = hook.uploaded.values()
+    refused = {line["key"]: line.get("refused") for line in lines}
+    assert refused.pop("Apple/ok.jpg") is None
+    assert all(reason.startswith("unsafe key") for reason in refused.values()), refused
