@@ -1,5 +1,6 @@
-"""The benchmarks keep working: each runs on a handful of real images (on the shared stack) and prints
-its figures as JSON on the last line. No figure is judged here: targets live in the benchmarks."""
+"""The benchmarks (fruitflow.bench.featurize, fruitflow.bench.e2e: `make bench`, `make bench E2E=1`) keep
+working: each runs on a handful of real images (on the shared stack) and prints its figures as JSON on
+the last line. No figure is judged here: targets live in the benchmarks."""
 
 import json
 import subprocess
