@@ -10,14 +10,13 @@ from pathlib import Path
 
 
 def client():
-    import boto3
-    from botocore.config import Config as BotoConfig
-
+    """The pipeline's own S3 client (storage.s3_client: path-style for an endpoint, retries), for the
+    endpoint and region of the current Config."""
     from spark_jobs.common.config import Config
+    from spark_jobs.common.storage import s3_client
 
     cfg = Config.from_env()
-    return boto3.client("s3", endpoint_url=cfg.s3_endpoint, region_name=cfg.s3_region,
-                        config=BotoConfig(s3={"addressing_style": "path" if cfg.s3_endpoint else "auto"}))
+    return s3_client(cfg.s3_endpoint, cfg.s3_region)
 
 
 def upload_files(pairs: list[tuple[Path, str]], bucket: str, threads: int = 8) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fruitflow.paths import DAGS, PLUGINS
-from fruitflow.stack.process import log
+from fruitflow.stack.process import log, write_private
 from spark_jobs.common.config import HADOOP_AWS_PACKAGE, Config, StackSettings
 
 VENV_BIN = Path(sys.executable).parent
@@ -79,8 +79,6 @@ def spark_security(secret: str) -> dict[str, str]:
 def write_spark_defaults(s: StackSettings) -> Path:
     """spark-defaults.conf (mode 0600) in the stack's SPARK_CONF_DIR, read by the master, the worker,
     spark-submit and pyspark alike; executors get the secret from their worker."""
-    from fruitflow.stack.seaweed import write_private
-
     secret = local_credentials(state_dir(s), "spark")["secret"]
     path = spark_conf_dir(s) / "spark-defaults.conf"
     write_private(path, "".join(f"{key} {value}\n" for key, value in spark_security(secret).items()))
@@ -90,8 +88,6 @@ def write_spark_defaults(s: StackSettings) -> Path:
 def local_credentials(state: Path, identity: str) -> dict[str, str]:
     """Credentials of one identity (`pipeline` or `admin` of the S3 service, `spark`), generated once per
     state folder into `credentials/<identity>.json`, mode 0600 from creation; never committed."""
-    from fruitflow.stack.seaweed import write_private
-
     path = state / "credentials" / f"{identity}.json"
     if not path.exists():
         write_private(path, json.dumps({"key": f"{identity}-" + secrets.token_hex(6),

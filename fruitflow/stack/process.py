@@ -1,4 +1,4 @@
-"""Starting, watching and stopping the stack's processes: PID files, health polling, process groups."""
+"""Starting, watching and stopping the stack's processes (PID files, health polling, process groups), and its private files."""
 
 from __future__ import annotations
 
@@ -107,6 +107,17 @@ def stop_pid(pid: int, name: str, grace: float = 15.0) -> None:
         sender(signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def write_private(path: Path, text: str) -> None:
+    """Written with mode 0600 from creation (never readable by others, even for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)
 
 
 def spawn(argv: list[str], env: dict[str, str], logfile: Path, pidfile: Path, cwd: Path) -> subprocess.Popen:

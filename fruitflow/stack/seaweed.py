@@ -23,6 +23,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from fruitflow.stack.process import write_private
 from spark_jobs.common.config import StackSettings
 
 # The S3 service's other ports, from the stack's `s3_port_base` (S3 itself is `s3_port`).
@@ -60,17 +61,6 @@ def identities(pipeline: dict[str, str], admin: dict[str, str], buckets: tuple[s
         {"name": "pipeline", "credentials": [{"accessKey": pipeline["key"], "secretKey": pipeline["secret"]}],
          "actions": [f"{action}:{bucket}" for bucket in buckets for action in ACTIONS]},
     ]}
-
-
-def write_private(path: Path, text: str) -> None:
-    """Written with mode 0600 from creation (never readable by others, even for a moment)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
 
 
 def command(s: StackSettings, identity_file: Path) -> list[str]:

@@ -96,15 +96,16 @@ def single_csv(df, spark: SparkSession, uri: str, sep: str = ";") -> None:
 
 
 @lru_cache(maxsize=4)
-def s3_client(endpoint: str | None):
-    """A boto3 S3 client, one per Python worker. The endpoint travels from the driver's Config in the
-    UDF's closure (None: real AWS); credentials from the AWS default chain."""
+def s3_client(endpoint: str | None, region: str | None = None):
+    """A boto3 S3 client, one per Python worker (or tool process). The endpoint travels from the
+    driver's Config in the UDF's closure (None: real AWS); credentials from the AWS default chain."""
     import boto3
     from botocore.config import Config as BotoConfig
 
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
+        region_name=region,
         config=BotoConfig(
             retries={"max_attempts": 10, "mode": "adaptive"},
             s3={"addressing_style": "path" if endpoint else "auto"},
