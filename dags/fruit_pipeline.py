@@ -5,10 +5,10 @@ New fruit photos in the raw bucket -> preprocessed images -> CNN features (ResNe
 EfficientNet-Lite0) -> PCA -> KMeans report.
 
 `wait_for_images` (deferrable S3KeySensor) -> `list_new` (images modified since the last successful
-run; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` (Spark
-jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
+run; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` and `train`
+(Spark jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
 
-PCA and KMeans refit on the whole feature table; preprocess and featurize see only new images.
+PCA, KMeans and the classifier refit on the whole feature table; preprocess and featurize see only new images.
 Params (validated before anything runs): raw prefix, k or target variance, clusters, batch size, backbone,
 weights, cosine geometry (l2_normalize), the colour histogram's weight (color_weight).
 """
@@ -21,16 +21,21 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Asset, Param, chain, task
 
 from fruitflow_airflow.operators import SparkStepOperator
-from spark_jobs.common.config import FEATURE_DIM, Config, weights_param_pattern
+from fruitflow_airflow.tasks import AUTO
+from spark_jobs.common.config import FEATURE_DIM, Config, env_values, weights_param_pattern
 from spark_jobs.common.steps import STEP_NAMES
 
 CFG = Config.from_env()
 FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
 PCA_OUTPUT = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/pca")
 REPORT = Asset(f"s3://{CFG.reports_bucket}/{CFG.runs_prefix}/report")
+CLASSIFIER = Asset(f"s3://{CFG.models_bucket}/{CFG.runs_prefix}/classifier")
 
 
 L2_NORMALIZE = "{{ '--l2-normalize' if params.l2_normalize else '--no-l2-normalize' }}"
+# the model list_new chose for the run (Param `backbone`: auto, or one named)
+BACKBONE = "{{ ti.xcom_pull(task_ids='list_new', key='new')['model']['backbone'] }}"
+WEIGHTS = "{{ ti.xcom_pull(task_ids='list_new', key='new')['model']['weights'] }}"
 
 
 def xcom(task_id: str, field: str) -> str:
@@ -61,8 +66,10 @@ with DAG(
         "n_clusters": Param(None, type=["null", "integer"], minimum=2,
                             description="KMeans k; empty: the number of fruit categories"),
         "batch_size": Param(CFG.batch_size, type="integer", minimum=1, maximum=1024),
-        "backbone": Param(CFG.backbone, type="string", enum=sorted(FEATURE_DIM),
-                          description="resnet50 (2048 floats) | efficientnet_lite0 (1280, ImageNet offline)"),
+        "backbone": Param(env_values(Config).get("backbone", AUTO), type="string", enum=[AUTO, *sorted(FEATURE_DIM)],
+                          description="auto: ResNet50 with ImageNet weights where they can be had, else "
+                                      "EfficientNet-Lite0 (ImageNet, offline) | resnet50 (2048 floats) | "
+                                      "efficientnet_lite0 (1280)"),
         "weights": Param(CFG.weights, type="string", pattern=weights_param_pattern(CFG),
                          description=f"imagenet | random | s3a://{CFG.models_bucket}/<file>.keras, .onnx or .pth"),
         "l2_normalize": Param(CFG.l2_normalize, type="boolean",
@@ -86,10 +93,14 @@ with DAG(
     def list_new(params=None, run_id=None, prev_start_date_success=None, ti=None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        from fruitflow_airflow.tasks import list_new_images
+        from fruitflow_airflow.tasks import choose_model, list_new_images
+        from spark_jobs.common.config import split_s3_uri
 
-        found = list_new_images(S3Hook(aws_conn_id="aws_default"), CFG, params["raw_prefix"], run_id,
+        hook = S3Hook(aws_conn_id="aws_default")
+        found = list_new_images(hook, CFG, params["raw_prefix"], run_id,
                                 prev_start_date_success or None)  # a lazy proxy, possibly of None
+        found["model"] = choose_model(params["backbone"], params["weights"], CFG,
+                                      lambda uri: hook.check_for_key(split_s3_uri(uri)[1], split_s3_uri(uri)[0]))
         ti.xcom_push(key="new", value=found)
         return found if found["n_new"] else None
 
@@ -99,12 +110,11 @@ with DAG(
         step="preprocess",
         application_args=["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
                           "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
-                          "--backbone", "{{ params.backbone }}", "--weights", "{{ params.weights }}"],
+                          "--backbone", BACKBONE, "--weights", WEIGHTS],
     )
     featurize = SparkStepOperator(
         step="featurize",
-        application_args=["--input", xcom("preprocess", "step_uri"), "--backbone", "{{ params.backbone }}",
-                          "--weights", "{{ params.weights }}",
+        application_args=["--input", xcom("preprocess", "step_uri"), "--backbone", BACKBONE, "--weights", WEIGHTS,
                           "--batch-size", "{{ params.batch_size }}"],
         outlets=[FEATURE_TABLE],
     )
@@ -120,6 +130,11 @@ with DAG(
                           L2_NORMALIZE],
         outlets=[REPORT],
     )
+    train = SparkStepOperator(
+        step="train",
+        application_args=["--input", xcom("pca", "step_uri"), L2_NORMALIZE],
+        outlets=[CLASSIFIER],
+    )
 
     @task(trigger_rule="none_failed", execution_timeout=dt.timedelta(minutes=5))
     def publish(run_id=None, ti=None):
@@ -131,4 +146,4 @@ with DAG(
         return publish_summary(S3Hook(aws_conn_id="aws_default"), CFG, run_id,
                                ti.xcom_pull(task_ids="list_new", key="new"), manifests)
 
-    chain(wait_for_images, new_images, preprocess, featurize, pca, cluster, publish())
+    chain(wait_for_images, new_images, preprocess, featurize, pca, [cluster, train], publish())

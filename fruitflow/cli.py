@@ -3,7 +3,8 @@
     fruitflow stack up|status|down|env   the local stack
     fruitflow demo [--data DIR]          the pipeline end to end on the local stack
     fruitflow airflow-ui                 Airflow's UI on the local stack
-    fruitflow quality [--variants]       clustering quality on the shared sets
+    fruitflow classify PATH              which fruit is in a photo (no Spark), from the latest demo
+    fruitflow quality [--variants]       clustering and classifier quality on the shared sets
     fruitflow bench [...]                featurization benchmark
     fruitflow bench-e2e [...]            the whole DAG timed
     fruitflow zip                        the shared library for --py-files
@@ -20,6 +21,7 @@ COMMANDS = {
     "stack": "fruitflow.stack.cli",
     "demo": "fruitflow.demo",
     "airflow-ui": "fruitflow.airflow_ui",
+    "classify": "fruitflow.classify",
     "quality": "fruitflow.quality",
     "bench": "fruitflow.bench.featurize",
     "bench-e2e": "fruitflow.bench.e2e",

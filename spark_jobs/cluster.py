@@ -10,6 +10,7 @@ vectors.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_jobs.common import cli, report, storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+from spark_jobs.common.manifest import Timings, begin_step, jpeg_folders, read_manifest, write_manifest
 
 STEP = "cluster"
 
@@ -155,6 +156,25 @@ def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool
     return subset.assign(tsne1=embedded[:, 0], tsne2=embedded[:, 1])
 
 
+def jpeg_locator(spark: SparkSession, pca_manifest: dict):
+    """key -> (uri, bytes) of its preprocessed JPEG, or None: looked for in the JPEG folders of the
+    preprocess steps behind the table (newest first; a key is in the run that first saw it)."""
+    folders = jpeg_folders(pca_manifest, lambda uri: read_manifest(spark, uri))
+
+    def locate(key: str):
+        for folder in folders:
+            uri = f"{folder}/{key}"
+            try:
+                if storage.exists(spark, uri):
+                    return uri, storage.read_bytes(spark, uri)
+            except Exception as exc:  # noqa: BLE001 - a thumbnail is never worth failing the step
+                print(f"cluster: no thumbnail for {key!r}: {exc}", file=sys.stderr)
+                return None
+        return None
+
+    return locate
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -176,6 +196,9 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     with timings.measure("write"):
         assign(model, reduced, cfg.l2_normalize).drop("pca").write.mode("overwrite").parquet(assignments_uri)
         model.write().overwrite().save(model_uri)
+        # the centres as plain numbers too, for `fruitflow classify` (no Spark there)
+        storage.write_text(spark, f"{out_uri}/centroids.json", json.dumps(
+            {"l2_normalize": cfg.l2_normalize, "centres": [c.tolist() for c in model.clusterCenters()]}))
     assigned = reduced.join(spark.read.parquet(assignments_uri).select("key", "cluster"), "key")
     with timings.measure("metrics"):
         table = contingency(assigned)
@@ -193,7 +216,9 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             "tsne_points": len(embedded), "pca_step": input_uri,
         }
         report.build(tmp, points=points, embedded=embedded, table=table,
-                     metrics={k_: round(v, 4) for k_, v in metrics.items()}, context=context)
+                     metrics={k_: round(v, 4) for k_, v in metrics.items()}, context=context,
+                     explained=upstream["metrics"]["explained_variance_per_component"],
+                     locate_jpeg=jpeg_locator(spark, upstream), seed=cfg.seed)
         for name in sorted(os.listdir(tmp)):
             storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
     reduced.unpersist()
@@ -203,7 +228,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
         {
             "step": STEP,
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
-            "outputs": {"assignments": assignments_uri, "model": model_uri, "report": f"{report_uri}/index.html",
+            "outputs": {"assignments": assignments_uri, "model": model_uri, "centroids": f"{out_uri}/centroids.json", "report": f"{report_uri}/index.html",
                         "report_folder": report_uri},
             "counts": {"n_images": n_images, "n_categories": n_categories},
             "params": {"n_clusters": k, "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,

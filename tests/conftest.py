@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 LAYERS = ("unit", "dags", "integration")
 # Fixtures that start a JVM or build a CNN: a test using one is `slow` (`make test-unit` leaves it out).
-SLOW_FIXTURES = {"spark", "model_files", "stack"}
+SLOW_FIXTURES = {"spark", "model_files", "lite0_files", "stack"}
 
 
 def pytest_collection_modifyitems(items):
@@ -102,6 +102,18 @@ def model_files(tmp_path_factory):
     model = models.build_keras_model("resnet50", "random", seed=7)
     model.save(folder / "model.keras")
     models.export_onnx(model, str(folder / "model.onnx"))
+    return {"keras": str(folder / "model.keras"), "onnx": str(folder / "model.onnx")}
+
+
+@pytest.fixture(scope="session")
+def lite0_files(tmp_path_factory):
+    """EfficientNet-Lite0 with its ImageNet weights (the offline default), saved as the pipeline does."""
+    from spark_jobs.common import models
+
+    folder = tmp_path_factory.mktemp("lite0")
+    model = models.build_keras_model("efficientnet_lite0", "imagenet", seed=0)
+    model.save(folder / "model.keras")
+    models.export_onnx(model, str(folder / "model.onnx"), "efficientnet_lite0")
     return {"keras": str(folder / "model.keras"), "onnx": str(folder / "model.onnx")}
 
 

@@ -79,3 +79,15 @@ def list_keys(s3, uri):
     bucket, prefix = split_s3_uri(uri)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def read_parquet(s3, uri):
+    """A Parquet folder written by Spark, as one pandas DataFrame (its part files fetched with boto3)."""
+    import io
+
+    import pandas as pd
+
+    bucket, _ = split_s3_uri(uri)
+    parts = [k for k in list_keys(s3, uri) if k.endswith(".parquet")]
+    return pd.concat([pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in parts],
+                     ignore_index=True)

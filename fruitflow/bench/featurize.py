@@ -183,6 +183,24 @@ def bench_original(spark, table: str, keras_path: str, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def bench_classify(paths: list[Path]) -> dict:
+    """`fruitflow classify` as the app would use it: model load time, then photos/s from the files
+    (decode, preprocess, backbone, PCA, classifier, neighbours); the models of the latest demo."""
+    from fruitflow.classify import Classifier, NoModel
+
+    try:
+        classifier = Classifier.load()
+    except NoModel as exc:
+        log(f"classify not measured: {exc}")
+        return {"skipped": str(exc)}
+    classifier.predict(paths[:16])  # warm up
+    started = time.perf_counter()
+    results = classifier.predict(paths)
+    seconds = time.perf_counter() - started
+    return {"load_s": classifier.load_s, "img_per_s": round(len(results) / seconds, 2), "n": len(results),
+            "backbone": classifier.meta["backbone"], "threads": os.cpu_count()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -264,6 +282,7 @@ def main(argv=None) -> int:
             rss["original"] = {k: round(v) for k, v in peak.peaks.items()}
             log(f"original ({n_original} images): {results['original']:.2f} img/s, peak RSS {rss['original']}")
             stop_session(spark)
+            classify = bench_classify([args.data / k for k in keys])
         finally:
             if started_stack:
                 stack.down()
@@ -280,6 +299,7 @@ def main(argv=None) -> int:
           f"KMeans k={quality['k']} ARI FP32 vs INT8 {quality['ari']:.3f} (same start), "
           f"{quality['ari_independent_fits']:.3f} (independent fits; FP32 vs FP32 other seed "
           f"{quality['fp32_ari_seed_to_seed']:.3f}), {quality['ari_assign']:.3f} (INT8 on FP32 centroids)")
+    print(f"classify (no Spark, latest demo's models): {classify}")
     print(f"load average (1/5/15 min): {load_avg}")
     summary = {
         "n_images": n,
@@ -298,6 +318,7 @@ def main(argv=None) -> int:
         "int8_quality": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in quality.items()},
         "int8_settings": {k: v for k, v in info.items() if k != "seconds"},
         "int8_quantize_s": info["seconds"],
+        "classify": classify,
         "load_avg": load_avg,
         "cpu_flags": cpu_flags(),
     }

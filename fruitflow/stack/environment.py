@@ -40,9 +40,10 @@ def log_dir(s: StackSettings) -> Path:
 
 
 def spark_home() -> Path:
-    import pyspark
+    """pyspark's folder, found without importing it (commands such as `classify` run without Spark)."""
+    import importlib.util
 
-    return Path(pyspark.__file__).resolve().parent
+    return Path(importlib.util.find_spec("pyspark").origin).resolve().parent
 
 
 @dataclass(frozen=True)

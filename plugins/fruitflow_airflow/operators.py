@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 from fruitflow_airflow.submit import safe_run_id, step_args, submit_kwargs
+from spark_jobs.common.steps import NOT_RETRYABLE_EXIT_CODES
 from spark_jobs.common.config import Config, split_s3_uri
 from spark_jobs.common.manifest import manifest_uri
 
@@ -52,7 +54,14 @@ class SparkStepOperator(SparkSubmitOperator):
                                  *map(str, self.application_args or [])]
         self.env_vars = {**(self.env_vars or {}), **s3_environment(s3)}
         self._hook = None  # rebuilt from the settings above
-        super().execute(context)
+        try:
+            super().execute(context)
+        except AirflowException as exc:
+            code = getattr(getattr(self._hook, "_submit_sp", None), "returncode", None)
+            if code in NOT_RETRYABLE_EXIT_CODES:  # the job said why (task log); retrying cannot help
+                raise AirflowFailException(f"{self.step} refused its input or arguments (exit code {code}): "
+                                           "not retried; see the job's message above") from exc
+            raise
         bucket, key = split_s3_uri(manifest_uri(step_uri))
         if not s3.check_for_key(key, bucket):
             raise RuntimeError(f"{self.step} finished without writing {manifest_uri(step_uri)}")

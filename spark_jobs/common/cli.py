@@ -63,8 +63,27 @@ def session(step: str, cfg: Config, args: argparse.Namespace):
 def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None, runner) -> int:
     """A step's whole main(): parse, configure, open the session, run, print the manifest.
 
-    `runner(spark, cfg, args, out_uri)` returns the manifest the step wrote.
+    `runner(spark, cfg, args, out_uri)` returns the manifest the step wrote. A refusal (SystemExit with
+    a message, a missing input manifest, unavailable weights) exits with NOT_RETRYABLE after printing
+    why; anything else (a lost executor, the store unreachable) is an error a retry may fix.
     """
+    from .manifest import MissingInput
+    from .models import ModelUnavailable
+    from .steps import NOT_RETRYABLE
+
+    try:
+        return _run_step(step, parser, argv, runner)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(f"{step}: {exc.code}", file=sys.stderr)
+            raise SystemExit(NOT_RETRYABLE) from None
+        raise
+    except (MissingInput, ModelUnavailable) as exc:
+        print(f"{step}: {exc}", file=sys.stderr)
+        raise SystemExit(NOT_RETRYABLE) from None
+
+
+def _run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None, runner) -> int:
     args = parser.parse_args(argv)
     cfg = config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, step)

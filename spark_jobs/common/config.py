@@ -80,6 +80,14 @@ class Config:
     tsne_max_points: int = 3000
     plot_max_points: int = 20000
 
+    # The classifier (train step): the share of each class held out for its quality figures, the
+    # logistic regression's L2 regularisation, the cap on training vectors exported for the nearest
+    # neighbours, and the share of held-out photos of known fruits that must pass the "unknown" distance.
+    test_fraction: float = 0.25
+    reg_param: float = 1e-4
+    neighbour_bank_max: int = 20000
+    unknown_quantile: float = 0.95
+
     # Airflow: the DAG's schedule ("none": manual and API runs only).
     schedule: str = "@daily"
 
@@ -115,6 +123,10 @@ class Config:
             raise ValueError("target_variance must be in (0, 1]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError("test_fraction must be in (0, 1)")
+        if not 0 < self.unknown_quantile <= 1:
+            raise ValueError("unknown_quantile must be in (0, 1]")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Config":

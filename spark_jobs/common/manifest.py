@@ -7,6 +7,7 @@ import json
 import platform
 import time
 from contextlib import contextmanager
+from typing import Callable
 
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,10 @@ if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no p
 from . import storage
 
 MANIFEST_NAME = "_manifest.json"
+
+
+class MissingInput(FileNotFoundError):
+    """An upstream step's manifest is not there: no retry of this step can fix that."""
 
 
 def manifest_uri(step_uri: str) -> str:
@@ -42,7 +47,7 @@ def write_manifest(spark: SparkSession, step_uri: str, manifest: dict) -> dict:
 def read_manifest(spark: SparkSession, step_uri: str) -> dict:
     uri = manifest_uri(step_uri)
     if not storage.exists(spark, uri):
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no manifest at {uri}: the upstream step did not finish; run it (again) before this one"
         )
     return json.loads(storage.read_text(spark, uri))
@@ -62,3 +67,12 @@ class Timings(dict):
             yield
         finally:
             self[name] = round(time.perf_counter() - start, 3)
+
+
+def jpeg_folders(pca_manifest: dict, read: Callable[[str], dict]) -> list[str]:
+    """The preprocessed-JPEG folders of the preprocess steps behind a PCA step's table, newest first (a
+    key's JPEG is in the run that first saw it). `read(step_uri)` returns a step's manifest."""
+    featurize_steps = [read(uri.rsplit("/", 1)[0]) for uri in pca_manifest["inputs"]["features"]]
+    newest_first = sorted(featurize_steps, key=lambda m: m["written_at"], reverse=True)
+    preprocess_steps = [read(m["inputs"]["preprocess"]) for m in newest_first]
+    return [m["outputs"]["jpeg"] for m in preprocess_steps if "jpeg" in m.get("outputs", {})]

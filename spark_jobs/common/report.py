@@ -1,5 +1,7 @@
-"""The cluster step's report: a folder with the 2-D views, the cluster and contingency tables and an
-HTML page, written locally from small driver-side frames (the step uploads the folder).
+"""The cluster step's report: a folder with the figures (2-D views, scree plot, contingency heat map),
+the cluster and contingency tables, `clusters.json` (each cluster's top fruits and a few member photos)
+and a self-contained HTML page (`report_page`), written locally from small driver-side frames (the step
+uploads the folder).
 
 Category names are untrusted (they come from object keys): the page escapes everything it prints, CSV
 cells are neutralised and plot labels escaped (`untrusted`).
@@ -7,12 +9,12 @@ cells are neutralised and plot labels escaped (`untrusted`).
 
 from __future__ import annotations
 
-import html
 import json
 import os
 
 import pandas as pd
 
+from . import report_page
 from .untrusted import csv_cell, plot_label
 
 FIGURES = (  # file, caption, frame ("points": PCA sample, "embedded": t-SNE), x, y, colour
@@ -21,23 +23,60 @@ FIGURES = (  # file, caption, frame ("points": PCA sample, "embedded": t-SNE), x
     ("tsne_by_fruit.png", "t-SNE of the PCA features, coloured by fruit", "embedded", "tsne1", "tsne2", "category"),
     ("tsne_by_cluster.png", "t-SNE, coloured by KMeans cluster", "embedded", "tsne1", "tsne2", "cluster"),
 )
+SCREE = ("scree.png", "Explained variance per principal component, and cumulative")
+HEATMAP = ("contingency.png", "Photos per fruit (rows) and KMeans cluster (columns)")
+THUMBNAILS_PER_CLUSTER = 4
+
+
+def figure_files() -> list[tuple[str, str]]:
+    """(file, caption) of every figure, in the order the page shows them."""
+    return [(name, caption) for name, caption, *_ in FIGURES] + [SCREE, HEATMAP]
 
 
 def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: pd.DataFrame, metrics: dict,
-          context: dict) -> str:
-    """Every report file into `folder`; returns the HTML page's path."""
+          context: dict, explained: list[float], locate_jpeg, seed: int = 42) -> str:
+    """Every report file into `folder`; returns the HTML page's path. `locate_jpeg(key)` gives the
+    preprocessed JPEG of a key as (uri, bytes), or None."""
     frames = {"points": points, "embedded": embedded}
     for name, caption, frame, x, y, colour in FIGURES:
         scatter(frames[frame], x, y, colour, caption, os.path.join(folder, name))
+    scree(explained, SCREE[1], os.path.join(folder, SCREE[0]))
+    heatmap(table, HEATMAP[1], os.path.join(folder, HEATMAP[0]))
     summary = cluster_summary(table)
-    summary.assign(top_fruits=summary["top_fruits"].map(csv_cell)).to_csv(os.path.join(folder, "clusters.csv"),
-                                                                           index=False)
+    summary.assign(top_fruits=summary["top_fruits"].map(lambda fruits: csv_cell(
+        ", ".join(f"{name} ({n})" for name, n in fruits)))).to_csv(os.path.join(folder, "clusters.csv"), index=False)
     table.rename(index=csv_cell).to_csv(os.path.join(folder, "contingency.csv"))
     views = embedded.drop(columns=["pca"])
     views.assign(key=views["key"].map(csv_cell), category=views["category"].map(csv_cell)).to_csv(
         os.path.join(folder, "views_2d.csv"), index=False, sep=";")
-    return write_report(folder, metrics, context, summary, [(name, caption) for name, caption, *_ in FIGURES])
+    members = thumbnail_keys(points, THUMBNAILS_PER_CLUSTER, seed)
+    found = {key: located for key in sorted({k for keys in members.values() for k in keys})
+             if (located := locate_jpeg(key)) is not None}
+    clusters = [{**row, "thumbnails": [k for k in members.get(row["cluster"], []) if k in found]}
+                for row in summary.to_dict("records")]
+    document = {"clusters": clusters, "thumbnail_uris": {k: uri for k, (uri, _) in found.items()},
+                "figures": figure_files()}
+    with open(os.path.join(folder, "clusters.json"), "w", encoding="utf-8") as fh:
+        json.dump(document, fh, indent=1)
+    page = report_page.render(
+        quality=metrics, clusters=clusters, context=context,
+        figures=[(caption, _read(os.path.join(folder, name))) for name, caption in figure_files()],
+        thumbnails={k: report_page.thumbnail(data) for k, (_, data) in found.items()})
+    path = os.path.join(folder, "index.html")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return path
 
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def thumbnail_keys(points: pd.DataFrame, per_cluster: int, seed: int) -> dict[int, list[str]]:
+    """A few member keys per cluster, a seeded random choice among the sampled points."""
+    shuffled = points[["key", "cluster"]].sample(frac=1.0, random_state=seed)
+    return {int(c): list(group["key"].head(per_cluster)) for c, group in shuffled.groupby("cluster")}
 
 
 def scatter(points: pd.DataFrame, x: str, y: str, colour_by: str, title: str, path: str) -> None:
@@ -64,49 +103,56 @@ def scatter(points: pd.DataFrame, x: str, y: str, colour_by: str, title: str, pa
     plt.close(fig)
 
 
+def scree(explained: list[float], title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    components = np.arange(1, len(explained) + 1)
+    ax.bar(components, explained, color="#4c72b0", label="per component")
+    ax.plot(components, np.cumsum(explained), color="#dd8452", marker="o", label="cumulative")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("share of the variance")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def heatmap(table: pd.DataFrame, title: str, path: str, max_labels: int = 60) -> None:
+    """The contingency table as an image; fruit names (escaped for mathtext) when there are few enough."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = table.shape
+    fig, ax = plt.subplots(figsize=(min(16, 4 + 0.25 * cols), min(20, 3 + 0.22 * rows)), dpi=100)
+    shown = ax.imshow(table.to_numpy(), cmap="Blues", aspect="auto", interpolation="nearest")
+    if rows <= max_labels:
+        ax.set_yticks(range(rows), [plot_label(name) for name in table.index], fontsize=7)
+    if cols <= max_labels:
+        ax.set_xticks(range(cols), [str(c) for c in table.columns], fontsize=7)
+    ax.set_xlabel("cluster")
+    ax.set_title(title)
+    fig.colorbar(shown, ax=ax, shrink=0.6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def cluster_summary(table: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    """cluster, size, purity, top_fruits ([name, count] of its most frequent fruits)."""
     rows = []
     for cluster in table.columns:
         column = table[cluster].sort_values(ascending=False)
         size = int(column.sum())
-        fruits = ", ".join(f"{cat} ({int(n)})" for cat, n in column.head(top).items() if n > 0)
+        fruits = [[str(cat), int(n)] for cat, n in column.head(top).items() if n > 0]
         rows.append({"cluster": int(cluster), "size": size,
                      "purity": round(float(column.iloc[0]) / size, 3) if size else 0.0, "top_fruits": fruits})
     return pd.DataFrame(rows).sort_values("cluster")
-
-
-def write_report(folder: str, metrics: dict, context: dict, summary: pd.DataFrame, figures: list[tuple[str, str]]) -> str:
-    metric_rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in metrics.items()
-    )
-    context_rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in context.items()
-    )
-    figure_html = "".join(
-        f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
-        "</figcaption></figure>"
-        for name, caption in figures
-    )
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>fruitflow clustering report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{display:inline-block;margin:0.5em}}
-img{{max-width:560px}}</style></head><body>
-<h1>fruitflow - clustering report</h1>
-<h2>Quality against the folder labels</h2><table>{metric_rows}</table>
-<h2>Run</h2><table>{context_rows}</table>
-<h2>2-D views</h2>{figure_html}
-<h2>Clusters and their top fruits</h2>{summary.to_html(index=False, escape=True)}
-</body></html>"""
-    path = os.path.join(folder, "index.html")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    return path
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)

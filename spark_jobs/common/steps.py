@@ -11,6 +11,7 @@ class Step:
     name: str
     bucket_field: str  # the Config field naming the bucket its outputs go to
     module: str  # the entry module under spark_jobs/ that spark-submit runs
+    after: str | None  # the step whose output it reads (None: the DAG's listing of new images)
 
     @property
     def application(self) -> str:
@@ -18,12 +19,22 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("preprocess", "preprocessed_bucket", "preprocess"),
-    Step("featurize", "features_bucket", "featurize"),
-    Step("pca", "features_bucket", "pca"),
-    Step("cluster", "reports_bucket", "cluster"),
+    Step("preprocess", "preprocessed_bucket", "preprocess", None),
+    Step("featurize", "features_bucket", "featurize", "preprocess"),
+    Step("pca", "features_bucket", "pca", "featurize"),
+    Step("cluster", "reports_bucket", "cluster", "pca"),
+    # the classifier and its exported artifacts live with the models
+    Step("train", "models_bucket", "train", "pca"),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+# the steps no other step reads: the run summary waits for them
+FINAL_STEPS: tuple[str, ...] = tuple(s.name for s in STEPS if all(o.after != s.name for o in STEPS))
+
+
+# A step's exit codes that no retry can fix: argparse's (2) and a refusal with a message (bad input, a
+# missing upstream manifest, weights that cannot be had). The operator fails such a task at once.
+NOT_RETRYABLE = 65
+NOT_RETRYABLE_EXIT_CODES = (2, NOT_RETRYABLE)
 
 
 def step(name: str) -> Step:

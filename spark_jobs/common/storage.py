@@ -43,15 +43,18 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         out.close()
 
 
-def read_text(spark: SparkSession, uri: str) -> str:
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
     fs, path = _path(spark, uri)
     jvm = spark.sparkContext._jvm
     stream = fs.open(path)
     try:
-        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
-    return bytes(data).decode("utf-8")
+
+
+def read_text(spark: SparkSession, uri: str) -> str:
+    return read_bytes(spark, uri).decode("utf-8")
 
 
 def copy(spark: SparkSession, source_uri: str, dest_uri: str) -> None:

@@ -81,12 +81,14 @@ def test_chain_order_and_operators(dag):
     from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-    from spark_jobs.common.steps import STEP_NAMES
+    from spark_jobs.common.steps import FINAL_STEPS, STEP_NAMES, STEPS
 
-    order = ["wait_for_images", "list_new", *STEP_NAMES, "publish"]
-    assert sorted(dag.task_ids) == sorted(order)
-    for upstream, downstream in zip(order, order[1:]):
-        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert sorted(dag.task_ids) == sorted(["wait_for_images", "list_new", *STEP_NAMES, "publish"])
+    assert dag.get_task("list_new").upstream_task_ids == {"wait_for_images"}
+    for step in STEPS:  # each step after the one whose output it reads, as the registry says
+        assert dag.get_task(step.name).upstream_task_ids == {step.after or "list_new"}, step.name
+    assert FINAL_STEPS == ("cluster", "train")
+    assert dag.get_task("publish").upstream_task_ids == set(FINAL_STEPS)
     sensor = dag.get_task("wait_for_images")
     assert isinstance(sensor, S3KeySensor)
     assert sensor.deferrable and sensor.wildcard_match and sensor.poke_interval >= 30 and sensor.timeout > 0
@@ -101,6 +103,7 @@ def test_chain_order_and_operators(dag):
     assert outlets["featurize"] == ["s3://fruitflow-features/runs/feature-table"]
     assert outlets["pca"] == ["s3://fruitflow-features/runs/pca"]
     assert outlets["cluster"] == ["s3://fruitflow-reports/runs/report"]
+    assert outlets["train"] == ["s3://fruitflow-models/runs/classifier"]
     assert dag.get_task("publish").trigger_rule == "none_failed"
 
 
@@ -138,10 +141,14 @@ class _TI:
         return self.xcoms[(task_ids, key)]
 
 
-def _render(task, params):
+CHOSEN = {"backbone": "efficientnet_lite0", "weights": "imagenet", "reason": "auto: ..."}
+
+
+def _render(task, params, model=CHOSEN):
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     ti = _TI({
-        ("list_new", "new"): {"raw_uri": "s3a://fruitflow-raw/images", "keys_uri": "s3a://f/runs/r/new.jsonl"},
+        ("list_new", "new"): {"raw_uri": "s3a://fruitflow-raw/images", "keys_uri": "s3a://f/runs/r/new.jsonl",
+                              "model": model},
         ("preprocess", "return_value"): {"step_uri": "s3a://fruitflow-preprocessed/runs/r/preprocess"},
         ("pca", "return_value"): {"step_uri": "s3a://fruitflow-features/runs/r/pca"},
     })
@@ -150,26 +157,30 @@ def _render(task, params):
 
 def test_rendered_spark_arguments(dag):
     params = {**{k: dag.params[k] for k in dag.params}, "target_variance": None, "n_clusters": None}
+    assert params["backbone"] == "auto"  # decided where the DAG runs, by list_new
     assert _render(dag.get_task("preprocess"), params) == [
         "--raw", "s3a://fruitflow-raw/images", "--keys", "s3a://f/runs/r/new.jsonl",
-        "--backbone", params["backbone"], "--weights", params["weights"]]
+        "--backbone", "efficientnet_lite0", "--weights", "imagenet"]
     assert _render(dag.get_task("featurize"), params) == [
-        "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--backbone", params["backbone"],
-        "--weights", params["weights"], "--batch-size", str(params["batch_size"])]
+        "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--backbone", "efficientnet_lite0",
+        "--weights", "imagenet", "--batch-size", str(params["batch_size"])]
     assert _render(dag.get_task("pca"), {**params, "target_variance": 0.9, "color_weight": 0.5}) == [
         "--k", str(params["pca_k"]), "--target-variance", "0.9", "--color-weight", "0.5", "--l2-normalize"]
     assert _render(dag.get_task("cluster"), {**params, "l2_normalize": False}) == [
         "--input", "s3a://fruitflow-features/runs/r/pca", "--n-clusters", "", "--no-l2-normalize"]
+    assert _render(dag.get_task("train"), params) == ["--input", "s3a://fruitflow-features/runs/r/pca", "--l2-normalize"]
 
 
 def test_rendered_arguments_parse_in_the_jobs(dag):
     """What the templates render (plus what the operator adds) is accepted by the jobs' own parsers."""
     from fruitflow_airflow.submit import step_args
-    from spark_jobs import cluster, featurize, pca, preprocess
+    from spark_jobs.common.steps import STEP_NAMES
+    from spark_jobs import cluster, featurize, pca, preprocess, train
     from spark_jobs.common.config import Config
 
     params = {**{k: dag.params[k] for k in dag.params}, "target_variance": None, "n_clusters": None}
-    jobs = {"preprocess": preprocess, "featurize": featurize, "pca": pca, "cluster": cluster}
+    jobs = {"preprocess": preprocess, "featurize": featurize, "pca": pca, "cluster": cluster, "train": train}
+    assert set(jobs) == set(STEP_NAMES)
     for step, job in jobs.items():
         argv = [*step_args(step, Config.from_env(), "r1"), *_render(dag.get_task(step), params)]
         args = job.arg_parser().parse_args(argv)
@@ -183,5 +194,5 @@ def test_rendered_arguments_parse_in_the_jobs(dag):
         ["--run-id", "r", *_render(dag.get_task("cluster"), {**params, "l2_normalize": False})])
     assert args.l2_normalize is False
     args = featurize.arg_parser().parse_args(
-        ["--run-id", "r", *_render(dag.get_task("featurize"), {**params, "backbone": "efficientnet_lite0"})])
-    assert args.backbone == "efficientnet_lite0"
+        ["--run-id", "r", *_render(dag.get_task("featurize"), params, {"backbone": "resnet50", "weights": "random"})])
+    assert args.backbone == "resnet50" and args.weights == "random"

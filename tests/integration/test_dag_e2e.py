@@ -1,12 +1,17 @@
 """fruit_pipeline end to end on the local stack (`dag.test()`, real Spark jobs on the standalone
 master through s3a) with a small real subset, then a second run with nothing new."""
 
+import json
+import shutil
+import subprocess
+import sys
 import uuid
 
 import pytest
 
 from fruitflow.package import build_zip
 from spark_jobs.common.config import split_s3_uri
+from spark_jobs.common.steps import STEP_NAMES
 from tests.badfiles import write_bad_files
 from fruitflow import stack as local_stack
 from fruitflow.stack.services import service
@@ -34,7 +39,7 @@ def _states(run):
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, monkeypatch):
+def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, monkeypatch, tmp_path):
     from airflow.dag_processing.dagbag import DagBag
 
     build_zip()
@@ -70,11 +75,16 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     assert len(pca["metrics"]["explained_variance_per_component"]) == 5
     assert _xcom(first, "cluster")["metrics"]["silhouette"] == pytest.approx(summary["silhouette"])
     assert _xcom(first, "featurize")["step_uri"] == summary["outputs"]["featurize"]
+    trained = _xcom(first, "train")
+    assert summary["outputs"]["train"] == trained["step_uri"]
+    assert summary["accuracy"] == trained["metrics"]["accuracy"] and 0 <= summary["accuracy"] <= 1
+    assert set(summary["per_class_recall"]) <= {p.parent.name for p in reals} | {"Odd"}
+    _classify_without_spark(summary["summary"], reals, tmp_path)
 
     second = dag.test(run_conf=conf)
     states = _states(second)
     assert str(second.state) == "success", states
-    for step in ("preprocess", "featurize", "pca", "cluster"):
+    for step in STEP_NAMES:
         assert states[step] == "skipped", states
     again = _xcom(second, "publish")
     assert again["status"] == "nothing new" and again["n_new"] == 0
@@ -92,3 +102,45 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     latest = _xcom(third, "publish")
     assert latest["n_new"] == 2 and latest["n_input"] == 2 and latest["n_images"] == 2
     assert latest["n_table"] == summary["n_images"] + 2
+    assert summary["model_choice"] == "asked for"
+
+    # An error no retry can fix (weights that do not exist) fails featurize at its first attempt.
+    extra = real_images(SAMPLE_500, 6, 1)[-1]
+    s3.upload_file(str(extra), "fruitflow-raw", f"{raw_prefix}/{extra.parent.name}/{extra.name}")
+    fourth = dag.test(run_conf={**conf, "weights": "s3a://fruitflow-models/no-such-model.onnx"})
+    assert str(fourth.state) == "failed"
+    featurize = next(ti for ti in fourth.get_task_instances() if ti.task_id == "featurize")
+    assert str(featurize.state) == "failed" and featurize.try_number == 1, (featurize.state, featurize.try_number)
+
+
+CLASSIFY = """
+import sys
+from fruitflow.classify import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("pyspark", "py4j", "tensorflow", "keras") if m in sys.modules)
+print("HEAVY " + ",".join(heavy), file=sys.stderr)
+sys.exit(code or (3 if heavy else 0))
+"""
+
+
+def _classify_without_spark(summary_uri, reals, tmp_path):
+    """`fruitflow classify` on a folder of the run's fruits plus a file that is no photo: a JSON line each,
+    an error line for the bad one, the summary last; pyspark and TensorFlow never imported."""
+    folder = tmp_path / "photos"
+    for path in reals:
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.parent.name / path.name)
+    (folder / reals[0].parent.name / "notes.jpg").write_text("not a photo")
+    done = subprocess.run([sys.executable, "-c", CLASSIFY, str(folder), "--summary", summary_uri],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HEAVY \n" in done.stderr + "\n", done.stderr[-500:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    *results, last = lines
+    assert len(results) == len(reals) + 1 and last["n"] == len(reals) + 1 and last["n_errors"] == 1
+    assert [r for r in results if "error" in r][0]["path"].endswith("notes.jpg")
+    assert last["accuracy"] is not None and last["img_per_s"] > 0
+    for r in results:
+        if "error" not in r:
+            assert r["fruit"] == r["top"][0]["fruit"] and isinstance(r["unknown"], bool)
+            assert isinstance(r["cluster"], int) and len(r["neighbours"]) == 3

@@ -1,17 +1,22 @@
-"""The four steps submitted with spark-submit (the provider's SparkSubmitHook, as the DAG does) to the
+"""The five steps submitted with spark-submit (the provider's SparkSubmitHook, as the DAG does) to the
 standalone master, reading and writing S3 through s3a, on a small real subset plus bad files."""
 
 import uuid
 
+import numpy as np
+import pytest
+from airflow.sdk.exceptions import AirflowException
+
 
 from fruitflow.package import build_zip
 from spark_jobs.common.config import split_s3_uri
+from spark_jobs.common.steps import NOT_RETRYABLE
 from tests.badfiles import write_bad_files
-from tests.helpers import SAMPLE_500, list_keys, read_manifest, real_images, submit_step
+from tests.helpers import SAMPLE_500, list_keys, read_manifest, read_parquet, real_images, submit_step
 
 
 
-def test_four_steps_on_the_standalone_master(stack, s3, cfg, image_tree, upload_folder):
+def test_the_steps_on_the_standalone_master(stack, s3, cfg, image_tree, upload_folder):
     build_zip()
     reals = real_images(SAMPLE_500, 3, 4)
     root = image_tree(reals)
@@ -54,3 +59,35 @@ def test_four_steps_on_the_standalone_master(stack, s3, cfg, image_tree, upload_
         assert -1 <= clu["metrics"][metric] <= 1
     report = list_keys(s3, clu["outputs"]["report_folder"])
     assert {k.rsplit("/", 1)[1] for k in report} >= {"index.html", "pca_by_fruit.png", "tsne_by_cluster.png"}
+
+    submit_step("train", cfg, run_id, "--input", pca["step_uri"])
+    trn = read_manifest(s3, cfg.step_uri(run_id, "train"))
+    assert trn["counts"]["n_images"] == pca["counts"]["n_images"] == trn["counts"]["n_train"] + trn["counts"]["n_held_out"]
+    assert trn["counts"]["n_classes"] == 4 and trn["counts"]["n_held_out"] >= 4  # one of each class at least
+    assert 0 <= trn["metrics"]["accuracy"] <= 1 and 0 <= trn["metrics"]["macro_f1"] <= 1
+    assert set(trn["metrics"]["per_class_recall"]) == {p.parent.name for p in reals} | {"Odd"}
+    assert trn["outputs"]["model"].startswith(f"{trn['step_uri']}/classifier-resnet50-random-")
+    assert split_s3_uri(trn["step_uri"])[0] == cfg.models_bucket
+    assert trn["outputs"]["backbone_model"] == feat["outputs"]["model"]
+
+    # Spark-free classification from the exported artifacts: the same features as the pipeline's
+    from fruitflow.classify import Classifier, load_image
+
+    classifier = Classifier.from_steps(trn["step_uri"], clu["step_uri"], cfg)
+    assert classifier.centres is not None and len(classifier.centres) == 4
+    table = read_parquet(s3, feat["outputs"]["features"]).set_index("key")
+    reduced = read_parquet(s3, pca["outputs"]["reduced"]).set_index("key")
+    rgb = np.stack([load_image(p, cfg) for p in reals])
+    features, color = classifier.features(rgb)
+    keys = [f"{p.parent.name}/{p.name}" for p in reals]
+    assert np.abs(features - np.stack(table.loc[keys, "features"])).max() <= 1e-5
+    assert np.abs(color - np.stack(table.loc[keys, "color"])).max() <= 1e-6
+    assert np.abs(classifier.reduce(features, color) - np.stack(reduced.loc[keys, "pca"])).max() <= 1e-5
+    results = classifier.predict([*reals, root / "Odd" / "text.jpg"])
+    assert {r["fruit"] for r in results[:-1]} <= {p.parent.name for p in reals} | {"Odd"}
+    assert all(len(r["top"]) == 3 and len(r["neighbours"]) == 3 for r in results[:-1])
+    assert results[-1]["error"].startswith("unsupported format") and "fruit" not in results[-1]
+
+    # A refusal (here: no upstream manifest) exits with the code the operator does not retry.
+    with pytest.raises(AirflowException, match=f"Error code is: {NOT_RETRYABLE}\\."):
+        submit_step("featurize", cfg, f"{run_id}-x", "--input", cfg.step_uri(f"{run_id}-x", "preprocess"))

@@ -92,12 +92,9 @@ def test_lite0_weights_are_imagenet(lite0_classifier, fruit, imagenet_class):
     assert int(logits.argmax()) == imagenet_class
 
 
-def test_lite0_onnx_export_matches_keras(tmp_path, real_batch):
-    model = models.build_keras_model("efficientnet_lite0", "imagenet", seed=0)
-    model.save(tmp_path / "model.keras")
-    models.export_onnx(model, str(tmp_path / "model.onnx"), "efficientnet_lite0")
-    keras_features = models.TensorFlowFeaturizer(str(tmp_path / "model.keras"), backbone="efficientnet_lite0")(real_batch)
-    onnx_features = models.OnnxFeaturizer(str(tmp_path / "model.onnx"))(real_batch)
+def test_lite0_onnx_export_matches_keras(lite0_files, real_batch):
+    keras_features = models.TensorFlowFeaturizer(lite0_files["keras"], backbone="efficientnet_lite0")(real_batch)
+    onnx_features = models.OnnxFeaturizer(lite0_files["onnx"])(real_batch)
     assert onnx_features.shape == (len(real_batch), 1280)
     assert np.abs(keras_features - onnx_features).max() <= 1e-4
     assert np.abs(onnx_features).max() > 0.1  # not a dead network

@@ -2,6 +2,10 @@
 ids and output locations: neutralised or refused, never a failed run or a write outside the run."""
 
 import csv
+import json
+import re
+
+import cv2
 
 import numpy as np
 import pandas as pd
@@ -11,11 +15,12 @@ from spark_jobs.common import cli, report
 from spark_jobs.common.config import Config
 from spark_jobs.common.untrusted import csv_cell, plot_label
 
-HOSTILE = ["=HYPERLINK(\"http://example.invalid\",\"x\")", "+1+1", "-2", "@SUM(A1)", "\tTab", r"$\evil$", "Apple"]
+HOSTILE = ["=HYPERLINK(\"http://example.invalid\",\"x\")", "+1+1", "-2", "@SUM(A1)", "\tTab", r"$\evil$", "Apple",
+           "<img src=x onerror=alert(1)>"]
 
 
 def test_csv_cells_that_spreadsheets_run_are_neutralised():
-    assert [csv_cell(c) for c in HOSTILE] == [
+    assert [csv_cell(c) for c in HOSTILE[:-1]] == [
         "'=HYPERLINK(\"http://example.invalid\",\"x\")", "'+1+1", "'-2", "'@SUM(A1)", "'\tTab", r"$\evil$", "Apple"]
     assert plot_label(r"$\evil$") == r"\$\evil\$"
 
@@ -23,19 +28,32 @@ def test_csv_cells_that_spreadsheets_run_are_neutralised():
 def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     """A category named like mathtext raised in the plot legend; CSV cells carried formulas as given."""
     rng = np.random.default_rng(0)
-    categories = [HOSTILE[i % len(HOSTILE)] for i in range(28)]
+    categories = [HOSTILE[i % len(HOSTILE)] if i % 2 else HOSTILE[-1] for i in range(28)]  # the HTML one leads
     points = pd.DataFrame({"key": [f"{c}/{i}.jpg" for i, c in enumerate(categories)], "category": categories,
                            "cluster": [i % 3 for i in range(28)], "pc1": rng.normal(size=28),
                            "pc2": rng.normal(size=28), "pca": list(rng.normal(size=(28, 4)))})
     embedded = points.assign(tsne1=points["pc1"], tsne2=points["pc2"])
     table = points.groupby(["category", "cluster"]).size().unstack(fill_value=0)
+    jpeg = cv2.imencode(".jpg", np.full((224, 224, 3), 90, np.uint8))[1].tobytes()
     report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
-                 context={"images": 28})
+                 context={"images": 28}, explained=[0.4, 0.2, 0.1, 0.05],
+                 locate_jpeg=lambda key: (f"s3a://b/jpeg/{key}", jpeg) if not key.startswith("+") else None)
     cells = [cell for name in ("clusters.csv", "contingency.csv") for row in csv.reader(open(tmp_path / name))
              for cell in row]
     cells += [cell for row in csv.reader(open(tmp_path / "views_2d.csv"), delimiter=";") for cell in row]
     assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r")) and not _number(c)]
     assert (tmp_path / "pca_by_fruit.png").stat().st_size > 0
+    # the page: every name escaped, every image inline (a page to mail), four photos per cluster found
+    page = (tmp_path / "index.html").read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert sources and all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for src in sources)
+    assert sum(src.startswith("data:image/png") for src in sources) == len(report.figure_files()) == 6
+    document = json.loads((tmp_path / "clusters.json").read_text())
+    shown = [k for c in document["clusters"] for k in c["thumbnails"]]
+    assert all(1 <= len(c["thumbnails"]) <= 4 for c in document["clusters"]) and len(document["clusters"]) == 3
+    assert not [k for k in shown if k.startswith("+")]  # a photo not found is left out, the page still made
+    assert sum(src.startswith("data:image/jpeg") for src in sources) == len(shown)
 
 
 def _number(cell):

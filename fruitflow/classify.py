@@ -1,0 +1,342 @@
+"""`make classify IMAGES=path`: which fruit is in a photo, without Spark and without a JVM.
+
+Loads the latest committed classifier from the store (the newer of the latest `make demo` run and the
+latest DAG run under the configured runs prefix, or the run whose `summary.json` is given) with the artifacts the pipeline exported beside its Spark ML models:
+the ONNX backbone, the PCA preparation, the logistic regression's coefficients, the KMeans centres and a
+bank of training vectors. Each photo goes through the pipeline's own decoding and preprocessing code.
+
+One JSON line per image: path, fruit (top-1), top (3 classes with probabilities), cluster, neighbours
+(the 3 nearest training images), unknown (farther from every training image than the calibrated
+distance); a file that cannot be used gets a line with an `error`. The last line is a summary: n,
+seconds, img_per_s, load_s and, when the folder holds one sub-folder per fruit, accuracy.
+
+Python API:
+
+    from fruitflow.classify import Classifier
+    classifier = Classifier.load()             # the latest trained run; or summary="s3a://.../summary.json"
+    for line in classifier.predict(["apple.jpg"]):
+        print(line["fruit"], line["top"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spark_jobs.common.recognition import (
+    EXPORT_ARRAYS,
+    EXPORT_FORMAT,
+    EXPORT_JSON,
+    pairwise_distances,
+    reduce,
+    softmax,
+    unit_rows,
+)
+
+TOP = 3
+
+
+class NoModel(RuntimeError):
+    """Nothing trained in the store yet; the message says what to run."""
+
+
+@dataclass
+class Classifier:
+    meta: dict
+    arrays: dict
+    centres: np.ndarray | None
+    featurizer: object  # spark_jobs.common.models.OnnxFeaturizer
+    source: dict  # which run, which manifests
+    load_s: float = 0.0
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, summary: str | None = None, cfg=None, threads: int | None = None, client=None) -> Classifier:
+        """The classifier of the run whose summary.json is `summary` (default: the latest trained run)."""
+        from spark_jobs.common.config import Config
+
+        started = time.perf_counter()
+        store = Store(cfg or Config.from_env(), client)
+        summary_doc = read_summary(store, summary)
+        outputs = summary_doc.get("outputs", {})
+        if "train" not in outputs:
+            raise NoModel(f"the run {summary_doc.get('run_id')} has no trained classifier (it predates the train "
+                          "step, or trained nothing): run `make demo` again")
+        classifier = cls.from_steps(outputs["train"], outputs.get("cluster"), store.cfg, threads, store.client)
+        classifier.source["run_id"] = summary_doc.get("run_id")
+        classifier.load_s = round(time.perf_counter() - started, 3)
+        return classifier
+
+    @classmethod
+    def from_steps(cls, train_uri: str, cluster_uri: str | None, cfg, threads: int | None = None,
+                   client=None) -> Classifier:
+        """The classifier a train step exported, with the centres of a cluster step on the same PCA."""
+        started = time.perf_counter()
+        store = Store(cfg, client)
+        train = read_manifest(store, train_uri)
+        export = train["outputs"]["export"]
+        require_inside(export, train["step_uri"], "the classifier's export")
+        meta = json.loads(store.get(f"{export}/{EXPORT_JSON}"))
+        if meta.get("format") != EXPORT_FORMAT:
+            raise NoModel(f"{export} was exported in format {meta.get('format')}, this version reads {EXPORT_FORMAT}: "
+                          "run the pipeline again")
+        with np.load(io.BytesIO(store.get(f"{export}/{EXPORT_ARRAYS}")), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        centres = None
+        if cluster_uri:
+            cluster = read_manifest(store, cluster_uri)
+            # the clusters only mean something in the space of the same PCA
+            if cluster["inputs"]["pca"] == train["inputs"]["pca"] and "centroids" in cluster["outputs"]:
+                require_inside(cluster["outputs"]["centroids"], cluster["step_uri"], "the KMeans centres")
+                centres = np.array(json.loads(store.get(cluster["outputs"]["centroids"]))["centres"])
+        featurizer = load_backbone(store, meta["backbone_model"], threads or os.cpu_count() or 1)
+        source = {"train": train["step_uri"], "backbone": meta["backbone"], "weights": meta["weights"],
+                  "accuracy_held_out": train["metrics"].get("accuracy")}
+        return cls(meta, arrays, centres, featurizer, source, round(time.perf_counter() - started, 3))
+
+    # ------------------------------------------------------------------ the pipeline's features
+
+    def features(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(CNN features, colour histograms) of preprocessed 224x224 RGB images, as featurize computes them."""
+        from spark_jobs.common.images import color_histogram
+
+        return self.featurizer(rgb.astype(np.float32)), np.stack([color_histogram(p) for p in rgb])
+
+    def reduce(self, features: np.ndarray, color: np.ndarray) -> np.ndarray:
+        """The PCA step's transform (unit length, weighted colour appended, centred, projected)."""
+        return reduce(features, color, l2_normalize=self.meta["pca_l2_normalize"],
+                      color_weight=self.meta["color_weight"], mean=self.arrays["pca_mean"],
+                      components=self.arrays["pca_components"])
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict_reduced(self, reduced: np.ndarray) -> list[dict]:
+        a = self.arrays
+        classes = a["classes"]
+        probabilities = softmax(reduced @ a["coefficients"].T + a["intercepts"])
+        space = unit_rows(reduced) if self.meta["l2_normalize"] else reduced
+        distances = pairwise_distances(space, a["bank_vectors"].astype(np.float64))
+        clusters = (pairwise_distances(space, self.centres).argmin(axis=1) if self.centres is not None
+                    else [None] * len(reduced))
+        lines = []
+        for p, d, c in zip(probabilities, distances, clusters):
+            top = np.argsort(-p)[:TOP]
+            near = np.argsort(d)[:TOP]
+            lines.append({
+                "fruit": str(classes[top[0]]),
+                "top": [{"fruit": str(classes[i]), "probability": round(float(p[i]), 4)} for i in top],
+                "cluster": None if c is None else int(c),
+                "neighbours": [{"key": str(a["bank_keys"][i]), "fruit": str(a["bank_fruit"][i]),
+                                "distance": round(float(d[i]), 4)} for i in near],
+                "distance": round(float(d[near[0]]), 4),
+                "unknown": bool(d[near[0]] > self.meta["unknown_threshold"]),
+            })
+        return lines
+
+    def predict(self, paths, batch_size: int = 16) -> list[dict]:
+        """One result per path, in order: a prediction, or {"path", "error"} for a file it cannot use."""
+        from spark_jobs.common.config import Config
+
+        cfg = Config.from_env()
+        results: list[dict | None] = [None] * len(paths)
+        ready: list[tuple[int, np.ndarray]] = []
+        for i, path in enumerate(paths):
+            try:
+                ready.append((i, load_image(Path(path), cfg)))
+            except Exception as exc:  # noqa: BLE001 - a bad file is a result, never a crash
+                results[i] = {"path": str(path), "error": reason(exc)}
+        for start in range(0, len(ready), batch_size):
+            chunk = ready[start:start + batch_size]
+            rgb = np.stack([image for _, image in chunk])
+            lines = self.predict_reduced(self.reduce(*self.features(rgb)))
+            for (i, _), line in zip(chunk, lines):
+                results[i] = {"path": str(paths[i]), **line}
+        return results
+
+
+def reason(exc: Exception) -> str:
+    from spark_jobs.common.images import RejectedImage
+
+    return str(exc) if isinstance(exc, RejectedImage) else f"{type(exc).__name__}: {exc}"
+
+
+def load_image(path: Path, cfg) -> np.ndarray:
+    """The file's preprocessed 224x224 RGB pixels, by the pipeline's decode and preprocess."""
+    from spark_jobs.common.images import RejectedImage, decode, preprocess
+
+    size = path.stat().st_size
+    if size > cfg.max_image_bytes:
+        raise RejectedImage(f"file too large: {size} bytes exceeds {cfg.max_image_bytes}")
+    return preprocess(decode(path.read_bytes(), cfg.max_image_pixels))
+
+
+# ---------------------------------------------------------------------- the store
+
+
+@dataclass
+class Store:
+    """Reads objects of the pipeline's buckets (and of no other) with one S3 client: the pipeline's own
+    (storage.s3_client, endpoint and region from the Config) unless one is given (the Airflow plugin's
+    S3Hook connection)."""
+
+    cfg: object
+    client: object = None
+
+    def __post_init__(self):
+        if self.client is None:
+            from spark_jobs.common.storage import s3_client
+
+            self.client = s3_client(self.cfg.s3_endpoint, self.cfg.s3_region)
+
+    def get(self, uri: str) -> bytes:
+        from spark_jobs.common.config import split_s3_uri
+
+        bucket, key = split_s3_uri(uri)
+        if bucket not in self.cfg.buckets:
+            raise ValueError(f"{uri} is outside the pipeline's buckets")
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def require_inside(uri: str, step_uri: str, what: str) -> None:
+    """A manifest names files of its own step only: a planted one cannot point elsewhere."""
+    inside = uri[len(step_uri.rstrip("/")) + 1:] if uri.startswith(step_uri.rstrip("/") + "/") else ""
+    if not inside or any(part in ("", ".", "..") for part in inside.split("/")):
+        raise ValueError(f"{what} {uri!r} is not inside its step {step_uri!r}")
+
+
+def read_manifest(store: Store, step_uri: str) -> dict:
+    from spark_jobs.common.manifest import manifest_uri
+
+    try:
+        return json.loads(store.get(manifest_uri(step_uri)))
+    except Exception as exc:
+        if "NoSuchKey" in str(exc):
+            raise NoModel(f"no manifest at {manifest_uri(step_uri)}: that step did not finish") from exc
+        raise
+
+
+def latest_pointer(store: Store) -> str | None:
+    """The newer of the two "latest trained run" pointers: the pipeline's (publish writes it under the
+    configured runs prefix) and the latest `make demo`'s (each demo has a runs prefix of its own)."""
+    from fruitflow.demo import latest_demo_uri
+    from fruitflow_airflow.tasks import latest_run_uri
+    from spark_jobs.common.config import split_s3_uri
+
+    found = []
+    for uri in (latest_run_uri(store.cfg), latest_demo_uri(store.cfg)):
+        bucket, key = split_s3_uri(uri)
+        try:
+            found.append((store.client.head_object(Bucket=bucket, Key=key)["LastModified"], uri))
+        except Exception as exc:  # noqa: BLE001 - absent (404) is the common case
+            if "404" not in str(exc) and "Not Found" not in str(exc):
+                raise
+    return max(found)[1] if found else None
+
+
+def read_summary(store: Store, summary: str | None) -> dict:
+    """The given run summary, or the latest trained run's."""
+    if summary is None:
+        pointer = latest_pointer(store)
+        if pointer is None:
+            raise NoModel("no finished pipeline run in the store: run `make demo` first (or the DAG in Airflow)")
+        summary = json.loads(store.get(pointer))["summary"]
+    try:
+        return json.loads(store.get(summary))
+    except Exception as exc:
+        if "NoSuchKey" in str(exc) or "NoSuchBucket" in str(exc):
+            raise NoModel(f"no run summary at {summary}: run `make demo` first") from exc
+        raise
+
+
+def load_backbone(store: Store, uri: str, threads: int):
+    """The ONNX backbone the table's vectors were made with (from the models bucket)."""
+    from spark_jobs.common.config import split_s3_uri
+    from spark_jobs.common.models import OnnxFeaturizer
+
+    if split_s3_uri(uri)[0] != store.cfg.models_bucket or not uri.endswith(".onnx"):
+        raise ValueError(f"backbone model {uri!r} refused: an .onnx file in s3a://{store.cfg.models_bucket}/ is expected")
+    with tempfile.TemporaryDirectory(prefix="fruitflow-classify-") as tmp:
+        local = os.path.join(tmp, "model.onnx")
+        with open(local, "wb") as fh:
+            fh.write(store.get(uri))
+        return OnnxFeaturizer(local, threads)  # the session holds the graph: the file may go
+
+
+# ---------------------------------------------------------------------- command
+
+
+def image_paths(target: Path) -> tuple[list[Path], list[str | None]]:
+    """Every file of a folder (sorted) or the one file, and each one's class when the folder holds one
+    sub-folder per fruit (files directly in `target` then have no class)."""
+    if target.is_file():
+        return [target], [None]
+    files = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
+    labels = [p.relative_to(target).parts[0] if len(p.relative_to(target).parts) == 2 else None for p in files]
+    return files, labels
+
+
+def summarize(results: list[dict], labels: list[str | None], seconds: float, load_s: float) -> dict:
+    done = [r for r in results if "error" not in r]
+    labelled = [(r, y) for r, y in zip(results, labels) if y is not None and "error" not in r]
+    return {
+        "n": len(results), "n_errors": len(results) - len(done), "n_unknown": sum(r["unknown"] for r in done),
+        "seconds": round(seconds, 3), "img_per_s": round(len(done) / seconds, 2) if seconds > 0 else None,
+        "load_s": load_s,
+        "accuracy": round(sum(r["fruit"] == y for r, y in labelled) / len(labelled), 4) if labelled else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", type=Path, help="an image file, or a folder (one sub-folder per fruit: accuracy)")
+    parser.add_argument("--summary", help="s3a:// URI of a run's summary.json (default: the latest demo's run)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    if not args.images.exists():
+        print(f"classify: {args.images} does not exist", file=sys.stderr)
+        return 2
+
+    from fruitflow import stack
+    from fruitflow.stack.services import service
+
+    os.environ.update(stack.prepared_env())
+    s3 = service("s3")
+    started_here = False
+    try:
+        if not s3.healthy():
+            raise OSError
+    except Exception:  # noqa: BLE001 - not running: start the store alone for this command
+        s3.start(stack.environment(stack.settings(), stack.prepare(stack.settings())))
+        started_here = True
+    try:
+        try:
+            classifier = Classifier.load(args.summary)
+        except NoModel as exc:
+            print(f"classify: {exc}", file=sys.stderr)
+            return 1
+        print(f"[classify] {classifier.source} loaded in {classifier.load_s}s", file=sys.stderr)
+        paths, labels = image_paths(args.images)
+        started = time.perf_counter()
+        results = classifier.predict(paths, args.batch_size)
+        seconds = time.perf_counter() - started
+        for line in results:
+            sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.write(json.dumps(summarize(results, labels, seconds, classifier.load_s)) + "\n")
+        return 0
+    finally:
+        if started_here:
+            s3.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The "Recognise a fruit" page of the plugin: an upload form, and for a photo the top-3 fruits, the
+nearest cluster and thumbnails of the nearest training photos (Jinja2, autoescaped: fruit names and
+keys come from object keys, the file name from the uploader)."""
+
+from __future__ import annotations
+
+import jinja2
+
+from spark_jobs.common import report_page
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Recognise a fruit</title>
+<style>body{font-family:sans-serif;margin:1.5em;max-width:900px}table{border-collapse:collapse;margin:0.8em 0}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}.thumbs img{width:96px;height:96px;margin-right:4px}
+.error{color:#a00}.unknown{color:#a60}</style></head><body>
+<h1>Recognise a fruit</h1>
+<form method="post" enctype="multipart/form-data">
+<input type="file" name="photo" accept="image/jpeg,image/png" required> <button type="submit">Recognise</button>
+</form>
+{% if result %}{% if result.error %}<p class="error" id="error">{{ result.path or "" }} {{ result.error }}</p>{% else %}
+<h2 id="fruit">{{ result.fruit }}</h2>
+{% if result.unknown %}<p class="unknown" id="unknown">Far from every photo the model was trained on (distance
+{{ "%.3f"|format(result.distance) }}): maybe a fruit it has not seen, or not a fruit. Best guess above.</p>{% endif %}
+<table id="top"><tr><th>fruit</th><th>probability</th></tr>
+{% for t in result.top %}<tr><td>{{ t.fruit }}</td><td>{{ "%.3f"|format(t.probability) }}</td></tr>{% endfor %}</table>
+<p>Nearest KMeans cluster: <span id="cluster">{{ result.cluster }}</span></p>
+<p>Nearest training photos:</p>
+<div class="thumbs" id="neighbours">{% for n in result.neighbours %}{% if n.key in thumbnails %}<img
+ src="data:image/jpeg;base64,{{ thumbnails[n.key] }}" alt="{{ n.fruit }}" title="{{ n.key }} ({{ n.fruit }})">{% else %}
+<span>{{ n.fruit }}</span>{% endif %}{% endfor %}</div>
+{% endif %}{% endif %}
+{% if source %}<p style="color:#777">Model: run {{ source.run_id }}, {{ source.backbone }} ({{ source.weights }}),
+held-out accuracy {{ source.accuracy_held_out }}</p>{% endif %}
+</body></html>
+"""
+
+
+def render(*, result: dict | None, thumbnails: dict[str, str], source: dict | None) -> str:
+    environment = jinja2.Environment(autoescape=True)
+    return environment.from_string(TEMPLATE).render(result=result, thumbnails=thumbnails, source=source)
+
+
+def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, str]:
+    """key -> base64 JPEG thumbnail of each neighbour found among the preprocessed JPEGs behind the
+    classifier's table."""
+    import json
+
+    from fruitflow.classify import Store
+    from spark_jobs.common.config import split_s3_uri
+    from spark_jobs.common.manifest import jpeg_folders, manifest_uri
+
+    store = Store(cfg, s3_hook.get_conn())
+    pca = json.loads(store.get(manifest_uri(classifier.meta["pca_step"])))
+    folders = jpeg_folders(pca, lambda uri: json.loads(store.get(manifest_uri(uri))))
+    found: dict[str, str] = {}
+    for neighbour in result.get("neighbours", []):
+        for folder in folders:
+            bucket, key = split_s3_uri(f"{folder}/{neighbour['key']}")
+            if s3_hook.check_for_key(key, bucket):
+                found[neighbour["key"]] = report_page.encode(report_page.thumbnail(store.get(f"s3a://{bucket}/{key}")))
+                break
+    return found

@@ -1,0 +1,82 @@
+"""The run's report page: rendered by `publish` from what the steps stored (the cluster step's figures
+and clusters.json, the train step's metrics, the run summary), kept as report.html beside summary.json,
+and served by the plugin (`ui_plugin.py`). Small objects only, read through the S3Hook."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from fruitflow_airflow.submit import safe_run_id
+from spark_jobs.common import report_page
+from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
+
+PLUGIN_PREFIX = "/fruitflow"  # where the plugin's FastAPI app is mounted on the api-server
+DAG_ID = "fruit_pipeline"
+
+
+def report_html_uri(cfg: Config, run_id: str) -> str:
+    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, safe_run_id(run_id), "report.html")
+
+
+def report_url(run_id: str) -> str:
+    """The page's HTTP address on the Airflow api-server ([api] base_url)."""
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    return f"{base}{PLUGIN_PREFIX}/runs/{quote(run_id, safe='')}/report"
+
+
+def read_bytes(s3_hook, cfg: Config, uri: str) -> bytes:
+    """One object of the pipeline's buckets (a stored file names no other place)."""
+    bucket, key = split_s3_uri(uri)
+    if bucket not in cfg.buckets or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"refusing to read {uri!r}: not an object of the pipeline's buckets")
+    return s3_hook.get_key(key, bucket).get()["Body"].read()
+
+
+def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None]) -> str | None:
+    """The page for a run that clustered (None otherwise)."""
+    cluster = manifests.get("cluster")
+    if not cluster:
+        return None
+    folder = cluster["outputs"]["report_folder"]
+    document = json.loads(read_bytes(s3_hook, cfg, f"{folder}/clusters.json"))
+    figures = [(caption, read_bytes(s3_hook, cfg, f"{folder}/{name}")) for name, caption in document["figures"]]
+    thumbnails = {key: report_page.thumbnail(read_bytes(s3_hook, cfg, uri))
+                  for key, uri in document["thumbnail_uris"].items()
+                  if split_s3_uri(uri)[0] == cfg.preprocessed_bucket}
+    train = manifests.get("train")
+    quality = {k: summary.get(k) for k in ("ari", "nmi", "silhouette", "purity", "explained_variance")}
+    context = {
+        "images in the table": summary.get("n_table"), "new images": summary.get("n_images"),
+        "rejected": summary.get("n_rejected"), "backbone": summary.get("backbone"),
+        "weights": summary.get("weights"), "weights source": summary.get("weights_source"),
+        "precision": summary.get("precision"), "PCA components": summary.get("k"),
+        "colour weight": summary.get("color_weight"), "clusters": summary.get("n_clusters"),
+        "timings (s)": {step: round(sum(v for v in (t or {}).values() if isinstance(v, (int, float))), 1)
+                        for step, t in (summary.get("timings_s") or {}).items()},
+        "rejects": summary.get("rejects"), "summary": summary.get("summary"),
+    }
+    return report_page.render(quality=quality, clusters=document["clusters"], figures=figures, context=context,
+                              thumbnails=thumbnails, classifier=(train or {}).get("metrics"),
+                              run_id=summary.get("run_id"))
+
+
+def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[str, dict | None]) -> dict:
+    """Writes report.html; returns the summary's report fields (the page's store and HTTP addresses)."""
+    page = render(s3_hook, cfg, summary, manifests)
+    if page is None:
+        return {}
+    uri = report_html_uri(cfg, run_id)
+    bucket, key = split_s3_uri(uri)
+    s3_hook.load_string(page, key=key, bucket_name=bucket, replace=True)
+    return {"report_html": uri, "report_url": report_url(run_id)}
+
+
+def read(s3_hook, cfg: Config, run_id: str) -> str | None:
+    """The stored page of a run, or None when the run wrote none."""
+    bucket, key = split_s3_uri(report_html_uri(cfg, run_id))
+    if not s3_hook.check_for_key(key, bucket):
+        return None
+    return s3_hook.read_key(key, bucket)

@@ -1,0 +1,257 @@
+"""Step 5 - train: PCA vectors -> a fruit classifier (Spark ML multinomial logistic regression), its
+held-out quality, and the small artifacts `fruitflow classify` needs to recognise a photo without Spark.
+
+Split: per fruit class, a fixed-seed `test_fraction` of the images is held out (at least one when the
+class has two or more; a class with a single image trains only and is counted). The classifier is fit on
+the rest; accuracy, macro F1, per-class recall and the most confused pairs come from the held-out
+category x prediction counts (a small aggregate, nothing per image on the driver).
+
+Export (beside the Spark ML model, in the models bucket): the PCA preparation (normalisation, colour
+weight, mean, components), the classifier's coefficients, a capped bank of training vectors for the
+nearest neighbours, and the distance beyond which a photo is "unknown" (calibrated so that
+`unknown_quantile` of the held-out photos of known fruits pass). Arrays go to an .npz read without
+pickle, the rest to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.feature import ElementwiseProduct, Normalizer, StandardScalerModel, StringIndexer
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from spark_jobs.common import cli, storage
+from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold
+
+STEP = "train"
+
+
+# --------------------------------------------------------------------------- transform
+
+
+def split_held_out(reduced: DataFrame, test_fraction: float, seed: int) -> DataFrame:
+    """Adds `held_out`: per category, the first floor(n * test_fraction) images (at least 1 when n >= 2,
+    never all of them) in a seeded hash order of their keys. Deterministic for a given table and seed."""
+    per_class = Window.partitionBy("category")
+    order = per_class.orderBy(F.xxhash64(F.col("key"), F.lit(seed)), "key")
+    n = F.count(F.lit(1)).over(per_class)
+    n_test = F.when(n >= 2, F.least(n - 1, F.greatest(F.lit(1), F.floor(n * test_fraction)))).otherwise(0)
+    return reduced.withColumn("held_out", F.row_number().over(order) <= n_test)
+
+
+def classifier_vectors(reduced: DataFrame) -> DataFrame:
+    """The classifier's input: the PCA vector as it is (logistic regression standardises it itself)."""
+    return reduced.withColumn("vector", array_to_vector("pca"))
+
+
+def fit_classifier(train: DataFrame, reg_param: float, max_iter: int = 300) -> PipelineModel:
+    """StringIndexer (category -> label, most frequent first) + multinomial logistic regression."""
+    indexer = StringIndexer(inputCol="category", outputCol="label", stringOrderType="frequencyDesc")
+    regression = LogisticRegression(featuresCol="vector", labelCol="label", family="multinomial",
+                                    regParam=reg_param, elasticNetParam=0.0, maxIter=max_iter, tol=1e-7)
+    return Pipeline(stages=[indexer, regression]).fit(classifier_vectors(train))
+
+
+def classes_of(model: PipelineModel) -> list[str]:
+    return list(model.stages[0].labels)
+
+
+def predict(model: PipelineModel, frame: DataFrame) -> DataFrame:
+    """key, category, ... -> the same plus `predicted` (a category name) and `confidence`."""
+    classes = F.array(*[F.lit(c) for c in classes_of(model)])
+    scored = model.stages[1].transform(classifier_vectors(frame))
+    probability = vector_to_array("probability")
+    return scored.select(
+        *frame.columns,
+        F.element_at(classes, F.col("prediction").cast("int") + 1).alias("predicted"),
+        F.array_max(probability).alias("confidence"),
+    )
+
+
+def confusion(predictions: DataFrame) -> pd.DataFrame:
+    """category, predicted, count: at most n_classes^2 rows reach the driver."""
+    rows = predictions.groupBy("category", "predicted").count().collect()
+    return pd.DataFrame([r.asDict() for r in rows], columns=["category", "predicted", "count"])
+
+
+def scores(counts: pd.DataFrame, top_pairs: int = 10) -> dict:
+    """Accuracy, macro F1 and per-class recall over the classes held out, and the most confused pairs,
+    from the confusion counts (scikit-learn's metrics, each count a sample weight)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    if counts.empty:
+        return {"accuracy": None, "macro_f1": None, "per_class_recall": {}, "confused_pairs": []}
+    truth, predicted, weight = counts["category"], counts["predicted"], counts["count"].to_numpy()
+    labels = sorted(truth.unique())
+    _, recall, f1, _ = precision_recall_fscore_support(truth, predicted, labels=labels, sample_weight=weight,
+                                                       zero_division=0)
+    wrong = counts[truth != predicted].sort_values(["count", "category", "predicted"],
+                                                   ascending=[False, True, True]).head(top_pairs)
+    return {
+        "accuracy": float(accuracy_score(truth, predicted, sample_weight=weight)),
+        "macro_f1": float(np.mean(f1)),
+        "per_class_recall": {label: round(float(r), 4) for label, r in zip(labels, recall)},
+        "confused_pairs": [{"category": r.category, "predicted": r.predicted, "count": int(r.count)}
+                           for r in wrong.itertuples()],
+    }
+
+
+def pca_preparation(model: PipelineModel) -> dict:
+    """What the PCA step's PipelineModel does to a (features, color) pair, as plain arrays: [unit length],
+    [colour histogram times its weight appended], minus the mean, times the components."""
+    weight, l2 = 0.0, False
+    mean = components = None
+    for stage in model.stages:
+        if isinstance(stage, Normalizer):
+            l2 = True
+        elif isinstance(stage, ElementwiseProduct):
+            weight = float(stage.getScalingVec()[0])
+        elif isinstance(stage, StandardScalerModel):
+            mean = stage.mean.toArray()
+        elif hasattr(stage, "pc"):
+            components = stage.pc.toArray()
+    return {"l2_normalize": l2, "color_weight": weight, "mean": mean, "components": components}
+
+
+def to_unit_if(vectors: np.ndarray, l2_normalize: bool) -> np.ndarray:
+    """The clustering geometry: unit length under cosine geometry."""
+    return unit_rows(vectors) if l2_normalize else vectors
+
+
+# --------------------------------------------------------------------------- load
+
+
+def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
+    from spark_jobs.cluster import capped_sample
+
+    timings = Timings()
+    upstream = read_manifest(spark, input_uri)
+    begin_step(spark, out_uri)
+    reduced = spark.read.parquet(upstream["outputs"]["reduced"])
+    split = split_held_out(reduced, cfg.test_fraction, cfg.seed).cache()
+    n_images = split.count()
+    per_class = split.groupBy("category").agg(F.count(F.lit(1)).alias("n"),
+                                              F.sum(F.col("held_out").cast("int")).alias("n_test"))
+    counts = per_class.agg(F.count(F.lit(1)).alias("classes"), F.sum("n_test").alias("n_test"),
+                           F.sum(F.when(F.col("n") == 1, 1).otherwise(0)).alias("single")).first()
+    train, test = split.filter(~F.col("held_out")), split.filter(F.col("held_out"))
+    if train.select("category").distinct().count() < 2:
+        raise SystemExit(f"cannot train a classifier on {counts['classes']} fruit class(es): need at least 2")
+    with timings.measure("fit"):
+        model = fit_classifier(train, cfg.reg_param)
+    predictions_uri = f"{out_uri}/held_out_predictions"
+    with timings.measure("evaluate"):
+        predict(model, test).drop("pca", "held_out").write.mode("overwrite").parquet(predictions_uri)
+        quality = scores(confusion(spark.read.parquet(predictions_uri)))
+    name = model_name(upstream)
+    model_uri = f"{out_uri}/{name}"
+    with timings.measure("export"):
+        model.write().overwrite().save(model_uri)
+        l2 = cfg.l2_normalize
+        bank = capped_sample(train.select("key", "category", "pca"), cfg.neighbour_bank_max, cfg.seed,
+                             n_images - int(counts["n_test"] or 0))
+        held = capped_sample(test.select("pca"), cfg.neighbour_bank_max, cfg.seed, int(counts["n_test"] or 0))
+        bank_vectors = to_unit_if(np.stack(bank["pca"].to_numpy()).astype(np.float64), l2)
+        held_vectors = (to_unit_if(np.stack(held["pca"].to_numpy()).astype(np.float64), l2)
+                        if len(held) else np.zeros((0, bank_vectors.shape[1])))
+        threshold = unknown_threshold(held_vectors, bank_vectors, cfg.unknown_quantile)
+        export = export_artifacts(spark, out_uri, upstream, model, bank, bank_vectors, threshold, cfg)
+    split.unpersist()
+    return write_manifest(
+        spark,
+        out_uri,
+        {
+            "step": STEP,
+            "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
+            "outputs": {"model": model_uri, "held_out_predictions": predictions_uri, **export},
+            "counts": {"n_images": n_images, "n_train": n_images - int(counts["n_test"] or 0),
+                       "n_held_out": int(counts["n_test"] or 0), "n_classes": int(counts["classes"]),
+                       "n_single_image_classes": int(counts["single"] or 0), "n_neighbour_bank": len(bank)},
+            "params": {"classifier": "multinomial logistic regression (Spark ML)", "reg_param": cfg.reg_param,
+                       "test_fraction": cfg.test_fraction, "seed": cfg.seed, "pca_k": upstream["params"]["k"],
+                       "l2_normalize": l2, "unknown_quantile": cfg.unknown_quantile,
+                       "unknown_threshold": threshold, "model_name": name,
+                       **{k: upstream["params"].get(k) for k in ("backbone", "weights", "model_tag", "precision")}},
+            "metrics": quality,
+            "timings_s": dict(timings),
+        },
+    )
+
+
+def model_name(pca_manifest: dict) -> str:
+    """Names what the classifier depends on: backbone, weights (their tag) and the PCA step's run."""
+    params = pca_manifest["params"]
+    pca_run = pca_manifest["step_uri"].rstrip("/").split("/")[-2]
+    return f"classifier-{params.get('backbone')}-{params.get('model_tag')}-pca{params['k']}-{pca_run}"
+
+
+def backbone_model_uri(spark: SparkSession, pca_manifest: dict) -> str:
+    """The ONNX file that made the table's vectors: the newest featurize step's model (all the table's
+    steps were made with the same model, `table.same_model`)."""
+    steps = [read_manifest(spark, uri.rsplit("/", 1)[0]) for uri in pca_manifest["inputs"]["features"]]
+    return max(steps, key=lambda m: m["written_at"])["outputs"]["model"]
+
+
+def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, model: PipelineModel,
+                     bank: pd.DataFrame, bank_vectors: np.ndarray, threshold: float, cfg) -> dict:
+    """classify.npz (arrays, no pickle) and classify.json (what they mean), uploaded under export/."""
+    prep = pca_preparation(PipelineModel.load(pca_manifest["outputs"]["model"]))
+    regression = model.stages[1]
+    arrays = {
+        "pca_mean": prep["mean"], "pca_components": prep["components"],
+        "coefficients": regression.coefficientMatrix.toArray(), "intercepts": regression.interceptVector.toArray(),
+        "classes": np.array(classes_of(model), dtype=str),
+        "bank_vectors": bank_vectors.astype(np.float32),
+        "bank_keys": np.array(bank["key"].tolist(), dtype=str), "bank_fruit": np.array(bank["category"].tolist(), dtype=str),
+    }
+    params = pca_manifest["params"]
+    meta = {
+        "format": EXPORT_FORMAT, "backbone": params.get("backbone"), "weights": params.get("weights"),
+        "model_tag": params.get("model_tag"), "precision": params.get("precision"),
+        "color_descriptor": params.get("color_descriptor"),
+        "backbone_model": backbone_model_uri(spark, pca_manifest),
+        "pca_step": pca_manifest["step_uri"], "pca_l2_normalize": prep["l2_normalize"],
+        "color_weight": prep["color_weight"],
+        # neighbours, clusters and the unknown threshold live in the clustering geometry
+        "l2_normalize": cfg.l2_normalize, "unknown_threshold": threshold, "unknown_quantile": cfg.unknown_quantile,
+        "arrays": EXPORT_ARRAYS,
+    }
+    export_uri = f"{out_uri}/export"
+    with tempfile.TemporaryDirectory(prefix="fruitflow-train-") as tmp:
+        np.savez(os.path.join(tmp, EXPORT_ARRAYS), **arrays)
+        with open(os.path.join(tmp, EXPORT_JSON), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+        storage.upload_file(spark, os.path.join(tmp, EXPORT_ARRAYS), f"{export_uri}/{EXPORT_ARRAYS}")
+        storage.upload_file(spark, os.path.join(tmp, EXPORT_JSON), f"{export_uri}/{EXPORT_JSON}")
+    return {"export": export_uri, "backbone_model": meta["backbone_model"]}
+
+
+def arg_parser():
+    parser = cli.parser(__doc__)
+    parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
+    parser.add_argument("--test-fraction", dest="test_fraction", type=cli.optional(float),
+                        help="share of each class held out for the quality figures (default 0.25)")
+    parser.add_argument("--reg-param", dest="reg_param", type=cli.optional(float),
+                        help="L2 regularisation of the logistic regression")
+    parser.add_argument("--seed", type=int)
+    cli.add_l2_normalize(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+        spark, cfg, input_uri=args.input, out_uri=out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
