@@ -157,6 +157,8 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": e.get("AIRFLOW__CORE__UNIT_TEST_MODE", "False"),
             "AIRFLOW__API__PORT": str(s.airflow_port),
+            # where the api-server is reached: the run summary's report_url is built on it
+            "AIRFLOW__API__BASE_URL": f"http://{s.host}:{s.airflow_port}",
             # Connections come from the environment only: nothing is stored in a file or the DB. The
             # AWS connection is where the operator and the hooks take the S3 endpoint from.
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(

@@ -82,6 +82,21 @@ def wait_until(check, timeout: float, what: str, logfile: Path | None = None) ->
     raise RuntimeError(f"{what} not healthy after {timeout:.0f}s ({last_error or 'check returned false'}){hint}")
 
 
+def _exited(pid: int) -> bool:
+    """True once the process is gone. A child of this process (a service this command started) stays a
+    zombie, which signal 0 still reaches, until it is reaped: reap it here."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child: its parent reaps it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def stop_pid(pid: int, name: str, grace: float = 15.0) -> None:
     """SIGTERM the process group (or the process), then SIGKILL whatever is left after `grace`."""
     try:
@@ -97,9 +112,7 @@ def stop_pid(pid: int, name: str, grace: float = 15.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _exited(pid):
             return
         time.sleep(0.2)
     log(f"{name} (pid {pid}) ignored SIGTERM for {grace:.0f}s; killing it")

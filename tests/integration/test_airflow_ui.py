@@ -14,6 +14,7 @@ from fruitflow import airflow_ui
 from fruitflow import stack as local_stack
 from fruitflow.package import build_zip
 from fruitflow.stack.process import port_open
+from spark_jobs.common.models import resnet50_imagenet_available
 from tests.helpers import SAMPLE_500, real_images
 
 pytestmark = pytest.mark.slow
@@ -108,9 +109,9 @@ def test_trigger_through_the_rest_api(stack, s3, image_tree, monkeypatch):
         with pytest.raises(urllib.error.HTTPError):  # a bad Param is refused before anything runs
             _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
                   {"logical_date": None, "conf": {"pca_k": 0}})
+        # Default Params (only where the photos are): the model is the DAG's own choice, offline too.
         run = _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token, {
-            "logical_date": None,
-            "conf": {"raw_prefix": raw_prefix, "weights": "random", "pca_k": 4, "batch_size": 16},
+            "logical_date": None, "conf": {"raw_prefix": raw_prefix},
         })
         run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{run['dag_run_id']}"
         final = _wait("run finished", lambda: (s := _call("GET", run_path, token)["state"]) in ("success", "failed")
@@ -118,8 +119,11 @@ def test_trigger_through_the_rest_api(stack, s3, image_tree, monkeypatch):
         assert final == "success"
         entry = _call("GET", f"{run_path}/taskInstances/publish/xcomEntries/return_value", token)
         summary = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
-        assert summary["n_images"] == 6 and summary["n_input"] == 6 and summary["k"] == 4
+        assert summary["n_images"] == 6 and summary["n_input"] == 6 and summary["k"] == 6  # k=20 capped by n
         assert 0 < summary["explained_variance"] <= 1
+        expected = "resnet50" if resnet50_imagenet_available() else "efficientnet_lite0"
+        assert summary["backbone"] == expected and summary["weights"] == "imagenet"
+        assert summary["model_choice"].startswith("auto: ")
         _report_and_recognise_pages(token, run["dag_run_id"], summary, root)
     finally:
         airflow_ui.stop(proc)

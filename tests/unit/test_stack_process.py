@@ -52,3 +52,18 @@ def test_stack_env_prints_settings_but_no_secret():
     for identity in ("pipeline", "admin"):
         path = state_dir(stack.settings()) / "credentials" / f"{identity}.json"
         assert json.loads(path.read_text())["secret"] not in result.stdout
+
+
+def test_stopping_a_service_this_process_started_does_not_wait_on_its_zombie(tmp_path, capsys):
+    """A service started by the same command (`classify`, `demo` start the store themselves) exits on
+    SIGTERM but stays a zombie until reaped: stop_pid waited its whole grace and 'killed' it."""
+    import subprocess
+    import sys
+
+    from fruitflow.stack.process import spawn, stop_pid
+
+    proc = spawn([sys.executable, "-c", "import time; time.sleep(60)"], {}, tmp_path / "log", tmp_path / "pid",
+                 tmp_path)
+    stop_pid(proc.pid, "sleeper", grace=10)
+    assert "ignored SIGTERM" not in capsys.readouterr().err
+    assert proc.poll() is not None or subprocess.run(["ps", "-p", str(proc.pid)]).returncode != 0
