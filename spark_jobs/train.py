@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import ElementwiseProduct, Normalizer, StandardScalerModel, StringIndexer
+from pyspark.ml.feature import Normalizer, StandardScalerModel, StringIndexer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -109,18 +109,12 @@ def scores(counts: pd.DataFrame, top_pairs: int = 10) -> dict:
 def pca_preparation(model: PipelineModel) -> dict:
     """What the PCA step's PipelineModel does to a (features, color) pair, as plain arrays: [unit length],
     [colour histogram times its weight appended], minus the mean, times the components."""
-    weight, l2 = 0.0, False
-    mean = components = None
-    for stage in model.stages:
-        if isinstance(stage, Normalizer):
-            l2 = True
-        elif isinstance(stage, ElementwiseProduct):
-            weight = float(stage.getScalingVec()[0])
-        elif isinstance(stage, StandardScalerModel):
-            mean = stage.mean.toArray()
-        elif hasattr(stage, "pc"):
-            components = stage.pc.toArray()
-    return {"l2_normalize": l2, "color_weight": weight, "mean": mean, "components": components}
+    from spark_jobs.pca import color_weight_of
+
+    scaler = next(stage for stage in model.stages if isinstance(stage, StandardScalerModel))
+    return {"l2_normalize": any(isinstance(stage, Normalizer) for stage in model.stages),
+            "color_weight": color_weight_of(model), "mean": scaler.mean.toArray(),
+            "components": model.stages[-1].pc.toArray()}  # the PCAModel is the last stage (pca.fit_pca)
 
 
 def to_unit_if(vectors: np.ndarray, l2_normalize: bool) -> np.ndarray:
@@ -145,7 +139,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     counts = per_class.agg(F.count(F.lit(1)).alias("classes"), F.sum("n_test").alias("n_test"),
                            F.sum(F.when(F.col("n") == 1, 1).otherwise(0)).alias("single")).first()
     train, test = split.filter(~F.col("held_out")), split.filter(F.col("held_out"))
-    if train.select("category").distinct().count() < 2:
+    if counts["classes"] < 2:  # every class keeps at least one training image (split_held_out)
         raise SystemExit(f"cannot train a classifier on {counts['classes']} fruit class(es): need at least 2")
     with timings.measure("fit"):
         model = fit_classifier(train, cfg.reg_param)
