@@ -49,8 +49,8 @@ stack-status: $(STAMP)  ## exit 0 only when every service of the stack is health
 stack-down: $(STAMP)  ## stop the local stack (its data stays under .state/)
 	$(FRUITFLOW) stack down
 
-airflow-ui: $(STAMP)  ## Airflow's UI (airflow standalone) on top of the local stack
-	$(FRUITFLOW) airflow-ui
+airflow-ui: $(STAMP)  ## Airflow's UI (airflow standalone) on the local stack; DATA=folder uploads photos first
+	$(FRUITFLOW) airflow-ui $(if $(DATA),--data "$(DATA)")
 
 zip: $(STAMP)  ## the shared library for spark-submit --py-files (dist/fruitflow_jobs.zip)
 	$(FRUITFLOW) zip

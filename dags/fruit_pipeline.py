@@ -4,8 +4,8 @@
 New fruit photos in the raw bucket -> preprocessed images -> CNN features (ResNet50 or
 EfficientNet-Lite0) -> PCA -> KMeans report.
 
-`wait_for_images` (deferrable S3KeySensor) -> `list_new` (images modified since the last successful
-run; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` and `train`
+`wait_for_images` (deferrable: an image newer than the last successful run) -> `list_new` (images
+modified since then; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` and `train`
 (Spark jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
 
 PCA, KMeans and the classifier refit on the whole feature table; preprocess and featurize see only new images.
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import DAG, Asset, Param, chain, task
 
 from fruitflow_airflow.operators import SparkStepOperator
+from fruitflow_airflow.sensors import NewImagesSensor
 from fruitflow_airflow.tasks import AUTO
 from spark_jobs.common.config import FEATURE_DIM, Config, env_values, weights_param_pattern
 from spark_jobs.common.steps import STEP_NAMES
@@ -78,18 +78,23 @@ with DAG(
                               description="weight of the colour histogram beside the CNN features in PCA (0: none)"),
     },
 ) as dag:
-    wait_for_images = S3KeySensor(
+    wait_for_images = NewImagesSensor(
         task_id="wait_for_images",
-        bucket_name=CFG.raw_bucket,
-        bucket_key="{{ params.raw_prefix }}/*/*",
-        wildcard_match=True,
+        bucket=CFG.raw_bucket,
+        raw_prefix="{{ params.raw_prefix }}",
         deferrable=True,
         poke_interval=60,
         timeout=dt.timedelta(hours=6).total_seconds(),
+        soft_fail=True,  # nothing new for 6 hours: the run is skipped, not failed
         execution_timeout=dt.timedelta(hours=7),
+        doc_md="Waits (deferred, in the triggerer) for a `<fruit>/<image>` object under the raw prefix modified "
+               "after the last successful run started; a manual run takes any image.",
     )
 
-    @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=30))
+    @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=30),
+                        doc_md="Lists the objects modified since the last successful run to a JSON-lines file "
+                               "(unsafe keys marked refused) and chooses the model; nothing new skips the "
+                               "Spark steps.")
     def list_new(params=None, run_id=None, prev_start_date_success=None, ti=None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -111,39 +116,51 @@ with DAG(
         application_args=["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
                           "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
                           "--backbone", BACKBONE, "--weights", WEIGHTS],
+        doc_md="Decodes each new image (bounded), 3x3 blur, 224x224 RGB JPEG; undecodable ones go to the rejects "
+               "list with their reason.",
     )
     featurize = SparkStepOperator(
         step="featurize",
         application_args=["--input", xcom("preprocess", "step_uri"), "--backbone", BACKBONE, "--weights", WEIGHTS,
                           "--batch-size", "{{ params.batch_size }}"],
         outlets=[FEATURE_TABLE],
+        doc_md="CNN features of the preprocessed images (ONNX Runtime in a pandas UDF over Arrow), appended to "
+               "the feature table of this model.",
     )
     pca = SparkStepOperator(
         step="pca",
         application_args=["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
                           "--color-weight", "{{ params.color_weight }}", L2_NORMALIZE],
         outlets=[PCA_OUTPUT],
+        doc_md="Spark ML PCA on the whole feature table of this model, with its explained variance.",
     )
     cluster = SparkStepOperator(
         step="cluster",
         application_args=["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}",
                           L2_NORMALIZE],
-        outlets=[REPORT],
+        doc_md="Spark ML KMeans on the PCA vectors; quality against the folder labels, figures, categories CSV, "
+               "the report page.",
     )
     train = SparkStepOperator(
         step="train",
         application_args=["--input", xcom("pca", "step_uri"), L2_NORMALIZE],
         outlets=[CLASSIFIER],
+        doc_md="Spark ML logistic regression on a held-out split of the PCA vectors: accuracy, macro F1, the "
+               "exported artifacts `make classify` and the UI's Recognise page use.",
     )
 
-    @task(trigger_rule="none_failed", execution_timeout=dt.timedelta(minutes=5))
-    def publish(run_id=None, ti=None):
+    @task(trigger_rule="none_failed", execution_timeout=dt.timedelta(minutes=5), outlets=[REPORT],
+          doc_md="The run summary (XCom and summary.json) and the run's report page, served in the run's "
+                 "**Fruit report** tab.")
+    def publish(run_id=None, ti=None, outlet_events=None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        from fruitflow_airflow.tasks import publish_summary
+        from fruitflow_airflow.tasks import publish_summary, run_asset_extra
 
         manifests = {step: ti.xcom_pull(task_ids=step) for step in STEP_NAMES}
-        return publish_summary(S3Hook(aws_conn_id="aws_default"), CFG, run_id,
-                               ti.xcom_pull(task_ids="list_new", key="new"), manifests)
+        summary = publish_summary(S3Hook(aws_conn_id="aws_default"), CFG, run_id,
+                                  ti.xcom_pull(task_ids="list_new", key="new"), manifests)
+        outlet_events[REPORT].extra.update(run_asset_extra(summary))
+        return summary
 
     chain(wait_for_images, new_images, preprocess, featurize, pca, [cluster, train], publish())

@@ -1,8 +1,12 @@
-"""`make airflow-ui`: `airflow standalone` (api-server, scheduler, dag-processor, triggerer) on top of
-the local stack, sized for 2 cores. Ctrl-C stops Airflow's whole process group and the stack."""
+"""`make airflow-ui [DATA=folder]`: `airflow standalone` (api-server, scheduler, dag-processor, triggerer)
+on top of the local stack, sized for 2 cores. DATA's <fruit>/<image> files go to the raw prefix the DAG
+watches; `fruit_pipeline` is unpaused, so its sensor picks them up (or trigger it from the UI). Prints
+the URL, the user and where its password is. Ctrl-C stops Airflow's whole process group and the stack."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -54,6 +58,40 @@ def wait_healthy(timeout: float = 180) -> None:
                "Airflow api-server", log_dir(stack.settings()) / "airflow-standalone.log")
 
 
+def api(method: str, path: str, token: str | None = None, body: dict | None = None, timeout: float = 30):
+    """One call to Airflow's REST API (JSON in, JSON out)."""
+    request = urllib.request.Request(url() + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def admin_token(timeout: float = 60) -> str:
+    """A JWT for the generated admin password (written by the api-server once it is up)."""
+    password = wait_until(lambda: json.loads(password_file().read_text()).get("admin"), timeout,
+                          "Airflow's generated admin password")
+    return api("POST", "/auth/token", body={"username": "admin", "password": password})["access_token"]
+
+
+def unpause(token: str, dag_id: str = "fruit_pipeline", timeout: float = 240) -> None:
+    """Once the dag-processor has parsed the DAG: unpaused, so that its schedule and sensor run."""
+    wait_until(lambda: api("GET", f"/api/v2/dags/{dag_id}", token), timeout, f"DAG {dag_id} parsed")
+    api("PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
+
+
+def upload(data: Path) -> str:
+    """DATA's files under the raw prefix the DAG watches by default; returns where they went."""
+    from fruitflow import store
+    from spark_jobs.common.config import Config
+
+    cfg = Config.from_env()
+    n = store.upload_folder(data, cfg.raw_bucket, cfg.raw_prefix)
+    return f"{n} files from {data} to s3://{cfg.raw_bucket}/{cfg.raw_prefix}/"
+
+
 def stop(proc: subprocess.Popen) -> None:
     stop_pid(proc.pid, "airflow standalone", grace=20)  # the whole group: standalone's children too
     (pid_dir(stack.settings()) / "airflow-standalone.pid").unlink(missing_ok=True)
@@ -64,13 +102,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from fruitflow.package import build_zip
 
-    argparse.ArgumentParser(prog="fruitflow airflow-ui", description=__doc__).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="fruitflow airflow-ui", description=__doc__)
+    parser.add_argument("--data", type=Path, help="a folder of <fruit>/<image> files to upload first")
+    args = parser.parse_args(argv)
+    if args.data is not None and not args.data.is_dir():
+        print(f"error: {args.data} is not a folder", file=sys.stderr)
+        return 2
+    env = airflow_env()
+    os.environ.update(env)  # the upload's endpoint and identity: the stack's, as Airflow's
     stack.up()
+    if args.data is not None:
+        print(f"uploaded {upload(args.data)}", flush=True)
     build_zip()
-    proc = start(airflow_env())
+    proc = start(env)
     try:
         wait_healthy()
-        print(f"Airflow UI: {url()}  user 'admin', password in {password_file()}",
+        token = admin_token()
+        unpause(token)
+        print(f"Airflow UI: {url()}  user 'admin', password in {password_file()}", flush=True)
+        next_run = api("GET", "/api/v2/dags/fruit_pipeline", token).get("next_dagrun_run_after")
+        print(f"fruit_pipeline is unpaused: press Trigger on its page to run it now; the next scheduled run "
+              f"({next_run or 'none: FRUITFLOW_SCHEDULE=none'}) waits for photos newer than the last good run.",
               flush=True)
         print("Ctrl-C stops Airflow and the local stack.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -68,13 +68,15 @@ def read_pid(pidfile: Path, command: str | None = None) -> int | None:
     return pid
 
 
-def wait_until(check, timeout: float, what: str, logfile: Path | None = None) -> None:
+def wait_until(check, timeout: float, what: str, logfile: Path | None = None):
+    """The first true value `check()` returns within `timeout` seconds (exceptions count as not yet)."""
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
         try:
-            if check():
-                return
+            value = check()
+            if value:
+                return value
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy yet"
             last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(0.5)

@@ -66,9 +66,22 @@ class SparkStepOperator(SparkSubmitOperator):
         if not s3.check_for_key(key, bucket):
             raise RuntimeError(f"{self.step} finished without writing {manifest_uri(step_uri)}")
         manifest = json.loads(s3.read_key(key, bucket))
-        self.log.info("%s manifest: counts %s, metrics %s", self.step, manifest.get("counts"),
-                      {k: v for k, v in manifest.get("metrics", {}).items() if not isinstance(v, list)})
+        extra = asset_extra(manifest)
+        self.log.info("%s manifest: %s", self.step, extra)
+        for outlet in self.outlets or []:  # shown with the asset event in Airflow's Assets view
+            context["outlet_events"][outlet].extra.update(extra)
         return manifest
+
+
+def asset_extra(manifest: dict) -> dict:
+    """The few figures of a step's manifest worth seeing beside its asset event: where the output is, the
+    model, the counts and the scalar metrics (lists and tables stay in the manifest)."""
+    params = manifest.get("params", {})
+    extra: dict = {"step_uri": manifest.get("step_uri")}
+    extra.update({k: params[k] for k in ("backbone", "weights", "k", "n_clusters") if k in params})
+    for group in ("counts", "metrics"):
+        extra.update({k: v for k, v in manifest.get(group, {}).items() if isinstance(v, (int, float, str, bool))})
+    return extra
 
 
 def s3_environment(s3) -> dict[str, str]:

@@ -164,5 +164,14 @@ def publish_summary(s3_hook, cfg: Config, run_id: str, new: dict | None, manifes
     return summary
 
 
+RUN_EXTRA_FIELDS = ("status", "n_new", "n_images", "n_rejected", "backbone", "explained_variance", "ari", "nmi",
+                    "accuracy", "macro_f1", "report_url")
+
+
+def run_asset_extra(summary: dict) -> dict:
+    """What the run's report asset event carries, for the Assets view: counts, quality, the page's URL."""
+    return {k: summary[k] for k in RUN_EXTRA_FIELDS if summary.get(k) is not None}
+
+
 def latest_run_uri(cfg: Config) -> str:
     return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "latest-run.json")

@@ -78,9 +78,9 @@ def test_every_dag_has_tags_retries_and_no_catchup(dagbag):
 
 
 def test_chain_order_and_operators(dag):
-    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
+    from fruitflow_airflow.sensors import NewImagesSensor
     from spark_jobs.common.steps import FINAL_STEPS, STEP_NAMES, STEPS
 
     assert sorted(dag.task_ids) == sorted(["wait_for_images", "list_new", *STEP_NAMES, "publish"])
@@ -90,8 +90,8 @@ def test_chain_order_and_operators(dag):
     assert FINAL_STEPS == ("cluster", "train")
     assert dag.get_task("publish").upstream_task_ids == set(FINAL_STEPS)
     sensor = dag.get_task("wait_for_images")
-    assert isinstance(sensor, S3KeySensor)
-    assert sensor.deferrable and sensor.wildcard_match and sensor.poke_interval >= 30 and sensor.timeout > 0
+    assert isinstance(sensor, NewImagesSensor) and sensor.bucket == "fruitflow-raw"
+    assert sensor.deferrable and sensor.soft_fail and sensor.poke_interval >= 30 and sensor.timeout > 0
     for step in STEP_NAMES:
         task = dag.get_task(step)
         assert isinstance(task, SparkSubmitOperator)
@@ -102,9 +102,12 @@ def test_chain_order_and_operators(dag):
     outlets = {t.task_id: [o.uri for o in getattr(t, "outlets", [])] for t in dag.tasks}
     assert outlets["featurize"] == ["s3://fruitflow-features/runs/feature-table"]
     assert outlets["pca"] == ["s3://fruitflow-features/runs/pca"]
-    assert outlets["cluster"] == ["s3://fruitflow-reports/runs/report"]
     assert outlets["train"] == ["s3://fruitflow-models/runs/classifier"]
+    # the report's event comes from publish, which knows the page's URL and the run's figures
+    assert outlets["publish"] == ["s3://fruitflow-reports/runs/report"] and outlets["cluster"] == []
     assert dag.get_task("publish").trigger_rule == "none_failed"
+    undocumented = [t.task_id for t in dag.tasks if not (t.doc_md or "").strip()]
+    assert not undocumented, f"tasks without doc_md (shown on the task's page in the UI): {undocumented}"
 
 
 @pytest.mark.parametrize("bad", [

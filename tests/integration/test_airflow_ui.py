@@ -1,5 +1,8 @@
-"""`airflow standalone` (what `make airflow-ui` runs): trigger fruit_pipeline through the REST API with
-Params, wait for success, read the `publish` XCom through the API, then stop the whole process group."""
+"""`airflow standalone` (what `make airflow-ui` runs), used as a person would: in a real browser, log in,
+trigger fruit_pipeline from its trigger form with a non-default Param (the model left to the DAG's own
+choice, offline), open the run's "Fruit report" tab and the "Recognise a fruit" page. Through the REST
+API: a bad Param is refused, the `publish` XCom holds the summary, the plugin refuses strangers. One run
+of the DAG serves every check; the whole process group is stopped at the end."""
 
 import json
 import time
@@ -9,12 +12,17 @@ import urllib.request
 import uuid
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 from fruitflow import airflow_ui
 from fruitflow import stack as local_stack
 from fruitflow.package import build_zip
 from fruitflow.stack.process import port_open
 from spark_jobs.common.models import resnet50_imagenet_available
+from tests import browser
 from tests.helpers import SAMPLE_500, real_images
 
 pytestmark = pytest.mark.slow
@@ -52,15 +60,15 @@ def _multipart(name, filename, data):
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _report_and_recognise_pages(token, run_id, summary, root):
-    """The plugin: the run's report page and the recognition page, for Airflow's users only."""
+def _plugin_refuses_strangers(token, run_id, summary, root):
+    """The plugin's pages, for Airflow's users only; a bad upload gets an error on the page."""
     path = f"/fruitflow/runs/{urllib.parse.quote(run_id, safe='')}/report"
     assert summary["report_url"].endswith(path)
     assert _page("GET", path)[0] in (401, 403)  # Airflow does not guard plugin endpoints: the plugin does
     assert _page("GET", path, token="not-a-token")[0] in (401, 403)
     status, headers, page = _page("GET", path, token)
     assert status == 200 and "img-src data:" in headers["Content-Security-Policy"]
-    assert 'id="quality"' in page and 'id="classifier"' in page and page.count('class="cluster"') == 2
+    assert 'id="quality"' in page and 'id="classifier"' in page and page.count('class="cluster"') == N_CLUSTERS
     assert page.count("data:image/jpeg;base64,") >= 2 and page.count("data:image/png;base64,") == 6
     assert _page("GET", "/fruitflow/runs/no-such-run/report", token)[0] == 404
     plugins = _call("GET", "/api/v2/plugins", token)["plugins"]
@@ -91,7 +99,89 @@ def _wait(what, check, timeout, every=3):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_trigger_through_the_rest_api(stack, s3, image_tree, monkeypatch):
+N_CLUSTERS = 3  # the non-default Param set in the trigger form (default: one cluster per fruit, 2 here)
+
+
+def _log_in(driver, password):
+    driver.get(BASE + "/")
+    WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.NAME, "username"))).send_keys("admin")
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, 60).until(lambda d: "/auth/login" not in d.current_url)
+
+
+def _set_field(driver, name, value):
+    field = driver.find_element(By.NAME, name)
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    field.send_keys(value)
+
+
+def _trigger_from_the_form(driver, screens, raw_prefix) -> str:
+    """The DAG's Trigger button, its Params form (the trigger form Airflow draws from the Params' JSON
+    schema), then the run page it opens: returns that run's id."""
+    driver.get(BASE + "/dags/fruit_pipeline")
+    WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))
+                                    ).click()
+    WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.NAME, "element_raw_prefix")))
+    assert driver.find_element(By.NAME, "element_backbone").get_attribute("value") == "auto"
+    _set_field(driver, "element_raw_prefix", raw_prefix)
+    _set_field(driver, "element_n_clusters", str(N_CLUSTERS))
+    screens.shot("trigger-form")
+    driver.find_element(By.XPATH, "(//button[normalize-space()='Trigger'])[last()]").click()
+    WebDriverWait(driver, 60).until(lambda d: "/dags/fruit_pipeline/runs/" in d.current_url)
+    screens.shot("run-triggered")
+    return urllib.parse.unquote(driver.current_url.split("/runs/", 1)[1].split("/", 1)[0])
+
+
+def _report_tab(driver, screens, run_id):
+    """The run page's "Fruit report" tab: the plugin's page in Airflow's frame, as a person sees it."""
+    driver.get(f"{BASE}/dags/fruit_pipeline/runs/{urllib.parse.quote(run_id, safe='')}")
+    WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.XPATH, "//*[normalize-space()='Fruit report']"))
+                                    ).click()
+    frame = WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "iframe")))
+    driver.switch_to.frame(frame)
+    try:
+        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.ID, "quality")))
+        quality = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
+                   for row in driver.find_elements(By.CSS_SELECTOR, "#quality tr")}
+        assert {"ari", "nmi", "silhouette"} <= set(quality), quality
+        clusters = driver.find_elements(By.CSS_SELECTOR, "tr.cluster")
+        assert len(clusters) == N_CLUSTERS
+        for row in clusters:  # one strip of member thumbnails per cluster, each decoded by the browser
+            thumbs = browser.images_loaded(driver, "td.thumbs img", row)
+            assert thumbs and all(t["complete"] and t["width"] > 0 for t in thumbs), thumbs
+        figures = browser.images_loaded(driver, "figure img")
+        assert len(figures) == 6 and all(f["width"] > 0 for f in figures), figures
+        driver.execute_script("window.scrollTo(0, 0)")
+    finally:
+        driver.switch_to.default_content()
+    screens.shot("report-tab")
+
+
+def _recognise_page(driver, screens, photo):
+    """"Recognise a fruit" from the navigation: upload a photo, see the top 3 and the nearest photos."""
+    driver.get(BASE + "/")
+    nav_entry = "//*[starts-with(@aria-label, 'Recogni') or normalize-space()='Recognise a fruit']"
+    WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.XPATH, nav_entry))).click()
+    frame = WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "iframe")))
+    driver.switch_to.frame(frame)
+    try:
+        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.NAME, "photo"))).send_keys(str(photo))
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(driver, 120).until(ec.presence_of_element_located((By.ID, "top")))
+        fruits = {p.name for p in photo.parent.parent.iterdir()}  # the two fruits the run trained on
+        top = [row.find_element(By.TAG_NAME, "td").text for row in driver.find_elements(By.CSS_SELECTOR, "#top tr")[1:]]
+        assert driver.find_element(By.ID, "fruit").text == top[0] and set(top) == fruits, top
+        neighbours = browser.images_loaded(driver, "#neighbours img")
+        assert neighbours and all(n["width"] > 0 for n in neighbours), neighbours
+    finally:
+        driver.switch_to.default_content()
+    screens.shot("recognise")
+
+
+def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
+    browser.require()
     build_zip()
     root = image_tree(real_images(SAMPLE_500, 2, 3))
     raw_prefix = f"ui-{uuid.uuid4().hex[:6]}"
@@ -100,6 +190,7 @@ def test_trigger_through_the_rest_api(stack, s3, image_tree, monkeypatch):
     env = airflow_ui.airflow_env()
     env.update({"FRUITFLOW_RUNS_PREFIX": f"{raw_prefix}-runs", "FRUITFLOW_SCHEDULE": "none"})
     proc = airflow_ui.start(env)
+    driver = None
     try:
         airflow_ui.wait_healthy(timeout=300)
         password = _wait("generated password", lambda: json.loads(airflow_ui.password_file().read_text())["admin"], 60)
@@ -109,22 +200,38 @@ def test_trigger_through_the_rest_api(stack, s3, image_tree, monkeypatch):
         with pytest.raises(urllib.error.HTTPError):  # a bad Param is refused before anything runs
             _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
                   {"logical_date": None, "conf": {"pca_k": 0}})
-        # Default Params (only where the photos are): the model is the DAG's own choice, offline too.
-        run = _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token, {
-            "logical_date": None, "conf": {"raw_prefix": raw_prefix},
-        })
-        run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{run['dag_run_id']}"
+
+        driver = browser.chrome()
+        screens = browser.Screens(driver, "airflow_ui")
+        _log_in(driver, password)
+        run_id = _trigger_from_the_form(driver, screens, raw_prefix)
+        run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{urllib.parse.quote(run_id, safe='')}"
         final = _wait("run finished", lambda: (s := _call("GET", run_path, token)["state"]) in ("success", "failed")
                       and s, 900, every=5)
         assert final == "success"
         entry = _call("GET", f"{run_path}/taskInstances/publish/xcomEntries/return_value", token)
         summary = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
         assert summary["n_images"] == 6 and summary["n_input"] == 6 and summary["k"] == 6  # k=20 capped by n
-        assert 0 < summary["explained_variance"] <= 1
+        assert summary["n_clusters"] == N_CLUSTERS and 0 < summary["explained_variance"] <= 1
+        # Only the photos' prefix and the clusters were set: the model is the DAG's own choice, offline too.
         expected = "resnet50" if resnet50_imagenet_available() else "efficientnet_lite0"
         assert summary["backbone"] == expected and summary["weights"] == "imagenet"
         assert summary["model_choice"].startswith("auto: ")
-        _report_and_recognise_pages(token, run["dag_run_id"], summary, root)
+
+        events = _call("GET", "/api/v2/assets/events?source_dag_id=fruit_pipeline&source_run_id="
+                       + urllib.parse.quote(run_id, safe=""), token)["asset_events"]
+        extras = {e["uri"]: e["extra"] for e in events}  # what the Assets view shows beside each event
+        report = extras[f"s3://fruitflow-reports/{raw_prefix}-runs/report"]
+        assert report["report_url"] == summary["report_url"] and report["n_images"] == 6
+        assert report["ari"] == summary["ari"] and report["explained_variance"] == summary["explained_variance"]
+        assert extras[f"s3://fruitflow-features/{raw_prefix}-runs/feature-table"]["n_images"] == 6
+
+        _report_tab(driver, screens, run_id)
+        _recognise_page(driver, screens, sorted(root.rglob("*.jpg"))[0])
+        _plugin_refuses_strangers(token, run_id, summary, root)
+        screens.discard()
     finally:
+        if driver is not None:
+            driver.quit()
         airflow_ui.stop(proc)
     assert _wait("api-server stopped", lambda: not port_open(local_stack.settings().host, local_stack.settings().airflow_port), 30, every=1)
