@@ -156,10 +156,10 @@ def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool
     return subset.assign(tsne1=embedded[:, 0], tsne2=embedded[:, 1])
 
 
-def jpeg_locator(spark: SparkSession, pca_manifest: dict):
+def jpeg_locator(spark: SparkSession, pca_manifest: dict, cfg: Config):
     """key -> (uri, bytes) of its preprocessed JPEG, or None: looked for in the JPEG folders of the
     preprocess steps behind the table (newest first; a key is in the run that first saw it)."""
-    folders = jpeg_folders(pca_manifest, lambda uri: read_manifest(spark, uri))
+    folders = jpeg_folders(pca_manifest, lambda uri: read_manifest(spark, uri, cfg))
 
     def locate(key: str):
         for folder in folders:
@@ -180,7 +180,7 @@ def jpeg_locator(spark: SparkSession, pca_manifest: dict):
 
 def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
     timings = Timings()
-    upstream = read_manifest(spark, input_uri)
+    upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
     reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()
     n_images = reduced.count()
@@ -218,7 +218,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
         report.build(tmp, points=points, embedded=embedded, table=table,
                      metrics={k_: round(v, 4) for k_, v in metrics.items()}, context=context,
                      explained=upstream["metrics"]["explained_variance_per_component"],
-                     locate_jpeg=jpeg_locator(spark, upstream), seed=cfg.seed)
+                     locate_jpeg=jpeg_locator(spark, upstream, cfg), seed=cfg.seed)
         for name in sorted(os.listdir(tmp)):
             storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
     reduced.unpersist()

@@ -142,7 +142,7 @@ def project(model: PipelineModel, features: DataFrame) -> DataFrame:
 
 def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None = None) -> dict:
     timings = Timings()
-    committed = [read_manifest(spark, input_uri)] if input_uri else committed_featurize_steps(spark, cfg)
+    committed = [read_manifest(spark, input_uri, cfg)] if input_uri else committed_featurize_steps(spark, cfg)
     manifests, left_out = same_model(committed)
     if left_out:
         print(f"pca: {len(left_out)} featurize step(s) made with another model left out of the table: "

@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from spark_jobs.common import cli, storage
+from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold
 
@@ -129,7 +130,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     from spark_jobs.cluster import capped_sample
 
     timings = Timings()
-    upstream = read_manifest(spark, input_uri)
+    upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
     reduced = spark.read.parquet(upstream["outputs"]["reduced"])
     split = split_held_out(reduced, cfg.test_fraction, cfg.seed).cache()
@@ -189,10 +190,10 @@ def model_name(pca_manifest: dict) -> str:
     return f"classifier-{params.get('backbone')}-{params.get('model_tag')}-pca{params['k']}-{pca_run}"
 
 
-def backbone_model_uri(spark: SparkSession, pca_manifest: dict) -> str:
+def backbone_model_uri(spark: SparkSession, pca_manifest: dict, cfg: Config) -> str:
     """The ONNX file that made the table's vectors: the newest featurize step's model (all the table's
     steps were made with the same model, `table.same_model`)."""
-    steps = [read_manifest(spark, uri.rsplit("/", 1)[0]) for uri in pca_manifest["inputs"]["features"]]
+    steps = [read_manifest(spark, uri.rsplit("/", 1)[0], cfg) for uri in pca_manifest["inputs"]["features"]]
     return max(steps, key=lambda m: m["written_at"])["outputs"]["model"]
 
 
@@ -213,7 +214,7 @@ def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, mode
         "format": EXPORT_FORMAT, "backbone": params.get("backbone"), "weights": params.get("weights"),
         "model_tag": params.get("model_tag"), "precision": params.get("precision"),
         "color_descriptor": params.get("color_descriptor"),
-        "backbone_model": backbone_model_uri(spark, pca_manifest),
+        "backbone_model": backbone_model_uri(spark, pca_manifest, cfg),
         "pca_step": pca_manifest["step_uri"], "pca_l2_normalize": prep["l2_normalize"],
         "color_weight": prep["color_weight"],
         # neighbours, clusters and the unknown threshold live in the clustering geometry

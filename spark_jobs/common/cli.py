@@ -10,6 +10,7 @@ import sys
 from contextlib import contextmanager
 
 from .config import Config, check_run_id, check_weights, s3a_uri
+from .progress import ProgressLog
 from .session import build_session, stop_session
 
 
@@ -67,7 +68,7 @@ def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None,
     a message, a missing input manifest, unavailable weights) exits with NOT_RETRYABLE after printing
     why; anything else (a lost executor, the store unreachable) is an error a retry may fix.
     """
-    from .manifest import MissingInput
+    from .manifest import BadManifest, MissingInput
     from .models import ModelUnavailable
     from .steps import NOT_RETRYABLE
 
@@ -78,7 +79,7 @@ def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None,
             print(f"{step}: {exc.code}", file=sys.stderr)
             raise SystemExit(NOT_RETRYABLE) from None
         raise
-    except (MissingInput, ModelUnavailable) as exc:
+    except (MissingInput, BadManifest, ModelUnavailable) as exc:
         print(f"{step}: {exc}", file=sys.stderr)
         raise SystemExit(NOT_RETRYABLE) from None
 
@@ -88,7 +89,7 @@ def _run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None
     cfg = config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, step)
     check_output(cfg, out_uri, args.run_id)  # a step deletes its output folder first: never another one
-    with session(step, cfg, args) as spark:
+    with session(step, cfg, args) as spark, ProgressLog(spark, step):
         manifest = runner(spark, cfg, args, out_uri)
     report(manifest)
     return 0

@@ -15,12 +15,17 @@ if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no p
     from pyspark.sql import SparkSession
 
 from . import storage
+from .config import Config, s3a_uri
 
 MANIFEST_NAME = "_manifest.json"
 
 
 class MissingInput(FileNotFoundError):
     """An upstream step's manifest is not there: no retry of this step can fix that."""
+
+
+class BadManifest(ValueError):
+    """A manifest that does not describe its own folder: planted, copied or edited; never followed."""
 
 
 def manifest_uri(step_uri: str) -> str:
@@ -44,13 +49,41 @@ def write_manifest(spark: SparkSession, step_uri: str, manifest: dict) -> dict:
     return body
 
 
-def read_manifest(spark: SparkSession, step_uri: str) -> dict:
+def read_manifest(spark: SparkSession, step_uri: str, cfg: Config) -> dict:
     uri = manifest_uri(step_uri)
     if not storage.exists(spark, uri):
         raise MissingInput(
             f"no manifest at {uri}: the upstream step did not finish; run it (again) before this one"
         )
-    return json.loads(storage.read_text(spark, uri))
+    manifest = json.loads(storage.read_text(spark, uri))
+    reason = untrusted_reason(manifest, step_uri, cfg)
+    if reason:
+        raise BadManifest(f"refusing {uri}: {reason}")
+    return manifest
+
+
+def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
+    """Why a manifest read from `step_uri` must not be followed, or None. A step's outputs are where it
+    wrote them: inside its own folder, `<configured bucket>/<runs prefix>/<run>/<step>/`; a model it
+    materialised may also sit in the models bucket under its backbone's folder. Anything else (another
+    run's or bucket's data, a manifest copied from elsewhere) would let whoever can write one object
+    point the pipeline at data it never made."""
+    step_uri = step_uri.rstrip("/")
+    if str(manifest.get("step_uri", "")).rstrip("/") != step_uri:
+        return f"it names another folder ({manifest.get('step_uri')!r}) than its own"
+    if not any(step_uri.startswith(s3a_uri(bucket, cfg.runs_prefix) + "/") for bucket in cfg.buckets):
+        return f"its folder is not under {cfg.runs_prefix}/ of a configured bucket"
+    models = s3a_uri(cfg.models_bucket, str(manifest.get("params", {}).get("backbone") or "")) + "/"
+    for name, value in manifest.get("outputs", {}).items():
+        for uri in value if isinstance(value, list) else [value]:
+            if not isinstance(uri, str):
+                return f"output {name!r} is not a URI"
+            if not (uri.startswith(step_uri + "/") or (name == "model" and uri.startswith(models) and
+                                                       models.count("/") > 3)):
+                return f"output {name!r} ({uri}) is outside the step's folder"
+            if any(part in (".", "..") for part in uri.split("://", 1)[-1].split("/")):
+                return f"output {name!r} ({uri}) has a '.' or '..' segment"
+    return None
 
 
 def begin_step(spark: SparkSession, step_uri: str) -> None:

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from . import storage
 from .config import Config
+from .manifest import untrusted_reason
 
 
 def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
-    """Manifests of every finished featurize step; a step without manifest never counts."""
-    return [json.loads(storage.read_text(spark, uri)) for uri in storage.glob(spark, cfg.featurize_manifests_glob)]
+    """Manifests of every finished featurize step; a step without manifest never counts, nor one that
+    does not describe its own folder (`untrusted_reason`: said in the log, then left out)."""
+    committed = []
+    for uri in storage.glob(spark, cfg.featurize_manifests_glob):
+        manifest = json.loads(storage.read_text(spark, uri))
+        reason = untrusted_reason(manifest, uri.rsplit("/", 1)[0], cfg)
+        if reason:
+            print(f"[table] leaving out {uri}: {reason}", file=sys.stderr)
+        else:
+            committed.append(manifest)
+    return committed
 
 
 def model_of(manifest: dict) -> dict:
