@@ -22,7 +22,9 @@ SCREENSHOTS = OUT / "screenshots"
 
 def missing() -> str | None:
     absent = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
-    return f"no headless browser here ({', '.join(absent)}: apt-get install chromium chromium-driver)" if absent else None
+    if not absent:
+        return None
+    return f"no headless browser here ({', '.join(absent)}: apt-get install chromium chromium-driver)"
 
 
 def require() -> None:

@@ -29,16 +29,6 @@ pytestmark = pytest.mark.slow
 BASE = airflow_ui.url()
 
 
-def _call(method, path, token=None, body=None, timeout=30):
-    request = urllib.request.Request(BASE + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"null")
-
-
 def _page(method, path, token=None, body=None, content_type=None):
     """(status, headers, text) of a plugin page, errors included."""
     request = urllib.request.Request(BASE + path, method=method, data=body)
@@ -71,7 +61,7 @@ def _plugin_refuses_strangers(token, run_id, summary, root):
     assert 'id="quality"' in page and 'id="classifier"' in page and page.count('class="cluster"') == N_CLUSTERS
     assert page.count("data:image/jpeg;base64,") >= 2 and page.count("data:image/png;base64,") == 6
     assert _page("GET", "/fruitflow/runs/no-such-run/report", token)[0] == 404
-    plugins = _call("GET", "/api/v2/plugins", token)["plugins"]
+    plugins = airflow_ui.api("GET", "/api/v2/plugins", token)["plugins"]
     views = {v["name"]: v for p in plugins if p["name"] == "fruitflow" for v in p["external_views"]}
     assert views["Fruit report"]["destination"] == "dag_run" and "{RUN_ID}" in views["Fruit report"]["href"]
 
@@ -194,11 +184,10 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
     try:
         airflow_ui.wait_healthy(timeout=300)
         password = _wait("generated password", lambda: json.loads(airflow_ui.password_file().read_text())["admin"], 60)
-        token = _call("POST", "/auth/token", body={"username": "admin", "password": password})["access_token"]
-        _wait("DAG parsed", lambda: _call("GET", "/api/v2/dags/fruit_pipeline", token), 240)
-        _call("PATCH", "/api/v2/dags/fruit_pipeline", token, {"is_paused": False})
+        token = airflow_ui.admin_token()
+        airflow_ui.unpause(token)  # as `make airflow-ui` does
         with pytest.raises(urllib.error.HTTPError):  # a bad Param is refused before anything runs
-            _call("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
+            airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
                   {"logical_date": None, "conf": {"pca_k": 0}})
 
         driver = browser.chrome()
@@ -206,10 +195,10 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
         _log_in(driver, password)
         run_id = _trigger_from_the_form(driver, screens, raw_prefix)
         run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-        final = _wait("run finished", lambda: (s := _call("GET", run_path, token)["state"]) in ("success", "failed")
-                      and s, 900, every=5)
+        final = _wait("run finished", lambda: (s := airflow_ui.api("GET", run_path, token)["state"])
+                      in ("success", "failed") and s, 900, every=5)
         assert final == "success"
-        entry = _call("GET", f"{run_path}/taskInstances/publish/xcomEntries/return_value", token)
+        entry = airflow_ui.api("GET", f"{run_path}/taskInstances/publish/xcomEntries/return_value", token)
         summary = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
         assert summary["n_images"] == 6 and summary["n_input"] == 6 and summary["k"] == 6  # k=20 capped by n
         assert summary["n_clusters"] == N_CLUSTERS and 0 < summary["explained_variance"] <= 1
@@ -218,7 +207,7 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
         assert summary["backbone"] == expected and summary["weights"] == "imagenet"
         assert summary["model_choice"].startswith("auto: ")
 
-        events = _call("GET", "/api/v2/assets/events?source_dag_id=fruit_pipeline&source_run_id="
+        events = airflow_ui.api("GET", "/api/v2/assets/events?source_dag_id=fruit_pipeline&source_run_id="
                        + urllib.parse.quote(run_id, safe=""), token)["asset_events"]
         extras = {e["uri"]: e["extra"] for e in events}  # what the Assets view shows beside each event
         report = extras[f"s3://fruitflow-reports/{raw_prefix}-runs/report"]
@@ -234,4 +223,5 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
         if driver is not None:
             driver.quit()
         airflow_ui.stop(proc)
-    assert _wait("api-server stopped", lambda: not port_open(local_stack.settings().host, local_stack.settings().airflow_port), 30, every=1)
+    settings = local_stack.settings()
+    assert _wait("api-server stopped", lambda: not port_open(settings.host, settings.airflow_port), 30, every=1)
