@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
 
-$(STAMP): requirements.in constraints.txt pyproject.toml scripts/setup.sh scripts/check_setup.py
+$(STAMP): requirements.in requirements-dev.in constraints.txt pyproject.toml scripts/setup.sh scripts/check_setup.py
 	bash scripts/setup.sh
 	touch $(STAMP)
 
@@ -55,8 +55,8 @@ airflow-ui: $(STAMP)  ## Airflow's UI (airflow standalone) on the local stack; D
 zip: $(STAMP)  ## the shared library for spark-submit --py-files (dist/fruitflow_jobs.zip)
 	$(FRUITFLOW) zip
 
-lock:  ## re-resolve requirements.in into constraints.txt (needs a fresh venv)
-	rm -rf .lockvenv && python3.11 -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in
+lock:  ## re-resolve requirements.in and requirements-dev.in into constraints.txt (needs a fresh venv)
+	rm -rf .lockvenv && python3.11 -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in -r requirements-dev.in
 	.lockvenv/bin/pip install -q --no-deps --force-reinstall "$$(grep -E '^pyspark==' requirements.in)"
 	{ sed -n '1,3p' constraints.txt; .lockvenv/bin/pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lockvenv

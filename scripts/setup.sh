@@ -16,7 +16,7 @@ PY
 command -v java >/dev/null 2>&1 || { echo "setup: Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.in -c constraints.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.in -r requirements-dev.in -c constraints.txt
 # The Spark provider's pyspark-client overwrites pyspark's Python files with an older version.
 pyspark_pin=$(grep -E '^pyspark==' constraints.txt | cut -d= -f3)
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "pyspark==${pyspark_pin}"

