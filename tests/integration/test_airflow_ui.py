@@ -197,7 +197,7 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
         driver.get("about:blank")  # the run page re-renders as it polls: a third of a core for the whole run
         run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{urllib.parse.quote(run_id, safe='')}"
         final = _wait("run finished", lambda: (s := airflow_ui.api("GET", run_path, token)["state"])
-                      in ("success", "failed") and s, 900, every=5)
+                      in ("success", "failed") and s, 1500, every=5)
         assert final == "success"
         entry = airflow_ui.api("GET", f"{run_path}/taskInstances/publish/xcomEntries/return_value", token)
         summary = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
