@@ -37,8 +37,11 @@ classify: $(STAMP)  ## which fruit is in each photo of IMAGES (a file or folder)
 	$(FRUITFLOW) classify "$(IMAGES)"
 
 TARGET_VARIANCE ?=
-quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1, TARGET_VARIANCE=0.8)
-	$(FRUITFLOW) quality $(if $(VARIANTS),--variants) $(if $(TARGET_VARIANCE),--target-variance $(TARGET_VARIANCE))
+INT8 ?=
+BACKBONE ?=
+quality: $(STAMP)  ## clustering quality per backbone on both shared sets (VARIANTS=1 TARGET_VARIANCE=0.8 INT8=1 BACKBONE=name)
+	$(FRUITFLOW) quality $(if $(VARIANTS),--variants) $(if $(TARGET_VARIANCE),--target-variance $(TARGET_VARIANCE)) \
+	  $(if $(INT8),--int8) $(if $(BACKBONE),--backbone $(BACKBONE))
 
 stack-up: $(STAMP)  ## start the local stack (S3, Spark master and worker, Airflow's DB)
 	$(FRUITFLOW) stack up

@@ -8,7 +8,9 @@ same reduced vectors, so that Spark ML's KMeans is shown not to be the weak link
 accuracy and macro F1 of the train step's classifier (targets with the default backbone: accuracy
 >= 0.97 on s500 and >= 0.90 on s1179). The last stdout line is
 one JSON object: {"<backbone>": {"s500": {...}, "s1179": {...}}}. `--variants` adds the table of
-feature / reduction / clustering choices the README records.
+feature / reduction / clustering choices the README records; `--int8` the same scores with the static
+INT8 model the pipeline's `--precision int8` makes (same calibration sample), its per-image cosine to FP32
+and whether its ARI stays within 0.01 of FP32's on every set.
 
 This is an evaluation tool: it brings the (small) reduced vectors to the driver for scikit-learn; the
 pipeline itself never does.
@@ -61,26 +63,68 @@ def onnx_model(backbone: str, weights: str, seed: int) -> str:
     return str(path)
 
 
-def featurized(spark, cfg, backbone: str, weights: str, data: Path):
-    """key, category, features of every image of `data`, through the pipeline's own UDFs."""
+def preprocessed(spark, cfg, data: Path):
+    """The pipeline's preprocessing of every image of `data` (key, category, etag, image), kept in
+    .state/quality so that each backbone and precision reads the same images."""
     from pyspark.sql import functions as F
 
-    from spark_jobs import featurize, preprocess
+    from spark_jobs import preprocess
 
-    uri = data.resolve().as_uri()
-    frame = preprocess.with_keys(preprocess.extract(spark, uri), uri).filter(F.col("ignored_reason").isNull())
-    prepared = preprocess.preprocess_images(frame, cfg).filter(F.col("status") == preprocess.OK)
+    out = quality_dir() / "preprocessed" / f"{data.name}.parquet"
+    if not out.exists():
+        uri = data.resolve().as_uri()
+        frame = preprocess.with_keys(preprocess.extract(spark, uri), uri).filter(F.col("ignored_reason").isNull())
+        prepared = preprocess.preprocess_images(frame, cfg).filter(F.col("status") == preprocess.OK)
+        prepared.select("key", "category", "etag", "image").write.parquet(str(out.with_suffix(".tmp")))
+        os.replace(out.with_suffix(".tmp"), out)
+    return spark.read.parquet(str(out))
+
+
+def int8_model(fp32_path: str, images) -> str:
+    """The static INT8 model the pipeline's `--precision int8` would make from this FP32 model, calibrated
+    on the same sample of these images (quantize.calibration_sample); built once per sample."""
+    from spark_jobs.common import quantize
+
+    keys, rgb = quantize.calibration_sample(images)
+    path = Path(fp32_path).with_name(f"model-int8-{quantize.calibration_hash(fp32_path, keys)}.onnx")
+    if not path.exists():
+        quantize.quantize_onnx(fp32_path, str(path.with_suffix(".tmp")), rgb)
+        os.replace(path.with_suffix(".tmp"), path)
+    return str(path)
+
+
+def featurized(spark, cfg, backbone: str, weights: str, data: Path, precision: str = "fp32"):
+    """key, category, features of every image of `data`, through the pipeline's own UDFs."""
+    from spark_jobs import featurize
+
+    prepared = preprocessed(spark, cfg, data)
     n = prepared.count()
+    model = onnx_model(backbone, weights, cfg.seed)
+    if precision == "int8":
+        model = int8_model(model, prepared)
     parallelism = spark.sparkContext.defaultParallelism
     started = time.perf_counter()
     features = featurize.featurize_images(
         prepared.repartition(featurize.partitions_for(n, parallelism, cfg.batch_size)),
-        onnx_model(backbone, weights, cfg.seed), "onnx", cfg.batch_size, backbone=backbone,
+        model, "onnx", cfg.batch_size, backbone=backbone,
     )
-    out = quality_dir() / "features" / f"{backbone}-{weights}-{data.name}.parquet"
+    out = quality_dir() / "features" / f"{backbone}-{weights}-{precision}-{data.name}.parquet"
     features.write.mode("overwrite").parquet(str(out))
-    log(f"{backbone} ({weights}) on {data.name}: {n} images featurized in {time.perf_counter() - started:.0f}s")
+    log(f"{backbone} ({weights}, {precision}) on {data.name}: {n} images featurized in "
+        f"{time.perf_counter() - started:.0f}s")
     return spark.read.parquet(str(out)).select("key", "category", "features", "color").cache()
+
+
+def int8_fidelity(fp32, int8) -> dict:
+    """Per-image cosine between the FP32 and INT8 features of the same images (driver-side: an
+    evaluation of the shared sets, a few MB)."""
+    import numpy as np
+
+    from spark_jobs.common.quantize import cosine_per_row
+
+    pairs = fp32.select("key", "features").join(int8.selectExpr("key", "features AS int8"), "key").toPandas()
+    cosine = cosine_per_row(np.stack(pairs["features"].to_numpy()), np.stack(pairs["int8"].to_numpy()))
+    return {"cosine_min": round(float(cosine.min()), 5), "cosine_median": round(float(np.median(cosine)), 5)}
 
 
 def evaluate(features, n_images: int, *, k: int, target_variance: float | None, l2_before: bool,
@@ -213,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-variance", type=float, default=None,
                         help="pick PCA's k by explained variance instead of the configured k")
     parser.add_argument("--backbone", action="append", help="only these backbones (repeatable)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also the static INT8 model (--precision int8): its scores, its cosine to FP32, and "
+                             "whether its ARI stays within 0.01 of FP32's on every set")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -248,7 +295,19 @@ def main(argv: list[str] | None = None) -> int:
                     for name, choice in VARIANTS:
                         rows.append((backbone, weights, set_name, name,
                                      evaluate(features, n, **{**settings, **choice})))
+                if args.int8:
+                    int8 = featurized(spark, cfg, backbone, weights, folder, "int8")
+                    scores = evaluate(int8, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize,
+                                      classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param})
+                    scores.update(int8_fidelity(features, int8),
+                                  ari_minus_fp32=round(scores["ari"] - pipeline["ari"], 4))
+                    results[backbone][set_name]["int8"] = scores
+                    rows.append((backbone, weights, set_name, "INT8 (static, QDQ), pipeline settings", scores))
+                    int8.unpersist()
                 features.unpersist()
+            if args.int8:  # the quality half of the rule for INT8 as the default precision (issue #18)
+                deltas = [results[backbone][s]["int8"]["ari_minus_fp32"] for s in sets]
+                results[backbone]["int8_ari_within_0.01"] = all(abs(d) <= 0.01 for d in deltas)
     finally:
         stop_session(spark)
     _print_table(rows)
