@@ -6,9 +6,14 @@ prints the time of every task, the in-step timings of the Spark steps, and the o
 featurization (JVM starts, S3 I/O, PCA, KMeans, Airflow): the DAG's wall time minus the featurize
 step's model time.
 
-SCALE: the same at N and at 4N (the same images copied under new keys, each set with its own feature
-table): featurize + PCA + KMeans time at both sizes, their ratio, and each step's driver peak RSS (the
-spark-submit JVM plus the step's driver Python process, polled with psutil).
+SCALE: the same at N, 4N and 10N (the same images copied under new keys, each set with its own feature
+table): featurize + PCA + KMeans time at each size, its ratio to N (`scale_ratio_4n`, `scale_ratio_10n`;
+target at most 1.1 x the size ratio), and each step's driver peak RSS (the spark-submit JVM plus the
+step's driver Python process, polled with psutil).
+
+After the runs, a trivial Spark application (start, one executor, one row to S3, stop) is submitted like
+a step: `overhead_s` (the DAG's wall time outside featurization) over as many of those as the DAG runs
+Spark steps in a row is `ratio_overhead_vs_floor` (target <= 1.5).
 
 The last stdout line is one JSON object.
 """
@@ -30,7 +35,8 @@ from fruitflow.paths import SAMPLE_1179
 from spark_jobs.common.steps import STEP_NAMES, STEPS
 
 DEFAULT_DATA = SAMPLE_1179
-SCALED_STEPS = STEP_NAMES[1:]  # what grows with the table: featurize, PCA, KMeans (preprocess sees new images)
+SCALED_STEPS = ("featurize", "pca", "cluster")  # what grows with the table (preprocess sees new images only)
+SIZES = (("N", 1), ("4N", 4), ("10N", 10))  # SCALE=1: the same images copied under new keys
 
 
 def log(msg: str) -> None:
@@ -114,6 +120,47 @@ def prime_model(weights: str) -> float:
     return time.perf_counter() - started
 
 
+def steps_in_a_row() -> int:
+    """Spark steps the DAG runs one after the other (the longest chain of `after` in the registry:
+    preprocess, featurize, pca, then cluster and train side by side): the number of spark-submit
+    launches a run waits for."""
+    after = {s.name: s.after for s in STEPS}
+
+    def depth(name):
+        return 1 + (depth(after[name]) if after[name] else 0)
+
+    return max(depth(name) for name in after)
+
+
+def trivial_submit_s(cfg, rounds: int = 2) -> float:
+    """The fastest of `rounds` submissions of the trivial job (fruitflow.bench.trivial_job), launched
+    like a step: the operator's hook, launch settings, py-files and master."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    from fruitflow_airflow.submit import submit_kwargs
+    from spark_jobs.common.config import s3a_uri
+
+    kwargs = submit_kwargs(STEP_NAMES[0], cfg)
+    kwargs.pop("application")
+    kwargs["name"] = "fruitflow-trivial"
+    output = s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "trivial-submit")
+    times = []
+    for _ in range(rounds):
+        hook = SparkSubmitHook(conn_id="spark_default", application_args=[output], **kwargs)
+        started = time.perf_counter()
+        hook.submit(str(Path(__file__).with_name("trivial_job.py")))
+        times.append(time.perf_counter() - started)
+    log(f"trivial spark-submit: {', '.join(f'{t:.1f}' for t in times)} s")
+    return round(min(times), 2)
+
+
+def floor_figures(overhead_s: float, trivial_s: float) -> dict:
+    """The DAG's fixed cost against its floor: as many trivial submissions as Spark steps in a row."""
+    floor = steps_in_a_row() * trivial_s
+    return {"overhead_s": overhead_s, "trivial_submit_s": trivial_s, "spark_steps_in_a_row": steps_in_a_row(),
+            "ratio_overhead_vs_floor": round(overhead_s / floor, 3) if floor else None}
+
+
 def breakdown(run: dict) -> dict:
     featurize_model_s = (run["step_timings_s"].get("featurize") or {}).get("featurize", 0.0)
     task_total = sum(t["seconds"] or 0 for t in run["tasks"].values())
@@ -171,7 +218,7 @@ def main(argv=None) -> int:
         build_zip()
         prime_s = prime_model(args.weights)
         runs = {}
-        for name, copies in (("N", 1), ("4N", 4)) if args.scale else (("N", 1),):
+        for name, copies in SIZES if args.scale else SIZES[:1]:
             # Each DAG run in a fresh process: a second dag.test() in one process does not run cleanly.
             child = subprocess.run(
                 [sys.executable, "-m", "fruitflow.bench.e2e", "--data", str(args.data), "--precision", args.precision,
@@ -180,14 +227,22 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"the {name} run failed (exit {child.returncode}): see its log above")
             runs[name] = json.loads(child.stdout.strip().splitlines()[-1])
             print_run(name, runs[name])
+        from spark_jobs.common.config import Config
+
+        trivial_s = trivial_submit_s(Config.from_env(runs_prefix=f"bench-trivial-{uuid.uuid4().hex[:6]}"))
     finally:
         if started_stack:
             stack.down()
     load = [round(max(a, b), 2) for a, b in zip(load_start, os.getloadavg())]
     result = {"precision": args.precision, "weights": args.weights, "load_avg_1_5_15_max": load,
               "model_materialize_before_runs_s": round(prime_s, 1),
-              "e2e": {**breakdown(runs["N"]), **{k: runs["N"][k] for k in ("n_images", "tasks", "step_timings_s",
-                                                                           "driver_peak_rss_mb", "ari", "nmi")}}}
+              "e2e": {**breakdown(runs["N"]),
+                      **floor_figures(breakdown(runs["N"])["overhead_outside_featurization_s"], trivial_s),
+                      **{k: runs["N"][k] for k in ("n_images", "tasks", "step_timings_s", "driver_peak_rss_mb",
+                                                   "ari", "nmi")}}}
+    e2e = result["e2e"]
+    print(f"overhead {e2e['overhead_s']:.1f} s against {e2e['spark_steps_in_a_row']} trivial spark-submits of "
+          f"{e2e['trivial_submit_s']:.1f} s: ratio {e2e['ratio_overhead_vs_floor']} (target <= 1.5)")
     if args.scale:
         def scaled(run):
             return round(sum(run["tasks"][s]["seconds"] for s in SCALED_STEPS), 2)
@@ -195,22 +250,25 @@ def main(argv=None) -> int:
         def peak(run):
             return max((run["driver_peak_rss_mb"].get(s, {}).get("total_mb", 0) for s in SCALED_STEPS), default=0)
 
-        n, n4 = runs["N"], runs["4N"]
+        n = runs["N"]
         result["scale"] = {
-            "n_images": [n["n_images"], n4["n_images"]],
-            "featurize_pca_kmeans_s": [scaled(n), scaled(n4)],
-            "time_ratio": round(scaled(n4) / scaled(n), 3),
-            "per_step_s": {s: [n["tasks"][s]["seconds"], n4["tasks"][s]["seconds"]] for s in SCALED_STEPS},
-            "driver_peak_rss_mb": [peak(n), peak(n4)],
-            "driver_peak_rss_mb_per_step": {s: [n["driver_peak_rss_mb"].get(s, {}).get("total_mb"),
-                                                n4["driver_peak_rss_mb"].get(s, {}).get("total_mb")]
-                                            for s in SCALED_STEPS},
-            "e2e_4n": breakdown(n4),
+            "n_images": {name: run["n_images"] for name, run in runs.items()},
+            "featurize_pca_kmeans_s": {name: scaled(run) for name, run in runs.items()},
+            "per_step_s": {s: {name: run["tasks"][s]["seconds"] for name, run in runs.items()} for s in SCALED_STEPS},
+            "driver_peak_rss_mb": {name: peak(run) for name, run in runs.items()},
+            "driver_peak_rss_mb_per_step": {s: {name: run["driver_peak_rss_mb"].get(s, {}).get("total_mb")
+                                                for name, run in runs.items()} for s in SCALED_STEPS},
+            "e2e": {name: breakdown(run) for name, run in runs.items() if name != "N"},
         }
+        for name, _ in SIZES[1:]:  # scale_ratio_4n, scale_ratio_10n: time at that size over time at N
+            result[f"scale_ratio_{name.lower()}"] = round(scaled(runs[name]) / scaled(n), 3)
         sc = result["scale"]
-        print(f"== scale: featurize + PCA + KMeans {sc['featurize_pca_kmeans_s'][0]:.1f} s at N={sc['n_images'][0]}, "
-              f"{sc['featurize_pca_kmeans_s'][1]:.1f} s at 4N={sc['n_images'][1]}: ratio {sc['time_ratio']:.2f} "
-              f"(target <= 4.4); driver peak RSS {sc['driver_peak_rss_mb'][0]} MB vs {sc['driver_peak_rss_mb'][1]} MB")
+        for name, copies in SIZES[1:]:
+            print(f"== scale: featurize + PCA + KMeans {sc['featurize_pca_kmeans_s']['N']:.1f} s at N="
+                  f"{sc['n_images']['N']}, {sc['featurize_pca_kmeans_s'][name]:.1f} s at {name}="
+                  f"{sc['n_images'][name]}: ratio {result[f'scale_ratio_{name.lower()}']:.2f} (target <= "
+                  f"{1.1 * copies:.1f}); driver peak RSS {sc['driver_peak_rss_mb']['N']} MB vs "
+                  f"{sc['driver_peak_rss_mb'][name]} MB")
     print(f"load average (max of start/end, 1/5/15 min): {load}")
     print(json.dumps(result, default=str))
     return 0

@@ -1,4 +1,6 @@
-"""`make bench [N=...] [DATA=...]`: ResNet50 featurization side by side, on the same real images.
+"""`make bench [N=...] [DATA=...]`: featurization side by side, on the same real images, for both
+backbones: EfficientNet-Lite0 (the default where ResNet50's ImageNet weights cannot be had) and ResNet50
+(the reference). Random weights for the speed figures (the same FLOPs as ImageNet's).
 
 Contenders:
   bare        ONNX Runtime in this process on numpy batches (the ceiling for our engine)
@@ -7,12 +9,14 @@ Contenders:
   ours        the pipeline's featurize UDF on the Spark standalone master, the pipeline's settings
   ours-int8   the same UDF with the INT8 model (what `--precision int8` runs)
   tf-batched  the same UDF with the TensorFlow engine
-  original    the original study's UDF: ResNet50 rebuilt from broadcast weights on every batch,
+  original    the original study's UDF: the model rebuilt from broadcast weights on every batch,
               `predict` one image at a time (on at most ORIGINAL_MAX images: it is that slow)
 and the machine's FP32 matmul rate (numpy sgemm), so each rate is also a share of the practical limit
-(ResNet50 = 8.2 GFLOP per 224x224 image). INT8 quality against FP32 on the same images: per-image
-cosine similarity, and KMeans (scikit-learn, k = number of classes) assignment agreement (ARI).
-The last stdout line is one JSON object.
+(GFLOP_PER_IMAGE). INT8 quality against FP32 on the same images: per-image cosine similarity, and
+KMeans (scikit-learn, k = number of classes) assignment agreement (ARI).
+The last stdout line is one JSON object: the default backbone's figures under today's top-level names
+(`img_per_s`, `ratio_ours_vs_bare`, `ratio_ours_vs_original`, `int8_speedup`, ...), and every
+backbone's under `backbones`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from fruitflow.bench.sampler import ProcessSampler, cpu_flags
 from fruitflow.paths import SAMPLE_1179
 
 DEFAULT_DATA = SAMPLE_1179
-GFLOP_PER_IMAGE = 8.2
+# FLOPs of one 224x224 image (2 x the published multiply-adds): ResNet50 4.1 G, EfficientNet-Lite0 0.4 G
+GFLOP_PER_IMAGE = {"resnet50": 8.2, "efficientnet_lite0": 0.8}
+BACKBONES = ("efficientnet_lite0", "resnet50")  # the default first: its figures are the top-level ones
 
 
 def log(msg: str) -> None:
@@ -143,18 +149,18 @@ def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
         spark.createDataFrame(chunk).write.mode("overwrite" if i == 0 else "append").parquet(path)
 
 
-def bench_spark_udf(spark, table: str, model_ref: str, engine: str, cfg, n: int) -> float:
+def bench_spark_udf(spark, table: str, model_ref: str, engine: str, cfg, n: int, backbone: str) -> float:
     from spark_jobs.featurize import featurize_images, partitions_for
 
     images = spark.read.parquet(table)
     partitions = partitions_for(n, spark.sparkContext.defaultParallelism, cfg.batch_size)
-    out = featurize_images(images.repartition(partitions), model_ref, engine, cfg.batch_size)
+    out = featurize_images(images.repartition(partitions), model_ref, engine, cfg.batch_size, backbone=backbone)
     start = time.perf_counter()
     out.write.format("noop").mode("overwrite").save()
     return n / (time.perf_counter() - start)
 
 
-def bench_original(spark, table: str, keras_path: str, n: int) -> float:
+def bench_original(spark, table: str, keras_path: str, n: int, backbone: str) -> float:
     """The study's approach: a Series->Series UDF, model rebuilt from broadcast weights per batch,
     `predict` per image."""
     import keras
@@ -166,9 +172,10 @@ def bench_original(spark, table: str, keras_path: str, n: int) -> float:
     @pandas_udf("array<float>")
     def featurize_series(content: pd.Series) -> pd.Series:
         import keras as k
-        from keras.applications.resnet50 import ResNet50
 
-        rebuilt = ResNet50(weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3))
+        from spark_jobs.common.models import build_keras_model
+
+        rebuilt = build_keras_model(backbone, "random", 0)  # the architecture; the weights come next
         rebuilt.set_weights(weights.value)
         rows = []
         for raw in content:
@@ -214,45 +221,30 @@ def main(argv=None) -> int:
         return 2
 
     os.environ.update(stack.prepared_env())
-    from spark_jobs.common import models
     from spark_jobs.common.config import Config
     from spark_jobs.common.session import build_session, stop_session
 
     cfg = Config.from_env(weights="random")
     keys, batch = load_images(args.data, args.n)
     n = len(keys)
+    labels = [k.split("/")[0] for k in keys]
     log(f"{n} images from {args.data}")
     gflops = sgemm_gflops()
     log(f"sgemm: {gflops:.1f} GFLOP/s")
-    results: dict[str, float] = {}  # contenders run several times keep their best rate
+    calibration_idx = np.arange(0, n, max(1, n // args.calibration))[:args.calibration]
+    held_out = np.ones(n, bool)
+    held_out[calibration_idx] = False
+    results: dict[str, dict[str, float]] = {}  # backbone -> contender -> best rate over its rounds
     rss: dict[str, dict] = {}
+    quality: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fruitflow-bench-") as tmp:
-        model = models.build_keras_model(cfg.backbone, "random", cfg.seed)
-        keras_path, onnx_path = f"{tmp}/model.keras", f"{tmp}/model.onnx"
-        model.save(keras_path)
-        models.export_onnx(model, onnx_path)
-        del model
-        from spark_jobs.common import quantize
-
-        int8_path = f"{tmp}/model-int8.onnx"
-        calibration_idx = np.arange(0, n, max(1, n // args.calibration))[:args.calibration]
-        calibration = batch[calibration_idx]
-        held_out = np.ones(n, bool)
-        held_out[calibration_idx] = False
-        info = quantize.quantize_onnx(onnx_path, int8_path, calibration)
-        log(f"INT8 model: {info}")
-        features = {}
-        load_at_start = os.getloadavg()
-        for round_ in range(args.rounds):  # alternate, so that both see the same load
-            for name, path in (("bare", onnx_path), ("bare-int8", int8_path)):
-                rate, features[name] = bench_bare(path, batch, cfg.batch_size)
-                results[name] = max(results.get(name, 0.0), rate)
-                log(f"round {round_}: {name} {rate:.1f} img/s (load {os.getloadavg()[0]:.2f})")
-        load_avg = {"bare_rounds_start": [round(v, 2) for v in load_at_start],
-                    "bare_rounds_end": [round(v, 2) for v in os.getloadavg()]}
-        labels = [k.split("/")[0] for k in keys]
-        quality = int8_quality(features["bare"], features["bare-int8"], labels, held_out, cfg.seed)
-        log(f"INT8 quality: {quality}")
+        files = {b: model_files(b, f"{tmp}/{b}", batch[calibration_idx], cfg.seed) for b in BACKBONES}
+        load_avg = {"bare_rounds_start": [round(v, 2) for v in os.getloadavg()]}
+        for backbone in BACKBONES:
+            results[backbone], features = bare_rounds(files[backbone], batch, cfg.batch_size, args.rounds, backbone)
+            quality[backbone] = int8_quality(features["bare"], features["bare-int8"], labels, held_out, cfg.seed)
+            log(f"{backbone}: INT8 quality {quality[backbone]}")
+        load_avg["bare_rounds_end"] = [round(v, 2) for v in os.getloadavg()]
 
         started_stack = not stack.all_healthy()
         if started_stack:
@@ -267,63 +259,118 @@ def main(argv=None) -> int:
             log(f"Spark settings: {settings}")
             table = f"file://{tmp}/images.parquet"
             write_table(spark, keys, batch, table)
-            spark_contenders = [("ours", "onnx", onnx_path), ("ours-int8", "onnx", int8_path)] * args.rounds
-            for name, engine, path in spark_contenders + [("tf-batched", "tensorflow", keras_path)]:
-                bench_spark_udf(spark, table, path, engine, cfg, min(n, 2 * cfg.batch_size))  # warm workers
-                with PeakRss() as peak:
-                    rate = bench_spark_udf(spark, table, path, engine, cfg, n)
-                results[name] = max(results.get(name, 0.0), rate)
-                rss[name] = {k: max(round(v), rss.get(name, {}).get(k, 0)) for k, v in peak.peaks.items()}
-                log(f"{name}: {rate:.1f} img/s, peak RSS {rss[name]} (load {os.getloadavg()[0]:.2f})")
-            load_avg["spark_end"] = [round(v, 2) for v in os.getloadavg()]
             n_original = min(n, args.original_max)
-            with PeakRss() as peak:
-                results["original"] = bench_original(spark, table, keras_path, n_original)
-            rss["original"] = {k: round(v) for k, v in peak.peaks.items()}
-            log(f"original ({n_original} images): {results['original']:.2f} img/s, peak RSS {rss['original']}")
+            for backbone in BACKBONES:
+                rates, peaks = spark_rounds(spark, table, files[backbone], cfg, n, n_original, args.rounds, backbone)
+                results[backbone].update(rates)
+                rss[backbone] = peaks
+            load_avg["spark_end"] = [round(v, 2) for v in os.getloadavg()]
             stop_session(spark)
             classify = bench_classify([args.data / k for k in keys])
         finally:
             if started_stack:
                 stack.down()
 
-    limit = gflops / GFLOP_PER_IMAGE
-    print(f"{'contender':12s} {'img/s':>8s} {'% of sgemm limit':>17s}")
-    for name, rate in results.items():
-        print(f"{name:12s} {rate:8.2f} {100 * rate / limit:16.1f}%")
-    print(f"sgemm {gflops:.1f} GFLOP/s -> limit {limit:.1f} img/s at {GFLOP_PER_IMAGE} GFLOP/image "
-          "(FP32; INT8 shares are against the same FP32 limit)")
-    print(f"INT8 vs FP32: bare x{results['bare-int8'] / results['bare']:.2f}, "
-          f"ours x{results['ours-int8'] / results['ours']:.2f}; cosine min {quality['cosine_min']:.5f} "
-          f"(median {quality['cosine_median']:.5f}, held-out min {quality['cosine_min_held_out']:.5f}); "
-          f"KMeans k={quality['k']} ARI FP32 vs INT8 {quality['ari']:.3f} (same start), "
-          f"{quality['ari_independent_fits']:.3f} (independent fits; FP32 vs FP32 other seed "
-          f"{quality['fp32_ari_seed_to_seed']:.3f}), {quality['ari_assign']:.3f} (INT8 on FP32 centroids)")
+    per_backbone = {b: figures(results[b], quality[b], files[b]["int8_info"], gflops, GFLOP_PER_IMAGE[b])
+                    for b in BACKBONES}
+    for backbone in BACKBONES:
+        print_table(backbone, results[backbone], per_backbone[backbone], quality[backbone], gflops)
     print(f"classify (no Spark, latest demo's models): {classify}")
     print(f"load average (1/5/15 min): {load_avg}")
+    default = per_backbone[BACKBONES[0]]
     summary = {
         "n_images": n,
-        "img_per_s": {k: round(v, 2) for k, v in results.items()},
-        "ratio_ours_vs_original": round(results["ours"] / results["original"], 2),
-        "ratio_ours_vs_bare": round(results["ours"] / results["bare"], 3),
+        "backbone": BACKBONES[0],  # the top-level figures are this backbone's (the pipeline's default here)
+        **default,
+        "backbones": per_backbone,
         "sgemm_gflops": round(gflops, 1),
-        "share_of_sgemm_limit": {k: round(v / limit, 3) for k, v in results.items()},
-        "peak_rss_mb": rss,
+        "peak_rss_mb": rss[BACKBONES[0]],
         "spark_settings": settings,
         "n_original": n_original,
-        "int8_speedup": round(results["bare-int8"] / results["bare"], 2),
-        "int8_speedup_ours": round(results["ours-int8"] / results["ours"], 2),
-        "int8_cosine_min": round(quality["cosine_min"], 6),
-        "int8_ari": round(quality["ari"], 4),
-        "int8_quality": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in quality.items()},
-        "int8_settings": {k: v for k, v in info.items() if k != "seconds"},
-        "int8_quantize_s": info["seconds"],
         "classify": classify,
         "load_avg": load_avg,
         "cpu_flags": cpu_flags(),
     }
     print(json.dumps(summary))
     return 0
+
+
+def model_files(backbone: str, folder: str, calibration: np.ndarray, seed: int) -> dict:
+    """The backbone (random weights) as the pipeline ships it: Keras file, ONNX export, static INT8 model."""
+    from spark_jobs.common import models, quantize
+
+    os.makedirs(folder)
+    model = models.build_keras_model(backbone, "random", seed)
+    paths = {"keras": f"{folder}/model.keras", "onnx": f"{folder}/model.onnx", "int8": f"{folder}/model-int8.onnx"}
+    model.save(paths["keras"])
+    models.export_onnx(model, paths["onnx"], backbone)
+    del model
+    paths["int8_info"] = quantize.quantize_onnx(paths["onnx"], paths["int8"], calibration)
+    log(f"{backbone}: INT8 model {paths['int8_info']}")
+    return paths
+
+
+def bare_rounds(files: dict, batch: np.ndarray, batch_size: int, rounds: int, backbone: str):
+    """FP32 and INT8 in one process, alternated round by round so that both see the same load."""
+    rates: dict[str, float] = {}
+    features = {}
+    for round_ in range(rounds):
+        for name, path in (("bare", files["onnx"]), ("bare-int8", files["int8"])):
+            rate, features[name] = bench_bare(path, batch, batch_size)
+            rates[name] = max(rates.get(name, 0.0), rate)
+            log(f"{backbone} round {round_}: {name} {rate:.1f} img/s (load {os.getloadavg()[0]:.2f})")
+    return rates, features
+
+
+def spark_rounds(spark, table: str, files: dict, cfg, n: int, n_original: int, rounds: int, backbone: str):
+    """The pipeline's UDF (ONNX FP32 and INT8 alternated, then TensorFlow), then the original study's."""
+    rates: dict[str, float] = {}
+    peaks: dict[str, dict] = {}
+    contenders = [("ours", "onnx", files["onnx"]), ("ours-int8", "onnx", files["int8"])] * rounds
+    for name, engine, path in contenders + [("tf-batched", "tensorflow", files["keras"])]:
+        bench_spark_udf(spark, table, path, engine, cfg, min(n, 2 * cfg.batch_size), backbone)  # warm workers
+        with PeakRss() as peak:
+            rate = bench_spark_udf(spark, table, path, engine, cfg, n, backbone)
+        rates[name] = max(rates.get(name, 0.0), rate)
+        peaks[name] = {k: max(round(v), peaks.get(name, {}).get(k, 0)) for k, v in peak.peaks.items()}
+        log(f"{backbone} {name}: {rate:.1f} img/s, peak RSS {peaks[name]} (load {os.getloadavg()[0]:.2f})")
+    with PeakRss() as peak:
+        rates["original"] = bench_original(spark, table, files["keras"], n_original, backbone)
+    peaks["original"] = {k: round(v) for k, v in peak.peaks.items()}
+    log(f"{backbone} original ({n_original} images): {rates['original']:.2f} img/s, peak RSS {peaks['original']}")
+    return rates, peaks
+
+
+def figures(rates: dict, quality: dict, int8_info: dict, gflops: float, gflop_per_image: float) -> dict:
+    """One backbone's keys of the JSON line."""
+    limit = gflops / gflop_per_image
+    return {
+        "img_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "ratio_ours_vs_original": round(rates["ours"] / rates["original"], 2),
+        "ratio_ours_vs_bare": round(rates["ours"] / rates["bare"], 3),
+        "share_of_sgemm_limit": {k: round(v / limit, 3) for k, v in rates.items()},
+        "int8_speedup": round(rates["bare-int8"] / rates["bare"], 2),
+        "int8_speedup_ours": round(rates["ours-int8"] / rates["ours"], 2),
+        "int8_cosine_min": round(quality["cosine_min"], 6),
+        "int8_ari": round(quality["ari"], 4),
+        "int8_quality": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in quality.items()},
+        "int8_settings": {k: v for k, v in int8_info.items() if k != "seconds"},
+        "int8_quantize_s": int8_info["seconds"],
+    }
+
+
+def print_table(backbone: str, rates: dict, fig: dict, quality: dict, gflops: float) -> None:
+    limit = gflops / GFLOP_PER_IMAGE[backbone]
+    print(f"== {backbone}: {'contender':12s} {'img/s':>8s} {'% of sgemm limit':>17s}")
+    for name, rate in rates.items():
+        print(f"   {name:12s} {rate:8.2f} {100 * rate / limit:16.1f}%")
+    print(f"   sgemm {gflops:.1f} GFLOP/s -> limit {limit:.1f} img/s at {GFLOP_PER_IMAGE[backbone]} GFLOP/image "
+          "(FP32; INT8 shares are against the same FP32 limit)")
+    print(f"   INT8 vs FP32: bare x{fig['int8_speedup']:.2f}, ours x{fig['int8_speedup_ours']:.2f}; cosine min "
+          f"{quality['cosine_min']:.5f} (median {quality['cosine_median']:.5f}, held-out min "
+          f"{quality['cosine_min_held_out']:.5f}); KMeans k={quality['k']} ARI FP32 vs INT8 {quality['ari']:.3f} "
+          f"(same start), {quality['ari_independent_fits']:.3f} (independent fits; FP32 vs FP32 other seed "
+          f"{quality['fp32_ari_seed_to_seed']:.3f}), {quality['ari_assign']:.3f} (INT8 on FP32 centroids)")
 
 
 if __name__ == "__main__":

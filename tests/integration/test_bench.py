@@ -30,6 +30,12 @@ def test_featurization_benchmark_smoke(stack, image_tree):
     assert all(rate > 0 for rate in figures["img_per_s"].values())
     for key in ("ratio_ours_vs_original", "ratio_ours_vs_bare", "int8_speedup", "int8_cosine_min", "load_avg"):
         assert key in figures
+    # both backbones, the default's figures at the top level
+    assert set(figures["backbones"]) == {"efficientnet_lite0", "resnet50"}
+    assert figures["backbone"] == "efficientnet_lite0"
+    assert figures["img_per_s"] == figures["backbones"]["efficientnet_lite0"]["img_per_s"]
+    for backbone in figures["backbones"].values():
+        assert all(rate > 0 for rate in backbone["img_per_s"].values()) and backbone["int8_speedup"] > 0
     assert isinstance(figures["cpu_flags"], list)
     # classify needs a finished demo in the store: measured when there is one, else said so
     assert "skipped" in figures["classify"] or figures["classify"]["img_per_s"] > 0
@@ -44,3 +50,6 @@ def test_dag_benchmark_smoke(stack, image_tree, monkeypatch):
     assert e2e["n_images"] == 6
     assert e2e["dag_wall_s"] > e2e["featurize_model_s"] > 0
     assert set(STEP_NAMES) <= set(e2e["tasks"])
+    # the DAG's fixed cost against its floor, a trivial spark-submit per Spark step in a row
+    assert e2e["spark_steps_in_a_row"] == 4 and e2e["trivial_submit_s"] > 0
+    assert e2e["ratio_overhead_vs_floor"] == round(e2e["overhead_s"] / (4 * e2e["trivial_submit_s"]), 3)
