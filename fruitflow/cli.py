@@ -2,6 +2,7 @@
 
     fruitflow stack up|status|down|env   the local stack
     fruitflow demo [--data DIR]          the pipeline end to end on the local stack
+    fruitflow cluster-demo [--data DIR]  the same on five hosts (network namespaces; root)
     fruitflow airflow-ui                 Airflow's UI on the local stack
     fruitflow classify PATH              which fruit is in a photo (no Spark), from the latest demo
     fruitflow quality [--variants]       clustering and classifier quality on the shared sets
@@ -20,6 +21,7 @@ import sys
 COMMANDS = {
     "stack": "fruitflow.stack.cli",
     "demo": "fruitflow.demo",
+    "cluster-demo": "fruitflow.cluster.demo",
     "airflow-ui": "fruitflow.airflow_ui",
     "classify": "fruitflow.classify",
     "quality": "fruitflow.quality",

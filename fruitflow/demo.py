@@ -68,6 +68,17 @@ def demo_prefixes(now: dt.datetime | None = None) -> tuple[str, str]:
 
 
 def _demo(args) -> int:
+    summary = run_demo(args.data, backbone=args.backbone, weights=args.weights)
+    if summary is None:
+        return 1
+    sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    return 0
+
+
+def run_demo(data: Path | None, backbone: str | None = None, weights: str | None = None,
+             out: Path = OUT) -> dict | None:
+    """Uploads DATA under a demo prefix of its own, runs the DAG on it, records it as the latest demo and
+    copies its report into `out`; the run summary, or None when the run failed (logged)."""
     from fruitflow.package import build_zip
     from fruitflow.sample_images import generate
     from spark_jobs.common.config import Config
@@ -76,7 +87,6 @@ def _demo(args) -> int:
     os.environ["FRUITFLOW_RUNS_PREFIX"] = runs_prefix  # read by the DAG file and by every step
     cfg = Config.from_env()
     with tempfile.TemporaryDirectory(prefix="fruitflow-demo-") as tmp:
-        data = args.data
         if data is None:
             if DEFAULT_DATA.is_dir():
                 data = DEFAULT_DATA
@@ -86,32 +96,31 @@ def _demo(args) -> int:
                 log(f"NOTE: {DEFAULT_DATA} not found: using {n} generated fruit-like images instead")
         if not data.is_dir():
             log(f"error: {data} is not a folder")
-            return 2
+            return None
         n_files = store.upload_folder(data, cfg.raw_bucket, raw_prefix)
         log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{raw_prefix}/")
-    conf = {"raw_prefix": raw_prefix, **{k: v for k, v in (("backbone", args.backbone), ("weights", args.weights)) if v}}
+    conf = {"raw_prefix": raw_prefix, **{k: v for k, v in (("backbone", backbone), ("weights", weights)) if v}}
     build_zip()
     log(f"running DAG fruit_pipeline ({conf}); the model is chosen by the DAG's rule (README); "
-        f"Spark UI http://{stack.settings().host}:{stack.settings().spark_master_ui_port}")
+        f"Spark master {stack.settings().spark_master}")
     dag_run = run_dag(conf)
     state = str(getattr(dag_run, "state", "unknown"))
     log(f"DAG run {dag_run.run_id}: {state}")
     if state != "success":
         log("the run failed: see the task logs above")
-        return 1
+        return None
     summary = read_summary(cfg, dag_run.run_id)
     log(f"model: {summary.get('backbone')} ({summary.get('weights')}); {summary.get('model_choice')}")
     store.write_json(latest_demo_uri(cfg), {"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
                                             "run_id": dag_run.run_id, "summary": summary["summary"]})
     if summary.get("report"):  # the cluster step's figures and tables
-        store.download_prefix(summary["report"].rsplit("/", 1)[0], OUT / "report")
+        store.download_prefix(summary["report"].rsplit("/", 1)[0], out / "report")
     if summary.get("report_html"):  # the run's page (everything inline), as the Airflow plugin serves it
-        local = OUT / "report.html"
+        local = out / "report.html"
         local.write_text(store.read_text(summary["report_html"]), encoding="utf-8")
         summary["report_local"] = str(local)
         log(f"report: open {local} in a browser (in Airflow: {summary['report_url']})")
-    sys.stdout.write(json.dumps(summary, default=str) + "\n")
-    return 0
+    return summary
 
 
 def latest_demo_uri(cfg) -> str:

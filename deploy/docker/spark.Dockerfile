@@ -17,10 +17,16 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt \
  && useradd --create-home --uid 185 spark
 # hadoop-aws and its dependencies on the executors' class path (FRUITFLOW_SPARK_JARS names the same
 # folder on the driver), resolved at build time with Spark's own Ivy.
+# With them, Spark's S3A committer binding (one jar, no dependencies): FRUITFLOW_S3A_COMMITTER=magic.
 ARG HADOOP_AWS_VERSION=3.5.0
+ARG SPARK_HADOOP_CLOUD_VERSION=4.0.0
 RUN java -cp "$(ls /opt/spark/jars/ivy-*.jar)" org.apache.ivy.Main \
       -dependency org.apache.hadoop hadoop-aws "$HADOOP_AWS_VERSION" -confs default -types jar \
       -cache /tmp/ivy -retrieve "/opt/hadoop-aws/[organisation]_[artifact]-[revision](-[classifier]).[ext]" \
+ && java -cp "$(ls /opt/spark/jars/ivy-*.jar)" org.apache.ivy.Main \
+      -dependency org.apache.spark spark-hadoop-cloud_2.13 "$SPARK_HADOOP_CLOUD_VERSION" -confs default -types jar \
+      -notransitive -cache /tmp/ivy \
+      -retrieve "/opt/hadoop-aws/[organisation]_[artifact]-[revision](-[classifier]).[ext]" \
  && rm -rf /tmp/ivy
 USER spark
 ENTRYPOINT ["/usr/bin/tini", "--"]

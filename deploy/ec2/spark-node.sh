@@ -3,6 +3,11 @@
 # Use as EC2 user data (cloud-init runs it as root) or by hand:
 #   sudo ROLE=master SPARK_AUTH_SECRET_FILE=/path/to/secret bash spark-node.sh
 #   sudo ROLE=worker MASTER_URL=spark://10.0.0.10:7077 SPARK_AUTH_SECRET_FILE=/path/to/secret bash spark-node.sh
+#   sudo ROLE=client SPARK_AUTH_SECRET_FILE=/path/to/secret bash spark-node.sh   # the Airflow host: spark-submit's
+#        configuration (client mode) and the Spark history server over its event logs
+# The node's spark-defaults.conf and spark-env.sh come from fruitflow.stack.node_conf, the renderer the
+# multi-host test cluster (`make cluster-demo`) uses too. RENDER_ONLY=1 writes them and nothing else (no
+# package, no service): NODE_PYTHON names an interpreter with the project installed.
 # Every node and the Airflow host share one RPC secret (spark.authenticate), e.g. from AWS Secrets Manager
 # written to a root-only file by the instance's own bootstrap; this script copies it into the 0600 conf.
 # S3 access comes from the instance profile (deploy/ec2/iam-policy.json); no key is written anywhere.
@@ -13,12 +18,21 @@ MASTER_URL=${MASTER_URL:-}
 SPARK_AUTH_SECRET_FILE=${SPARK_AUTH_SECRET_FILE:-}
 REPO_URL=${REPO_URL:-}              # where to fetch the project from (git URL), or
 SOURCE_DIR=${SOURCE_DIR:-/opt/fruitflow/src}  # an existing checkout copied onto the instance
-PREFIX=/opt/fruitflow
+PREFIX=${PREFIX:-/opt/fruitflow}
+NODE_PYTHON=${NODE_PYTHON:-$PREFIX/venv/bin/python}
+NODE_IP=${NODE_IP:-}                # default: the instance's private address
+WORKER_CORES=${WORKER_CORES:-$(nproc)}
+WORKER_MEMORY=${WORKER_MEMORY:-}    # default: the memory less 4 GiB for the OS, the Python workers' models
+FAILURE_TIMEOUT=${FAILURE_TIMEOUT:-60}  # seconds before a silent worker or executor is written off
+HADOOP_AWS_VERSION=3.5.0            # Spark 4.3's Hadoop client version
+SPARK_HADOOP_CLOUD_VERSION=4.0.0    # the S3A committer binding (FRUITFLOW_S3A_COMMITTER=magic)
 SPARK_USER=spark
 
 case "$ROLE" in
-  master|worker) ;;
-  *) echo "ROLE must be master or worker, not '$ROLE'" >&2; exit 2 ;;
+  master) ROLES=master ;;
+  worker) ROLES=worker ;;
+  client) ROLES=client,history ;;
+  *) echo "ROLE must be master, worker or client, not '$ROLE'" >&2; exit 2 ;;
 esac
 if [ -z "$SPARK_AUTH_SECRET_FILE" ] || [ ! -s "$SPARK_AUTH_SECRET_FILE" ]; then
   echo "SPARK_AUTH_SECRET_FILE must name a file holding the cluster's shared RPC secret" >&2
@@ -38,6 +52,25 @@ install_packages() {
   fi
 }
 
+node_ip() {
+  if [ -n "$NODE_IP" ]; then echo "$NODE_IP"; return; fi
+  hostname -I | awk '{print $1}'
+}
+
+worker_memory() {
+  if [ -n "$WORKER_MEMORY" ]; then echo "$WORKER_MEMORY"; return; fi
+  awk '/MemTotal/ { gib = int($2 / 1048576) - 4; if (gib < 2) gib = 2; print gib "g" }' /proc/meminfo
+}
+
+render_conf() {
+  # One renderer for every node: the multi-host test cluster's configuration comes from it too.
+  "$NODE_PYTHON" -m fruitflow.stack.node_conf --roles "$ROLES" --ip "$(node_ip)" --home "$PREFIX" \
+    --secret-file "$SPARK_AUTH_SECRET_FILE" --python "$NODE_PYTHON" \
+    --event-log-dir "$([ "$ROLE" = client ] && echo "$PREFIX/spark-events")" \
+    --cores "$WORKER_CORES" --memory "$(worker_memory)" --failure-timeout "$FAILURE_TIMEOUT" \
+    --out "$PREFIX/conf" >/dev/null
+}
+
 install_project() {
   if [ -n "$REPO_URL" ] && [ ! -d "$SOURCE_DIR/.git" ]; then
     git clone --depth 1 "$REPO_URL" "$SOURCE_DIR"
@@ -52,25 +85,21 @@ install_project() {
   local pin
   pin=$(grep -E '^pyspark==' "$SOURCE_DIR/constraints.txt")
   "$PREFIX/venv/bin/pip" install --quiet --no-deps --force-reinstall "$pin"
-  mkdir -p "$PREFIX/logs" "$PREFIX/work" "$PREFIX/conf"
-  chown -R "$SPARK_USER" "$PREFIX/logs" "$PREFIX/work"
+  "$PREFIX/venv/bin/pip" install --quiet --no-deps "$SOURCE_DIR"  # fruitflow.stack.node_conf
 }
 
-write_spark_defaults() {
-  # s3a on real S3 with the instance profile's rotating credentials; RPC authentication with the
-  # shared secret, no REST submission server, no kill links in the UIs. Readable by the Spark user only.
-  local secret
-  secret=$(tr -d '\n' < "$SPARK_AUTH_SECRET_FILE")
-  install -m 0600 -o "$SPARK_USER" /dev/null "$PREFIX/conf/spark-defaults.conf"
-  cat > "$PREFIX/conf/spark-defaults.conf" <<CONF
-spark.hadoop.fs.s3a.aws.credentials.provider org.apache.hadoop.fs.s3a.auth.IAMInstanceCredentialsProvider
-spark.jars.packages org.apache.hadoop:hadoop-aws:3.5.0
-spark.pyspark.python $PREFIX/venv/bin/python
-spark.authenticate true
-spark.authenticate.secret $secret
-spark.master.rest.enabled false
-spark.ui.killEnabled false
-CONF
+install_hadoop_aws() {
+  # hadoop-aws and its dependencies at /opt/hadoop-aws on every node, as in the images: the Airflow host
+  # sets FRUITFLOW_SPARK_JARS=/opt/hadoop-aws/* so that executors find them on their class path.
+  local ivy
+  ivy=$(ls "$("$NODE_PYTHON" -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')"/jars/ivy-*.jar)
+  java -cp "$ivy" org.apache.ivy.Main -dependency org.apache.hadoop hadoop-aws "$HADOOP_AWS_VERSION" \
+    -confs default -types jar -cache /tmp/ivy \
+    -retrieve "/opt/hadoop-aws/[organisation]_[artifact]-[revision](-[classifier]).[ext]"
+  java -cp "$ivy" org.apache.ivy.Main -dependency org.apache.spark spark-hadoop-cloud_2.13 \
+    "$SPARK_HADOOP_CLOUD_VERSION" -confs default -types jar -notransitive -cache /tmp/ivy \
+    -retrieve "/opt/hadoop-aws/[organisation]_[artifact]-[revision](-[classifier]).[ext]"
+  rm -rf /tmp/ivy
 }
 
 write_unit() {
@@ -85,11 +114,7 @@ Wants=network-online.target
 Type=simple
 User=$SPARK_USER
 Environment=SPARK_NO_DAEMONIZE=true
-Environment=SPARK_LOG_DIR=$PREFIX/logs
-Environment=SPARK_PID_DIR=$PREFIX/work
-Environment=SPARK_WORKER_DIR=$PREFIX/work
 Environment=SPARK_CONF_DIR=$PREFIX/conf
-Environment=PYSPARK_PYTHON=$PREFIX/venv/bin/python
 ExecStart=$PREFIX/venv/bin/spark-daemon.sh start $class 1 $args
 Restart=on-failure
 RestartSec=10
@@ -100,21 +125,28 @@ UNIT
 }
 
 main() {
+  if [ -n "${RENDER_ONLY:-}" ]; then
+    render_conf
+    return
+  fi
   install_packages
   install_project
-  write_spark_defaults
-  local spark_home
-  spark_home=$("$PREFIX/venv/bin/python" -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')
+  install_hadoop_aws
+  render_conf
+  chown -R "$SPARK_USER" "$PREFIX/conf" "$PREFIX/logs" "$PREFIX/pids"
+  if [ "$ROLE" = worker ]; then chown -R "$SPARK_USER" "$PREFIX/work" "$PREFIX/scratch"; fi
+  if [ "$ROLE" = client ]; then chown -R "$SPARK_USER" "$PREFIX/spark-events"; fi
+  local spark_home ip
+  spark_home=$("$NODE_PYTHON" -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')
   ln -sf "$spark_home/sbin/spark-daemon.sh" "$PREFIX/venv/bin/spark-daemon.sh"
-  if [ "$ROLE" = master ]; then
-    write_unit spark-master org.apache.spark.deploy.master.Master "--port 7077 --webui-port 8080"
-    systemctl daemon-reload
-    systemctl enable --now spark-master
-  else
-    write_unit spark-worker org.apache.spark.deploy.worker.Worker "$MASTER_URL --webui-port 8081"
-    systemctl daemon-reload
-    systemctl enable --now spark-worker
-  fi
+  ip=$(node_ip)
+  case "$ROLE" in
+    master) write_unit spark-master org.apache.spark.deploy.master.Master "--host $ip --port 7077 --webui-port 8080" ;;
+    worker) write_unit spark-worker org.apache.spark.deploy.worker.Worker "$MASTER_URL --host $ip --webui-port 8081" ;;
+    client) write_unit spark-history org.apache.spark.deploy.history.HistoryServer "" ;;
+  esac
+  systemctl daemon-reload
+  systemctl enable --now "spark-${ROLE/client/history}"
 }
 
 main "$@"

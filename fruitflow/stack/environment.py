@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fruitflow.paths import DAGS, PLUGINS
+from fruitflow.stack.node_conf import HISTORY_PORT, Node, render_defaults
 from fruitflow.stack.process import log, write_private
-from spark_jobs.common.config import HADOOP_AWS_PACKAGE, Config, StackSettings
+from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config, StackSettings
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -69,20 +70,26 @@ def spark_conf_dir(s: StackSettings) -> Path:
     return state_dir(s) / "spark-conf"
 
 
-def spark_security(secret: str) -> dict[str, str]:
-    """What the standalone cluster and every application share: RPC authentication with one secret,
-    no REST submission server (it would accept unauthenticated submissions on 6066), no kill links
-    in the web UIs."""
-    return {"spark.authenticate": "true", "spark.authenticate.secret": secret,
-            "spark.master.rest.enabled": "false", "spark.ui.killEnabled": "false"}
+def event_log_dir(s: StackSettings) -> Path:
+    return state_dir(s) / "spark-events"
+
+
+def local_node(s: StackSettings) -> Node:
+    """The local stack's one host as a Spark node: it submits (client mode) and serves the history.
+    Spark's own network timeouts are kept (failure_timeout_s=120): a busy 2-core laptop is no cluster."""
+    secret = local_credentials(state_dir(s), "spark")["secret"]
+    return Node(roles=("client", "history"), ip=s.host, home=str(state_dir(s)), secret=secret,
+                python=sys.executable, event_log_dir=str(event_log_dir(s)), failure_timeout_s=120)
 
 
 def write_spark_defaults(s: StackSettings) -> Path:
-    """spark-defaults.conf (mode 0600) in the stack's SPARK_CONF_DIR, read by the master, the worker,
-    spark-submit and pyspark alike; executors get the secret from their worker."""
-    secret = local_credentials(state_dir(s), "spark")["secret"]
+    """spark-defaults.conf (mode 0600) in the stack's SPARK_CONF_DIR, read by the master, the worker, the
+    history server, spark-submit and pyspark alike; executors get the secret from their worker. Rendered
+    by node_conf, as every cluster node's is; the stack passes the rest of spark-env.sh as variables."""
+    node = local_node(s)
+    event_log_dir(s).mkdir(parents=True, exist_ok=True)
     path = spark_conf_dir(s) / "spark-defaults.conf"
-    write_private(path, "".join(f"{key} {value}\n" for key, value in spark_security(secret).items()))
+    write_private(path, render_defaults(node))
     return path
 
 
@@ -97,33 +104,41 @@ def local_credentials(state: Path, identity: str) -> dict[str, str]:
 
 
 def hadoop_aws_jars(state: Path) -> list[str]:
-    """hadoop-aws and its dependencies as local jars, resolved once from Maven Central with the Ivy
-    that pyspark ships, for the class path of the driver and executors (FRUITFLOW_SPARK_JARS): with
-    --packages every spark-submit resolves them again and copies the 0.7 GB AWS SDK bundle into the
-    application's executor folder. [] (spark-submit falls back to --packages) when they cannot be had."""
+    """hadoop-aws and its dependencies, and Spark's S3A committer binding, as local jars, resolved once
+    from Maven Central with the Ivy that pyspark ships, for the class path of the driver and executors
+    (FRUITFLOW_SPARK_JARS): with --packages every spark-submit resolves them again and copies the 0.7 GB
+    AWS SDK bundle into the application's executor folder. [] (spark-submit falls back to --packages,
+    the classic committer) when they cannot be had."""
     folder = state / "jars"
     listing = folder / "resolved.json"
+    packages = [HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE]
     if listing.exists():
         known = json.loads(listing.read_text())
-        if known.get("package") == HADOOP_AWS_PACKAGE and all(Path(j).is_file() for j in known["jars"]):
+        if known.get("packages") == packages and all(Path(j).is_file() for j in known["jars"]):
             return known["jars"]
-    group, artifact, version = HADOOP_AWS_PACKAGE.split(":")
+    log(f"resolving {', '.join(packages)} into {folder} (once)")
+    try:
+        ivy_retrieve(state, HADOOP_AWS_PACKAGE, folder, sync=True)
+        ivy_retrieve(state, HADOOP_CLOUD_PACKAGE, folder, sync=False, transitive=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log(f"could not resolve them ({str(detail).strip()[-300:]}); spark-submit will use --packages")
+        return []
+    jars = sorted(str(j) for j in folder.glob("*.jar"))
+    listing.write_text(json.dumps({"packages": packages, "jars": jars}))
+    return jars
+
+
+def ivy_retrieve(state: Path, package: str, folder: Path, sync: bool, transitive: bool = True) -> None:
+    group, artifact, version = package.split(":")
     ivy = sorted((spark_home() / "jars").glob("ivy-*.jar"))
     java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
     command = [str(java), "-cp", str(ivy[-1]) if ivy else "", "org.apache.ivy.Main",
                "-dependency", group, artifact, version, "-confs", "default", "-types", "jar",
                "-cache", str(state / "ivy" / "cache"),
-               "-retrieve", str(folder / "[organisation]_[artifact]-[revision](-[classifier]).[ext]"), "-sync"]
-    log(f"resolving {HADOOP_AWS_PACKAGE} into {folder} (once)")
-    try:
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        log(f"could not resolve {HADOOP_AWS_PACKAGE} ({str(detail).strip()[-300:]}); spark-submit will use --packages")
-        return []
-    jars = sorted(str(j) for j in folder.glob("*.jar"))
-    listing.write_text(json.dumps({"package": HADOOP_AWS_PACKAGE, "jars": jars}))
-    return jars
+               "-retrieve", str(folder / "[organisation]_[artifact]-[revision](-[classifier]).[ext]"),
+               *(["-sync"] if sync else []), *([] if transitive else ["-notransitive"])]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
 
 
 def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -139,6 +154,9 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "FRUITFLOW_S3_ENDPOINT": s.s3_endpoint,
             "FRUITFLOW_IVY_DIR": str(state / "ivy"),
             "FRUITFLOW_SPARK_JARS": ",".join(prepared.jars),
+            # the S3A magic committer where its binding is on the class path (resolved with hadoop-aws)
+            "FRUITFLOW_S3A_COMMITTER": "magic" if any("spark-hadoop-cloud" in j for j in prepared.jars) else "classic",
+            "FRUITFLOW_SPARK_HISTORY_URL": f"http://{s.host}:{HISTORY_PORT}",
             "SPARK_HOME": str(spark_home()),
             "SPARK_LOCAL_IP": s.host,
             "SPARK_CONF_DIR": str(spark_conf_dir(s)),
@@ -173,7 +191,7 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
                 {
                     "conn_type": "spark",
-                    "host": f"spark://{s.host}",
+                    "host": f"spark://{s.spark_host or s.host}",
                     "port": s.spark_port,
                     "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"},
                 }

@@ -17,11 +17,13 @@ from pathlib import Path
 from fruitflow.paths import ROOT
 from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, local_credentials, log_dir,
                                          pid_dir, prepare, settings, spark_home, state_dir)
+from fruitflow.stack.node_conf import HISTORY_PORT
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
 from spark_jobs.common.config import Config, StackSettings
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+HISTORY_CLASS = "org.apache.spark.deploy.history.HistoryServer"
 
 
 class Service:
@@ -134,6 +136,20 @@ class SparkWorker(SparkDaemon):
         wait_until(self.healthy, 60, "Spark worker", self.logfile)
 
 
+class SparkHistory(SparkDaemon):
+    """The Spark history server over the stack's event logs: every step's stages after it has ended."""
+
+    klass = HISTORY_CLASS
+
+    def healthy(self) -> bool:
+        return bool(self.pid()) and isinstance(
+            http_json(f"http://{self.s.host}:{self.port}/api/v1/applications?limit=1"), list)
+
+    def start(self, e):
+        self.daemon("start", [], e)
+        wait_until(self.healthy, 60, "Spark history server", self.logfile)
+
+
 class AirflowMetadata(Service):
     """Airflow's SQLite metadata DB, migrated. DAG runs happen in-process (`dag.test()`);
     `make airflow-ui` starts the long-running Airflow services on top of it."""
@@ -164,6 +180,7 @@ def services(s: StackSettings | None = None) -> list[Service]:
         S3Server("s3", s.s3_port, s),
         SparkMaster("spark-master", s.spark_port, s),
         SparkWorker("spark-worker", s.spark_worker_ui_port, s),
+        SparkHistory("spark-history", HISTORY_PORT, s),
         AirflowMetadata("airflow-db", 0, s),
     ]
 
@@ -213,7 +230,8 @@ def _whoami() -> str:
 def _ports(s: StackSettings) -> list[int]:
     from fruitflow.stack import seaweed
 
-    return [*seaweed.ports(s).values(), s.spark_port, s.spark_master_ui_port, s.spark_worker_ui_port, s.airflow_port]
+    return [*seaweed.ports(s).values(), s.spark_port, s.spark_master_ui_port, s.spark_worker_ui_port, HISTORY_PORT,
+            s.airflow_port]
 
 
 def up(s: StackSettings | None = None) -> None:
@@ -281,7 +299,7 @@ def drop_executor_jars(state: Path) -> int:
 
 
 def service(name: str, s: StackSettings | None = None) -> Service:
-    """One of the stack's services by name (s3, spark-master, spark-worker, airflow-db)."""
+    """One of the stack's services by name (s3, spark-master, spark-worker, spark-history, airflow-db)."""
     return {svc.name: svc for svc in services(s)}[name]
 
 

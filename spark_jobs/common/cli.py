@@ -90,9 +90,17 @@ def _run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None
     out_uri = args.output or cfg.step_uri(args.run_id, step)
     check_output(cfg, out_uri, args.run_id)  # a step deletes its output folder first: never another one
     with session(step, cfg, args) as spark, ProgressLog(spark, step):
+        print_history_link(step, cfg, spark.sparkContext.applicationId)
         manifest = runner(spark, cfg, args, out_uri)
     report(manifest)
     return 0
+
+
+def print_history_link(step: str, cfg: Config, app_id: str) -> None:
+    """Where this application's stages stay browsable once it has ended (the task log shows it)."""
+    if cfg.spark_history_url:
+        print(f"[{step}] Spark history: {cfg.spark_history_url.rstrip('/')}/history/{app_id}/", file=sys.stderr,
+              flush=True)
 
 
 def check_output(cfg: Config, out_uri: str, run_id: str) -> None:

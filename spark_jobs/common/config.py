@@ -21,6 +21,10 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 # Spark 4.3 ships Hadoop 3.5.0 client jars; hadoop-aws must be the very same version.
 HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
+# Spark's binding to the S3A committers (PathOutputCommitProtocol, BindingParquetOutputCommitter): not in
+# pyspark's jars, and Maven Central has no 4.3.0 of it. 4.0.0's two classes work with Spark 4.3: measured
+# on SeaweedFS, `docs/committer.md`. One jar, resolved without its dependencies (Spark's own).
+HADOOP_CLOUD_PACKAGE = "org.apache.spark:spark-hadoop-cloud_2.13:4.0.0"
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 WEIGHTS_EXTENSIONS = ("keras", "onnx", "pth")
@@ -57,7 +61,14 @@ class Config:
     # pinned set; the driver keeps the interpreter that submits (spark.pyspark.driver.python). Empty:
     # the nodes' PYSPARK_PYTHON (the local stack's workers get the venv's).
     pyspark_python: str = ""
+    # How Parquet output is committed to S3: "magic" (the S3A magic committer: files are uploaded as
+    # pending multipart uploads and made visible at job commit, no copy) needs HADOOP_CLOUD_PACKAGE on the
+    # class path (in spark_jars); "classic" is Hadoop's FileOutputCommitter, which renames, i.e. copies
+    # every file on an object store.
+    s3a_committer: str = "classic"
     shuffle_partitions: int = 8
+    # The Spark history server's address (http://host:18080): each step prints its application's page there.
+    spark_history_url: str = ""
     executor_memory: str = "2g"  # JVM heap per executor (Spark's default, 1g, ran out at 4716 images)
 
     # Featurization
@@ -117,6 +128,8 @@ class Config:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(FEATURE_DIM)}")
         if self.engine not in ("onnx", "tensorflow"):
             raise ValueError(f"unknown engine {self.engine!r}; choose onnx or tensorflow")
+        if self.s3a_committer not in ("classic", "magic"):
+            raise ValueError(f"unknown s3a_committer {self.s3a_committer!r}; choose classic or magic")
         if self.precision not in ("fp32", "int8"):
             raise ValueError(f"unknown precision {self.precision!r}; choose fp32 or int8")
         if self.precision == "int8" and self.engine != "onnx":
@@ -171,6 +184,10 @@ class StackSettings:
 
     state_dir: str = str(_PROJECT_ROOT / ".state")
     host: str = "127.0.0.1"
+    # Where the S3 service and the Spark master are reached when they run on other hosts than this one
+    # (the multi-host cluster); empty: on `host`.
+    s3_host: str = ""
+    spark_host: str = ""
     s3_port: int = 9000
     s3_port_base: int = 18000  # the S3 service's internal ports: base + 2, 333, 334, 340, 341, 646, 733, 888, 889
     spark_port: int = 7077
@@ -188,11 +205,11 @@ class StackSettings:
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://{self.host}:{self.s3_port}"
+        return f"http://{self.s3_host or self.host}:{self.s3_port}"
 
     @property
     def spark_master(self) -> str:
-        return f"spark://{self.host}:{self.spark_port}"
+        return f"spark://{self.spark_host or self.host}:{self.spark_port}"
 
 
 def env_values(cls, environ: Mapping[str, str] | None = None) -> dict:

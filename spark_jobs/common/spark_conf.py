@@ -44,10 +44,25 @@ def session_conf(cfg: Config) -> dict[str, str]:
         # OpenCV's own pixel limit in the executors' decoders, behind the header check in images.decode
         "spark.executorEnv.OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg.max_image_pixels),
     }
+    if cfg.s3a_committer == "magic":
+        conf.update(magic_committer_conf())
     if cfg.s3_endpoint:
         conf["spark.hadoop.fs.s3a.endpoint"] = cfg.s3_endpoint
         conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(cfg.s3_endpoint.startswith("https")).lower()
     return conf
+
+
+def magic_committer_conf() -> dict[str, str]:
+    """Parquet and other file output to s3a through the S3A magic committer (Spark's cloud binding)."""
+    return {
+        "spark.hadoop.fs.s3a.committer.name": "magic",
+        "spark.hadoop.fs.s3a.committer.magic.enabled": "true",
+        "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3a":
+            "org.apache.hadoop.fs.s3a.commit.S3ACommitterFactory",
+        "spark.sql.sources.commitProtocolClass": "org.apache.spark.internal.io.cloud.PathOutputCommitProtocol",
+        "spark.sql.parquet.output.committer.class":
+            "org.apache.spark.internal.io.cloud.BindingParquetOutputCommitter",
+    }
 
 
 def spark_conf(cfg: Config) -> dict[str, str]:

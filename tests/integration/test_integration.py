@@ -1,6 +1,7 @@
 """The five steps submitted with spark-submit (the provider's SparkSubmitHook, as the DAG does) to the
 standalone master, reading and writing S3 through s3a, on a small real subset plus bad files."""
 
+import json
 import uuid
 
 import numpy as np
@@ -9,6 +10,7 @@ from airflow.sdk.exceptions import AirflowException
 
 
 from fruitflow.package import build_zip
+from fruitflow.stack.process import http_json, wait_until
 from spark_jobs.common.config import split_s3_uri
 from spark_jobs.common.steps import NOT_RETRYABLE
 from tests.badfiles import write_bad_files
@@ -42,6 +44,12 @@ def test_the_steps_on_the_standalone_master(stack, s3, cfg, image_tree, upload_f
     assert feat["counts"]["n_images"] == pre["counts"]["n_images"]
     assert feat["params"]["feature_dim"] == 2048 and feat["params"]["weights"] == "random"
     assert list_keys(s3, feat["outputs"]["model"].rsplit("/", 1)[0])
+    # Parquet goes through the S3A magic committer (spark-hadoop-cloud 4.0.0's binding on Spark 4.3): its
+    # _SUCCESS is the committer's JSON report, where the classic committer leaves an empty file.
+    bucket, key = split_s3_uri(feat["outputs"]["features"] + "/_SUCCESS")
+    success = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read() or b"{}")
+    assert success.get("committer") == "magic", success
+    assert not [k for k in list_keys(s3, feat["step_uri"]) if "__magic" in k]  # nothing pending left behind
 
     submit_step("pca", cfg, run_id, "--k", "5")
     pca = read_manifest(s3, cfg.step_uri(run_id, "pca"))
@@ -87,6 +95,11 @@ def test_the_steps_on_the_standalone_master(stack, s3, cfg, image_tree, upload_f
     assert {r["fruit"] for r in results[:-1]} <= {p.parent.name for p in reals} | {"Odd"}
     assert all(len(r["top"]) == 3 and len(r["neighbours"]) == 3 for r in results[:-1])
     assert results[-1]["error"].startswith("unsupported format") and "fruit" not in results[-1]
+
+    # Every step's application is on the Spark history server once it has ended.
+    apps = {f"fruitflow-{step}-{run_id}" for step in ("preprocess", "featurize", "pca", "cluster", "train")}
+    wait_until(lambda: apps <= {a["name"] for a in http_json(f"{cfg.spark_history_url}/api/v1/applications")},
+               60, "the steps' applications in the history server")
 
     # A refusal (here: no upstream manifest) exits with the code the operator does not retry.
     with pytest.raises(AirflowException, match=f"Error code is: {NOT_RETRYABLE}\\."):

@@ -2,11 +2,13 @@
 the IAM policy."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,10 +42,17 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path):
 def test_services_and_healthchecks(compose):
     services = compose["services"]
     for name in ("postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer", "spark-master", "spark-worker", "seaweedfs", "seaweedfs-init"):
+                 "airflow-triggerer", "spark-master", "spark-worker", "spark-history", "seaweedfs", "seaweedfs-init"):
         assert name in services, name
-    for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "spark-master", "seaweedfs"):
+    for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "spark-master", "spark-history", "seaweedfs"):
         assert "healthcheck" in services[name], name
+    # the drivers' event logs are the history server's: one volume, one folder
+    submit = compose["x-airflow-common"]["environment"]["SPARK_SUBMIT_OPTS"]
+    history = services["spark-history"]
+    assert "-Dspark.eventLog.enabled=true -Dspark.eventLog.dir=file:/opt/spark-events" in submit
+    assert "-Dspark.history.fs.logDirectory=file:/opt/spark-events" in history["environment"]["SPARK_HISTORY_OPTS"]
+    assert "spark-events:/opt/spark-events" in compose["x-airflow-common"]["volumes"]
+    assert "spark-events:/opt/spark-events:ro" in history["volumes"]
     assert services["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert "ports" not in services["spark-worker"] and "container_name" not in services["spark-worker"]  # scalable
 
@@ -91,15 +100,21 @@ def test_the_spark_image_installs_only_pinned_packages():
 
 
 def test_both_images_carry_the_hadoop_aws_the_jobs_name(compose):
-    from spark_jobs.common.config import HADOOP_AWS_PACKAGE
-    from spark_jobs.common.spark_conf import hadoop_aws_packages, launch_conf
+    from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE
+    from spark_jobs.common.spark_conf import hadoop_aws_packages, launch_conf, magic_committer_conf, session_conf
 
     version = HADOOP_AWS_PACKAGE.rsplit(":", 1)[1]
+    cloud_version = HADOOP_CLOUD_PACKAGE.rsplit(":", 1)[1]
     env = compose["x-airflow-common"]["environment"]
     folder = env["FRUITFLOW_SPARK_JARS"].removesuffix("/*")
-    for name, text in DOCKERFILES.items():
-        assert f"ARG HADOOP_AWS_VERSION={version}" in text, name
+    node = (ROOT / "deploy" / "ec2" / "spark-node.sh").read_text()
+    for name, text in {**DOCKERFILES, "ec2": node}.items():
+        assert re.search(rf"HADOOP_AWS_VERSION={re.escape(version)}\b", text), name
+        assert re.search(rf"SPARK_HADOOP_CLOUD_VERSION={re.escape(cloud_version)}\b", text), name
+        assert "spark-hadoop-cloud_2.13" in text and "-notransitive" in text, name
         assert f'-retrieve "{folder}/' in text, name  # the same folder on the driver and the executors
+    assert env["FRUITFLOW_S3A_COMMITTER"] == "magic"
+    assert magic_committer_conf().items() <= session_conf(Config.from_env(env)).items()
     cfg = Config.from_env(env)
     assert cfg.pyspark_python.endswith("python3.11") and "PYSPARK_PYTHON=" + cfg.pyspark_python in DOCKERFILES["spark"]
     conf = launch_conf(cfg)  # what spark-submit gets in compose: jars on both class paths, no --packages
@@ -171,9 +186,41 @@ def test_the_spark_cluster_authenticates_and_has_no_rest_server(compose):
     for opts in (master, worker, submit):
         assert "-Dspark.authenticate=true" in opts and "-Dspark.authenticate.secret=${SPARK_AUTH_SECRET}" in opts
     assert "-Dspark.master.rest.enabled=false" in master and "-Dspark.ui.killEnabled=false" in master
-    node = (ROOT / "deploy" / "ec2" / "spark-node.sh").read_text()
-    for line in ("spark.authenticate true", "spark.master.rest.enabled false", "spark.ui.killEnabled false"):
-        assert line in node
+
+
+def render_node_script(tmp_path: Path, role: str, prefix: Path, ip: str, secret: str) -> dict[str, str]:
+    """What deploy/ec2/spark-node.sh writes into <prefix>/conf for `role` (RENDER_ONLY: nothing else)."""
+    secret_file = tmp_path / f"secret-{role}"
+    secret_file.write_text(secret + "\n")
+    env = {**os.environ, "RENDER_ONLY": "1", "ROLE": role, "PREFIX": str(prefix), "NODE_PYTHON": sys.executable,
+           "NODE_IP": ip, "SPARK_AUTH_SECRET_FILE": str(secret_file), "MASTER_URL": "spark://10.0.0.1:7077",
+           "WORKER_CORES": "1", "WORKER_MEMORY": "3g", "FAILURE_TIMEOUT": "15"}
+    done = subprocess.run(["bash", str(ROOT / "deploy" / "ec2" / "spark-node.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {name: (prefix / "conf" / name).read_text() for name in ("spark-defaults.conf", "spark-env.sh")}
+
+
+def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tmp_path):
+    from fruitflow.cluster.nodes import NET, Cluster
+    from fruitflow.stack.node_conf import render_defaults, render_env
+
+    cluster = Cluster(NET, base=tmp_path / "cluster", local_state=tmp_path / "state")
+    assert cluster.failure_timeout_s == 15
+    nodes = cluster.nodes()
+    for host, role in (("master", "master"), ("worker-1", "worker"), ("airflow", "client")):
+        node = nodes[host]
+        rendered = render_node_script(tmp_path, role, cluster.home(host), node.ip, node.secret)
+        assert rendered == {"spark-defaults.conf": render_defaults(node), "spark-env.sh": render_env(node)}, host
+        conf = rendered["spark-defaults.conf"]
+        for line in ("spark.authenticate true", "spark.master.rest.enabled false", "spark.ui.killEnabled false",
+                     f"spark.authenticate.secret {node.secret}"):
+            assert line + "\n" in conf
+        assert oct((cluster.home(host) / "conf" / "spark-defaults.conf").stat().st_mode & 0o777) == "0o600"
+        assert f"export SPARK_LOCAL_IP={node.ip}\n" in rendered["spark-env.sh"]
+    client = nodes["airflow"]
+    assert f"spark.driver.host {client.ip}" in render_defaults(client)
+    assert f"spark.eventLog.dir file:{cluster.home('airflow')}/spark-events" in render_defaults(client)
 
 
 def test_no_secret_in_compose_or_env_example(compose):

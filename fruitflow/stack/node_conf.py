@@ -1,0 +1,163 @@
+"""The configuration of one Spark standalone node: its `spark-defaults.conf` and `spark-env.sh`.
+
+One renderer for every place a node is set up: the EC2 node script (`deploy/ec2/spark-node.sh` runs
+`python -m fruitflow.stack.node_conf`), the multi-host cluster on network namespaces (`make cluster-demo`,
+its tests) and the local stack's single host. A node has one or more roles:
+- `master`: the standalone master (worker loss noticed after `failure_timeout_s`);
+- `worker`: a worker offering `cores` and `memory`, its work and scratch folders under `home`;
+- `client`: where spark-submit runs the driver (the Airflow host): the driver binds and advertises the
+  node's address (executors on other hosts connect back to it) and writes event logs;
+- `history`: the Spark history server, reading those event logs.
+
+Every node shares the cluster's RPC secret (spark.authenticate); the REST submission server is off (it
+accepts unauthenticated submissions) and so are the UIs' kill links. Both files hold the secret or
+point at it: write them mode 0600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("master", "worker", "client", "history")
+HISTORY_PORT = 18080
+
+
+@dataclass(frozen=True)
+class Node:
+    roles: tuple[str, ...]
+    ip: str  # the address this node binds and is reached at (never a loopback one on a real cluster)
+    home: str  # this node's own folder: logs, PID files, work and scratch folders
+    secret: str  # the cluster's shared RPC secret
+    python: str  # the interpreter with the pinned set, at the same path on every node
+    event_log_dir: str = ""  # client and history: where applications' event logs go (empty: none)
+    cores: int = 1
+    memory: str = "2g"
+    # How long a silent worker or executor is given before it is written off: Spark's own defaults
+    # (60 s for workers, 120 s for the network) keep a dead worker's tasks waiting for minutes.
+    failure_timeout_s: int = 60
+    extra: dict[str, str] = field(default_factory=dict)  # more spark-defaults lines (e.g. local stack ports)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.roles) - set(ROLES)
+        if unknown or not self.roles:
+            raise ValueError(f"roles must be among {ROLES}, not {self.roles}")
+        if not self.ip or not self.home or not self.secret or not self.python:
+            raise ValueError("a node needs ip, home, secret and python")
+
+    @property
+    def event_log_uri(self) -> str:
+        return self.event_log_dir if "://" in self.event_log_dir else f"file:{self.event_log_dir}"
+
+
+def spark_defaults(node: Node) -> dict[str, str]:
+    conf = {
+        "spark.authenticate": "true",
+        "spark.authenticate.secret": node.secret,
+        "spark.master.rest.enabled": "false",
+        "spark.ui.killEnabled": "false",
+        "spark.pyspark.python": node.python,
+    }
+    if "client" in node.roles:
+        conf.update({
+            "spark.driver.host": node.ip,
+            "spark.driver.bindAddress": node.ip,
+            "spark.network.timeout": f"{max(node.failure_timeout_s, 10)}s",
+            # how often the driver looks for silent executors: must not exceed spark.network.timeout
+            "spark.network.timeoutInterval": f"{max(node.failure_timeout_s // 2, 5)}s",
+            "spark.executor.heartbeatInterval": f"{max(min(node.failure_timeout_s // 6, 10), 1)}s",
+        })
+        if node.event_log_dir:
+            conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": node.event_log_uri})
+    if "history" in node.roles and node.event_log_dir:
+        conf.update({"spark.history.fs.logDirectory": node.event_log_uri,
+                     "spark.history.ui.port": str(HISTORY_PORT)})
+    return {**conf, **node.extra}
+
+
+def spark_env(node: Node) -> dict[str, str]:
+    home = Path(node.home)
+    env = {
+        "SPARK_LOCAL_IP": node.ip,
+        "SPARK_PUBLIC_DNS": node.ip,  # links in the web UIs name this address, not the machine's hostname
+        "SPARK_LOG_DIR": str(home / "logs"),
+        "SPARK_PID_DIR": str(home / "pids"),
+        "PYSPARK_PYTHON": node.python,
+    }
+    if "master" in node.roles:
+        env["SPARK_MASTER_OPTS"] = f"-Dspark.worker.timeout={node.failure_timeout_s}"
+    if "worker" in node.roles:
+        env.update({
+            "SPARK_WORKER_DIR": str(home / "work"),
+            "SPARK_LOCAL_DIRS": str(home / "scratch"),
+            "SPARK_WORKER_CORES": str(node.cores),
+            "SPARK_WORKER_MEMORY": node.memory,
+            # finished applications' folders (executor logs, shipped files) go after 10 minutes
+            "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
+                                 "-Dspark.worker.cleanup.appDataTtl=600",
+        })
+    return env
+
+
+def folders(node: Node) -> list[Path]:
+    """The folders the node's processes write into (made by `write`)."""
+    home = Path(node.home)
+    found = [home / "logs", home / "pids"]
+    if "worker" in node.roles:
+        found += [home / "work", home / "scratch"]
+    if node.event_log_dir and "://" not in node.event_log_dir:
+        found.append(Path(node.event_log_dir))
+    return found
+
+
+def render_defaults(node: Node) -> str:
+    return "".join(f"{key} {value}\n" for key, value in spark_defaults(node).items())
+
+
+def render_env(node: Node) -> str:
+    lines = [f"export {key}={shlex.quote(value)}\n" for key, value in spark_env(node).items()]
+    return "# written by fruitflow.stack.node_conf\n" + "".join(lines)
+
+
+def write(node: Node, conf_dir: Path) -> Path:
+    """spark-defaults.conf and spark-env.sh (mode 0600) in `conf_dir`, the node's SPARK_CONF_DIR."""
+    from fruitflow.stack.process import write_private
+
+    for folder in folders(node):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_private(conf_dir / "spark-defaults.conf", render_defaults(node))
+    write_private(conf_dir / "spark-env.sh", render_env(node))
+    return conf_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fruitflow.stack.node_conf", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--roles", required=True, help=f"comma-separated, among {', '.join(ROLES)}")
+    p.add_argument("--ip", required=True)
+    p.add_argument("--home", required=True)
+    p.add_argument("--secret-file", required=True, type=Path, help="holds the cluster's shared RPC secret")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--event-log-dir", default="")
+    p.add_argument("--cores", type=int, default=1)
+    p.add_argument("--memory", default="2g")
+    p.add_argument("--failure-timeout", type=int, default=60, dest="failure_timeout_s")
+    p.add_argument("--out", required=True, type=Path, help="the node's SPARK_CONF_DIR")
+    args = p.parse_args(argv)
+    try:
+        node = Node(roles=tuple(r for r in args.roles.split(",") if r), ip=args.ip, home=args.home,
+                    secret=args.secret_file.read_text().strip(), python=args.python,
+                    event_log_dir=args.event_log_dir, cores=args.cores, memory=args.memory,
+                    failure_timeout_s=args.failure_timeout_s)
+    except (OSError, ValueError) as exc:
+        print(f"node_conf: {exc}", file=sys.stderr)
+        return 2
+    print(write(node, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The pipeline on five hosts (network namespaces, `fruitflow.cluster`), with faults: one DAG run, from the
+`airflow` host, by the code `make cluster-demo` runs, on a cluster of the tests' own (its own namespaces,
+subnet and state, apart from a user's).
+
+While it runs: `worker-2`'s link goes down in the middle of featurize, once it has finished a task of it
+(the run must complete on `worker-1`); the S3 service is SIGKILLed in the middle of preprocess and started
+again 5 s later (the run must complete, nothing stored before the kill lost, no partial output read).
+
+Needs root (namespaces): skipped with the reason elsewhere, except where FRUITFLOW_REQUIRE_CLUSTER is set
+(CI), where a cluster that cannot be built fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fruitflow.cluster import network
+from fruitflow.cluster.demo import inside_command, run_on_airflow_host
+from fruitflow.cluster.nodes import Cluster, http_from
+from fruitflow.stack import settings
+from tests.helpers import SAMPLE_500, real_images
+
+REASON = network.unavailable_reason()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(REASON) and not os.environ.get("FRUITFLOW_REQUIRE_CLUSTER"),
+                                                   reason=f"no multi-host cluster here: {REASON}")]
+RUN_TIMEOUT_S = 1800
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    names = {"FRUITFLOW_CLUSTER_DIR": str(Path(settings().state_dir) / f"test-cluster-{uuid.uuid4().hex[:8]}"),
+             "FRUITFLOW_CLUSTER_PREFIX": "fft-", "FRUITFLOW_CLUSTER_SUBNET": "10.231.8"}
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)
+    built = Cluster.default()
+    try:
+        built.up()
+        yield built
+    finally:
+        built.down()
+        # its logs kept with pytest's temporary folders (the last three sessions'), the rest removed
+        logs = tmp_path_factory.mktemp("cluster-logs")
+        for folder in built.base.glob("*/logs"):
+            shutil.copytree(folder, logs / folder.parent.name)
+        shutil.rmtree(built.base, ignore_errors=True)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def on_airflow_host(cluster: Cluster, code: str, *args: str) -> str:
+    """Python run on the airflow host with its environment (the pipeline's S3 identity); its stdout."""
+    done = network.run_in(cluster.net, "airflow", [sys.executable, "-c", code, *args], env=cluster.airflow_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+LIST_OBJECTS = """
+import json
+from fruitflow import store
+from spark_jobs.common.config import Config
+s3 = store.client()
+found = {}
+for bucket in Config.from_env().buckets:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            found[bucket + "/" + o["Key"]] = o["ETag"]
+print(json.dumps(found))
+"""
+
+FEATURE_KEYS = """
+import io, json, sys
+import pyarrow.parquet as pq
+from fruitflow import store
+from spark_jobs.common.config import split_s3_uri
+bucket, prefix = split_s3_uri(sys.argv[1])
+s3 = store.client()
+keys = []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+    for o in page.get("Contents", []):
+        if o["Key"].endswith(".parquet"):
+            body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            keys += pq.read_table(io.BytesIO(body), columns=["key"]).column("key").to_pylist()
+print(json.dumps(keys))
+"""
+
+
+def driver_app(cluster: Cluster, step: str) -> str | None:
+    """The id of the running application of `step` (its driver's UI on the airflow host), if any."""
+    for port in (4040, 4041):
+        for app in driver_json(cluster, f"{port}/api/v1/applications") or []:
+            if app["name"].startswith(f"fruitflow-{step}-"):
+                return f"{port}/api/v1/applications/{app['id']}"
+    return None
+
+
+def driver_json(cluster: Cluster, path: str):
+    """The driver UI's answer, None until it is up (it says "Spark is starting up" meanwhile)."""
+    status, body = http_from(cluster.net, "airflow", f"http://{cluster.net.ip('airflow')}:{path}")
+    try:
+        return json.loads(body) if status == 200 else None
+    except ValueError:
+        return None
+
+
+def wait_for(check, timeout: float, what: str, proc: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"no {what} within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def faulty_run(cluster, tmp_path_factory):
+    data = tmp_path_factory.mktemp("cluster-data")
+    for p in real_images(SAMPLE_500, 4, 10):
+        (data / p.parent.name).mkdir(exist_ok=True)
+        shutil.copy(p, data / p.parent.name / p.name)
+    summary_out, out = cluster.home("airflow") / "summary.json", cluster.home("airflow") / "out"
+    log = cluster.home("airflow") / "logs" / "run.log"
+    with open(log, "wb") as log_file:
+        # Small model batches: featurize gets 6 tasks for its 2 cores, so that worker-2 finishes one before
+        # its link is cut, with work left for worker-1.
+        proc = run_on_airflow_host(cluster, inside_command(data, summary_out, out), {"FRUITFLOW_BATCH_SIZE": "2"},
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    events = {}
+    try:
+        # 1. The S3 service SIGKILLed while preprocess reads and writes, back 5 s later.
+        app = wait_for(lambda: driver_app(cluster, "preprocess"), 900, "preprocess application", proc)
+        wait_for(lambda: (driver_json(cluster, app + "/jobs") or [None])[0], 300, "preprocess job", proc)
+        before = json.loads(on_airflow_host(cluster, LIST_OBJECTS))
+        cluster.restart_storage(pause_s=5)
+        events["stored_before_kill"] = {k: v for k, v in before.items() if "/preprocess/" not in k}
+        # 2. worker-2's link down once it has finished a featurize task, with tasks left.
+        worker2 = cluster.net.ip("worker-2")
+
+        def worker2_done_one():
+            app = driver_app(cluster, "featurize")
+            executors = driver_json(cluster, app + "/executors") if app else None
+            return any(e["hostPort"].startswith(worker2 + ":") and e["completedTasks"] >= 1 for e in executors or [])
+
+        wait_for(worker2_done_one, 900, "a featurize task done on worker-2", proc)
+        network.set_link(cluster.net, "worker-2", up=False)
+        events["link_cut_at"] = time.monotonic()
+        proc.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        network.set_link(cluster.net, "worker-2", up=True) if network.existing(cluster.net) else None
+    assert proc.returncode == 0, log.read_text(errors="replace")[-6000:]
+    events["summary"] = json.loads(summary_out.read_text())
+    return events
+
+
+def test_run_completes_on_worker_1_after_worker_2_is_cut_off(cluster, faulty_run):
+    summary = faulty_run["summary"]
+    assert summary["status"] == "ok" and summary["n_images"] == 40 and summary["n_rejected"] == 0
+    keys = json.loads(on_airflow_host(cluster, FEATURE_KEYS, summary["outputs"]["featurize"] + "/features"))
+    assert len(keys) == len(set(keys)) == summary["n_images"]
+    # both workers ran featurize tasks (worker-2 before its cut), as read from the history server
+    assert summary["hosts"] == ["worker-1", "worker-2"]
+
+
+def test_s3_service_killed_mid_step_loses_nothing(cluster, faulty_run):
+    after = json.loads(on_airflow_host(cluster, LIST_OBJECTS))
+    before = faulty_run["stored_before_kill"]
+    assert before, "nothing was stored before the kill"
+    lost = {k for k, etag in before.items() if after.get(k) != etag}
+    assert not lost, sorted(lost)[:10]
+    # still authenticating after its restart
+    status, _ = http_from(cluster.net, "airflow", f"http://{cluster.net.ip('storage')}:9000/")
+    assert status == 403
+
+
+def test_no_service_listens_on_loopback(cluster, faulty_run):
+    """Every Spark service binds its host's cluster address (a loopback default anywhere would show)."""
+    for host in ("master", "worker-1", "worker-2", "airflow"):
+        listening = network.run_in(cluster.net, host, ["ss", "-ltnH"], capture_output=True, text=True,
+                                   timeout=30).stdout
+        local = [line.split()[3] for line in listening.splitlines() if line.split()]
+        assert not [a for a in local if a.startswith(("127.", "[::1]", "*:", "0.0.0.0:", "[::]:"))], (host, local)
+
+
+def test_workers_cannot_read_the_drivers_files(cluster):
+    """An executor's view: the venv read-only, the driver's work tree and state hidden."""
+    from fruitflow.paths import ROOT
+
+    worker = next(p for p in network.pids_in(cluster.net.ns("worker-1"))
+                  if b"Worker" in Path(f"/proc/{p}/cmdline").read_bytes())
+    probe = ("import os, sys; print(os.path.exists(sys.argv[1]), os.path.exists(sys.argv[2]), "
+             "os.access(sys.argv[3], os.W_OK))")
+    done = subprocess.run(["nsenter", "-t", str(worker), "-m", "-n", sys.executable, "-c", probe,
+                           str(ROOT / "dags"), str(ROOT / ".state" / "credentials"), sys.prefix],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "False", "False"], done.stderr
