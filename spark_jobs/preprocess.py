@@ -22,7 +22,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_jobs.common import cli, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
-from spark_jobs.common.keys import check_location, unsafe_key_column
+from spark_jobs.common.keys import check_location, too_long_column, unsafe_key_column
 from spark_jobs.common.table import committed_featurize_steps, feature_table, made_with
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
 
@@ -180,6 +180,12 @@ def new_keys(spark: SparkSession, keys_uri: str, featurized: list[dict]) -> Data
 # --------------------------------------------------------------------------- load
 
 
+def reject_long_keys(candidates: DataFrame, jpeg_uri: str) -> DataFrame:
+    """A candidate whose JPEG's key would be over S3's limit is rejected with the reason."""
+    out_prefix = split_s3_uri(jpeg_uri)[1] if jpeg_uri.startswith(("s3://", "s3a://")) else jpeg_uri
+    return candidates.withColumn("pre_reject", F.coalesce(F.col("pre_reject"), too_long_column(F.col("key"), out_prefix)))
+
+
 def upload_jpegs(processed: DataFrame, jpeg_uri: str, endpoint: str | None) -> DataFrame:
     """Pass-through that writes each accepted image as a JPEG object, on the executors."""
     bucket, prefix = split_s3_uri(jpeg_uri)
@@ -302,6 +308,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
     if n_files == 0:
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     with timings.measure("preprocess"):
+        candidates = reject_long_keys(candidates, jpeg_uri)
         processed = upload_jpegs(preprocess_images(candidates, cfg), jpeg_uri, cfg.s3_endpoint)
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
 

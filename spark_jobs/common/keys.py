@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 
 UNSAFE_SEGMENTS = ("", ".", "..")
+S3_MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes (SeaweedFS's too)
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
 OUTSIDE_PREFIX = "unsafe key: outside the raw prefix"
 UNSAFE_SEGMENT = "unsafe key: empty, '.' or '..' segment"
 CONTROL_CHARACTER = "unsafe key: control character"
+KEY_TOO_LONG = f"unsafe key: its output key would pass S3's {S3_MAX_KEY_BYTES}-byte limit"
 
 
 def unsafe_key_reason(key: str, prefix: str) -> str | None:
@@ -36,6 +38,15 @@ def unsafe_key_column(relative):
         F.when(F.exists(parts, lambda p: p.isin(*UNSAFE_SEGMENTS)), F.lit(UNSAFE_SEGMENT))
         .when(relative.rlike(CONTROL_CHARACTERS), F.lit(CONTROL_CHARACTER))
     )
+
+
+def too_long_column(key, out_prefix: str):
+    """KEY_TOO_LONG where `<out_prefix>/<key>` (an object the step writes per image) would be refused by
+    the store: one such key must be a reject, not a task failing on every attempt and every later run."""
+    from pyspark.sql import functions as F
+
+    return F.when(F.octet_length(F.concat(F.lit(out_prefix.rstrip("/") + "/"), key)) > S3_MAX_KEY_BYTES,
+                  F.lit(KEY_TOO_LONG))
 
 
 def check_location(uri: str) -> None:

@@ -243,10 +243,16 @@ def test_iam_policy_names_only_the_project_buckets():
     for resource in resources:
         assert resource.startswith("arn:aws:s3:::"), resource
         assert resource[len("arn:aws:s3:::"):].split("/")[0] in buckets, resource
-    actions = {a for st in policy["Statement"] for a in st["Action"]}
-    assert "s3:*" not in actions and all(st["Effect"] == "Allow" for st in policy["Statement"])
-    raw = [st for st in policy["Statement"] if any(r.startswith("arn:aws:s3:::fruitflow-raw/") for r in st["Resource"])]
+    allows = [st for st in policy["Statement"] if st["Effect"] == "Allow"]
+    denies = [st for st in policy["Statement"] if st["Effect"] == "Deny"]
+    assert "s3:*" not in {a for st in allows for a in st["Action"]}
+    raw = [st for st in allows if any(r.startswith("arn:aws:s3:::fruitflow-raw/") for r in st["Resource"])]
     assert all(set(st["Action"]) == {"s3:GetObject"} for st in raw)  # the raw photos are read-only
+    # plain HTTP is refused, whatever else allows: every bucket and every object of the project
+    assert len(denies) == 1 and denies[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert denies[0]["Action"] == ["s3:*"]
+    arns = {f"arn:aws:s3:::{b}" for b in buckets}
+    assert set(denies[0]["Resource"]) == arns | {f"{arn}/*" for arn in arns}
 
 
 def test_shell_scripts_pass_shellcheck():

@@ -88,3 +88,25 @@ def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
     assert already(Config(backbone="resnet50", weights="random")) == {"Apple/a.jpg", "Apple/b.jpg"}
     assert already(Config(backbone="efficientnet_lite0", weights="imagenet")) == set()
     assert already(Config(backbone="resnet50", weights="imagenet")) == set()
+
+
+def test_an_image_whose_output_key_would_pass_s3s_limit_is_rejected(spark, image_tree, cfg):
+    """A raw key S3 accepts can still make the JPEG's key under the run's folder (a long runs prefix, a
+    manual run id of 250 characters) too long for S3 (PutObject: KeyTooLongError): that image is a reject
+    with its reason, where it failed its task on every attempt and every later run; the others go on."""
+    from spark_jobs.common.keys import KEY_TOO_LONG, S3_MAX_KEY_BYTES
+
+    reals = real_images(SAMPLE_500, 1, 2)
+    root = image_tree(reals)
+    category = reals[0].parent.name
+    # 'é' is two bytes in UTF-8: the limit counts bytes, not characters
+    fits, too_long = "é" * 120 + ".jpg", "é" * 125 + ".jpg"  # 244 and 254 bytes
+    (root / category / reals[0].name).rename(root / category / fits)
+    (root / category / reals[1].name).rename(root / category / too_long)
+    tail = f"/{category}/" + "é" * 123 + ".jpg"  # 250 bytes: the boundary
+    run_folder = "r" * (S3_MAX_KEY_BYTES - len(tail.encode()) - len("/preprocess/jpeg"))
+    jpeg_uri = f"s3a://fruitflow-preprocessed/{run_folder}/preprocess/jpeg"
+    frame = preprocess.reject_long_keys(_frame(spark, root).filter(F.col("ignored_reason").isNull()), jpeg_uri)
+    out = {r["key"].split("/")[1]: r for r in preprocess.preprocess_images(frame, cfg).drop("image").collect()}
+    assert out[fits]["status"] == preprocess.OK and out[fits]["reason"] is None
+    assert out[too_long]["status"] == preprocess.REJECTED and out[too_long]["reason"] == KEY_TOO_LONG
