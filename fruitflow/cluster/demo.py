@@ -78,6 +78,10 @@ def run_on_airflow_host(cluster: Cluster, argv: list[str], extra_env: dict[str, 
                             env={**cluster.airflow_env(), **(extra_env or {})}, cwd=ROOT, **kwargs)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fruitflow cluster-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cluster = Cluster.default()
     # SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
         cluster.up()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("master", "worker", "client", "history")
@@ -39,7 +39,6 @@ class Node:
     # How long a silent worker or executor is given before it is written off: Spark's own defaults
     # (60 s for workers, 120 s for the network) keep a dead worker's tasks waiting for minutes.
     failure_timeout_s: int = 60
-    extra: dict[str, str] = field(default_factory=dict)  # more spark-defaults lines (e.g. local stack ports)
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
@@ -75,7 +74,7 @@ def spark_defaults(node: Node) -> dict[str, str]:
     if "history" in node.roles and node.event_log_dir:
         conf.update({"spark.history.fs.logDirectory": node.event_log_uri,
                      "spark.history.ui.port": str(HISTORY_PORT)})
-    return {**conf, **node.extra}
+    return conf
 
 
 def spark_env(node: Node) -> dict[str, str]:
