@@ -27,15 +27,13 @@ from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars,
                                          settings, spark_home)
 from fruitflow.stack.node_conf import HISTORY_PORT, Node, write
 from fruitflow.stack.process import log
+from fruitflow.stack.services import HISTORY_CLASS, MASTER_CLASS, WORKER_CLASS
 from spark_jobs.common.config import StackSettings
 
 NET = network.Network(prefix="ff-", subnet="10.231.7",
                       hosts={"storage": 2, "master": 3, "worker-1": 11, "worker-2": 12, "airflow": 20})
 WORKERS = ("worker-1", "worker-2")
 S3_PORT, MASTER_PORT, MASTER_UI_PORT, WORKER_UI_PORT = 9000, 7077, 8080, 8081
-MASTER_CLASS = "org.apache.spark.deploy.master.Master"
-WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
-HISTORY_CLASS = "org.apache.spark.deploy.history.HistoryServer"
 STAGE = Path("/run/fruitflow-stage")  # an empty mount point outside every hidden folder
 
 
