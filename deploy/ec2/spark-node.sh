@@ -24,6 +24,7 @@ NODE_IP=${NODE_IP:-}                # default: the instance's private address
 WORKER_CORES=${WORKER_CORES:-$(nproc)}
 WORKER_MEMORY=${WORKER_MEMORY:-}    # default: the memory less 4 GiB for the OS, the Python workers' models
 FAILURE_TIMEOUT=${FAILURE_TIMEOUT:-60}  # seconds before a silent worker or executor is written off
+QUICK_START_JVM=${QUICK_START_JVM:-0}  # client on a small instance (2 vCPUs): C1 only, serial GC (node_conf)
 HADOOP_AWS_VERSION=3.5.0            # Spark 4.3's Hadoop client version
 SPARK_HADOOP_CLOUD_VERSION=4.0.0    # the S3A committer binding (FRUITFLOW_S3A_COMMITTER=magic)
 SPARK_USER=spark
@@ -68,7 +69,7 @@ render_conf() {
     --secret-file "$SPARK_AUTH_SECRET_FILE" --python "$NODE_PYTHON" \
     --event-log-dir "$([ "$ROLE" = client ] && echo "$PREFIX/spark-events")" \
     --cores "$WORKER_CORES" --memory "$(worker_memory)" --failure-timeout "$FAILURE_TIMEOUT" \
-    --out "$PREFIX/conf" >/dev/null
+    $([ "$QUICK_START_JVM" = 1 ] && echo --quick-start-jvm) --out "$PREFIX/conf" >/dev/null
 }
 
 install_project() {

@@ -91,7 +91,8 @@ class Cluster:
         return Node(roles=roles, ip=self.net.ip(host), home=str(self.home(host)),
                     secret=self.credentials("spark")["secret"], python=sys.executable,
                     event_log_dir=str(self.event_logs) if host == "airflow" else "",
-                    cores=1, memory="3g", failure_timeout_s=self.failure_timeout_s)
+                    cores=1, memory="3g", failure_timeout_s=self.failure_timeout_s,
+                    quick_start_jvm=True)  # five hosts on two shared cores
 
     def nodes(self) -> dict[str, Node]:
         return {"master": self.node("master", ("master",)),

@@ -76,10 +76,12 @@ def event_log_dir(s: StackSettings) -> Path:
 
 def local_node(s: StackSettings) -> Node:
     """The local stack's one host as a Spark node: it submits (client mode) and serves the history.
-    Spark's own network timeouts are kept (failure_timeout_s=120): a busy 2-core laptop is no cluster."""
+    Spark's own network timeouts are kept (failure_timeout_s=120): a busy 2-core laptop is no cluster;
+    its drivers and executors start the quick way (node_conf's quick_start_jvm)."""
     secret = local_credentials(state_dir(s), "spark")["secret"]
     return Node(roles=("client", "history"), ip=s.host, home=str(state_dir(s)), secret=secret,
-                python=sys.executable, event_log_dir=str(event_log_dir(s)), failure_timeout_s=120)
+                python=sys.executable, event_log_dir=str(event_log_dir(s)), failure_timeout_s=120,
+                quick_start_jvm=True)
 
 
 def write_spark_defaults(s: StackSettings) -> Path:

@@ -9,6 +9,11 @@ its tests) and the local stack's single host. A node has one or more roles:
   node's address (executors on other hosts connect back to it) and writes event logs;
 - `history`: the Spark history server, reading those event logs.
 
+A client on a small host (a laptop, the namespaces cluster: two cores shared by every JVM) sets
+`quick_start_jvm`: its drivers and their executors live for one step, and on two cores the C2 JIT and
+G1's threads took a third of a trivial application's wall time (`docs/benchmarks.md`). A real cluster
+keeps the JVM's defaults: its executors run long enough for C2 to pay.
+
 Every node shares the cluster's RPC secret (spark.authenticate); the REST submission server is off (it
 accepts unauthenticated submissions) and so are the UIs' kill links. Both files hold the secret or
 point at it: write them mode 0600.
@@ -24,6 +29,9 @@ from pathlib import Path
 
 ROLES = ("master", "worker", "client", "history")
 HISTORY_PORT = 18080
+# Short-lived JVMs on few cores: the client compiler only (no C2 compile threads competing with the work)
+# and the serial collector (small heaps, no parallel GC threads).
+QUICK_START_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class Node:
     # How long a silent worker or executor is given before it is written off: Spark's own defaults
     # (60 s for workers, 120 s for the network) keep a dead worker's tasks waiting for minutes.
     failure_timeout_s: int = 60
+    quick_start_jvm: bool = False  # client: C1 only and the serial GC for its drivers and executors
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
@@ -69,6 +78,9 @@ def spark_defaults(node: Node) -> dict[str, str]:
             "spark.network.timeoutInterval": f"{max(node.failure_timeout_s // 2, 5)}s",
             "spark.executor.heartbeatInterval": f"{max(min(node.failure_timeout_s // 6, 10), 1)}s",
         })
+        if node.quick_start_jvm:
+            conf.update({"spark.driver.extraJavaOptions": QUICK_START_JAVA_OPTIONS,
+                         "spark.executor.extraJavaOptions": QUICK_START_JAVA_OPTIONS})
         if node.event_log_dir:
             conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": node.event_log_uri})
     if "history" in node.roles and node.event_log_dir:
@@ -144,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=1)
     p.add_argument("--memory", default="2g")
     p.add_argument("--failure-timeout", type=int, default=60, dest="failure_timeout_s")
+    p.add_argument("--quick-start-jvm", action="store_true",
+                   help="client on a small host: C1 only and the serial GC for drivers and executors")
     p.add_argument("--out", required=True, type=Path, help="the node's SPARK_CONF_DIR")
     args = p.parse_args(argv)
     try:
         node = Node(roles=tuple(r for r in args.roles.split(",") if r), ip=args.ip, home=args.home,
                     secret=args.secret_file.read_text().strip(), python=args.python,
                     event_log_dir=args.event_log_dir, cores=args.cores, memory=args.memory,
-                    failure_timeout_s=args.failure_timeout_s)
+                    failure_timeout_s=args.failure_timeout_s, quick_start_jvm=args.quick_start_jvm)
     except (OSError, ValueError) as exc:
         print(f"node_conf: {exc}", file=sys.stderr)
         return 2

@@ -188,13 +188,15 @@ def test_the_spark_cluster_authenticates_and_has_no_rest_server(compose):
     assert "-Dspark.master.rest.enabled=false" in master and "-Dspark.ui.killEnabled=false" in master
 
 
-def render_node_script(tmp_path: Path, role: str, prefix: Path, ip: str, secret: str) -> dict[str, str]:
+def render_node_script(tmp_path: Path, role: str, prefix: Path, ip: str, secret: str,
+                       quick_start_jvm: bool = True) -> dict[str, str]:
     """What deploy/ec2/spark-node.sh writes into <prefix>/conf for `role` (RENDER_ONLY: nothing else)."""
     secret_file = tmp_path / f"secret-{role}"
     secret_file.write_text(secret + "\n")
     env = {**os.environ, "RENDER_ONLY": "1", "ROLE": role, "PREFIX": str(prefix), "NODE_PYTHON": sys.executable,
            "NODE_IP": ip, "SPARK_AUTH_SECRET_FILE": str(secret_file), "MASTER_URL": "spark://10.0.0.1:7077",
-           "WORKER_CORES": "1", "WORKER_MEMORY": "3g", "FAILURE_TIMEOUT": "15"}
+           "WORKER_CORES": "1", "WORKER_MEMORY": "3g", "FAILURE_TIMEOUT": "15",
+           "QUICK_START_JVM": "1" if quick_start_jvm else "0"}
     done = subprocess.run(["bash", str(ROOT / "deploy" / "ec2" / "spark-node.sh")], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -221,6 +223,11 @@ def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tm
     client = nodes["airflow"]
     assert f"spark.driver.host {client.ip}" in render_defaults(client)
     assert f"spark.eventLog.dir file:{cluster.home('airflow')}/spark-events" in render_defaults(client)
+    # two shared cores: the drivers and executors start the quick way; a real cluster's keep C2
+    assert "spark.executor.extraJavaOptions -XX:TieredStopAtLevel=1" in render_defaults(client)
+    real = render_node_script(tmp_path, "client", tmp_path / "ec2", client.ip, client.secret,
+                              quick_start_jvm=False)
+    assert "extraJavaOptions" not in real["spark-defaults.conf"]
 
 
 def test_no_secret_in_compose_or_env_example(compose):
