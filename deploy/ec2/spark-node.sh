@@ -65,11 +65,13 @@ worker_memory() {
 
 render_conf() {
   # One renderer for every node: the multi-host test cluster's configuration comes from it too.
+  local quick=()
+  if [ "$QUICK_START_JVM" = 1 ]; then quick=(--quick-start-jvm); fi
   "$NODE_PYTHON" -m fruitflow.stack.node_conf --roles "$ROLES" --ip "$(node_ip)" --home "$PREFIX" \
     --secret-file "$SPARK_AUTH_SECRET_FILE" --python "$NODE_PYTHON" \
     --event-log-dir "$([ "$ROLE" = client ] && echo "$PREFIX/spark-events")" \
     --cores "$WORKER_CORES" --memory "$(worker_memory)" --failure-timeout "$FAILURE_TIMEOUT" \
-    $([ "$QUICK_START_JVM" = 1 ] && echo --quick-start-jvm) --out "$PREFIX/conf" >/dev/null
+    "${quick[@]}" --out "$PREFIX/conf" >/dev/null
 }
 
 install_project() {
