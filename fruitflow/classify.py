@@ -206,6 +206,17 @@ class Store:
             raise ValueError(f"{uri} is outside the pipeline's buckets")
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    def manifest(self, step_uri: str) -> dict:
+        """A step's manifest, with the store's LastModified as its STORED_MS (`parse_manifest`)."""
+        from spark_jobs.common.config import split_s3_uri
+        from spark_jobs.common.manifest import manifest_uri, parse_manifest
+
+        bucket, key = split_s3_uri(manifest_uri(step_uri))
+        if bucket not in self.cfg.buckets:
+            raise ValueError(f"{step_uri} is outside the pipeline's buckets")
+        obj = self.client.get_object(Bucket=bucket, Key=key)
+        return parse_manifest(obj["Body"].read(), int(obj["LastModified"].timestamp() * 1000))
+
 
 def require_inside(uri: str, step_uri: str, what: str) -> None:
     """A manifest names files of its own step only: a planted one cannot point elsewhere."""

@@ -43,15 +43,12 @@ def render(*, result: dict | None, thumbnails: dict[str, str], source: dict | No
 def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, str]:
     """key -> base64 JPEG thumbnail of each neighbour found among the preprocessed JPEGs behind the
     classifier's table."""
-    import json
-
     from fruitflow.classify import Store
     from spark_jobs.common.config import split_s3_uri
-    from spark_jobs.common.manifest import jpeg_folders, manifest_uri
+    from spark_jobs.common.manifest import jpeg_folders
 
     store = Store(cfg, s3_hook.get_conn())
-    pca = json.loads(store.get(manifest_uri(classifier.meta["pca_step"])))
-    folders = jpeg_folders(pca, lambda uri: json.loads(store.get(manifest_uri(uri))))
+    folders = jpeg_folders(store.manifest(classifier.meta["pca_step"]), store.manifest)
     found: dict[str, str] = {}
     for neighbour in result.get("neighbours", []):
         for folder in folders:

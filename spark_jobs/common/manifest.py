@@ -18,6 +18,9 @@ from . import storage
 from .config import Config, s3a_uri
 
 MANIFEST_NAME = "_manifest.json"
+# Set by every reader from the store's own modification time (S3's LastModified), never from the file:
+# manifests are ordered by it, so a planted manifest cannot date itself into the future and win.
+STORED_MS = "stored_ms"
 
 
 class MissingInput(FileNotFoundError):
@@ -49,13 +52,25 @@ def write_manifest(spark: SparkSession, step_uri: str, manifest: dict) -> dict:
     return body
 
 
+def parse_manifest(text: str | bytes, stored_ms: int) -> dict:
+    """A manifest as read: its JSON, with the store's modification time under STORED_MS."""
+    manifest = json.loads(text)
+    if not isinstance(manifest, dict):
+        raise BadManifest("a manifest is a JSON object")
+    return {**manifest, STORED_MS: int(stored_ms)}
+
+
+def stored_ms(manifest: dict) -> int:
+    return manifest[STORED_MS]
+
+
 def read_manifest(spark: SparkSession, step_uri: str, cfg: Config) -> dict:
     uri = manifest_uri(step_uri)
     if not storage.exists(spark, uri):
         raise MissingInput(
             f"no manifest at {uri}: the upstream step did not finish; run it (again) before this one"
         )
-    manifest = json.loads(storage.read_text(spark, uri))
+    manifest = parse_manifest(storage.read_text(spark, uri), storage.modified_ms(spark, uri))
     reason = untrusted_reason(manifest, step_uri, cfg)
     if reason:
         raise BadManifest(f"refusing {uri}: {reason}")
@@ -104,8 +119,9 @@ class Timings(dict):
 
 def jpeg_folders(pca_manifest: dict, read: Callable[[str], dict]) -> list[str]:
     """The preprocessed-JPEG folders of the preprocess steps behind a PCA step's table, newest first (a
-    key's JPEG is in the run that first saw it). `read(step_uri)` returns a step's manifest."""
+    key's JPEG is in the run that first saw it). `read(step_uri)` returns a step's manifest, as
+    `parse_manifest` makes it."""
     featurize_steps = [read(uri.rsplit("/", 1)[0]) for uri in pca_manifest["inputs"]["features"]]
-    newest_first = sorted(featurize_steps, key=lambda m: m["written_at"], reverse=True)
+    newest_first = sorted(featurize_steps, key=stored_ms, reverse=True)
     preprocess_steps = [read(m["inputs"]["preprocess"]) for m in newest_first]
     return [m["outputs"]["jpeg"] for m in preprocess_steps if "jpeg" in m.get("outputs", {})]

@@ -78,9 +78,20 @@ def download_file(spark: SparkSession, uri: str, local_path: str) -> None:
 
 
 def glob(spark: SparkSession, pattern: str) -> list[str]:
+    return sorted(glob_modified(spark, pattern))
+
+
+def glob_modified(spark: SparkSession, pattern: str) -> dict[str, int]:
+    """uri -> the store's modification time (ms since the epoch; S3's LastModified) of each match."""
     fs, path = _path(spark, pattern)
     statuses = fs.globStatus(path) or []
-    return sorted(str(s.getPath().toString()) for s in statuses)
+    return {str(s.getPath().toString()): int(s.getModificationTime()) for s in statuses}
+
+
+def modified_ms(spark: SparkSession, uri: str) -> int:
+    """The store's modification time of one object (S3's LastModified), ms since the epoch."""
+    fs, path = _path(spark, uri)
+    return int(fs.getFileStatus(path).getModificationTime())
 
 
 def single_csv(df, spark: SparkSession, uri: str, sep: str = ";") -> None:

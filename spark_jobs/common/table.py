@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -10,16 +9,20 @@ from pyspark.sql import functions as F
 
 from . import storage
 from .config import Config
-from .manifest import untrusted_reason
+from .manifest import parse_manifest, stored_ms, untrusted_reason
 
 
 def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
     """Manifests of every finished featurize step; a step without manifest never counts, nor one that
     does not describe its own folder (`untrusted_reason`: said in the log, then left out)."""
     committed = []
-    for uri in storage.glob(spark, cfg.featurize_manifests_glob):
-        manifest = json.loads(storage.read_text(spark, uri))
-        reason = untrusted_reason(manifest, uri.rsplit("/", 1)[0], cfg)
+    for uri, modified in sorted(storage.glob_modified(spark, cfg.featurize_manifests_glob).items()):
+        try:
+            manifest = parse_manifest(storage.read_text(spark, uri), modified)
+        except ValueError as exc:  # not JSON (json's error is a ValueError), or not an object
+            reason = f"not a manifest ({exc})"
+        else:
+            reason = untrusted_reason(manifest, uri.rsplit("/", 1)[0], cfg)
         if reason:
             print(f"[table] leaving out {uri}: {reason}", file=sys.stderr)
         else:
@@ -53,21 +56,22 @@ def same_model(manifests: list[dict]) -> tuple[list[dict], list[dict]]:
     (a backbone or weights switched under the same runs prefix) are left out, never mixed in."""
     if not manifests:
         return [], []
-    newest = model_of(max(manifests, key=lambda m: m["written_at"]))
+    newest = model_of(max(manifests, key=stored_ms))
     kept = [m for m in manifests if model_of(m) == newest]
     return kept, [m for m in manifests if model_of(m) != newest]
 
 
 def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
-    """Union of the featurize outputs; for a key present several times, the newest row wins."""
+    """Union of the featurize outputs; for a key present several times, the row of the step whose
+    manifest the store saw last wins."""
     if not manifests:
         raise SystemExit("no committed featurize output: run the featurize step first")
     frames = [
-        spark.read.parquet(m["outputs"]["features"]).withColumn("written_at", F.lit(m["written_at"]))
+        spark.read.parquet(m["outputs"]["features"]).withColumn("_stored_ms", F.lit(stored_ms(m)))
         for m in manifests
     ]
     table = frames[0]
     for frame in frames[1:]:
         table = table.unionByName(frame)
-    newest = Window.partitionBy("key").orderBy(F.col("written_at").desc())
-    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "written_at")
+    newest = Window.partitionBy("key").orderBy(F.col("_stored_ms").desc())
+    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "_stored_ms")

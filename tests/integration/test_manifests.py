@@ -4,6 +4,7 @@ run's folder cannot point PCA, cluster or train at data the pipeline never made.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -48,3 +49,37 @@ def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg,
         for bucket in ("fruitflow-features",):
             for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spark, cfg, s3):
+    """A manifest that dates itself far in the future (its own folder, valid otherwise) must not define
+    the feature table's model nor win its rows over a step the store saw later."""
+    from spark_jobs.common import storage
+    from spark_jobs.common.manifest import manifest_uri
+    from spark_jobs.common.table import committed_featurize_steps, feature_table, same_model
+
+    cfg = cfg.with_overrides(runs_prefix=f"manifests-{uuid.uuid4().hex[:8]}")
+
+    def featurize_step(run: str, backbone: str, value: float, **fields) -> str:
+        uri = cfg.step_uri(run, "featurize")
+        spark.createDataFrame([("Apple/a.jpg", [value])], "key string, features array<float>") \
+            .write.mode("overwrite").parquet(f"{uri}/features")
+        manifest = {**_featurize_manifest(uri, model=f"s3a://fruitflow-models/{backbone}/imagenet/model.onnx"),
+                    "params": {"backbone": backbone, "weights": "imagenet"}, **fields}
+        storage.write_text(spark, manifest_uri(uri), json.dumps(manifest))
+        return uri
+
+    try:
+        planted = featurize_step("run-planted", "resnet50", 9.0, written_at="9999-12-31T00:00:00+00:00",
+                                 stored_ms=99999999999999)
+        time.sleep(1.5)  # S3's LastModified counts seconds
+        genuine = featurize_step("run-genuine", "efficientnet_lite0", 1.0,
+                                 written_at="2026-11-28T00:00:00+00:00")
+        committed = committed_featurize_steps(spark, cfg)
+        assert sorted(m["step_uri"] for m in committed) == sorted([planted, genuine])
+        kept, left_out = same_model(committed)
+        assert [m["step_uri"] for m in kept] == [genuine] and [m["step_uri"] for m in left_out] == [planted]
+        assert [list(r["features"]) for r in feature_table(spark, committed).collect()] == [[1.0]]
+    finally:
+        for obj in s3.list_objects_v2(Bucket="fruitflow-features", Prefix=cfg.runs_prefix + "/").get("Contents", []):
+            s3.delete_object(Bucket="fruitflow-features", Key=obj["Key"])

@@ -130,13 +130,13 @@ def test_pca_model_saves_and_loads(spark, tmp_path):
 def test_feature_table_never_mixes_models():
     from spark_jobs.common.table import same_model
 
-    def step(uri, written_at, backbone, tag):
-        return {"step_uri": uri, "written_at": written_at,
+    def step(uri, stored_ms, backbone, tag):
+        return {"step_uri": uri, "stored_ms": stored_ms,
                 "params": {"backbone": backbone, "weights": "imagenet", "model_tag": tag}}
 
-    old = step("s3a://f/runs/a/featurize", "2026-01-01T00:00:00", "resnet50", "imagenet-keras3")
-    new = step("s3a://f/runs/b/featurize", "2026-01-02T00:00:00", "efficientnet_lite0", "imagenet-pypi0.1.0")
-    newer = step("s3a://f/runs/c/featurize", "2026-01-03T00:00:00", "efficientnet_lite0", "imagenet-pypi0.1.0")
+    old = step("s3a://f/runs/a/featurize", 1_000, "resnet50", "imagenet-keras3")
+    new = step("s3a://f/runs/b/featurize", 2_000, "efficientnet_lite0", "imagenet-pypi0.1.0")
+    newer = step("s3a://f/runs/c/featurize", 3_000, "efficientnet_lite0", "imagenet-pypi0.1.0")
     kept, left_out = same_model([old, new, newer])
     assert kept == [new, newer] and left_out == [old]
     assert same_model([]) == ([], [])

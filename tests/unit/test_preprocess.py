@@ -79,7 +79,7 @@ def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
     keys.write_text("".join(json.dumps(line) + "\n" for line in lines))
     resnet = {"params": {"backbone": "resnet50", "weights": "random", "precision": "fp32",
                          "color_descriptor": COLOR_DESCRIPTOR},
-              "outputs": {"features": features}, "written_at": "2026-11-27T00:00:00+00:00"}
+              "outputs": {"features": features}, "stored_ms": 1_795_000_000_000}
 
     def already(cfg):
         frame = preprocess.new_keys(spark, keys.as_uri(), made_with([resnet], cfg))
