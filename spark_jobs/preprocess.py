@@ -115,6 +115,20 @@ def with_keys(files: DataFrame, raw_uri: str) -> DataFrame:
     )
 
 
+def decode_reason(outcome) -> str | None:
+    """A decoding outcome (`sandbox.Outcome`) as the reject reason recorded for its image (None: decoded).
+    A bad file never fails the run, whatever its decoder did."""
+    from spark_jobs.common.images import RejectedImage
+
+    if outcome.died:
+        return f"decoder {outcome.died}"
+    if isinstance(outcome.error, RejectedImage):
+        return str(outcome.error)
+    if outcome.error is not None:
+        return f"decoding failed: {type(outcome.error).__name__}: {outcome.error}"
+    return None
+
+
 def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
     """Candidates (with `content`) -> key, category, etag, status, reason, image (raw RGB bytes).
 
@@ -122,25 +136,19 @@ def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
     the binaryFile reader); the others are decoded in a pandas UDF.
     """
     max_pixels = cfg.max_image_pixels
+    memory_bytes, timeout_s = cfg.decoder_memory_mb * 1024 * 1024, cfg.decoder_timeout_s
     schema = StructType([StructField("image", BinaryType()), StructField("reason", StringType())])
 
     @pandas_udf(schema)
     def decode_and_preprocess(content: pd.Series) -> pd.DataFrame:
-        from spark_jobs.common import images
+        from spark_jobs.common import images, sandbox
 
-        out_images, reasons = [], []
-        for data in content:
-            try:
-                rgb = images.preprocess(images.decode(data, max_pixels))
-                out_images.append(rgb.tobytes())
-                reasons.append(None)
-            except images.RejectedImage as exc:
-                out_images.append(None)
-                reasons.append(str(exc))
-            except Exception as exc:  # noqa: BLE001 - a bad file never fails the run
-                out_images.append(None)
-                reasons.append(f"decoding failed: {type(exc).__name__}: {exc}")
-        return pd.DataFrame({"image": out_images, "reason": reasons})
+        def decode_one(data):
+            return images.preprocess(images.decode(data, max_pixels)).tobytes()
+
+        outcomes = sandbox.map_isolated(decode_one, list(content), memory_bytes=memory_bytes, timeout_s=timeout_s)
+        return pd.DataFrame({"image": [o.value if o.ok else None for o in outcomes],
+                             "reason": [decode_reason(o) for o in outcomes]})
 
     columns = ["key", "category", "path", "length", "modificationTime"]
     too_big = (

@@ -109,6 +109,11 @@ class Config:
     # Guards against hostile or broken input
     max_image_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # Images are decoded in a forked child (spark_jobs.common.sandbox) that may allocate this much beyond
+    # the Python worker's own memory and take this long per image: a decoder that crashes, runs away or
+    # hangs costs its own image (a reject with the reason), never the task, the run or the next runs.
+    decoder_memory_mb: int = 1024
+    decoder_timeout_s: int = 30
 
     buckets: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
 

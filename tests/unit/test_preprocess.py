@@ -110,3 +110,21 @@ def test_an_image_whose_output_key_would_pass_s3s_limit_is_rejected(spark, image
     out = {r["key"].split("/")[1]: r for r in preprocess.preprocess_images(frame, cfg).drop("image").collect()}
     assert out[fits]["status"] == preprocess.OK and out[fits]["reason"] is None
     assert out[too_long]["status"] == preprocess.REJECTED and out[too_long]["reason"] == KEY_TOO_LONG
+
+
+def test_an_image_whose_decoding_exceeds_the_decoders_memory_is_a_reject(spark, image_tree, cfg):
+    """A PNG within the pixel limit that decodes to more than the decoder's budget (here 32 MB: a
+    5000x5000 PNG of 9 KB needs 75 MB) is a reject with its reason; the photos beside it are processed
+    and the task lives on. Before the sandbox it decoded at full size inside the Python worker."""
+    import cv2
+
+    reals = real_images(SAMPLE_500, 1, 2)
+    root = image_tree(reals)
+    bomb = np.zeros((5000, 5000, 3), np.uint8)
+    (root / reals[0].parent.name / "bomb.png").write_bytes(cv2.imencode(".png", bomb)[1].tobytes())
+    frame = _frame(spark, root).filter(F.col("ignored_reason").isNull())
+    tight = cfg.with_overrides(decoder_memory_mb=32)
+    out = {r["key"].split("/")[1]: r for r in preprocess.preprocess_images(frame, tight).drop("image").collect()}
+    assert out["bomb.png"]["status"] == "rejected", out["bomb.png"]
+    assert "memory" in out["bomb.png"]["reason"].lower(), out["bomb.png"]["reason"]
+    assert [out[p.name]["status"] for p in reals] == ["ok", "ok"]
