@@ -45,7 +45,7 @@ def test_dag_benchmark_smoke(stack, image_tree, monkeypatch):
     data = image_tree(real_images(SAMPLE_500, 2, 3))
     # The offline default model, which the DAG tests have already put in the models bucket: no export here.
     monkeypatch.setenv("FRUITFLOW_BACKBONE", "efficientnet_lite0")
-    figures = _bench("bench-e2e", "--data", str(data), "--weights", "imagenet")
+    figures = _bench("bench-e2e", "--data", str(data), "--weights", "imagenet", "--floor-rounds", "1")
     e2e = figures["e2e"]
     assert e2e["n_images"] == 6
     assert e2e["dag_wall_s"] > e2e["featurize_model_s"] > 0
