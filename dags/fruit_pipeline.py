@@ -4,8 +4,9 @@
 New fruit photos in the raw bucket -> preprocessed images -> CNN features (ResNet50 or
 EfficientNet-Lite0) -> PCA -> KMeans report.
 
-`wait_for_images` (deferrable: an image newer than the last successful run) -> `list_new` (images
-modified since then; nothing new skips the Spark steps) -> `preprocess` -> `featurize` -> `pca` -> `cluster` and `train`
+`wait_for_images` (deferrable: an image newer than the last successful run listed) -> `list_new`
+(what the raw prefix's listing state does not hold; nothing new skips the Spark steps) -> `preprocess`
+-> `featurize` -> `pca` -> `cluster` and `train`
 (Spark jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
 
 PCA, KMeans and the classifier refit on the whole feature table; preprocess and featurize see only new images.
@@ -88,22 +89,22 @@ with DAG(
         soft_fail=True,  # nothing new for 6 hours: the run is skipped, not failed
         execution_timeout=dt.timedelta(hours=7),
         doc_md="Waits (deferred, in the triggerer) for a `<fruit>/<image>` object under the raw prefix modified "
-               "after the last successful run started; a manual run takes any image.",
+               "after the newest one the last successful run listed; a manual run takes any image.",
     )
 
     @task.short_circuit(ignore_downstream_trigger_rules=False, execution_timeout=dt.timedelta(minutes=30),
-                        doc_md="Lists the objects modified since the last successful run to a JSON-lines file "
-                               "(unsafe keys marked refused) and chooses the model; nothing new skips the "
+                        doc_md="Lists the objects the raw prefix's listing state does not hold (newer than the "
+                               "last successful run's newest, or late uploads compared by ETag) to a JSON-lines "
+                               "file (unsafe keys marked refused) and chooses the model; nothing new skips the "
                                "Spark steps.")
-    def list_new(params=None, run_id=None, prev_start_date_success=None, ti=None):
+    def list_new(params=None, run_id=None, ti=None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         from fruitflow_airflow.tasks import choose_model, list_new_images
         from spark_jobs.common.config import split_s3_uri
 
         hook = S3Hook(aws_conn_id="aws_default")
-        found = list_new_images(hook, CFG, params["raw_prefix"], run_id,
-                                prev_start_date_success or None)  # a lazy proxy, possibly of None
+        found = list_new_images(hook, CFG, params["raw_prefix"], run_id)
         found["model"] = choose_model(params["backbone"], params["weights"], CFG,
                                       lambda uri: hook.check_for_key(split_s3_uri(uri)[1], split_s3_uri(uri)[0]))
         ti.xcom_push(key="new", value=found)
@@ -152,14 +153,21 @@ with DAG(
     @task(trigger_rule="none_failed", execution_timeout=dt.timedelta(minutes=5), outlets=[REPORT],
           doc_md="The run summary (XCom and summary.json) and the run's report page, served in the run's "
                  "**Fruit report** tab.")
-    def publish(run_id=None, ti=None, outlet_events=None):
+    def publish(params=None, run_id=None, ti=None, outlet_events=None):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        from fruitflow_airflow import listing
         from fruitflow_airflow.tasks import publish_summary, run_asset_extra
 
+        hook = S3Hook(aws_conn_id="aws_default")
         manifests = {step: ti.xcom_pull(task_ids=step) for step in STEP_NAMES}
-        summary = publish_summary(S3Hook(aws_conn_id="aws_default"), CFG, run_id,
-                                  ti.xcom_pull(task_ids="list_new", key="new"), manifests)
+        new = ti.xcom_pull(task_ids="list_new", key="new")
+        summary = publish_summary(hook, CFG, run_id, new, manifests)
+        # the run succeeded: what it listed is done but for the keys it could not read yet (a failed run
+        # never gets here: all it listed is listed again next time)
+        pre = manifests["preprocess"]
+        retry = listing.retry_keys(hook, pre["outputs"]["retry"]) if pre else set()
+        listing.promote(hook, CFG, new["listing_state"], params["raw_prefix"], retry)
         outlet_events[REPORT].extra.update(run_asset_extra(summary))
         return summary
 

@@ -28,6 +28,9 @@ from spark_jobs.common.manifest import Timings, begin_step, write_manifest
 
 STEP = "preprocess"
 OK, REJECTED = "ok", "rejected"
+# Ends the reason of a reject that may pass (an object unreadable or not found when fetched): the key is
+# written to the step's `retry` output, and the next run lists it again whatever its LastModified.
+RETRY_NEXT_RUN = "left for the next run"
 
 
 # --------------------------------------------------------------------------- extract
@@ -230,8 +233,9 @@ def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
 
 def fetch_content(candidates: DataFrame, raw_uri: str, endpoint: str | None, max_bytes: int) -> DataFrame:
     """Fills `content` with each candidate's bytes, fetched by its exact key with boto3 on the executors.
-    An object gone since the listing, unreadable or grown over the size cap becomes a `pre_reject`;
-    other errors (after boto3's retries) fail the task, which Spark retries."""
+    An object gone since the listing, unreadable or grown over the size cap becomes a `pre_reject`; the
+    first two may be passing (a policy being fixed, a store catching up): their keys are listed again by
+    the next run (RETRY_NEXT_RUN). Other errors (after boto3's retries) fail the task, which Spark retries."""
     bucket, prefix = split_s3_uri(raw_uri)
     prefix = prefix.strip("/")
 
@@ -256,9 +260,9 @@ def fetch_content(candidates: DataFrame, raw_uri: str, endpoint: str | None, max
                     except ClientError as exc:
                         code = exc.response.get("Error", {}).get("Code", "")
                         if code in ("NoSuchKey", "404"):
-                            reason = "not found: deleted since list_new listed it"
+                            reason = f"not found: deleted since list_new listed it ({RETRY_NEXT_RUN})"
                         elif code in ("AccessDenied", "403", "InvalidObjectState"):
-                            reason = f"unreadable: {code}"
+                            reason = f"unreadable: {code} ({RETRY_NEXT_RUN})"
                         else:
                             raise
                 contents.append(data)
@@ -308,7 +312,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
     check_raw_uri(raw_uri)
     begin_step(spark, out_uri)
     table_uri, jpeg_uri = f"{out_uri}/images", f"{out_uri}/jpeg"
-    rejects_uri, ignored_uri = f"{out_uri}/rejects", f"{out_uri}/ignored"
+    rejects_uri, ignored_uri, retry_uri = f"{out_uri}/rejects", f"{out_uri}/ignored", f"{out_uri}/retry"
 
     with timings.measure("list"):
         found = read_listed(spark, cfg, raw_uri, keys_uri) if keys_uri else read_prefix(spark, raw_uri)
@@ -323,7 +327,12 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
     with timings.measure("summarise"):
         table = spark.read.parquet(table_uri)
         counts = {row["status"]: row["count"] for row in table.groupBy("status").count().collect()}
-        table.filter(F.col("status") == REJECTED).select("key", "reason").write.mode("overwrite").json(rejects_uri)
+        rejects = table.filter(F.col("status") == REJECTED).select("key", "reason")
+        rejects.write.mode("overwrite").json(rejects_uri)
+        retry = spark.read.schema("key string, reason string").json(rejects_uri) \
+            .filter(F.col("reason").endswith(f"({RETRY_NEXT_RUN})")).select("key")
+        retry.write.mode("overwrite").json(retry_uri)
+        n_retry = spark.read.schema("key string").json(retry_uri).count()
         ignored = listing.filter(F.col("ignored_reason").isNotNull()).select("path", "ignored_reason")
         ignored.write.mode("overwrite").json(ignored_uri)
         ignored = spark.read.schema("path string, ignored_reason string").json(ignored_uri)
@@ -345,12 +354,14 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
                 "jpeg": jpeg_uri,
                 "rejects": rejects_uri,
                 "ignored": ignored_uri,
+                "retry": retry_uri,  # keys the next run lists again (list_new's listing state)
             },
             "counts": {
                 "n_input": n_ok + n_rejected,
                 "n_images": n_ok,
                 "n_rejected": n_rejected,
                 "n_ignored": n_ignored,
+                "n_retry_next_run": n_retry,
                 "n_already_featurized": n_already,
                 "n_categories": n_categories,
             },

@@ -84,7 +84,7 @@ class NewImagesTrigger(BaseTrigger):
 
 
 class NewImagesSensor(BaseSensorOperator):
-    """Succeeds once an image newer than the last successful run is under `raw_prefix` (any image, for a
+    """Succeeds once an image newer than the last successful run listed is under `raw_prefix` (any image, for a
     manual run). Deferrable: while it waits, it holds no worker slot."""
 
     template_fields = ("raw_prefix",)
@@ -95,12 +95,16 @@ class NewImagesSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.bucket, self.raw_prefix, self.aws_conn_id, self.deferrable = bucket, raw_prefix, aws_conn_id, deferrable
 
-    @staticmethod
-    def since(context) -> dt.datetime | None:
+    def since(self, context) -> dt.datetime | None:
+        """None for a manual run (any image will do); else the raw prefix's watermark, the newest object
+        its last successful run listed (`listing`). A late upload below it is listed by the next run."""
+        from fruitflow_airflow.listing import read_state
+        from spark_jobs.common.config import Config
+
         run_type = context["dag_run"].run_type
         if getattr(run_type, "value", run_type) == "manual":
             return None
-        return context.get("prev_start_date_success") or None  # a lazy proxy, possibly of None
+        return read_state(_s3_client(self.aws_conn_id), Config.from_env(), self.raw_prefix).watermark
 
     def poke(self, context) -> bool:
         key = first_new_image(_s3_client(self.aws_conn_id), self.bucket, self.raw_prefix, self.since(context))

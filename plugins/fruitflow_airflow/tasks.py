@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 
+from fruitflow_airflow.listing import ListingState, NextState, read_state
 from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
 from spark_jobs.common.keys import check_location, unsafe_key_reason
@@ -15,29 +16,38 @@ from spark_jobs.common.keys import check_location, unsafe_key_reason
 log = logging.getLogger(__name__)
 
 
-def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: dt.datetime | None) -> dict:
-    """Objects (key, ETag, size) under the raw prefix modified after `since` (the last successful
-    run's start), streamed page by page to a JSON-lines object that the preprocess step reads by key.
-    `n_new` counts the image candidates among them (none: the Spark steps are skipped).
+def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
+                    state: ListingState | None = None) -> dict:
+    """Objects (key, ETag, size) under the raw prefix that its listing state (`listing`: the watermark of
+    the last successful run, with an overlap window compared by ETag) does not hold, streamed page by
+    page to a JSON-lines object that the preprocess step reads by key. `n_new` counts the image
+    candidates among them (none: the Spark steps are skipped). The listing's own state goes into the
+    run's folder; `publish` promotes it when the run succeeds.
 
     Keys that are not safe to read (`unsafe_key_reason`) are written with a `refused` reason instead:
     the preprocess step records them as rejects, and a few are named here and in the task log.
-    Only counts stay in memory: the listing goes to a temporary file, then to S3.
+    Only counts (and the overlap window's ETags) stay in memory: the listing goes to a temporary file,
+    then to S3.
     """
     client = s3_hook.get_conn()
     prefix = raw_prefix.strip("/") + "/"
     check_location(raw_prefix)
-    keys_uri = s3a_uri(cfg.features_bucket, cfg.runs_prefix, safe_run_id(run_id), "new_images.jsonl")
+    state = state if state is not None else read_state(client, cfg, raw_prefix)
+    overlap = dt.timedelta(seconds=cfg.listing_overlap_s)
+    following = NextState(state, overlap)
+    run_folder = s3a_uri(cfg.features_bucket, cfg.runs_prefix, safe_run_id(run_id))
+    keys_uri, pending_uri = f"{run_folder}/new_images.jsonl", f"{run_folder}/listing_state.json"
     n_new = n_listed = n_refused = 0
     refused_sample: list[dict] = []
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as out:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=cfg.raw_bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 n_listed += 1
-                if since is not None and obj["LastModified"] <= since:
+                relative, etag = obj["Key"][len(prefix):], obj["ETag"].strip('"')
+                following.add(relative, etag, obj["LastModified"])
+                if not state.is_new(relative, etag, obj["LastModified"], overlap):
                     continue
-                relative = obj["Key"][len(prefix):]
-                line = {"key": relative, "etag": obj["ETag"].strip('"'), "size": obj["Size"]}
+                line = {"key": relative, "etag": etag, "size": obj["Size"]}
                 refused = unsafe_key_reason(obj["Key"], prefix)
                 if refused:
                     line["refused"] = refused
@@ -58,6 +68,9 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: d
         s3_hook.load_file(local, key=key, bucket_name=bucket, replace=True)
     finally:
         os.unlink(local)
+    nxt = following.state()
+    bucket, key = split_s3_uri(pending_uri)
+    s3_hook.load_string(nxt.to_json(), key=key, bucket_name=bucket, replace=True)
     return {
         "raw_uri": s3a_uri(cfg.raw_bucket, raw_prefix),
         "keys_uri": keys_uri,
@@ -65,7 +78,9 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str, since: d
         "n_listed": n_listed,
         "n_refused": n_refused,
         "refused_sample": refused_sample,
-        "since": since.isoformat() if since else None,
+        "since": state.watermark.isoformat() if state.watermark else None,
+        "watermark": nxt.watermark.isoformat() if nxt.watermark else None,
+        "listing_state": pending_uri,
     }
 
 

@@ -103,8 +103,11 @@ class Config:
     neighbour_bank_max: int = 20000
     unknown_quantile: float = 0.95
 
-    # Airflow: the DAG's schedule ("none": manual and API runs only).
+    # Airflow: the DAG's schedule ("none": manual and API runs only), and how far below the last
+    # successful listing's newest LastModified an object is still compared by ETag (uploads that land
+    # after their LastModified: plugins/fruitflow_airflow/listing.py).
     schedule: str = "@daily"
+    listing_overlap_s: int = 3600
 
     # Guards against hostile or broken input
     max_image_bytes: int = 64 * 1024 * 1024

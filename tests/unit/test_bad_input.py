@@ -116,13 +116,17 @@ class _ListingHook:
         with open(filename, encoding="utf-8") as f:
             self.uploaded[(bucket_name, key)] = [json.loads(line) for line in f]
 
+    def load_string(self, string_data, key, bucket_name, replace):
+        self.states = {(bucket_name, key): string_data}
+
 
 def test_list_new_marks_unsafe_keys_refused_as_aws_lists_them():
+    from fruitflow_airflow.listing import ListingState
     from fruitflow_airflow.tasks import list_new_images
     from spark_jobs.common.config import Config
 
     hook = _ListingHook([f"raw/{k}" for k in (*UNSAFE_KEYS, "Apple/ok.jpg")])
-    found = list_new_images(hook, Config(), "raw", "r1", None)
+    found = list_new_images(hook, Config(), "raw", "r1", ListingState("raw"))
     assert found["n_new"] == len(UNSAFE_KEYS) + 1 and found["n_refused"] == len(UNSAFE_KEYS)
     (lines,) = hook.uploaded.values()
     refused = {line["key"]: line.get("refused") for line in lines}

@@ -1,0 +1,115 @@
+"""What the incremental listing has already handed to a successful run, per raw prefix, kept in S3.
+
+S3's LastModified is when an upload *began* for a multipart upload, and a PUT that finishes after a
+listing can carry a time before it: a plain "newer than the last run" watermark skips such an object for
+ever. So the state of a raw prefix holds the newest LastModified its last successful run listed (the
+watermark) and the ETag of every object listed within `overlap` below it. An object is new when it is
+newer than the watermark, or inside that window with a key or ETag the state does not hold (an upload
+that landed late, a photo replaced under the same key). Older objects are never listed again, but for
+the keys the last run could not read for a reason that may pass (`retry`: preprocess's RETRY_NEXT_RUN).
+
+The state lives at `<features bucket>/<runs prefix>/_listing/<digest of the raw prefix>.json`: one per
+raw prefix (a manual run on another prefix does not move this one's), written by list_new into the
+run's folder and promoted by `publish` only when the run succeeded (a failed run's objects are listed
+again by the next run). Its size is bounded by the uploads of one overlap window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
+
+
+def state_uri(cfg: Config, raw_prefix: str) -> str:
+    digest = hashlib.sha256(raw_prefix.strip("/").encode("utf-8")).hexdigest()[:24]
+    return s3a_uri(cfg.features_bucket, cfg.runs_prefix, "_listing", f"{digest}.json")
+
+
+@dataclass
+class ListingState:
+    raw_prefix: str
+    watermark: dt.datetime | None = None  # the newest LastModified a successful run listed (None: never)
+    seen: dict[str, str] = field(default_factory=dict)  # key -> ETag, LastModified within the overlap window
+    retry: set[str] = field(default_factory=set)  # keys to list again: unreadable last time, may pass
+
+    def is_new(self, key: str, etag: str, last_modified: dt.datetime, overlap: dt.timedelta) -> bool:
+        if self.watermark is None or last_modified > self.watermark or key in self.retry:
+            return True
+        return last_modified > self.watermark - overlap and self.seen.get(key) != etag
+
+    def to_json(self) -> str:
+        return json.dumps({"raw_prefix": self.raw_prefix,
+                           "watermark": self.watermark.isoformat() if self.watermark else None,
+                           "seen": self.seen, "retry": sorted(self.retry)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, raw_prefix: str) -> "ListingState":
+        data = json.loads(text)
+        if data.get("raw_prefix") != raw_prefix.strip("/"):
+            raise ValueError(f"listing state of {data.get('raw_prefix')!r}, not of {raw_prefix!r}")
+        mark = data.get("watermark")
+        return cls(raw_prefix.strip("/"), dt.datetime.fromisoformat(mark) if mark else None,
+                   {str(k): str(v) for k, v in (data.get("seen") or {}).items()},
+                   {str(k) for k in data.get("retry") or []})
+
+
+class NextState:
+    """The state after a listing, built object by object: the newest LastModified seen and the ETags of
+    the objects within `overlap` below it (older ones are dropped as the watermark rises)."""
+
+    def __init__(self, previous: ListingState, overlap: dt.timedelta):
+        self.raw_prefix, self.overlap = previous.raw_prefix, overlap
+        self.watermark = previous.watermark
+        self.window: dict[str, tuple[str, dt.datetime]] = {}
+
+    def add(self, key: str, etag: str, last_modified: dt.datetime) -> None:
+        if self.watermark is None or last_modified > self.watermark:
+            self.watermark = last_modified
+        if last_modified > self.watermark - self.overlap:
+            self.window[key] = (etag, last_modified)
+        if len(self.window) > 1024 and len(self.window) & (len(self.window) - 1) == 0:  # now and then
+            self._prune()
+
+    def _prune(self) -> None:
+        floor = self.watermark - self.overlap
+        self.window = {k: v for k, v in self.window.items() if v[1] > floor}
+
+    def state(self) -> ListingState:
+        self._prune()
+        return ListingState(self.raw_prefix, self.watermark, {k: etag for k, (etag, _) in self.window.items()})
+
+
+def read_state(client, cfg: Config, raw_prefix: str) -> ListingState:
+    """The raw prefix's state (an empty one before its first successful run), with a boto3 client."""
+    bucket, key = split_s3_uri(state_uri(cfg, raw_prefix))
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return ListingState(raw_prefix.strip("/"))
+    return ListingState.from_json(body, raw_prefix)
+
+
+def retry_keys(s3_hook, retry_uri: str) -> set[str]:
+    """The keys a preprocess step wrote to its `retry` output (JSON lines in Spark's part files)."""
+    bucket, prefix = split_s3_uri(retry_uri)
+    keys: set[str] = set()
+    for part in s3_hook.list_keys(bucket_name=bucket, prefix=prefix.rstrip("/") + "/") or []:
+        if part.rsplit("/", 1)[-1].startswith("part-"):
+            text = s3_hook.read_key(part, bucket_name=bucket)
+            keys.update(json.loads(line)["key"] for line in text.splitlines() if line.strip())
+    return keys
+
+
+def promote(s3_hook, cfg: Config, pending_uri: str, raw_prefix: str, retry: set[str] = frozenset()) -> str:
+    """A successful run's listing state, with the keys to try again, becomes its raw prefix's state."""
+    bucket, key = split_s3_uri(pending_uri)
+    state = ListingState.from_json(s3_hook.read_key(key, bucket_name=bucket), raw_prefix)
+    state.retry = set(retry)
+    dest = state_uri(cfg, raw_prefix)
+    bucket, key = split_s3_uri(dest)
+    s3_hook.load_string(state.to_json(), key=key, bucket_name=bucket, replace=True)
+    return dest
