@@ -164,10 +164,12 @@ with DAG(
         new = ti.xcom_pull(task_ids="list_new", key="new")
         summary = publish_summary(hook, CFG, run_id, new, manifests)
         # the run succeeded: what it listed is done but for the keys it could not read yet (a failed run
-        # never gets here: all it listed is listed again next time)
-        pre = manifests["preprocess"]
-        retry = listing.retry_keys(hook, pre["outputs"]["retry"]) if pre else set()
-        listing.promote(hook, CFG, new["listing_state"], params["raw_prefix"], retry)
+        # never gets here: all it listed is listed again next time). No listing (the sensor gave up after
+        # hours of nothing new, skipping list_new): nothing to promote.
+        if new:
+            pre = manifests["preprocess"]
+            retry = listing.retry_keys(hook, pre["outputs"]["retry"]) if pre else set()
+            listing.promote(hook, CFG, new["listing_state"], params["raw_prefix"], retry)
         outlet_events[REPORT].extra.update(run_asset_extra(summary))
         return summary
 

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
-from spark_jobs.common import cli, storage
+from spark_jobs.common import cli, sandbox, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.keys import check_location, too_long_column, unsafe_key_column
 from spark_jobs.common.table import committed_featurize_steps, feature_table, made_with
@@ -120,15 +120,17 @@ def with_keys(files: DataFrame, raw_uri: str) -> DataFrame:
 
 def decode_reason(outcome) -> str | None:
     """A decoding outcome (`sandbox.Outcome`) as the reject reason recorded for its image (None: decoded).
-    A bad file never fails the run, whatever its decoder did."""
-    from spark_jobs.common.images import RejectedImage
-
-    if outcome.died:
+    A bad file never fails the run, whatever its decoder did. A crash or a timeout may be the machine's
+    (a busy host, a lost core) rather than the file's: that key is tried again by the next run (a file
+    that crashes its decoder every time is given up after `listing.MAX_RETRIES` runs)."""
+    if outcome.died == sandbox.MEMORY_ERROR:
         return f"decoder {outcome.died}"
-    if isinstance(outcome.error, RejectedImage):
-        return str(outcome.error)
-    if outcome.error is not None:
-        return f"decoding failed: {type(outcome.error).__name__}: {outcome.error}"
+    if outcome.died:
+        return f"decoder {outcome.died} ({RETRY_NEXT_RUN})"
+    if outcome.error_type == "RejectedImage":
+        return outcome.error
+    if outcome.error_type is not None:
+        return f"decoding failed: {outcome.error_type}: {outcome.error}"
     return None
 
 
@@ -144,12 +146,13 @@ def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
 
     @pandas_udf(schema)
     def decode_and_preprocess(content: pd.Series) -> pd.DataFrame:
-        from spark_jobs.common import images, sandbox
+        from spark_jobs.common import images
+        from spark_jobs.common import sandbox as isolated
 
         def decode_one(data):
             return images.preprocess(images.decode(data, max_pixels)).tobytes()
 
-        outcomes = sandbox.map_isolated(decode_one, list(content), memory_bytes=memory_bytes, timeout_s=timeout_s)
+        outcomes = isolated.map_isolated(decode_one, list(content), memory_bytes=memory_bytes, timeout_s=timeout_s)
         return pd.DataFrame({"image": [o.value if o.ok else None for o in outcomes],
                              "reason": [decode_reason(o) for o in outcomes]})
 

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from spark_jobs.common import cli, storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import Timings, begin_step, read_manifest, stored_ms, write_manifest
+from spark_jobs.common.manifest import Timings, begin_step, read_manifest, store_order, write_manifest
 from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold
 
 STEP = "train"
@@ -194,7 +194,7 @@ def backbone_model_uri(spark: SparkSession, pca_manifest: dict, cfg: Config) -> 
     """The ONNX file that made the table's vectors: the newest featurize step's model (all the table's
     steps were made with the same model, `table.same_model`)."""
     steps = [read_manifest(spark, uri.rsplit("/", 1)[0], cfg) for uri in pca_manifest["inputs"]["features"]]
-    return max(steps, key=stored_ms)["outputs"]["model"]
+    return max(steps, key=store_order)["outputs"]["model"]
 
 
 def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, model: PipelineModel,

@@ -71,7 +71,7 @@ render_conf() {
     --secret-file "$SPARK_AUTH_SECRET_FILE" --python "$NODE_PYTHON" \
     --event-log-dir "$([ "$ROLE" = client ] && echo "$PREFIX/spark-events")" \
     --cores "$WORKER_CORES" --memory "$(worker_memory)" --failure-timeout "$FAILURE_TIMEOUT" \
-    "${quick[@]}" --out "$PREFIX/conf" >/dev/null
+    ${quick[@]+"${quick[@]}"} --out "$PREFIX/conf" >/dev/null
 }
 
 install_project() {

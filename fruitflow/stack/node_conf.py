@@ -79,8 +79,9 @@ def spark_defaults(node: Node) -> dict[str, str]:
             "spark.executor.heartbeatInterval": f"{max(min(node.failure_timeout_s // 6, 10), 1)}s",
         })
         if node.quick_start_jvm:
-            conf.update({"spark.driver.extraJavaOptions": QUICK_START_JAVA_OPTIONS,
-                         "spark.executor.extraJavaOptions": QUICK_START_JAVA_OPTIONS})
+            # the site defaults a job's own extraJavaOptions are added to (never replaced by)
+            conf.update({"spark.driver.defaultJavaOptions": QUICK_START_JAVA_OPTIONS,
+                         "spark.executor.defaultJavaOptions": QUICK_START_JAVA_OPTIONS})
         if node.event_log_dir:
             conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": node.event_log_uri})
     if "history" in node.roles and node.event_log_dir:

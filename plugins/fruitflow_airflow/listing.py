@@ -6,7 +6,8 @@ ever. So the state of a raw prefix holds the newest LastModified its last succes
 watermark) and the ETag of every object listed within `overlap` below it. An object is new when it is
 newer than the watermark, or inside that window with a key or ETag the state does not hold (an upload
 that landed late, a photo replaced under the same key). Older objects are never listed again, but for
-the keys the last run could not read for a reason that may pass (`retry`: preprocess's RETRY_NEXT_RUN).
+the keys the last run could not read for a reason that may pass (`retry`: preprocess's RETRY_NEXT_RUN),
+each for at most MAX_RETRIES runs in a row (a file that crashes its decoder every time is given up).
 
 The state lives at `<features bucket>/<runs prefix>/_listing/<digest of the raw prefix>.json`: one per
 raw prefix (a manual run on another prefix does not move this one's), written by list_new into the
@@ -19,9 +20,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
+
+MAX_RETRIES = 3
+log = logging.getLogger(__name__)
 
 
 def state_uri(cfg: Config, raw_prefix: str) -> str:
@@ -34,7 +39,7 @@ class ListingState:
     raw_prefix: str
     watermark: dt.datetime | None = None  # the newest LastModified a successful run listed (None: never)
     seen: dict[str, str] = field(default_factory=dict)  # key -> ETag, LastModified within the overlap window
-    retry: set[str] = field(default_factory=set)  # keys to list again: unreadable last time, may pass
+    retry: dict[str, int] = field(default_factory=dict)  # keys to list again (unreadable last time) -> runs so far
 
     def is_new(self, key: str, etag: str, last_modified: dt.datetime, overlap: dt.timedelta) -> bool:
         if self.watermark is None or last_modified > self.watermark or key in self.retry:
@@ -44,7 +49,7 @@ class ListingState:
     def to_json(self) -> str:
         return json.dumps({"raw_prefix": self.raw_prefix,
                            "watermark": self.watermark.isoformat() if self.watermark else None,
-                           "seen": self.seen, "retry": sorted(self.retry)}, sort_keys=True)
+                           "seen": self.seen, "retry": self.retry}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes, raw_prefix: str) -> "ListingState":
@@ -54,7 +59,7 @@ class ListingState:
         mark = data.get("watermark")
         return cls(raw_prefix.strip("/"), dt.datetime.fromisoformat(mark) if mark else None,
                    {str(k): str(v) for k, v in (data.get("seen") or {}).items()},
-                   {str(k) for k in data.get("retry") or []})
+                   {str(k): int(n) for k, n in (data.get("retry") or {}).items()})
 
 
 class NextState:
@@ -104,12 +109,24 @@ def retry_keys(s3_hook, retry_uri: str) -> set[str]:
     return keys
 
 
+def retries(before: dict[str, int], unreadable: set[str]) -> dict[str, int]:
+    """Keys to list again -> runs in a row they could not be read: those unreadable again count one more,
+    up to MAX_RETRIES; a key read since (or given up) is no longer among them."""
+    return {k: before.get(k, 0) + 1 for k in unreadable if before.get(k, 0) < MAX_RETRIES}
+
+
 def promote(s3_hook, cfg: Config, pending_uri: str, raw_prefix: str, retry: set[str] = frozenset()) -> str:
-    """A successful run's listing state, with the keys to try again, becomes its raw prefix's state."""
+    """A successful run's listing state, with the keys to try again, becomes its raw prefix's state. A key
+    retried MAX_RETRIES runs in a row is given up (until it is uploaded again)."""
     bucket, key = split_s3_uri(pending_uri)
     state = ListingState.from_json(s3_hook.read_key(key, bucket_name=bucket), raw_prefix)
-    state.retry = set(retry)
     dest = state_uri(cfg, raw_prefix)
     bucket, key = split_s3_uri(dest)
+    before = (ListingState.from_json(s3_hook.read_key(key, bucket_name=bucket), raw_prefix).retry
+              if s3_hook.check_for_key(key, bucket_name=bucket) else {})
+    state.retry = retries(before, retry)
+    given_up = sorted(k for k in retry if k not in state.retry)
+    if given_up:
+        log.warning("giving up %d keys unreadable %d runs in a row, e.g. %s", len(given_up), MAX_RETRIES, given_up[:20])
     s3_hook.load_string(state.to_json(), key=key, bucket_name=bucket, replace=True)
     return dest

@@ -60,8 +60,9 @@ def parse_manifest(text: str | bytes, stored_ms: int) -> dict:
     return {**manifest, STORED_MS: int(stored_ms)}
 
 
-def stored_ms(manifest: dict) -> int:
-    return manifest[STORED_MS]
+def store_order(manifest: dict) -> tuple[int, str]:
+    """The order of manifests: the store's time (whole seconds on S3), then the folder (no ties)."""
+    return manifest[STORED_MS], str(manifest.get("step_uri", ""))
 
 
 def read_manifest(spark: SparkSession, step_uri: str, cfg: Config) -> dict:
@@ -122,6 +123,6 @@ def jpeg_folders(pca_manifest: dict, read: Callable[[str], dict]) -> list[str]:
     key's JPEG is in the run that first saw it). `read(step_uri)` returns a step's manifest, as
     `parse_manifest` makes it."""
     featurize_steps = [read(uri.rsplit("/", 1)[0]) for uri in pca_manifest["inputs"]["features"]]
-    newest_first = sorted(featurize_steps, key=stored_ms, reverse=True)
+    newest_first = sorted(featurize_steps, key=store_order, reverse=True)
     preprocess_steps = [read(m["inputs"]["preprocess"]) for m in newest_first]
     return [m["outputs"]["jpeg"] for m in preprocess_steps if "jpeg" in m.get("outputs", {})]

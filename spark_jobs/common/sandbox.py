@@ -2,35 +2,43 @@
 limit, so that one input that crashes the native code (a decoder's segfault, an abort), exhausts memory
 or never finishes costs its own result, never the Python worker, the Spark task or the run.
 
-`map_isolated(fn, items)` first runs the whole batch in one child (one fork per batch: cheap); if that
-child dies or overruns, each item gets a child of its own, and the items whose child dies carry the
-reason instead of a result. Exceptions `fn` raises are per-item results too (the caller decides what
-they mean). POSIX only (fork, setrlimit); the pipeline's executors are Linux.
+`map_isolated(fn, items)` forks one child for the batch (cheap), which sends one result per item as it
+goes. Each item has its own deadline. When the child dies or overruns, the item it was on gets the
+reason instead of a result and a new child goes on from the next item: a batch costs one fork plus one
+per bad item. Exceptions `fn` raises come back as their type's name and message (nothing of the child's
+is unpickled but plain values). POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 import os
 import pickle
 import resource
 import select
 import signal
+import struct
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 MEMORY_ERROR = "out of memory"
+_HEADER = struct.Struct("!Q")
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
 class Outcome:
     value: Any = None
-    error: BaseException | None = None  # what fn raised
-    died: str | None = None  # why its child ended without a result (crash, memory, time)
+    error_type: str | None = None  # the name of the exception fn raised
+    error: str | None = None  # its message
+    died: str | None = None  # why the child ended without a result (crash, memory, time)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.died is None
+        return self.error_type is None and self.died is None
 
 
 def _address_space_bytes() -> int:
@@ -43,93 +51,164 @@ def _address_space_bytes() -> int:
     return 0
 
 
-def _child(fn: Callable, items: Sequence, memory_bytes: int, write_fd: int) -> None:
+def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
+    """In the child: die with the parent, close what it inherited (the worker's socket to the JVM among
+    them), cap memory (never above a limit already set, e.g. by spark.executor.pyspark.memory) and CPU."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, 65536)
+    if memory_bytes:
+        cap = _address_space_bytes() + memory_bytes
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s if hard == resource.RLIM_INFINITY else min(cpu_s, hard), hard))
+
+
+def _send(fd: int, record: tuple) -> None:
+    payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _child(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float, write_fd: int) -> None:
     status = 1
     try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if memory_bytes:
-            cap = _address_space_bytes() + memory_bytes
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        results = []
+        # CPU: a backstop for a child the parent cannot stop; the parent's deadline is per item, wall time
+        _confine(memory_bytes, math.ceil(timeout_s) * (len(items) + 1), write_fd)
+        cv2 = sys.modules.get("cv2")  # never imported here: loading libraries under the cap can fail
+        if cv2 is not None:
+            cv2.setNumThreads(1)  # its thread pool would start under the cap: one thread per image is plenty
         for item in items:
             try:
-                results.append(("value", fn(item)))
+                record = ("value", fn(item))
             except MemoryError:
-                results.append(("died", MEMORY_ERROR))
+                record = ("died", MEMORY_ERROR)
             except Exception as exc:  # noqa: BLE001 - the caller gets it as this item's outcome
-                results.append(("error", exc))
-        try:
-            payload = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError):  # an exception that does not pickle
-            results = [(kind, RuntimeError(f"{type(v).__name__}: {v}") if kind == "error" else v)
-                       for kind, v in results]
-            payload = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(write_fd, view):]
+                record = ("error", type(exc).__name__, str(exc)[:500])
+            try:
+                _send(write_fd, record)
+            except MemoryError:
+                _send(write_fd, ("died", MEMORY_ERROR))
         status = 0
     except MemoryError:
         status = 3
+    except BaseException:  # noqa: BLE001 - nothing may return into the worker's code
+        status = 1
     finally:
         os._exit(status)  # no atexit, no flushing of the parent's buffers, no return into the worker
 
 
-def _read_all(fd: int, pid: int, deadline: float) -> bytes | None:
-    chunks = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            os.kill(pid, signal.SIGKILL)
-            return None
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 1 << 20)
+class _Reader:
+    """The parent's end: length-prefixed records, each awaited until a deadline."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN | select.POLLHUP)
+
+    def _fill(self, n: int, deadline: float) -> bool:
+        while len(self.buffer) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.poller.poll(left * 1000):
+                return False
+            chunk = os.read(self.fd, 1 << 20)
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+                return False
+            self.buffer += chunk
+        return True
+
+    def record(self, deadline: float) -> tuple | None | str:
+        """The next record, None when the child ended or died first, "late" past the deadline."""
+        if not self._fill(_HEADER.size, deadline):
+            return "late" if time.monotonic() >= deadline else None
+        (size,) = _HEADER.unpack(self.buffer[:_HEADER.size])
+        if not self._fill(_HEADER.size + size, deadline):
+            return "late" if time.monotonic() >= deadline else None
+        payload = self.buffer[_HEADER.size:_HEADER.size + size]
+        self.buffer = self.buffer[_HEADER.size + size:]
+        return pickle.loads(payload)  # plain values and strings, from our own child's code
 
 
-def _death_reason(wait_status: int, timed_out: bool, timeout_s: float) -> str:
-    if timed_out:
-        return f"timed out after {timeout_s:g} s"
+def _death_reason(wait_status: int) -> str:
     if os.WIFSIGNALED(wait_status):
-        return f"crashed (signal {signal.Signals(os.WTERMSIG(wait_status)).name})"
+        number = os.WTERMSIG(wait_status)
+        if number == signal.SIGXCPU:
+            return "timed out (CPU limit)"
+        try:
+            return f"crashed (signal {signal.Signals(number).name})"
+        except ValueError:
+            return f"crashed (signal {number})"
     if os.WEXITSTATUS(wait_status) == 3:
         return MEMORY_ERROR
     return f"crashed (exit status {os.WEXITSTATUS(wait_status)})"
 
 
-def run_in_child(fn: Callable, items: Sequence, *, memory_bytes: int, timeout_s: float) -> list[Outcome] | str:
-    """fn over `items` in one child: their outcomes, or why the child gave none."""
+def _outcome(record: tuple) -> Outcome:
+    kind = record[0]
+    if kind == "value":
+        return Outcome(value=record[1])
+    if kind == "error":
+        return Outcome(error_type=record[1], error=record[2])
+    return Outcome(died=record[1])
+
+
+def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float) -> tuple[list[Outcome], str | None]:
+    """One child over `items`: the outcomes it sent, and why it stopped early (None: it did not)."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     if pid == 0:
         os.close(read_fd)
-        _child(fn, items, memory_bytes, write_fd)
+        _child(fn, items, memory_bytes, timeout_s, write_fd)
     os.close(write_fd)
+    outcomes: list[Outcome] = []
+    stopped, reaped = None, False
     try:
-        payload = _read_all(read_fd, pid, time.monotonic() + timeout_s)
+        reader = _Reader(read_fd)
+        while len(outcomes) < len(items):
+            record = reader.record(time.monotonic() + timeout_s)
+            if record == "late":
+                os.kill(pid, signal.SIGKILL)
+                stopped = f"timed out after {timeout_s:g} s"
+                break
+            if record is None:
+                _, wait_status = os.waitpid(pid, 0)
+                reaped, stopped = True, _death_reason(wait_status)
+                break
+            outcomes.append(_outcome(record))
+    except Exception as exc:  # noqa: BLE001 - a record that does not load: the child misbehaved
+        stopped = f"crashed ({type(exc).__name__})"
     finally:
         os.close(read_fd)
-    _, wait_status = os.waitpid(pid, 0)
-    if payload is None or not (os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0):
-        return _death_reason(wait_status, payload is None, timeout_s)
-    outcomes = []
-    for kind, value in pickle.loads(payload):  # written by our own child, from our own code
-        outcomes.append(Outcome(value=value) if kind == "value" else
-                        Outcome(error=value) if kind == "error" else Outcome(died=value))
-    return outcomes
+        if not reaped:
+            if stopped is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.waitpid(pid, 0)
+    return outcomes, stopped
 
 
 def map_isolated(fn: Callable, items: Sequence, *, memory_bytes: int, timeout_s: float) -> list[Outcome]:
     """fn over every item, each outcome in order. `memory_bytes`: what a child may allocate beyond what
-    it inherits (0: no cap); `timeout_s`: per item (a batch's child gets that times its size)."""
-    if not items:
-        return []
-    together = run_in_child(fn, items, memory_bytes=memory_bytes, timeout_s=timeout_s * len(items))
-    if not isinstance(together, str):
-        return together
-    if len(items) == 1:
-        return [Outcome(died=together)]
-    alone = [run_in_child(fn, [item], memory_bytes=memory_bytes, timeout_s=timeout_s) for item in items]
-    return [Outcome(died=one) if isinstance(one, str) else one[0] for one in alone]
+    it inherits (0: no cap); `timeout_s`: per item."""
+    outcomes: list[Outcome] = []
+    while len(outcomes) < len(items):
+        done, stopped = _run_from(fn, items[len(outcomes):], memory_bytes, timeout_s)
+        outcomes.extend(done)
+        if stopped is not None and len(outcomes) < len(items):
+            outcomes.append(Outcome(died=stopped))  # the item the child was on
+    return outcomes

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from . import storage
 from .config import Config
-from .manifest import parse_manifest, stored_ms, untrusted_reason
+from .manifest import parse_manifest, store_order, untrusted_reason
 
 
 def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
@@ -56,7 +56,7 @@ def same_model(manifests: list[dict]) -> tuple[list[dict], list[dict]]:
     (a backbone or weights switched under the same runs prefix) are left out, never mixed in."""
     if not manifests:
         return [], []
-    newest = model_of(max(manifests, key=stored_ms))
+    newest = model_of(max(manifests, key=store_order))
     kept = [m for m in manifests if model_of(m) == newest]
     return kept, [m for m in manifests if model_of(m) != newest]
 
@@ -67,11 +67,12 @@ def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
     if not manifests:
         raise SystemExit("no committed featurize output: run the featurize step first")
     frames = [
-        spark.read.parquet(m["outputs"]["features"]).withColumn("_stored_ms", F.lit(stored_ms(m)))
+        spark.read.parquet(m["outputs"]["features"])
+        .withColumn("_stored_ms", F.lit(store_order(m)[0])).withColumn("_step", F.lit(store_order(m)[1]))
         for m in manifests
     ]
     table = frames[0]
     for frame in frames[1:]:
         table = table.unionByName(frame)
-    newest = Window.partitionBy("key").orderBy(F.col("_stored_ms").desc())
-    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "_stored_ms")
+    newest = Window.partitionBy("key").orderBy(F.col("_stored_ms").desc(), F.col("_step").desc())
+    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "_stored_ms", "_step")

@@ -100,7 +100,7 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     hook = S3Hook(aws_conn_id="aws_default")
     assert counts["n_retry_next_run"] == 1 and listing.retry_keys(hook, pre["outputs"]["retry"]) == {"Odd/gone.jpg"}
     listing.promote(hook, cfg, found["listing_state"], prefix, listing.retry_keys(hook, pre["outputs"]["retry"]))
-    assert listing.read_state(s3, cfg, prefix).retry == {"Odd/gone.jpg"}
+    assert listing.read_state(s3, cfg, prefix).retry == {"Odd/gone.jpg": 1}
 
     jpeg_bucket, jpeg_prefix = split_s3_uri(pre["outputs"]["jpeg"])
     assert set(list_keys(s3, pre["outputs"]["jpeg"])) == {f"{jpeg_prefix}/{k}" for k in ok}  # UTF-8 keys back

@@ -58,7 +58,7 @@ def test_the_trigger_waits_until_a_new_photo_lands(s3, real_jpeg, prefix_with_ol
     assert event.payload["status"] == "success"
 
 
-def test_a_scheduled_run_with_nothing_new_waits_then_is_skipped(stack, prefix_with_old_photo):
+def test_a_scheduled_run_with_nothing_new_waits_then_is_skipped(stack, s3, prefix_with_old_photo):
     """As the DAG configures it (soft_fail), minus the hours: the poking form of the same sensor."""
     from airflow.dag_processing.dagbag import DagBag
 

@@ -224,10 +224,10 @@ def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tm
     assert f"spark.driver.host {client.ip}" in render_defaults(client)
     assert f"spark.eventLog.dir file:{cluster.home('airflow')}/spark-events" in render_defaults(client)
     # two shared cores: the drivers and executors start the quick way; a real cluster's keep C2
-    assert "spark.executor.extraJavaOptions -XX:TieredStopAtLevel=1" in render_defaults(client)
+    assert "spark.executor.defaultJavaOptions -XX:TieredStopAtLevel=1" in render_defaults(client)
     real = render_node_script(tmp_path, "client", tmp_path / "ec2", client.ip, client.secret,
                               quick_start_jvm=False)
-    assert "extraJavaOptions" not in real["spark-defaults.conf"]
+    assert "JavaOptions" not in real["spark-defaults.conf"]
 
 
 def test_no_secret_in_compose_or_env_example(compose):

@@ -23,10 +23,10 @@ def test_new_means_above_the_watermark_or_unseen_within_the_overlap():
     assert not state.is_new("Apple/old.jpg", "e4", W - 2 * HOUR, HOUR)
     assert ListingState("raw").is_new("Apple/old.jpg", "e4", W - 100 * HOUR, HOUR)  # never listed: all
     # a key the last run could not read (AccessDenied, not found yet) is listed again, however old
-    retry = ListingState("raw", W, {}, {"Apple/old.jpg"})
+    retry = ListingState("raw", W, {}, {"Apple/old.jpg": 1})
     assert retry.is_new("Apple/old.jpg", "e4", W - 100 * HOUR, HOUR)
     assert ListingState.from_json(retry.to_json(), "raw") == retry
-    assert NextState(retry, HOUR).state().retry == set()  # the next run's own rejects decide again
+    assert NextState(retry, HOUR).state().retry == {}  # the next run's own rejects decide again
 
 
 def test_the_next_state_keeps_the_newest_time_and_only_the_windows_etags():
@@ -55,3 +55,14 @@ def test_each_raw_prefix_has_its_own_state_under_the_runs_prefix():
     assert state_uri(cfg, "raw/a") != state_uri(cfg, "raw/b")
     assert state_uri(cfg, "raw/a/") == state_uri(cfg, "raw/a")
     assert state_uri(cfg, "raw/a").startswith(f"s3a://{cfg.features_bucket}/runs/_listing/")
+
+
+
+def test_a_key_unreadable_run_after_run_is_given_up_after_max_retries():
+    from fruitflow_airflow.listing import MAX_RETRIES, retries
+
+    retry: dict[str, int] = {}
+    for run in range(1, MAX_RETRIES + 2):
+        retry = retries(retry, {"Apple/denied.jpg", f"Apple/once-{run}.jpg"})
+        assert retry.get(f"Apple/once-{run}.jpg") == 1 and f"Apple/once-{run - 1}.jpg" not in retry
+        assert retry.get("Apple/denied.jpg") == (run if run <= MAX_RETRIES else None), (run, retry)
