@@ -19,7 +19,6 @@ import resource
 import select
 import signal
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -83,9 +82,6 @@ def _child(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float, w
     try:
         # CPU: a backstop for a child the parent cannot stop; the parent's deadline is per item, wall time
         _confine(memory_bytes, math.ceil(timeout_s) * (len(items) + 1), write_fd)
-        cv2 = sys.modules.get("cv2")  # never imported here: loading libraries under the cap can fail
-        if cv2 is not None:
-            cv2.setNumThreads(1)  # its thread pool would start under the cap: one thread per image is plenty
         for item in items:
             try:
                 record = ("value", fn(item))

@@ -85,3 +85,20 @@ def test_a_memory_limit_already_set_on_the_worker_is_kept(tmp_path):
 
 def test_an_empty_batch_forks_nothing():
     assert map_isolated(_work, [], memory_bytes=MB, timeout_s=1) == []
+
+
+
+def test_children_of_a_process_whose_opencv_threads_ran_decode_without_deadlock(real_jpeg):
+    """fork copies no threads: a child must not touch OpenCV's thread pool state (cv2.setNumThreads in the
+    child waited for ever on a lock held by the parent's pool threads, once the parent had decoded)."""
+    from spark_jobs.common import images
+
+    def decode(data):
+        return images.preprocess(images.decode(data, 10**7)).shape
+
+    from tests.helpers import SAMPLE_500, real_images
+
+    for path in real_images(SAMPLE_500, 4, 8):
+        decode(path.read_bytes())  # the parent's pool threads have run
+    outcomes = map_isolated(decode, [real_jpeg] * 4, memory_bytes=1024 * MB, timeout_s=5)
+    assert [o.value for o in outcomes] == [(224, 224, 3)] * 4, [o.died for o in outcomes]
