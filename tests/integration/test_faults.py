@@ -114,7 +114,7 @@ def _wait_for(check, proc, timeout, what):
 
 
 def _task_attempts(text):
-    """The highest task attempt number (0: every task ran once) of the application whose log is `text`,
+    """The highest task or stage attempt number (0: everything ran once) of the application whose log is `text`,
     from the Spark history server's REST API, once it lists the application as completed."""
     import re
 
@@ -123,9 +123,12 @@ def _task_attempts(text):
     app_id = re.search(r"/history/(app-[0-9-]+)/", text).group(1)
     api = f"{os.environ['FRUITFLOW_SPARK_HISTORY_URL'].rstrip('/')}/api/v1/applications/{app_id}"
     wait_until(lambda: http_json(api, timeout=10)["attempts"][0]["completed"], 120, f"{app_id} completed")
-    return max(task["attempt"] for stage in http_json(f"{api}/stages?status=complete", timeout=10)
-               for task in http_json(f"{api}/stages/{stage['stageId']}/{stage['attemptId']}/taskList?length=100000",
-                                     timeout=10))
+    stages = http_json(f"{api}/stages?status=complete", timeout=10)
+    # a task rerun in its stage (attempt > 0), or a whole stage run again (its attemptId > 0)
+    return max([stage["attemptId"] for stage in stages] +
+               [task["attempt"] for stage in stages
+                for task in http_json(f"{api}/stages/{stage['stageId']}/{stage['attemptId']}/taskList?length=100000",
+                                      timeout=10)])
 
 
 def _features(s3, step_uri):
