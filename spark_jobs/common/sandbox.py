@@ -12,6 +12,7 @@ is unpickled but plain values). POSIX only (fork, setrlimit, prctl); the pipelin
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import math
 import os
 import pickle
@@ -57,7 +58,10 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A crash ends the child at once: no handler of the worker's (a Python-level one would let it go on)
+    faulthandler.disable()
+    for number in (signal.SIGTERM, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL):
+        signal.signal(number, signal.SIG_DFL)
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, 65536)
     if memory_bytes:
