@@ -120,11 +120,9 @@ def promote(s3_hook, cfg: Config, pending_uri: str, raw_prefix: str, retry: set[
     retried MAX_RETRIES runs in a row is given up (until it is uploaded again)."""
     bucket, key = split_s3_uri(pending_uri)
     state = ListingState.from_json(s3_hook.read_key(key, bucket_name=bucket), raw_prefix)
+    state.retry = retries(read_state(s3_hook.get_conn(), cfg, raw_prefix).retry, retry)
     dest = state_uri(cfg, raw_prefix)
     bucket, key = split_s3_uri(dest)
-    before = (ListingState.from_json(s3_hook.read_key(key, bucket_name=bucket), raw_prefix).retry
-              if s3_hook.check_for_key(key, bucket_name=bucket) else {})
-    state.retry = retries(before, retry)
     given_up = sorted(k for k in retry if k not in state.retry)
     if given_up:
         log.warning("giving up %d keys unreadable %d runs in a row, e.g. %s", len(given_up), MAX_RETRIES, given_up[:20])
