@@ -7,7 +7,9 @@ that add up, and no duplicate keys."""
 
 import io
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -18,7 +20,7 @@ import pytest
 from fruitflow_airflow.submit import step_args, submit_kwargs
 from fruitflow import stack as local_stack
 from fruitflow.stack.environment import pid_dir
-from fruitflow.stack.process import read_pid, wait_until
+from fruitflow.stack.process import http_json, read_pid, wait_until
 from fruitflow.stack.services import master_state, service
 from fruitflow.package import build_zip
 from spark_jobs.common.config import split_s3_uri
@@ -111,6 +113,33 @@ def _wait_for(check, proc, timeout, what):
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _busy_executors(ui):
+    """The executors (not the driver) running a task now, from the live driver's REST API at `ui`."""
+    try:
+        app = http_json(f"{ui}/api/v1/applications")[0]["id"]
+        return [e["id"] for e in http_json(f"{ui}/api/v1/applications/{app}/executors")
+                if e["id"] != "driver" and e["activeTasks"] > 0]
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return []
+
+
+def _recorded_tasks(log_text):
+    """(stage, task) for every task attempt of every stage attempt of the application whose step log is
+    `log_text`, from the Spark history server's REST API once it lists the application as completed."""
+    app_id = re.search(r"/history/(app-[0-9-]+)/", log_text).group(1)
+    api = f"{os.environ['FRUITFLOW_SPARK_HISTORY_URL'].rstrip('/')}/api/v1/applications/{app_id}"
+    wait_until(lambda: http_json(api, timeout=10)["attempts"][0]["completed"], 120, f"{app_id} completed")
+    return [(stage, task) for stage in http_json(f"{api}/stages", timeout=10)
+            for task in http_json(f"{api}/stages/{stage['stageId']}/{stage['attemptId']}/taskList?length=100000",
+                                  timeout=10)]
 
 
 def _features(s3, step_uri):
@@ -244,8 +273,12 @@ def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_af
     run_id = f"workerkill-{uuid.uuid4().hex[:6]}"
     step_uri = cfg.step_uri(run_id, "featurize")
     log = tmp_path / "workerkill.log"
-    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log)
-    _wait_for(_python_workers_running, proc, 300, "the featurize UDF stage")
+    ui_port = _free_port()  # the driver's own UI: which executor runs a task right now
+    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log,
+                  conf={"spark.ui.port": str(ui_port)})
+    # Killed while a featurize task runs on it: the executor is lost with work in hand, not between jobs.
+    _wait_for(lambda: _python_workers_running() and _busy_executors(f"http://127.0.0.1:{ui_port}"), proc, 300,
+              "a featurize task running on the executor")
     worker = psutil.Process(_worker().pid())
     victims = [worker, *worker.children(recursive=True)]  # the worker JVM, its executor, the Python workers
     for victim in victims:
@@ -257,12 +290,16 @@ def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_af
     assert proc.poll() is None, "featurize ended before the worker was lost"
     _worker().start(local_stack.prepared_env())  # a new worker registers; the master gives the app executors on it
     rc, text = _finish(proc, log)
-    assert "Lost executor" in text, text[-3000:]  # the application did lose its executor mid-stage
+    tasks = _recorded_tasks(text)
+    # Spark's own record: a task failed because its executor was lost mid-stage.
+    assert any("ExecutorLostFailure" in (task.get("errorMessage") or "") for _, task in tasks), \
+        sorted({(s["stageId"], s["attemptId"], t["attempt"], t["status"]) for s, t in tasks})
     if rc != 0:  # Spark gave up: the Airflow task retry resubmits the same run id
         print("featurize failed after the worker loss; resubmitting the run id as the Airflow retry does")
         _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
-    else:
+    else:  # Spark carried the step: the lost work ran again, as a task's next attempt or its stage's
         print("Spark rescheduled the lost tasks on the restarted worker")
+        assert max(max(stage["attemptId"], task["attempt"]) for stage, task in tasks) > 0
     feat = read_manifest(s3, step_uri)
     keys, _ = _features(s3, step_uri)
     assert feat["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
