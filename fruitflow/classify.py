@@ -186,17 +186,17 @@ def load_image(path: Path, cfg) -> np.ndarray:
 @dataclass
 class Store:
     """Reads objects of the pipeline's buckets (and of no other) with one S3 client: the pipeline's own
-    (storage.s3_client, endpoint and region from the Config) unless one is given (the Airflow plugin's
-    S3Hook connection)."""
+    (storage.client_for: endpoint, region and timeout from the Config) unless one is given (the Airflow
+    plugin's S3Hook connection)."""
 
     cfg: object
     client: object = None
 
     def __post_init__(self):
         if self.client is None:
-            from spark_jobs.common.storage import s3_client
+            from spark_jobs.common.storage import client_for
 
-            self.client = s3_client(self.cfg.s3_endpoint, self.cfg.s3_region)
+            self.client = client_for(self.cfg)
 
     def get(self, uri: str) -> bytes:
         from spark_jobs.common.config import split_s3_uri

@@ -10,13 +10,12 @@ from pathlib import Path
 
 
 def client():
-    """The pipeline's own S3 client (storage.s3_client: path-style for an endpoint, retries), for the
-    endpoint and region of the current Config."""
+    """The pipeline's own S3 client (storage.client_for: path-style for an endpoint, retries, timeouts),
+    for the endpoint, region and timeout of the current Config."""
     from spark_jobs.common.config import Config
-    from spark_jobs.common.storage import s3_client
+    from spark_jobs.common.storage import client_for
 
-    cfg = Config.from_env()
-    return s3_client(cfg.s3_endpoint, cfg.s3_region)
+    return client_for(Config.from_env())
 
 
 def upload_files(pairs: list[tuple[Path, str]], bucket: str, threads: int = 8) -> int:

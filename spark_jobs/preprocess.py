@@ -200,14 +200,14 @@ def reject_long_keys(candidates: DataFrame, jpeg_uri: str) -> DataFrame:
     return candidates.withColumn("pre_reject", F.coalesce(F.col("pre_reject"), too_long_column(F.col("key"), out_prefix)))
 
 
-def upload_jpegs(processed: DataFrame, jpeg_uri: str, endpoint: str | None) -> DataFrame:
+def upload_jpegs(processed: DataFrame, jpeg_uri: str, cfg: Config) -> DataFrame:
     """Pass-through that writes each accepted image as a JPEG object, on the executors."""
     bucket, prefix = split_s3_uri(jpeg_uri)
 
     def upload(batches):
         from spark_jobs.common import images, storage as st
 
-        s3 = st.s3_client(endpoint)
+        s3 = st.client_for(cfg)
         for batch in batches:
             for key, image in zip(batch["key"], batch["image"]):
                 if image is not None:
@@ -234,20 +234,21 @@ def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
     )
 
 
-def fetch_content(candidates: DataFrame, raw_uri: str, endpoint: str | None, max_bytes: int) -> DataFrame:
+def fetch_content(candidates: DataFrame, raw_uri: str, cfg: Config) -> DataFrame:
     """Fills `content` with each candidate's bytes, fetched by its exact key with boto3 on the executors.
     An object gone since the listing, unreadable or grown over the size cap becomes a `pre_reject`; the
     first two may be passing (a policy being fixed, a store catching up): their keys are listed again by
     the next run (RETRY_NEXT_RUN). Other errors (after boto3's retries) fail the task, which Spark retries."""
     bucket, prefix = split_s3_uri(raw_uri)
     prefix = prefix.strip("/")
+    max_bytes = cfg.max_image_bytes
 
     def fetch(batches):
         from botocore.exceptions import ClientError
 
         from spark_jobs.common import storage as st
 
-        s3 = st.s3_client(endpoint)
+        s3 = st.client_for(cfg)
         for batch in batches:
             contents, reasons = [], []
             for key, reason, length in zip(batch["key"], batch["pre_reject"], batch["length"]):
@@ -299,8 +300,7 @@ def read_listed(spark: SparkSession, cfg: Config, raw_uri: str, keys_uri: str) -
     n_files = wanted.count()
     candidates = listing.filter(F.col("ignored_reason").isNull())
     n_already = candidates.filter("already").count()
-    candidates = fetch_content(candidates.filter("not already").drop("already"), raw_uri, cfg.s3_endpoint,
-                               cfg.max_image_bytes)
+    candidates = fetch_content(candidates.filter("not already").drop("already"), raw_uri, cfg)
     return Input(listing, candidates, n_files, n_already)
 
 
@@ -324,7 +324,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     with timings.measure("preprocess"):
         candidates = reject_long_keys(candidates, jpeg_uri)
-        processed = upload_jpegs(preprocess_images(candidates, cfg), jpeg_uri, cfg.s3_endpoint)
+        processed = upload_jpegs(preprocess_images(candidates, cfg), jpeg_uri, cfg)
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
 
     with timings.measure("summarise"):

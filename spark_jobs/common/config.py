@@ -26,6 +26,9 @@ HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
 # on SeaweedFS, `docs/committer.md`. One jar, resolved without its dependencies (Spark's own).
 HADOOP_CLOUD_PACKAGE = "org.apache.spark:spark-hadoop-cloud_2.13:4.0.0"
 
+# s3a's floor for its network timeouts (Hadoop's MINIMUM_NETWORK_OPERATION_DURATION)
+S3_MIN_TIMEOUT_S = 15
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 WEIGHTS_EXTENSIONS = ("keras", "onnx", "pth")
 IMAGE_SIZE = 224
@@ -39,6 +42,10 @@ class Config:
     # S3: None means real AWS; a URL points every client (s3a, boto3) at an S3-compatible server.
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    # How long any S3 client (s3a, boto3) waits for a connection or for the next bytes of a response
+    # before it gives the request up and retries it: a store that stalls is retried, not waited on for
+    # s3a's 200 s. s3a raises anything under 15 s to 15 s, so that is the floor here too.
+    s3_timeout_s: int = 60
     raw_bucket: str = "fruitflow-raw"
     raw_prefix: str = "images"
     # Step outputs go to <bucket>/<runs_prefix>/<run_id>/<step>/; one prefix is one feature table.
@@ -146,6 +153,8 @@ class Config:
             raise ValueError("pca_k must be >= 1")
         if self.target_variance is not None and not 0 < self.target_variance <= 1:
             raise ValueError("target_variance must be in (0, 1]")
+        if self.s3_timeout_s < S3_MIN_TIMEOUT_S:
+            raise ValueError(f"s3_timeout_s must be >= {S3_MIN_TIMEOUT_S} (s3a's minimum)")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not 0 < self.test_fraction < 1:

@@ -41,9 +41,23 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "pyspark": pyspark.__version__}
 
 
+def s3a_uris(value) -> list[str]:
+    """Every s3a URI in a manifest's values, nested ones included."""
+    if isinstance(value, str):
+        return [value] if value.startswith("s3a://") else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [uri for item in value for uri in s3a_uris(item)]
+    return []
+
+
 def write_manifest(spark: SparkSession, step_uri: str, manifest: dict) -> dict:
     body = {
         **manifest,
+        # the driver's S3 requests over the buckets the step read and wrote: retries show a store that
+        # stalled or failed and recovered
+        "driver_s3": storage.driver_requests(spark, [step_uri, *s3a_uris(manifest)]),
         "step_uri": step_uri,
         "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {**versions(), **manifest.get("versions", {})},

@@ -36,6 +36,8 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.parquet.columnarReaderBatchSize": "256",
         "spark.hadoop.fs.s3a.path.style.access": "true" if cfg.s3_endpoint else "false",
         "spark.hadoop.fs.s3a.endpoint.region": cfg.s3_region,
+        "spark.hadoop.fs.s3a.connection.timeout": f"{cfg.s3_timeout_s}s",
+        "spark.hadoop.fs.s3a.connection.establish.timeout": f"{cfg.s3_timeout_s}s",
         # Credentials: s3a's default chain (environment variables, then the instance profile).
         "spark.hadoop.fs.s3a.retry.limit": "10",
         "spark.hadoop.fs.s3a.attempts.maximum": "10",

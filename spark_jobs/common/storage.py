@@ -2,7 +2,7 @@
 
 On the driver, through Hadoop's FileSystem API over py4j: the same s3a settings and credentials as
 the Spark reads and writes, and any Hadoop scheme (s3a, file, hdfs) works. On executors, where there
-is no JVM gateway, through boto3 and the standard AWS chain (see `s3_client`).
+is no JVM gateway, through boto3 and the standard AWS chain (see `client_for`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no pyspark here
     from pyspark.sql import SparkSession
+
+    from .config import Config
+
+# S3A's IOStatistics counters behind `driver_requests`' figures
+S3A_COUNTERS = {"requests": "store_io_request", "retries": "store_io_retry", "throttled": "store_io_throttled"}
 
 
 def _path(spark: SparkSession, uri: str):
@@ -32,6 +37,20 @@ def delete(spark: SparkSession, uri: str) -> None:
     fs, path = _path(spark, uri)
     if fs.exists(path):
         fs.delete(path, True)
+
+
+def driver_requests(spark: SparkSession, uris) -> dict[str, int]:
+    """The S3 requests this driver has made so far (S3A's IOStatistics), summed over the s3a filesystems
+    of the buckets in `uris`: how many were sent, retried after an error or a timeout, and throttled.
+    The executors' clients keep their own counts; these are not in it."""
+    totals = dict.fromkeys(S3A_COUNTERS, 0)
+    for bucket in sorted({uri.split("/")[2] for uri in uris if uri.startswith("s3a://")}):
+        fs, _ = _path(spark, f"s3a://{bucket}/")
+        stats = fs.getIOStatistics()
+        counters = stats.counters() if stats is not None else {}
+        for name, counter in S3A_COUNTERS.items():
+            totals[name] += int(counters.get(counter) or 0)
+    return totals
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
@@ -109,10 +128,16 @@ def single_csv(df, spark: SparkSession, uri: str, sep: str = ";") -> None:
 # --------------------------------------------------------------------------- executors
 
 
+def client_for(cfg: Config):
+    """The boto3 S3 client for a Config's endpoint, region and timeout. On executors the Config travels
+    from the driver in the UDF's closure."""
+    return s3_client(cfg.s3_endpoint, cfg.s3_region, cfg.s3_timeout_s)
+
+
 @lru_cache(maxsize=4)
-def s3_client(endpoint: str | None, region: str | None = None):
-    """A boto3 S3 client, one per Python worker (or tool process). The endpoint travels from the
-    driver's Config in the UDF's closure (None: real AWS); credentials from the AWS default chain."""
+def s3_client(endpoint: str | None, region: str | None = None, timeout_s: int = 60):
+    """A boto3 S3 client, one per Python worker (or tool process): endpoint None is real AWS;
+    credentials from the AWS default chain."""
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -122,6 +147,8 @@ def s3_client(endpoint: str | None, region: str | None = None):
         region_name=region,
         config=BotoConfig(
             retries={"max_attempts": 10, "mode": "adaptive"},
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
             s3={"addressing_style": "path" if endpoint else "auto"},
         ),
     )

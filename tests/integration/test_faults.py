@@ -1,6 +1,7 @@
 """Faults in the middle of a run, on the real local stack (spark-submit to the standalone master, s3a and
-boto3 against the S3 server): two runs at once, the S3 endpoint frozen for 20 s, a step killed half way
-then rerun under the same run id, and the Spark worker killed (then restarted) during featurize.
+boto3 against the S3 server): two runs at once, the S3 endpoint frozen past two client timeouts, a step
+killed half way then rerun under the same run id, and the Spark worker killed (then restarted) during
+featurize.
 
 Each test checks the outcome the DAG relies on: a `_manifest.json` only for complete outputs, counts
 that add up, and no duplicate keys."""
@@ -23,13 +24,13 @@ from fruitflow.stack.environment import pid_dir
 from fruitflow.stack.process import http_json, read_pid, wait_until
 from fruitflow.stack.services import master_state, service
 from fruitflow.package import build_zip
-from spark_jobs.common.config import split_s3_uri
+from spark_jobs.common.config import S3_MIN_TIMEOUT_S, split_s3_uri
 from tests.helpers import SAMPLE_500, real_images
 from tests.helpers import list_keys, read_manifest
 
 pytestmark = pytest.mark.slow
 
-PAUSE_S = 20
+PAUSE_S = 2 * S3_MIN_TIMEOUT_S + 5
 _STARTED: list[subprocess.Popen] = []
 
 
@@ -151,7 +152,8 @@ def _features(s3, step_uri):
     keys = []
     for key in list_keys(s3, step_uri + "/features"):
         if key.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+            table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()),
+                                  use_threads=False, pre_buffer=False)  # as in test_cluster's FEATURE_KEYS
             for k, f in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
                 keys.append(k)
                 rows[k] = f
@@ -209,8 +211,11 @@ def test_two_runs_at_once_do_not_touch_each_other(s3, prepared, tmp_path):
         assert all(k.startswith(jpeg_prefix + "/") for k in jpegs)
 
 
-def test_s3_frozen_for_20_s_mid_step(s3, prepared, tmp_path, healthy_stack_after):
+def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeypatch, healthy_stack_after):
     cfg, pre = prepared["cfg"], prepared["pre"]
+    # The shortest timeout s3a allows: the freeze outlasts it twice, so a request sent during the freeze
+    # times out and is sent again, and the step completes on a retry.
+    monkeypatch.setenv("FRUITFLOW_S3_TIMEOUT_S", str(S3_MIN_TIMEOUT_S))
     run_id = f"frozen-{uuid.uuid4().hex[:6]}"
     s3_pid = read_pid(pid_dir(local_stack.settings()) / "s3.pid")
     assert s3_pid
@@ -229,6 +234,7 @@ def test_s3_frozen_for_20_s_mid_step(s3, prepared, tmp_path, healthy_stack_after
     assert rc == 0, text[-3000:]
     assert time.monotonic() - started > PAUSE_S
     frozen = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert frozen["driver_s3"]["retries"] >= 1, frozen["driver_s3"]  # a timed-out request, sent again
     assert frozen["counts"] == pre["counts"]
     assert len(list_keys(s3, frozen["outputs"]["jpeg"])) == pre["counts"]["n_images"]
 
