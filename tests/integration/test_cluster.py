@@ -89,7 +89,10 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=p
     for o in page.get("Contents", []):
         if o["Key"].endswith(".parquet"):
             body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-            keys += pq.read_table(io.BytesIO(body), columns=["key"]).column("key").to_pylist()
+            # No Arrow thread pools: a pool still alive at interpreter exit can abort the process after its
+            # work is done ("terminate called without an active exception", apache/arrow#34314); seen once.
+            table = pq.read_table(io.BytesIO(body), columns=["key"], use_threads=False, pre_buffer=False)
+            keys += table.column("key").to_pylist()
 print(json.dumps(keys))
 """
 
