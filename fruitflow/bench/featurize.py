@@ -6,6 +6,11 @@ Contenders:
   bare        ONNX Runtime in this process on numpy batches (the ceiling for our engine)
   bare-int8   the same with the opt-in static INT8 model (`spark_jobs.common.quantize`), alternated
               with `bare` in rounds so that both see the same machine load
+  openvino, openvino-int8
+              OpenVINO's CPU plugin on the same two ONNX files (FP32 held at f32; the INT8 QDQ model
+              runs in INT8), in the same rounds: the contender engine, measured when `openvino` is
+              installed (`pip install openvino`; not in the pinned set), its fidelity as the cosine of
+              its features to ONNX Runtime's on the same model
   ours        the pipeline's featurize UDF on the Spark standalone master, the pipeline's settings
   ours-int8   the same UDF with the INT8 model (what `--precision int8` runs)
   tf-batched  the same UDF with the TensorFlow engine
@@ -100,6 +105,34 @@ def bench_bare(onnx_path: str, batch: np.ndarray, batch_size: int) -> tuple[floa
     return len(batch) / (time.perf_counter() - start), np.concatenate(features)
 
 
+def openvino_missing() -> str | None:
+    """Why the OpenVINO contenders are not measured, or None when they are."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("openvino") else "openvino is not installed (pip install openvino)"
+
+
+def bench_openvino(onnx_path: str, batch: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
+    """OpenVINO's CPU plugin on the ONNX file, run like `bench_bare`: one synchronous request per batch,
+    as many threads as cores, f32 kept (no bf16 downcast) so its fidelity is comparable."""
+    import openvino as ov
+
+    threads = os.cpu_count() or 2
+    compiled = ov.Core().compile_model(onnx_path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "PERFORMANCE_HINT": "LATENCY",
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: x.astype(np.float32)})[output])
+
+    run(batch[:2])
+    start = time.perf_counter()
+    features = [run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+    return len(batch) / (time.perf_counter() - start), np.concatenate(features)
+
+
 def int8_quality(fp32: np.ndarray, int8: np.ndarray, labels: list[str], held_out: np.ndarray, seed: int) -> dict:
     """Per-image cosine, and KMeans (k = number of classes) on FP32 vs INT8 features.
 
@@ -137,6 +170,16 @@ def int8_quality(fp32: np.ndarray, int8: np.ndarray, labels: list[str], held_out
         "error_over_nn_distance": float(np.median(np.linalg.norm(x - y, axis=1)) / np.median(np.sqrt(nn))),
         "k": k,
     }
+
+
+def openvino_fidelity(features: dict) -> dict:
+    """Cosine of OpenVINO's features to ONNX Runtime's on the same model file (min over images)."""
+    from spark_jobs.common.quantize import cosine_per_row
+
+    if "openvino" not in features:
+        return {}
+    return {"openvino_cosine_min": float(cosine_per_row(features["bare"], features["openvino"]).min()),
+            "openvino_int8_cosine_min": float(cosine_per_row(features["bare-int8"], features["openvino-int8"]).min())}
 
 
 def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
@@ -237,12 +280,14 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, float]] = {}  # backbone -> contender -> best rate over its rounds
     rss: dict[str, dict] = {}
     quality: dict[str, dict] = {}
+    fidelity: dict[str, dict] = {}  # OpenVINO against ONNX Runtime, per backbone
     with tempfile.TemporaryDirectory(prefix="fruitflow-bench-") as tmp:
         files = {b: model_files(b, f"{tmp}/{b}", batch[calibration_idx], cfg.seed) for b in BACKBONES}
         load_avg = {"bare_rounds_start": [round(v, 2) for v in os.getloadavg()]}
         for backbone in BACKBONES:
             results[backbone], features = bare_rounds(files[backbone], batch, cfg.batch_size, args.rounds, backbone)
             quality[backbone] = int8_quality(features["bare"], features["bare-int8"], labels, held_out, cfg.seed)
+            fidelity[backbone] = openvino_fidelity(features)
             log(f"{backbone}: INT8 quality {quality[backbone]}")
         load_avg["bare_rounds_end"] = [round(v, 2) for v in os.getloadavg()]
 
@@ -271,8 +316,8 @@ def main(argv=None) -> int:
             if started_stack:
                 stack.down()
 
-    per_backbone = {b: figures(results[b], quality[b], files[b]["int8_info"], gflops, GFLOP_PER_IMAGE[b])
-                    for b in BACKBONES}
+    per_backbone = {b: figures(results[b], quality[b], files[b]["int8_info"], gflops, GFLOP_PER_IMAGE[b],
+                               fidelity[b]) for b in BACKBONES}
     for backbone in BACKBONES:
         print_table(backbone, results[backbone], per_backbone[backbone], quality[backbone], gflops)
     print(f"classify (no Spark, latest demo's models): {classify}")
@@ -311,12 +356,16 @@ def model_files(backbone: str, folder: str, calibration: np.ndarray, seed: int) 
 
 
 def bare_rounds(files: dict, batch: np.ndarray, batch_size: int, rounds: int, backbone: str):
-    """FP32 and INT8 in one process, alternated round by round so that both see the same load."""
+    """FP32 and INT8 in one process (and OpenVINO's when installed), alternated round by round so that
+    all see the same load."""
     rates: dict[str, float] = {}
     features = {}
+    contenders = [("bare", bench_bare, files["onnx"]), ("bare-int8", bench_bare, files["int8"])]
+    if not openvino_missing():
+        contenders += [("openvino", bench_openvino, files["onnx"]), ("openvino-int8", bench_openvino, files["int8"])]
     for round_ in range(rounds):
-        for name, path in (("bare", files["onnx"]), ("bare-int8", files["int8"])):
-            rate, features[name] = bench_bare(path, batch, batch_size)
+        for name, bench, path in contenders:
+            rate, features[name] = bench(path, batch, batch_size)
             rates[name] = max(rates.get(name, 0.0), rate)
             log(f"{backbone} round {round_}: {name} {rate:.1f} img/s (load {os.getloadavg()[0]:.2f})")
     return rates, features
@@ -341,7 +390,8 @@ def spark_rounds(spark, table: str, files: dict, cfg, n: int, n_original: int, r
     return rates, peaks
 
 
-def figures(rates: dict, quality: dict, int8_info: dict, gflops: float, gflop_per_image: float) -> dict:
+def figures(rates: dict, quality: dict, int8_info: dict, gflops: float, gflop_per_image: float,
+            openvino: dict) -> dict:
     """One backbone's keys of the JSON line."""
     limit = gflops / gflop_per_image
     return {
@@ -356,6 +406,20 @@ def figures(rates: dict, quality: dict, int8_info: dict, gflops: float, gflop_pe
         "int8_quality": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in quality.items()},
         "int8_settings": {k: v for k, v in int8_info.items() if k != "seconds"},
         "int8_quantize_s": int8_info["seconds"],
+        "openvino": openvino_figures(rates, openvino),
+    }
+
+
+def openvino_figures(rates: dict, fidelity: dict) -> dict:
+    """OpenVINO against ONNX Runtime, each precision against its own: the engine rule of issue #18 is
+    a speedup >= 1.2 at a cosine to ONNX Runtime's features of >= 0.9999."""
+    if "openvino" not in rates:
+        return {"skipped": openvino_missing()}
+    return {
+        "speedup_fp32": round(rates["openvino"] / rates["bare"], 3),
+        "speedup_int8": round(rates["openvino-int8"] / rates["bare-int8"], 3),
+        "cosine_min_fp32": round(fidelity["openvino_cosine_min"], 6),
+        "cosine_min_int8": round(fidelity["openvino_int8_cosine_min"], 6),
     }
 
 

@@ -26,7 +26,9 @@ def test_featurization_benchmark_smoke(stack, image_tree):
     figures = _bench("bench", "--data", str(data), "--n", "8", "--rounds", "1", "--calibration", "4",
                      "--original-max", "2")
     assert figures["n_images"] == 8
-    assert set(figures["img_per_s"]) == {"bare", "bare-int8", "ours", "ours-int8", "tf-batched", "original"}
+    # OpenVINO's two contenders when it is installed (it is not in the pinned set)
+    assert set(figures["img_per_s"]) - {"openvino", "openvino-int8"} == {
+        "bare", "bare-int8", "ours", "ours-int8", "tf-batched", "original"}
     assert all(rate > 0 for rate in figures["img_per_s"].values())
     for key in ("ratio_ours_vs_original", "ratio_ours_vs_bare", "int8_speedup", "int8_cosine_min", "load_avg"):
         assert key in figures
@@ -36,6 +38,7 @@ def test_featurization_benchmark_smoke(stack, image_tree):
     assert figures["img_per_s"] == figures["backbones"]["efficientnet_lite0"]["img_per_s"]
     for backbone in figures["backbones"].values():
         assert all(rate > 0 for rate in backbone["img_per_s"].values()) and backbone["int8_speedup"] > 0
+        assert "skipped" in backbone["openvino"] or backbone["openvino"]["speedup_fp32"] > 0
     assert isinstance(figures["cpu_flags"], list)
     # classify needs a finished demo in the store: measured when there is one, else said so
     assert "skipped" in figures["classify"] or figures["classify"]["img_per_s"] > 0
