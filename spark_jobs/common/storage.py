@@ -135,9 +135,9 @@ def client_for(cfg: Config):
 
 
 @lru_cache(maxsize=4)
-def s3_client(endpoint: str | None, region: str | None = None, timeout_s: int = 60):
-    """A boto3 S3 client, one per Python worker (or tool process): endpoint None is real AWS;
-    credentials from the AWS default chain."""
+def s3_client(endpoint: str | None, region: str, timeout_s: int):
+    """A boto3 S3 client, one per Python worker (or tool process) and setting: endpoint None is real
+    AWS; credentials from the AWS default chain. Built through `client_for`, from a Config."""
     import boto3
     from botocore.config import Config as BotoConfig
 
