@@ -95,14 +95,19 @@ def load_images(folder: Path, n: int | None) -> tuple[list[str], np.ndarray]:
     return keys, arr
 
 
-def bench_bare(onnx_path: str, batch: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
-    from spark_jobs.common.models import OnnxFeaturizer
-
-    model = OnnxFeaturizer(onnx_path, threads=os.cpu_count() or 2)
+def timed_batches(model, batch: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
+    """Images per second of `model` (float32 batches in, features out) over `batch` after a warm-up
+    call, and the features."""
     model(batch[:2].astype(np.float32))
     start = time.perf_counter()
     features = [model(batch[i:i + batch_size].astype(np.float32)) for i in range(0, len(batch), batch_size)]
     return len(batch) / (time.perf_counter() - start), np.concatenate(features)
+
+
+def bench_bare(onnx_path: str, batch: np.ndarray, batch_size: int) -> tuple[float, np.ndarray]:
+    from spark_jobs.common.models import OnnxFeaturizer
+
+    return timed_batches(OnnxFeaturizer(onnx_path, threads=os.cpu_count() or 2), batch, batch_size)
 
 
 def openvino_missing() -> str | None:
@@ -123,14 +128,7 @@ def bench_openvino(onnx_path: str, batch: np.ndarray, batch_size: int) -> tuple[
                                                           "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     output = compiled.output(0)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.array(request.infer({0: x.astype(np.float32)})[output])
-
-    run(batch[:2])
-    start = time.perf_counter()
-    features = [run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
-    return len(batch) / (time.perf_counter() - start), np.concatenate(features)
+    return timed_batches(lambda x: np.array(request.infer({0: x})[output]), batch, batch_size)
 
 
 def int8_quality(fp32: np.ndarray, int8: np.ndarray, labels: list[str], held_out: np.ndarray, seed: int) -> dict:
