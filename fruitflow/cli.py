@@ -9,6 +9,7 @@
     fruitflow bench [...]                featurization benchmark
     fruitflow bench-e2e [...]            the whole DAG timed
     fruitflow zip                        the shared library for --py-files
+    fruitflow iam-policy ROLE            the IAM policy of the Airflow host (pipeline) or the Spark nodes
 
 `fruitflow <command> -h` tells more. Heavy modules are imported only by the command that needs them.
 """
@@ -28,6 +29,7 @@ COMMANDS = {
     "bench": "fruitflow.bench.featurize",
     "bench-e2e": "fruitflow.bench.e2e",
     "zip": "fruitflow.package",
+    "iam-policy": "fruitflow.access",
 }
 
 

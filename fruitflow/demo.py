@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"done in {time.monotonic() - started:.0f}s")
 
 
-def demo_prefixes(now: dt.datetime | None = None) -> tuple[str, str]:
-    """Each demo its own raw prefix and feature table, so that it reports on its DATA alone whatever
-    earlier demos (or the scheduled pipeline, under `images/` and `runs/`) left in the store."""
+def demo_prefixes(cfg, now: dt.datetime | None = None) -> tuple[str, str]:
+    """Each demo its own raw prefix and feature table (`runs-demo-<stamp>` beside `runs`), so that it
+    reports on its DATA alone whatever earlier demos (or the scheduled pipeline, under `images/` and
+    `runs/`) left in the store."""
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S")
-    return f"demo-{stamp}", f"demo-{stamp}-runs"
+    return f"demo-{stamp}", cfg.table_prefix(f"demo-{stamp}")
 
 
 def _demo(args) -> int:
@@ -83,7 +84,8 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
     from fruitflow.sample_images import generate
     from spark_jobs.common.config import Config
 
-    raw_prefix, runs_prefix = demo_prefixes()
+    base = Config.from_env()
+    raw_prefix, runs_prefix = demo_prefixes(base)
     os.environ["FRUITFLOW_RUNS_PREFIX"] = runs_prefix  # read by the DAG file and by every step
     cfg = Config.from_env()
     with tempfile.TemporaryDirectory(prefix="fruitflow-demo-") as tmp:
@@ -111,7 +113,7 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
         return None
     summary = read_summary(cfg, dag_run.run_id)
     log(f"model: {summary.get('backbone')} ({summary.get('weights')}); {summary.get('model_choice')}")
-    store.write_json(latest_demo_uri(cfg), {"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
+    store.write_json(latest_demo_uri(base), {"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
                                             "run_id": dag_run.run_id, "summary": summary["summary"]})
     if summary.get("report"):  # the cluster step's figures and tables
         store.download_prefix(summary["report"].rsplit("/", 1)[0], out / "report")
@@ -124,10 +126,11 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
 
 
 def latest_demo_uri(cfg) -> str:
-    """Names the latest demo's prefixes and run: what is shown by default after `make demo`."""
+    """Names the latest demo's prefixes and run: what is shown by default after `make demo`. Beside
+    `latest-run.json`, under the configured runs prefix (`cfg`: the settings before the demo's own)."""
     from spark_jobs.common.config import s3a_uri
 
-    return s3a_uri(cfg.reports_bucket, "latest-demo.json")
+    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "latest-demo.json")
 
 
 def read_summary(cfg, run_id: str) -> dict:

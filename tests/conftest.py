@@ -72,7 +72,8 @@ def stack():
 def cfg():
     from spark_jobs.common.config import Config
 
-    return Config.from_env(runs_prefix=f"test-{uuid.uuid4().hex[:8]}")
+    base = Config.from_env()
+    return base.with_overrides(runs_prefix=base.table_prefix(f"test-{uuid.uuid4().hex[:8]}"))
 
 
 @pytest.fixture(scope="session")

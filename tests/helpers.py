@@ -26,10 +26,10 @@ def real_images(root: Path, classes: int, per_class: int) -> list[Path]:
 
 class UserData:
     """What the store held before the tests, plus one object planted where a demo keeps its results
-    (`demo-<stamp>/`, `demo-<stamp>-runs/`): `changes()` lists whatever was deleted or rewritten since."""
+    (`demo-<stamp>/`, `runs-demo-<stamp>/`): `changes()` lists whatever was deleted or rewritten since."""
 
     PLANTED = ("demo-00000000T000000/Apple/planted-by-the-tests.jpg",
-               "demo-00000000T000000-runs/planted/featurize/_manifest.json")
+               "runs-demo-00000000T000000/planted/featurize/_manifest.json")
 
     def __init__(self):
         from fruitflow import store

@@ -10,7 +10,8 @@
 # package, no service): NODE_PYTHON names an interpreter with the project installed.
 # Every node and the Airflow host share one RPC secret (spark.authenticate), e.g. from AWS Secrets Manager
 # written to a root-only file by the instance's own bootstrap; this script copies it into the 0600 conf.
-# S3 access comes from the instance profile (deploy/ec2/iam-policy.json); no key is written anywhere.
+# S3 access comes from the instance profile (deploy/ec2/iam-policy-spark-node.json on the Spark nodes,
+# iam-policy-pipeline.json on the Airflow host); no key is written anywhere.
 set -euo pipefail
 
 ROLE=${ROLE:-worker}

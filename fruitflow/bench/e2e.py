@@ -78,7 +78,7 @@ def run_pipeline(data: Path, copies: int, weights: str, precision: str) -> dict:
     from spark_jobs.common.config import Config
 
     label = f"bench-e2e-{uuid.uuid4().hex[:6]}-x{copies}"
-    os.environ["FRUITFLOW_RUNS_PREFIX"] = f"{label}-runs"  # a feature table of this run's own
+    os.environ["FRUITFLOW_RUNS_PREFIX"] = Config.from_env().table_prefix(label)  # a feature table of its own
     os.environ["FRUITFLOW_PRECISION"] = precision  # read by the featurize driver (spark-submit inherits it)
     cfg = Config.from_env()
     n_files = upload_copies(data, cfg.raw_bucket, label, copies)
@@ -231,8 +231,9 @@ def main(argv=None) -> int:
             print_run(name, runs[name])
         from spark_jobs.common.config import Config
 
-        trivial_s = trivial_submit_s(Config.from_env(runs_prefix=f"bench-trivial-{uuid.uuid4().hex[:6]}"),
-                                     args.floor_rounds)
+        base = Config.from_env()
+        trivial_cfg = base.with_overrides(runs_prefix=base.table_prefix(f"trivial-{uuid.uuid4().hex[:6]}"))
+        trivial_s = trivial_submit_s(trivial_cfg, args.floor_rounds)
     finally:
         if started_stack:
             stack.down()

@@ -24,7 +24,7 @@ from fruitflow.cluster import network
 from fruitflow.paths import ROOT
 from fruitflow.stack import seaweed
 from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars, local_credentials, prepare,
-                                         settings, spark_home)
+                                         settings, spark_home, spark_node_environment, store_credentials)
 from fruitflow.stack.node_conf import HISTORY_PORT, Node, write
 from fruitflow.stack.process import log
 from fruitflow.stack.services import HISTORY_CLASS, MASTER_CLASS, WORKER_CLASS
@@ -122,12 +122,8 @@ class Cluster:
         e = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPARK_", "FRUITFLOW_", "PYSPARK"))}
         e.update({"SPARK_HOME": str(spark_home()), "SPARK_CONF_DIR": str(self.conf_dir(host))})
         if host in WORKERS:
-            # The worker host's own S3 credentials, as an EC2 worker has its instance profile: its
-            # executors (s3a and boto3 alike) find them in the environment they inherit. The driver
-            # ships none.
-            pipeline = self.credentials("pipeline")
-            e.update({"AWS_ACCESS_KEY_ID": pipeline["key"], "AWS_SECRET_ACCESS_KEY": pipeline["secret"],
-                      "AWS_DEFAULT_REGION": self._region()})
+            # The worker host's own S3 identity (`spark-node`), as an EC2 worker has its instance profile.
+            e.update(spark_node_environment(self.base, self._region()))
         return e
 
     def _region(self) -> str:
@@ -143,8 +139,7 @@ class Cluster:
 
     def start_storage(self) -> None:
         s = self.storage_settings()
-        admin, pipeline = self.credentials("admin"), self.credentials("pipeline")
-        identity_file = seaweed.write_identities(s, pipeline, admin, self._buckets())
+        identity_file = seaweed.write_identities(s, store_credentials(self.base), self._config())
         seaweed.prepare_start(s)
         argv = network.private_mounts(hide=[Path("/tmp")], keep=[], stage=STAGE) + seaweed.command(s, identity_file)
         network.spawn_in(self.net, "storage", argv, seaweed.environment(dict(os.environ), s),
@@ -170,10 +165,10 @@ class Cluster:
         argv = [*(prefix or []), str(spark_home() / "bin" / "spark-class"), *args]
         network.spawn_in(self.net, host, argv, self.spark_env(host), self.log(host, name), cwd=self.home(host))
 
-    def _buckets(self) -> tuple[str, ...]:
+    def _config(self):
         from spark_jobs.common.config import Config
 
-        return Config.from_env({}).buckets
+        return Config.from_env({})
 
     def up(self) -> None:
         """The namespaces, every node's configuration and services, and Airflow's metadata DB; returns once

@@ -61,7 +61,7 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     s = s or settings()
     for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
         d.mkdir(parents=True, exist_ok=True)
-    creds = local_credentials(state_dir(s), "pipeline")
+    creds = store_credentials(state_dir(s))["pipeline"]
     write_spark_defaults(s)
     return Prepared(creds["key"], creds["secret"], tuple(hadoop_aws_jars(state_dir(s))))
 
@@ -96,13 +96,29 @@ def write_spark_defaults(s: StackSettings) -> Path:
 
 
 def local_credentials(state: Path, identity: str) -> dict[str, str]:
-    """Credentials of one identity (`pipeline` or `admin` of the S3 service, `spark`), generated once per
-    state folder into `credentials/<identity>.json`, mode 0600 from creation; never committed."""
+    """Credentials of one identity (`admin`, `pipeline` or `spark-node` of the S3 service, `spark`),
+    generated once per state folder into `credentials/<identity>.json`, mode 0600 from creation; never
+    committed."""
     path = state / "credentials" / f"{identity}.json"
     if not path.exists():
         write_private(path, json.dumps({"key": f"{identity}-" + secrets.token_hex(6),
                                         "secret": secrets.token_urlsafe(24)}))
     return json.loads(path.read_text())
+
+
+def store_credentials(state: Path) -> dict[str, dict[str, str]]:
+    """Every S3 identity's credentials: the store's identity file is written from them."""
+    from fruitflow.access import LOCAL_IDENTITIES
+
+    return {name: local_credentials(state, name) for name in ("admin", *LOCAL_IDENTITIES)}
+
+
+def spark_node_environment(state: Path, region: str) -> dict[str, str]:
+    """A Spark worker's S3 identity, in the variables s3a's and boto3's default chains read: its
+    executors inherit them, as executors on EC2 find their node's instance profile. The driver ships
+    no credentials, so executors never act with the Airflow host's."""
+    node = local_credentials(state, "spark-node")
+    return {"AWS_ACCESS_KEY_ID": node["key"], "AWS_SECRET_ACCESS_KEY": node["secret"], "AWS_DEFAULT_REGION": region}
 
 
 def hadoop_aws_jars(state: Path) -> list[str]:

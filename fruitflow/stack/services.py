@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 
 from fruitflow.paths import ROOT
-from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, local_credentials, log_dir,
-                                         pid_dir, prepare, settings, spark_home, state_dir)
+from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, log_dir, pid_dir,
+                                         prepare, settings, spark_home, spark_node_environment, state_dir,
+                                         store_credentials)
 from fruitflow.stack.node_conf import HISTORY_PORT
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
 from spark_jobs.common.config import Config, StackSettings
@@ -69,10 +70,8 @@ class S3Server(Service):
     def start(self, e):
         from fruitflow.stack import seaweed
 
-        state = state_dir(self.s)
-        admin = local_credentials(state, "admin")
-        pipeline = local_credentials(state, "pipeline")
-        identity_file = seaweed.write_identities(self.s, pipeline, admin, Config.from_env(e).buckets)
+        credentials = store_credentials(state_dir(self.s))
+        identity_file = seaweed.write_identities(self.s, credentials, Config.from_env(e))
         busy = [p for p in seaweed.ports(self.s).values() if port_open(self.s.host, p)]
         if busy:
             raise RuntimeError(f"ports {busy} for the S3 service are taken by another program")
@@ -80,7 +79,7 @@ class S3Server(Service):
         spawn(seaweed.command(self.s, identity_file), seaweed.environment(e, self.s), self.logfile, self.pidfile,
               ROOT)
         wait_until(self.healthy, 60, "S3 service (SeaweedFS)", self.logfile)
-        create_buckets(e, admin)
+        create_buckets(e, credentials["admin"])
 
 
 class SparkDaemon(Service):
@@ -130,6 +129,7 @@ class SparkWorker(SparkDaemon):
         return any(w.get("state") == "ALIVE" for w in workers)
 
     def start(self, e):
+        e = {**e, **spark_node_environment(state_dir(self.s), Config.from_env(e).s3_region)}
         self.daemon("start", [self.s.spark_master, "--host", self.s.host, "--cores", str(self.s.worker_cores),
                               "--memory", self.s.worker_memory, "--webui-port", str(self.port),
                               "--work-dir", e["SPARK_WORKER_DIR"]], e)

@@ -141,6 +141,10 @@ class Config:
         )
         if self.backbone not in FEATURE_DIM:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(FEATURE_DIM)}")
+        # The S3 identities may write the keys that start with the runs prefix (fruitflow.access): that
+        # must never include the backbone models' folders, which only the drivers write.
+        if not self.runs_prefix or any(name.startswith(self.runs_prefix) for name in FEATURE_DIM):
+            raise ValueError(f"runs_prefix {self.runs_prefix!r} would take in a backbone's folder of the models bucket")
         if self.engine not in ("onnx", "tensorflow"):
             raise ValueError(f"unknown engine {self.engine!r}; choose onnx or tensorflow")
         if self.s3a_committer not in ("classic", "magic"):
@@ -169,6 +173,12 @@ class Config:
 
     def with_overrides(self, **overrides) -> "Config":
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def table_prefix(self, label: str) -> str:
+        """The runs prefix of a feature table of its own (a demo's, a test's, a benchmark's):
+        `<runs_prefix>-<label>`, beside the configured table, and like it inside the prefixes the S3
+        identities may write (fruitflow.access: keys that start with the runs prefix)."""
+        return f"{self.runs_prefix}-{label}"
 
     # Locations.
     @property

@@ -21,6 +21,7 @@ from fruitflow import airflow_ui
 from fruitflow import stack as local_stack
 from fruitflow.package import build_zip
 from fruitflow.stack.process import port_open
+from spark_jobs.common.config import Config
 from spark_jobs.common.models import resnet50_imagenet_available
 from tests import browser
 from tests.helpers import SAMPLE_500, real_images
@@ -178,7 +179,8 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.relative_to(root).as_posix()}")
     env = airflow_ui.airflow_env()
-    env.update({"FRUITFLOW_RUNS_PREFIX": f"{raw_prefix}-runs", "FRUITFLOW_SCHEDULE": "none"})
+    runs_prefix = Config.from_env(env).table_prefix(raw_prefix)
+    env.update({"FRUITFLOW_RUNS_PREFIX": runs_prefix, "FRUITFLOW_SCHEDULE": "none"})
     proc = airflow_ui.start(env)
     driver = None
     try:
@@ -211,10 +213,10 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
         events = airflow_ui.api("GET", "/api/v2/assets/events?source_dag_id=fruit_pipeline&source_run_id="
                        + urllib.parse.quote(run_id, safe=""), token)["asset_events"]
         extras = {e["uri"]: e["extra"] for e in events}  # what the Assets view shows beside each event
-        report = extras[f"s3://fruitflow-reports/{raw_prefix}-runs/report"]
+        report = extras[f"s3://fruitflow-reports/{runs_prefix}/report"]
         assert report["report_url"] == summary["report_url"] and report["n_images"] == 6
         assert report["ari"] == summary["ari"] and report["explained_variance"] == summary["explained_variance"]
-        assert extras[f"s3://fruitflow-features/{raw_prefix}-runs/feature-table"]["n_images"] == 6
+        assert extras[f"s3://fruitflow-features/{runs_prefix}/feature-table"]["n_images"] == 6
 
         _report_tab(driver, screens, run_id)
         _recognise_page(driver, screens, sorted(root.rglob("*.jpg"))[0])

@@ -59,7 +59,7 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     build_zip()
-    cfg = cfg.with_overrides(runs_prefix=f"bad-{uuid.uuid4().hex[:6]}")  # a feature table of its own
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"bad-{uuid.uuid4().hex[:6]}"))  # a feature table of its own
     reals = real_images(SAMPLE_500, 3, 3)
     root = image_tree(reals)
     expected = {f"{p.parent.name}/{p.name}": "ok" for p in reals}

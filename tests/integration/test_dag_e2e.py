@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from fruitflow.package import build_zip
-from spark_jobs.common.config import split_s3_uri
+from spark_jobs.common.config import Config, split_s3_uri
 from spark_jobs.common.steps import STEP_NAMES
 from tests.badfiles import write_bad_files
 from fruitflow import stack as local_stack
@@ -49,8 +49,11 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     raw_prefix = f"e2e-{uuid.uuid4().hex[:6]}"
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.relative_to(root).as_posix()}")
+    # The stack's own environment, for restarting the store below: the store's grants follow the
+    # configured runs prefix (fruitflow.access), not this test's table.
+    stack_env = local_stack.prepared_env()
     # A feature table of this test's own, so other runs on the same stack do not leak in.
-    monkeypatch.setenv("FRUITFLOW_RUNS_PREFIX", f"{raw_prefix}-runs")
+    monkeypatch.setenv("FRUITFLOW_RUNS_PREFIX", Config.from_env().table_prefix(raw_prefix))
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"]
     # The offline ImageNet backbone (the ResNet50 path is the spark-submit integration test's).
     conf = {"raw_prefix": raw_prefix, "backbone": "efficientnet_lite0", "weights": "imagenet", "pca_k": 5,
@@ -93,7 +96,7 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     # and the feature table holds the earlier ones too.
     store = service("s3")
     store.stop()
-    store.start(local_stack.prepared_env())
+    store.start(stack_env)
     new = real_images(SAMPLE_500, 5, 2)[-2:]  # the fifth class: not among the first run's three
     for path in new:
         s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.parent.name}/{path.name}")

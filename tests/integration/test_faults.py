@@ -164,7 +164,7 @@ def _features(s3, step_uri):
 def prepared(stack, s3, cfg, tmp_path_factory):
     """3 classes x 3 real images under a fresh raw prefix, preprocessed once under a runs prefix of its own."""
     build_zip()
-    cfg = cfg.with_overrides(runs_prefix=f"faults-{uuid.uuid4().hex[:6]}", batch_size=4)
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"faults-{uuid.uuid4().hex[:6]}"), batch_size=4)
     prefix = f"faults-raw-{uuid.uuid4().hex[:6]}"
     for path in real_images(SAMPLE_500, 3, 3):
         s3.upload_file(str(path), cfg.raw_bucket, f"{prefix}/{path.parent.name}/{path.name}")

@@ -22,7 +22,7 @@ def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg,
     from spark_jobs.common.manifest import BadManifest, manifest_uri, read_manifest
     from spark_jobs.common.table import committed_featurize_steps
 
-    cfg = cfg.with_overrides(runs_prefix=f"manifests-{uuid.uuid4().hex[:8]}")
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
     good = cfg.step_uri("run-good", "featurize")
     planted = {
         # another bucket's data as "features"
@@ -58,7 +58,7 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
     from spark_jobs.common.manifest import manifest_uri
     from spark_jobs.common.table import committed_featurize_steps, feature_table, same_model
 
-    cfg = cfg.with_overrides(runs_prefix=f"manifests-{uuid.uuid4().hex[:8]}")
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
 
     def featurize_step(run: str, backbone: str, value: float, **fields) -> str:
         uri = cfg.step_uri(run, "featurize")

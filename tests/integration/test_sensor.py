@@ -103,7 +103,7 @@ def test_list_new_keeps_one_state_per_raw_prefix_and_lists_late_uploads(stack, s
     from fruitflow_airflow import listing
     from fruitflow_airflow.tasks import list_new_images
 
-    cfg = cfg.with_overrides(runs_prefix=f"listing-{uuid.uuid4().hex[:8]}")
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"listing-{uuid.uuid4().hex[:8]}"))
     hook = S3Hook(aws_conn_id="aws_default")
     a, b = (f"listing-{name}-{uuid.uuid4().hex[:6]}" for name in "ab")
     try:

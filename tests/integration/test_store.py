@@ -1,5 +1,6 @@
-"""The local stack's S3 service (SeaweedFS): authentication on, the pipeline's identity scoped to its
-buckets, private credentials, and data that outlives a restart of the service."""
+"""The local stack's S3 service (SeaweedFS): authentication on, the pipeline's and the Spark workers'
+identities scoped to their buckets and prefixes, private credentials, and data that outlives a restart
+of the service."""
 
 import stat
 import urllib.error
@@ -22,6 +23,11 @@ def _client(key, secret):
     return boto3.client("s3", endpoint_url=s.s3_endpoint, region_name="us-east-1", aws_access_key_id=key,
                         aws_secret_access_key=secret,
                         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
+def _identity(name):
+    creds = local_credentials(state_dir(local_stack.settings()), name)
+    return _client(creds["key"], creds["secret"])
 
 
 def _error(call):
@@ -62,10 +68,53 @@ def test_the_pipeline_identity_reaches_its_buckets_only(stack, s3, cfg):
         admin.delete_bucket(Bucket=foreign)
 
 
+def test_the_spark_node_identity_writes_step_outputs_only(stack, cfg):
+    """The Spark workers' identity (fruitflow.access "spark-node") reads the photos but cannot change
+    them, nor a backbone model that every executor loads, nor anything outside the runs prefixes."""
+    node, pipeline = _identity("spark-node"), _identity("pipeline")
+    photo = f"{cfg.runs_prefix}-access/Apple/photo.jpg"
+    pipeline.put_object(Bucket=cfg.raw_bucket, Key=photo, Body=b"a photo")  # locally, it uploads too
+    try:
+        assert node.get_object(Bucket=cfg.raw_bucket, Key=photo)["Body"].read() == b"a photo"
+        for bucket, key in ((cfg.raw_bucket, photo), (cfg.raw_bucket, "images/planted.jpg"),
+                            (cfg.models_bucket, f"{cfg.backbone}/planted/model.onnx"),
+                            (cfg.features_bucket, "elsewhere/planted.parquet")):
+            assert _error(lambda: node.put_object(Bucket=bucket, Key=key, Body=b"x")) == "AccessDenied", key
+        assert _error(lambda: node.delete_object(Bucket=cfg.raw_bucket, Key=photo)) == "AccessDenied"
+        written = f"{cfg.runs_prefix}/run/train/part-0"
+        node.put_object(Bucket=cfg.models_bucket, Key=written, Body=b"a step output")
+        node.delete_object(Bucket=cfg.models_bucket, Key=written)
+    finally:
+        pipeline.delete_object(Bucket=cfg.raw_bucket, Key=photo)
+
+
+def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
+    """A Spark application on the local stack: its executor's writes are the spark-node identity's
+    (the worker's environment), not the driver's, which could write a backbone model."""
+    import json
+
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    from fruitflow.package import build_zip
+    from fruitflow_airflow.submit import submit_kwargs
+    from tests.helpers import ROOT
+
+    build_zip()
+    allowed = f"{cfg.features_bucket}/{cfg.runs_prefix}/node-check/part-0"
+    backbone = f"{cfg.models_bucket}/{cfg.backbone}/node-check/model.onnx"
+    kwargs = submit_kwargs("preprocess", cfg)
+    kwargs.pop("application")
+    kwargs["name"] = "fruitflow-node-writes"
+    out = tmp_path / "answers.json"
+    SparkSubmitHook(conn_id="spark_default", application_args=[str(out), allowed, backbone], **kwargs).submit(
+        str(ROOT / "tests" / "integration" / "node_writes_app.py"))
+    assert json.loads(out.read_text()) == {allowed: "ok", backbone: "AccessDenied"}
+
+
 def test_credentials_are_private_files(stack):
     state = state_dir(local_stack.settings())
-    files = [state / "credentials" / "pipeline.json", state / "credentials" / "admin.json",
-             state / "s3" / "identities.json"]
+    files = [state / "credentials" / f"{name}.json" for name in ("pipeline", "spark-node", "admin")]
+    files.append(state / "s3" / "identities.json")
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_jobs.common.config import Config
+from spark_jobs.common.config import FEATURE_DIM, Config
 from tests.helpers import ROOT
 
 COMPOSE = ROOT / "docker-compose.yaml"
@@ -143,18 +143,31 @@ def test_ports_are_published_on_loopback_only(compose):
 
 
 def test_the_pipeline_uses_its_scoped_identity_not_the_admin_key(compose):
-    """Airflow's connection and the Spark workers hold the pipeline's keys; the admin's reach only the
-    store and the job that creates the buckets."""
-    text = COMPOSE.read_text()
+    """Airflow's connection holds the pipeline's keys, the Spark workers their own; the admin's reach
+    only the store and the job that creates the buckets."""
     aws = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
     assert (aws["login"], aws["password"]) == ("${S3_PIPELINE_ACCESS_KEY}", "${S3_PIPELINE_SECRET_KEY}")
     worker = compose["services"]["spark-worker"]["environment"]
-    assert worker["AWS_ACCESS_KEY_ID"] == "${S3_PIPELINE_ACCESS_KEY}"
+    assert (worker["AWS_ACCESS_KEY_ID"], worker["AWS_SECRET_ACCESS_KEY"]) == (
+        "${S3_SPARK_NODE_ACCESS_KEY}", "${S3_SPARK_NODE_SECRET_KEY}")
     admin_users = {name for name, svc in compose["services"].items() if "S3_ADMIN_ACCESS_KEY" in json.dumps(svc)}
     assert admin_users == {"seaweedfs", "seaweedfs-init"}, admin_users
-    for bucket in Config().buckets:  # the pipeline's actions name each of its buckets, and only those
-        assert bucket in text
-    assert '"Admin"' in text and text.count("S3_PIPELINE_ACCESS_KEY") >= 3
+
+
+def test_the_stores_identities_are_the_grants_of_fruitflow_access(compose):
+    """The identity file the seaweedfs service writes at start (its shell command, run here with
+    made-up keys) is the one the local stack writes: the same grants for the same identities."""
+    from fruitflow.stack.seaweed import identities
+
+    script = compose["services"]["seaweedfs"]["command"][-1].replace("$$", "$")
+    render = script[:script.index("> /tmp/identities.json")]
+    names = {"admin": "ADMIN", "pipeline": "PIPELINE", "spark-node": "SPARK_NODE"}
+    keys = {name: {"key": f"{name}-key", "secret": f"{name}-secret"} for name in names}
+    env = {"PATH": os.environ["PATH"], **{f"S3_{v}_ACCESS_KEY": keys[n]["key"] for n, v in names.items()},
+           **{f"S3_{v}_SECRET_KEY": keys[n]["secret"] for n, v in names.items()}}
+    done = subprocess.run(["sh", "-c", render], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == identities(keys, Config())
 
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|_KEY$", re.I)
@@ -242,8 +255,30 @@ def test_no_secret_in_compose_or_env_example(compose):
     assert literal_secrets(planted) == ["x.POSTGRES_PASSWORD", "x.AIRFLOW_CONN_AWS_DEFAULT.login"]
 
 
-def test_iam_policy_names_only_the_project_buckets():
-    policy = json.loads((ROOT / "deploy" / "ec2" / "iam-policy.json").read_text())
+IAM_ROLES = ("pipeline", "spark-node", "uploader")
+
+
+def _iam(role: str) -> dict:
+    return json.loads((ROOT / "deploy" / "ec2" / f"iam-policy-{role}.json").read_text())
+
+
+def _allowed(policy: dict, action: str) -> set[str]:
+    return {resource for st in policy["Statement"] if st["Effect"] == "Allow" and action in st["Action"]
+            for resource in st["Resource"]}
+
+
+@pytest.mark.parametrize("role", IAM_ROLES)
+def test_iam_policies_are_the_renderings_of_the_grants(role):
+    """deploy/ec2/iam-policy-<role>.json is what `fruitflow iam-policy <role>` prints with the default
+    settings: one source (fruitflow.access) for the local store's identities and the IAM roles."""
+    from fruitflow.access import iam_policy
+
+    assert _iam(role) == iam_policy(role, Config()), f"regenerate: fruitflow iam-policy {role} > deploy/ec2/..."
+
+
+@pytest.mark.parametrize("role", IAM_ROLES)
+def test_iam_policy_names_only_the_project_buckets_and_refuses_plain_http(role):
+    policy = _iam(role)
     buckets = set(Config().buckets)
     resources = [r for st in policy["Statement"] for r in st["Resource"]]
     assert resources
@@ -252,14 +287,28 @@ def test_iam_policy_names_only_the_project_buckets():
         assert resource[len("arn:aws:s3:::"):].split("/")[0] in buckets, resource
     allows = [st for st in policy["Statement"] if st["Effect"] == "Allow"]
     denies = [st for st in policy["Statement"] if st["Effect"] == "Deny"]
-    assert "s3:*" not in {a for st in allows for a in st["Action"]}
-    raw = [st for st in allows if any(r.startswith("arn:aws:s3:::fruitflow-raw/") for r in st["Resource"])]
-    assert all(set(st["Action"]) == {"s3:GetObject"} for st in raw)  # the raw photos are read-only
+    assert not {a for st in allows for a in st["Action"]} & {"s3:*", "s3:PutBucketPolicy", "s3:DeleteBucket"}
     # plain HTTP is refused, whatever else allows: every bucket and every object of the project
     assert len(denies) == 1 and denies[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert denies[0]["Action"] == ["s3:*"]
     arns = {f"arn:aws:s3:::{b}" for b in buckets}
     assert set(denies[0]["Resource"]) == arns | {f"{arn}/*" for arn in arns}
+
+
+def test_the_airflow_host_and_the_spark_nodes_write_only_their_prefixes():
+    """Neither writes a photo; the Spark nodes write step outputs under the runs prefix only, never a
+    backbone model (which every executor loads); the Airflow host (the drivers) also materialises those."""
+    cfg = Config()
+    runs = {f"arn:aws:s3:::{b}/{cfg.runs_prefix}*" for b in cfg.buckets if b != cfg.raw_bucket}
+    backbones = {f"arn:aws:s3:::{cfg.models_bucket}/{name}/*" for name in FEATURE_DIM}
+    node, host, uploader = _iam("spark-node"), _iam("pipeline"), _iam("uploader")
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert _allowed(node, action) == runs
+        assert _allowed(host, action) == runs | backbones
+        assert _allowed(uploader, action) == {f"arn:aws:s3:::{cfg.raw_bucket}/*"}
+    for policy in (node, host):
+        assert f"arn:aws:s3:::{cfg.raw_bucket}/*" in _allowed(policy, "s3:GetObject")
+    assert _allowed(uploader, "s3:GetObject") == {f"arn:aws:s3:::{cfg.raw_bucket}/*"}
 
 
 def test_shell_scripts_pass_shellcheck():

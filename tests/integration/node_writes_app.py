@@ -1,0 +1,46 @@
+"""A Spark application test_store submits to the local stack: one task tries, from an executor with
+the executor's own S3 identity, to write and delete each `bucket/key` given, and the driver records what
+the store answered in a local JSON file ({key: "ok" or the error code})."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from spark_jobs.common.config import Config
+from spark_jobs.common.session import build_session, stop_session
+
+
+def main(argv: list[str]) -> int:
+    out_file, *targets = argv
+    cfg = Config.from_env()
+
+    def attempt(_):
+        from botocore.exceptions import ClientError
+
+        from spark_jobs.common import storage
+
+        s3 = storage.client_for(cfg)  # the default chain: the worker's environment, not the driver's
+        answers = {}
+        for target in targets:
+            bucket, key = target.split("/", 1)
+            try:
+                s3.put_object(Bucket=bucket, Key=key, Body=b"written by an executor")
+                s3.delete_object(Bucket=bucket, Key=key)
+                answers[target] = "ok"
+            except ClientError as exc:
+                answers[target] = exc.response["Error"]["Code"]
+        yield answers
+
+    spark = build_session("fruitflow-node-writes", cfg)
+    try:
+        (answers,) = spark.sparkContext.parallelize([0], 1).mapPartitions(attempt).collect()
+    finally:
+        stop_session(spark)
+    with open(out_file, "w") as f:
+        json.dump(answers, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
