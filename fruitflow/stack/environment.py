@@ -163,7 +163,8 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
     """The environment every process of the local stack (Spark, Airflow, tests, demo) runs with."""
     e = dict(os.environ if base is None else base)
     state = state_dir(s)
-    region = Config.from_env(e).s3_region
+    cfg = Config.from_env(e)
+    region = cfg.s3_region
     e.update({**airflow_environment(s), **
         {
             "AWS_ACCESS_KEY_ID": prepared.access_key,
@@ -202,8 +203,12 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
                     "conn_type": "aws",
                     "login": prepared.access_key,
                     "password": prepared.secret_key,
+                    # the S3 timeouts of every other client (Config.s3_timeout_s) for the sensor's and
+                    # the tasks' hooks too: a stalled store is retried, not waited on
                     "extra": {"endpoint_url": s.s3_endpoint, "region_name": region,
-                              "config_kwargs": {"s3": {"addressing_style": "path"}}},
+                              "config_kwargs": {"s3": {"addressing_style": "path"},
+                                                "connect_timeout": cfg.s3_timeout_s,
+                                                "read_timeout": cfg.s3_timeout_s}},
                 }
             ),
             "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(

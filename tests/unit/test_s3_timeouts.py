@@ -21,3 +21,26 @@ def test_the_configured_timeout_reaches_s3a_and_boto3():
 def test_a_timeout_under_s3as_floor_is_refused():
     with pytest.raises(ValueError, match="s3_timeout_s"):
         Config(s3_timeout_s=S3_MIN_TIMEOUT_S - 1)
+
+
+def test_airflows_s3_hooks_get_the_same_timeout(monkeypatch, tmp_path):
+    """The sensor and the tasks use S3Hook over the `aws_default` connection: the local stack's carries
+    the Config's timeout in its botocore settings, and so does docker-compose's (the default)."""
+    import json
+
+    import yaml
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from fruitflow.stack.environment import Prepared, environment
+    from spark_jobs.common.config import StackSettings
+    from tests.helpers import ROOT
+
+    env = environment(StackSettings(state_dir=str(tmp_path)), Prepared("key", "secret", ()),
+                      {"FRUITFLOW_S3_TIMEOUT_S": "25", "PATH": "/usr/bin"})
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", env["AIRFLOW_CONN_AWS_DEFAULT"])
+    boto = S3Hook(aws_conn_id="aws_default").get_conn().meta.config
+    assert (boto.connect_timeout, boto.read_timeout) == (25, 25)
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    extra = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]
+    timeouts = {k: extra["config_kwargs"][k] for k in ("connect_timeout", "read_timeout")}
+    assert timeouts == {"connect_timeout": Config().s3_timeout_s, "read_timeout": Config().s3_timeout_s}
