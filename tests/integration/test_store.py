@@ -53,8 +53,7 @@ def test_unsigned_requests_and_wrong_keys_are_refused(stack, s3, cfg):
 
 
 def test_the_pipeline_identity_reaches_its_buckets_only(stack, s3, cfg):
-    admin_creds = local_credentials(state_dir(local_stack.settings()), "admin")
-    admin = _client(admin_creds["key"], admin_creds["secret"])
+    admin = _identity("admin")
     foreign = f"not-fruitflow-{uuid.uuid4().hex[:6]}"
     assert _error(lambda: s3.create_bucket(Bucket=foreign)) == "AccessDenied"
     admin.create_bucket(Bucket=foreign)
@@ -68,12 +67,12 @@ def test_the_pipeline_identity_reaches_its_buckets_only(stack, s3, cfg):
         admin.delete_bucket(Bucket=foreign)
 
 
-def test_the_spark_node_identity_writes_step_outputs_only(stack, cfg):
+def test_the_spark_node_identity_writes_step_outputs_only(stack, s3, cfg):
     """The Spark workers' identity (fruitflow.access "spark-node") reads the photos but cannot change
     them, nor a backbone model that every executor loads, nor anything outside the runs prefixes."""
-    node, pipeline = _identity("spark-node"), _identity("pipeline")
+    node = _identity("spark-node")
     photo = f"{cfg.runs_prefix}-access/Apple/photo.jpg"
-    pipeline.put_object(Bucket=cfg.raw_bucket, Key=photo, Body=b"a photo")  # locally, it uploads too
+    s3.put_object(Bucket=cfg.raw_bucket, Key=photo, Body=b"a photo")  # the pipeline's key: locally, it uploads too
     try:
         assert node.get_object(Bucket=cfg.raw_bucket, Key=photo)["Body"].read() == b"a photo"
         for bucket, key in ((cfg.raw_bucket, photo), (cfg.raw_bucket, "images/planted.jpg"),
@@ -85,7 +84,7 @@ def test_the_spark_node_identity_writes_step_outputs_only(stack, cfg):
         node.put_object(Bucket=cfg.models_bucket, Key=written, Body=b"a step output")
         node.delete_object(Bucket=cfg.models_bucket, Key=written)
     finally:
-        pipeline.delete_object(Bucket=cfg.raw_bucket, Key=photo)
+        s3.delete_object(Bucket=cfg.raw_bucket, Key=photo)
 
 
 def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
