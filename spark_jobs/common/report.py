@@ -34,9 +34,9 @@ def figure_files() -> list[tuple[str, str]]:
 
 
 def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: pd.DataFrame, metrics: dict,
-          context: dict, explained: list[float], locate_jpeg, seed: int = 42) -> str:
-    """Every report file into `folder`; returns the HTML page's path. `locate_jpeg(key)` gives the
-    preprocessed JPEG of a key as (uri, bytes), or None."""
+          context: dict, explained: list[float], fetch_jpegs, seed: int = 42) -> str:
+    """Every report file into `folder`; returns the HTML page's path. `fetch_jpegs(keys)` gives the
+    preprocessed JPEGs of those keys it found, as {key: (uri, bytes)}."""
     frames = {"points": points, "embedded": embedded}
     for name, caption, frame, x, y, colour in FIGURES:
         scatter(frames[frame], x, y, colour, caption, os.path.join(folder, name))
@@ -50,8 +50,7 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     views.assign(key=views["key"].map(csv_cell), category=views["category"].map(csv_cell)).to_csv(
         os.path.join(folder, "views_2d.csv"), index=False, sep=";")
     members = thumbnail_keys(points, THUMBNAILS_PER_CLUSTER, seed)
-    found = {key: located for key in sorted({k for keys in members.values() for k in keys})
-             if (located := locate_jpeg(key)) is not None}
+    found = fetch_jpegs(sorted({k for keys in members.values() for k in keys}))
     clusters = [{**row, "thumbnails": [k for k in members.get(row["cluster"], []) if k in found]}
                 for row in summary.to_dict("records")]
     document = {"clusters": clusters, "thumbnail_uris": {k: uri for k, (uri, _) in found.items()},

@@ -37,7 +37,7 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     jpeg = cv2.imencode(".jpg", np.full((224, 224, 3), 90, np.uint8))[1].tobytes()
     report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
                  context={"images": 28}, explained=[0.4, 0.2, 0.1, 0.05],
-                 locate_jpeg=lambda key: (f"s3a://b/jpeg/{key}", jpeg) if not key.startswith("+") else None)
+                 fetch_jpegs=lambda keys: {k: (f"s3a://b/jpeg/{k}", jpeg) for k in keys if not k.startswith("+")})
     cells = [cell for name in ("clusters.csv", "contingency.csv") for row in csv.reader(open(tmp_path / name))
              for cell in row]
     cells += [cell for row in csv.reader(open(tmp_path / "views_2d.csv"), delimiter=";") for cell in row]
