@@ -172,14 +172,14 @@ def evaluate(features, n_images: int, *, k: int, target_variance: float | None, 
     return result
 
 
-def classification(reduced, *, test_fraction: float, reg_param: float, seed: int) -> dict:
+def classification(reduced, *, test_fraction: float, reg_param: float, max_iter: int, seed: int) -> dict:
     """The train step's split, fit and scores on these reduced vectors."""
     from pyspark.sql import functions as F
 
     from spark_jobs import train
 
     split = train.split_held_out(reduced, test_fraction, seed).cache()
-    model = train.fit_classifier(split.filter(~F.col("held_out")), reg_param)
+    model = train.fit_classifier(split.filter(~F.col("held_out")), reg_param, max_iter)
     scores = train.scores(train.confusion(train.predict(model, split.filter("held_out"))))
     split.unpersist()
     return {"accuracy": round(scores["accuracy"], 4), "macro_f1": round(scores["macro_f1"], 4)}
@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                             "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
                             "color_weight": cfg.color_weight}
                 pipeline = evaluate(features, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize,
-                                    classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param})
+                                    classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param,
+                                                "max_iter": cfg.classifier_max_iter})
                 results[backbone][set_name] = {"n_images": n, **pipeline}
                 rows.append((backbone, weights, set_name, "pipeline settings", pipeline))
                 if args.variants:
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.int8:
                     int8 = featurized(spark, cfg, backbone, weights, folder, "int8")
                     scores = evaluate(int8, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize,
-                                      classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param})
+                                      classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param,
+                                                "max_iter": cfg.classifier_max_iter})
                     scores.update(int8_fidelity(features, int8),
                                   ari_minus_fp32=round(scores["ari"] - pipeline["ari"], 4))
                     results[backbone][set_name]["int8"] = scores
