@@ -55,7 +55,7 @@ def classifier_vectors(reduced: DataFrame) -> DataFrame:
     return reduced.withColumn("vector", array_to_vector("pca"))
 
 
-def fit_classifier(train: DataFrame, reg_param: float, max_iter: int = 100) -> PipelineModel:
+def fit_classifier(train: DataFrame, reg_param: float, max_iter: int) -> PipelineModel:
     """StringIndexer (category -> label, most frequent first) + multinomial logistic regression."""
     indexer = StringIndexer(inputCol="category", outputCol="label", stringOrderType="frequencyDesc")
     regression = LogisticRegression(featuresCol="vector", labelCol="label", family="multinomial",

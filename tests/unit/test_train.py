@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from spark_jobs import pca, train
 from spark_jobs.common import recognition
+from spark_jobs.common.config import Config
 
 
 def _table(spark, sizes: dict[str, int], dim=24, colours=8, seed=0):
@@ -58,7 +59,8 @@ def test_scores_from_confusion_counts():
 def test_classifier_separates_classes_and_numpy_mirrors_spark(spark):
     features, pca_model, reduced = _reduced(spark, {f"fruit{i}": 12 for i in range(5)})
     split = train.split_held_out(reduced, 0.25, seed=42).cache()
-    model = train.fit_classifier(split.filter(~F.col("held_out")), reg_param=1e-4)
+    cfg = Config()
+    model = train.fit_classifier(split.filter(~F.col("held_out")), cfg.reg_param, cfg.classifier_max_iter)
     predictions = train.predict(model, split.filter("held_out"))
     s = train.scores(train.confusion(predictions))
     assert s["accuracy"] == 1.0 and s["macro_f1"] == 1.0
