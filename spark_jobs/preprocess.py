@@ -2,22 +2,22 @@
 
 Extract: the objects the DAG's `list_new` listed (`--keys`), read by exact key with boto3 on the
 executors; or, without `--keys`, every object under the raw prefix (`binaryFile`). Transform:
-`category`/`key` from the path, decoding and preprocessing in a pandas UDF; files that cannot be used,
-and keys that are unsafe to read ('..', '.', empty segments), become rejects with a reason.
-Load: the executors write each preprocessed image to S3 as a JPEG under its key, and the step writes a
-Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored files and its manifest.
+`category`/`key` from the path; each image read, decoded, preprocessed and written to S3 as a JPEG
+under its key in one pass through Python on the executors (`prepare_batches`); files that cannot be
+used, and keys that are unsafe to read ('..', '.', empty segments), become rejects with a reason.
+Load: a Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored files and the
+step's manifest.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import unquote
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_jobs.common import cli, sandbox, storage
@@ -134,28 +134,16 @@ def decode_reason(outcome) -> str | None:
     return None
 
 
-def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
-    """Candidates (with `content`) -> key, category, etag, status, reason, image (raw RGB bytes).
+def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | None = None,
+                      jpeg_uri: str | None = None) -> DataFrame:
+    """Candidates -> key, category, etag, status, reason, image (raw RGB bytes).
 
-    Files over the byte limit are rejected without reading them (the length filter is pushed down to
-    the binaryFile reader); the others are decoded in a pandas UDF.
+    Files over the byte limit are rejected without reading them (with `binaryFile` the length filter is
+    pushed down to the reader). Each other image makes one trip through Python (`prepare_batches`):
+    its bytes fetched by key from `fetch_from` (the raw prefix; None: the frame's `content`), decoded and
+    preprocessed in the sandbox, and, with `jpeg_uri`, written there as a JPEG; so every object is read
+    once and its pixels cross from Python to the JVM once.
     """
-    max_pixels = cfg.max_image_pixels
-    memory_bytes, timeout_s = cfg.decoder_memory_mb * 1024 * 1024, cfg.decoder_timeout_s
-    schema = StructType([StructField("image", BinaryType()), StructField("reason", StringType())])
-
-    @pandas_udf(schema)
-    def decode_and_preprocess(content: pd.Series) -> pd.DataFrame:
-        from spark_jobs.common import images
-        from spark_jobs.common import sandbox as isolated
-
-        def decode_one(data):
-            return images.preprocess(images.decode(data, max_pixels)).tobytes()
-
-        outcomes = isolated.map_isolated(decode_one, list(content), memory_bytes=memory_bytes, timeout_s=timeout_s)
-        return pd.DataFrame({"image": [o.value if o.ok else None for o in outcomes],
-                             "reason": [decode_reason(o) for o in outcomes]})
-
     columns = ["key", "category", "path", "length", "modificationTime"]
     too_big = (
         candidates.filter(F.col("length") > cfg.max_image_bytes)
@@ -163,17 +151,82 @@ def preprocess_images(candidates: DataFrame, cfg: Config) -> DataFrame:
                 F.lit(f"file too large: over {cfg.max_image_bytes} bytes").alias("reason"),
                 F.lit(None).cast("binary").alias("image"))
     )
-    readable = candidates.filter(F.col("length") <= cfg.max_image_bytes)
-    decoded = (
-        readable.withColumn("etag", F.md5("content"))  # S3's ETag for single-part uploads
-        .withColumn("_p", F.when(F.col("pre_reject").isNull(), decode_and_preprocess("content")))
-        .select(*columns, "etag",
-                F.coalesce("pre_reject", "_p.reason").alias("reason"),
-                F.col("_p.image").alias("image"))
-    )
+    readable = candidates.filter(F.col("length") <= cfg.max_image_bytes).select(*columns, "content", "pre_reject")
+    schema = StructType([*(readable.schema[c] for c in columns), StructField("etag", StringType()),
+                         StructField("reason", StringType()), StructField("image", BinaryType())])
+    prepare = partial(prepare_batches, cfg=cfg, fetch_from=fetch_from, jpeg_uri=jpeg_uri)
+    decoded = readable.mapInPandas(prepare, schema=schema)
     return too_big.unionByName(decoded).withColumn(
         "status", F.when(F.col("reason").isNull(), F.lit(OK)).otherwise(F.lit(REJECTED))
     )
+
+
+def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: str | None):
+    """On the executors: each batch's images read (or taken from `content`), decoded and preprocessed
+    in one sandboxed child, and uploaded as JPEGs; `pre_reject` rows are passed on with their reason."""
+    import hashlib
+
+    from spark_jobs.common import images
+    from spark_jobs.common import sandbox as isolated
+    from spark_jobs.common import storage as st
+
+    s3 = st.client_for(cfg) if fetch_from or jpeg_uri else None
+    source = split_s3_uri(fetch_from) if fetch_from else None
+    target = split_s3_uri(jpeg_uri) if jpeg_uri else None
+    max_pixels, max_bytes = cfg.max_image_pixels, cfg.max_image_bytes
+
+    def decode_one(data):
+        return images.preprocess(images.decode(data, max_pixels)).tobytes()
+
+    for batch in batches:
+        reasons = list(batch["pre_reject"])
+        if source:
+            contents = [None] * len(batch)
+            for i, key in enumerate(batch["key"]):
+                if reasons[i] is None:
+                    contents[i], reasons[i] = fetch_object(s3, *source, key, max_bytes)
+        else:
+            contents = list(batch["content"])
+        todo = [i for i, reason in enumerate(reasons) if reason is None]
+        outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo],
+                                         memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
+                                         timeout_s=cfg.decoder_timeout_s)
+        pixels = [None] * len(batch)
+        for i, outcome in zip(todo, outcomes):
+            reasons[i] = decode_reason(outcome)
+            pixels[i] = outcome.value if outcome.ok else None
+        if target:
+            bucket, prefix = target
+            for key, image in zip(batch["key"], pixels):
+                if image is not None:
+                    body = images.to_jpeg(images.rgb_from_bytes(image))
+                    s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=body, ContentType="image/jpeg")
+        yield batch.drop(columns=["content", "pre_reject"]).assign(
+            # S3's ETag for single-part uploads
+            etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
+            reason=reasons, image=pixels)
+
+
+def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """An object's bytes by its exact key, or why not. An object gone since the listing or unreadable
+    may be passing (a policy being fixed, a store catching up): its key is listed again by the next run
+    (RETRY_NEXT_RUN). Other errors (after boto3's retries) fail the task, which Spark retries."""
+    from botocore.exceptions import ClientError
+
+    prefix = prefix.strip("/")
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            return None, f"not found: deleted since list_new listed it ({RETRY_NEXT_RUN})"
+        if code in ("AccessDenied", "403", "InvalidObjectState"):
+            return None, f"unreadable: {code} ({RETRY_NEXT_RUN})"
+        raise
+    if obj["ContentLength"] > max_bytes:  # grown since the listing
+        obj["Body"].close()
+        return None, f"file too large: over {max_bytes} bytes"
+    return obj["Body"].read(), None
 
 
 def new_keys(spark: SparkSession, keys_uri: str, featurized: list[dict]) -> DataFrame:
@@ -200,24 +253,6 @@ def reject_long_keys(candidates: DataFrame, jpeg_uri: str) -> DataFrame:
     return candidates.withColumn("pre_reject", F.coalesce(F.col("pre_reject"), too_long_column(F.col("key"), out_prefix)))
 
 
-def upload_jpegs(processed: DataFrame, jpeg_uri: str, cfg: Config) -> DataFrame:
-    """Pass-through that writes each accepted image as a JPEG object, on the executors."""
-    bucket, prefix = split_s3_uri(jpeg_uri)
-
-    def upload(batches):
-        from spark_jobs.common import images, storage as st
-
-        s3 = st.client_for(cfg)
-        for batch in batches:
-            for key, image in zip(batch["key"], batch["image"]):
-                if image is not None:
-                    body = images.to_jpeg(images.rgb_from_bytes(image))
-                    s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=body, ContentType="image/jpeg")
-            yield batch
-
-    return processed.mapInPandas(upload, schema=processed.schema)
-
-
 def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
     """The DAG's listing (key, etag, size, refused, already) in the shape `extract` gives, without
     listing S3 again: Hadoop would normalise '.', '..' and empty key segments (reading another object,
@@ -234,48 +269,6 @@ def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
     )
 
 
-def fetch_content(candidates: DataFrame, raw_uri: str, cfg: Config) -> DataFrame:
-    """Fills `content` with each candidate's bytes, fetched by its exact key with boto3 on the executors.
-    An object gone since the listing, unreadable or grown over the size cap becomes a `pre_reject`; the
-    first two may be passing (a policy being fixed, a store catching up): their keys are listed again by
-    the next run (RETRY_NEXT_RUN). Other errors (after boto3's retries) fail the task, which Spark retries."""
-    bucket, prefix = split_s3_uri(raw_uri)
-    prefix = prefix.strip("/")
-    max_bytes = cfg.max_image_bytes
-
-    def fetch(batches):
-        from botocore.exceptions import ClientError
-
-        from spark_jobs.common import storage as st
-
-        s3 = st.client_for(cfg)
-        for batch in batches:
-            contents, reasons = [], []
-            for key, reason, length in zip(batch["key"], batch["pre_reject"], batch["length"]):
-                data = None
-                if reason is None and length <= max_bytes:
-                    try:
-                        obj = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
-                        if obj["ContentLength"] > max_bytes:
-                            obj["Body"].close()
-                            reason = f"file too large: over {max_bytes} bytes"
-                        else:
-                            data = obj["Body"].read()
-                    except ClientError as exc:
-                        code = exc.response.get("Error", {}).get("Code", "")
-                        if code in ("NoSuchKey", "404"):
-                            reason = f"not found: deleted since list_new listed it ({RETRY_NEXT_RUN})"
-                        elif code in ("AccessDenied", "403", "InvalidObjectState"):
-                            reason = f"unreadable: {code} ({RETRY_NEXT_RUN})"
-                        else:
-                            raise
-                contents.append(data)
-                reasons.append(reason)
-            yield batch.assign(content=contents, pre_reject=reasons)
-
-    return candidates.mapInPandas(fetch, schema=candidates.schema)
-
-
 def check_raw_uri(raw_uri: str) -> None:
     try:
         check_location(raw_uri)
@@ -289,6 +282,7 @@ class Input:
     candidates: DataFrame  # the images to decode
     n_files: int
     n_already: int = 0  # listed images already featurized with the same ETag (not read again)
+    fetch_from: str | None = None  # where the candidates' bytes are read by key (None: in `content`)
 
 
 def read_listed(spark: SparkSession, cfg: Config, raw_uri: str, keys_uri: str) -> Input:
@@ -300,8 +294,7 @@ def read_listed(spark: SparkSession, cfg: Config, raw_uri: str, keys_uri: str) -
     n_files = wanted.count()
     candidates = listing.filter(F.col("ignored_reason").isNull())
     n_already = candidates.filter("already").count()
-    candidates = fetch_content(candidates.filter("not already").drop("already"), raw_uri, cfg)
-    return Input(listing, candidates, n_files, n_already)
+    return Input(listing, candidates.filter("not already").drop("already"), n_files, n_already, fetch_from=raw_uri)
 
 
 def read_prefix(spark: SparkSession, raw_uri: str) -> Input:
@@ -324,7 +317,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     with timings.measure("preprocess"):
         candidates = reject_long_keys(candidates, jpeg_uri)
-        processed = upload_jpegs(preprocess_images(candidates, cfg), jpeg_uri, cfg)
+        processed = preprocess_images(candidates, cfg, fetch_from=found.fetch_from, jpeg_uri=jpeg_uri)
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
 
     with timings.measure("summarise"):

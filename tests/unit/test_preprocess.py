@@ -1,5 +1,11 @@
 """The preprocess step's pure transforms on a local SparkSession, real images and generated bad files."""
 
+import hashlib
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
 import numpy as np
 from pyspark.sql import functions as F
 
@@ -128,3 +134,67 @@ def test_an_image_whose_decoding_exceeds_the_decoders_memory_is_a_reject(spark, 
     assert out["bomb.png"]["status"] == "rejected", out["bomb.png"]
     assert "memory" in out["bomb.png"]["reason"].lower(), out["bomb.png"]["reason"]
     assert [out[p.name]["status"] for p in reals] == ["ok", "ok"]
+
+
+class _CountingS3(BaseHTTPRequestHandler):
+    """Just enough of S3 (path-style GetObject and PutObject) to count the requests per key."""
+
+    protocol_version = "HTTP/1.1"  # boto3 sends PutObject with `Expect: 100-continue`
+    objects: dict[str, bytes] = {}
+    requests: Counter = Counter()
+
+    def _reply(self, status: int, body: bytes = b"", **headers: str) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path = unquote(self.path.split("?")[0])
+        self.requests["GET", path] += 1
+        if path in self.objects:
+            self._reply(200, self.objects[path], ETag='"0"')
+        else:
+            self._reply(404, b"<Error><Code>NoSuchKey</Code><Message>none</Message></Error>")
+
+    def do_PUT(self):  # noqa: N802
+        path = unquote(self.path.split("?")[0])
+        self.requests["PUT", path] += 1
+        self.objects[path] = self.rfile.read(int(self.headers["Content-Length"]))
+        self._reply(200, ETag='"0"')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
+    """The listed path reads every object by key and writes its JPEG: one GET and one PUT per image (the
+    too-large branch of the step used to read them all a second time), none for a file the listing says
+    is too large, and a key gone since the listing becomes a reject the next run retries."""
+    reals = real_images(SAMPLE_500, 2, 2)
+    keys = [f"{p.parent.name}/{p.name}" for p in reals]
+    _CountingS3.objects = {f"/raw/in/{k}": p.read_bytes() for k, p in zip(keys, reals)}
+    _CountingS3.requests = Counter()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fake = cfg.with_overrides(s3_endpoint=f"http://127.0.0.1:{server.server_port}", max_image_bytes=10**6)
+        rows = [(k, None, len(_CountingS3.objects[f"/raw/in/{k}"]), None, False) for k in keys]
+        rows += [("Pear/big.jpg", None, 10**7, None, False), ("Pear/gone.jpg", None, 100, None, False)]
+        wanted = spark.createDataFrame(rows, "key string, etag string, size long, refused string, already boolean")
+        raw = "s3a://raw/in"
+        listing = preprocess.with_keys(preprocess.listed_files(wanted, raw), raw)
+        out = preprocess.preprocess_images(listing.filter(F.col("ignored_reason").isNull()).drop("already"), fake,
+                                           fetch_from=raw, jpeg_uri="s3a://out/run/jpeg")
+        found = {r["key"]: r for r in out.drop("image").collect()}
+    finally:
+        server.shutdown()
+    assert {k for k in keys if found[k]["status"] == "ok"} == set(keys)
+    assert "too large" in found["Pear/big.jpg"]["reason"]
+    assert found["Pear/gone.jpg"]["reason"].endswith(f"({preprocess.RETRY_NEXT_RUN})")
+    assert all(found[k]["etag"] == hashlib.md5(_CountingS3.objects[f"/raw/in/{k}"]).hexdigest() for k in keys)
+    reads = {path: n for (method, path), n in _CountingS3.requests.items() if method == "GET"}
+    assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1}
+    writes = {path: n for (method, path), n in _CountingS3.requests.items() if method == "PUT"}
+    assert writes == {f"/out/run/jpeg/{k}": 1 for k in keys}
