@@ -250,7 +250,8 @@ def new_keys(spark: SparkSession, keys_uri: str, featurized: list[dict]) -> Data
 def reject_long_keys(candidates: DataFrame, jpeg_uri: str) -> DataFrame:
     """A candidate whose JPEG's key would be over S3's limit is rejected with the reason."""
     out_prefix = split_s3_uri(jpeg_uri)[1] if jpeg_uri.startswith(("s3://", "s3a://")) else jpeg_uri
-    return candidates.withColumn("pre_reject", F.coalesce(F.col("pre_reject"), too_long_column(F.col("key"), out_prefix)))
+    too_long = too_long_column(F.col("key"), out_prefix)
+    return candidates.withColumn("pre_reject", F.coalesce(F.col("pre_reject"), too_long))
 
 
 def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
