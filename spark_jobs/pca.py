@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.feature import ElementwiseProduct, Normalizer, PCAModel, StandardScaler, VectorAssembler
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import ElementwiseProduct, Normalizer, PCAModel, StandardScalerModel, VectorAssembler
 from pyspark.ml.linalg import DenseVector
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
@@ -68,16 +68,19 @@ def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: 
                                          inputCol="color_vector", outputCol="color_weighted"))
         stages.append(VectorAssembler(inputCols=[column, "color_weighted"], outputCol="joined"))
         column = "joined"
-    # Spark's PCAModel projects rows as they come; centring makes the projection the one the variance describes.
-    centring = StandardScaler(withMean=True, withStd=False, inputCol=column, outputCol="centred")
-    prepared_model = Pipeline(stages=[*stages, centring]).fit(vectors)
-    prepared = prepared_model.transform(vectors).select("centred")
-    eigenvalues, eigenvectors = _eigen(covariance(prepared, "centred"))
+    prepared = PipelineModel(stages=stages).transform(vectors).select(column)  # transformers: no pass yet
+    mean, cov = mean_and_covariance(prepared, column)  # the one pass over the table the fit makes
+    eigenvalues, eigenvectors = _eigen(cov)
     total = eigenvalues.sum()
     explained = eigenvalues / total if total > 0 else np.zeros_like(eigenvalues)
     chosen = choose_k(explained, min(k, n_rows), target_variance)
-    return PipelineModel(stages=[*prepared_model.stages,
-                                 _pca_model(features.sparkSession, eigenvectors[:, :chosen], explained[:chosen])])
+    spark = features.sparkSession
+    # Spark's PCAModel projects rows as they come; centring makes the projection the one the variance
+    # describes. The centring stage is built from the pass's mean (StandardScaler.fit would read the table
+    # once more for it).
+    centring = _centring_model(spark, mean, np.sqrt(np.clip(np.diag(cov), 0.0, None)), column)
+    return PipelineModel(stages=[*stages, centring,
+                                 _pca_model(spark, eigenvectors[:, :chosen], explained[:chosen])])
 
 
 def color_weight_of(model: PipelineModel) -> float:
@@ -88,9 +91,9 @@ def color_weight_of(model: PipelineModel) -> float:
     return 0.0
 
 
-def covariance(frame: DataFrame, column: str) -> np.ndarray:
-    """The d x d sample covariance of a vector column, in one pass over it: each Python worker sums its
-    share of the rows and of their outer products with numpy (`partial_moments`: matrix products over
+def mean_and_covariance(frame: DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and the d x d sample covariance of a vector column, in one pass over it: each Python
+    worker sums its share of the rows and of their outer products with numpy (`partial_moments`: matrix products over
     Arrow batches), and the partial sums are added up in a tree on the executors, so d x d numbers
     reach the driver whatever the number of rows.
 
@@ -106,7 +109,7 @@ def covariance(frame: DataFrame, column: str) -> np.ndarray:
         raise ValueError(f"no rows in {column!r}: a covariance needs at least one")
     n, total, gram = moments
     mean = total / n
-    return (gram.reshape(len(total), len(total)) - n * np.outer(mean, mean)) / max(n - 1, 1)
+    return mean, (gram.reshape(len(total), len(total)) - n * np.outer(mean, mean)) / max(n - 1, 1)
 
 
 def partial_moments(batches):
@@ -146,6 +149,19 @@ def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
     signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
     return values, vectors * np.where(signs == 0, 1.0, signs)
+
+
+def _centring_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray, column: str) -> StandardScalerModel:
+    """The StandardScalerModel (with mean, without std) StandardScaler.fit would give for these moments."""
+    from pyspark.ml.common import _py2java
+
+    sc = spark.sparkContext
+    std_vector, mean_vector = (_py2java(sc, DenseVector(v.tolist())) for v in (std, mean))
+    java_model = sc._jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        "StandardScalerModel_fruitflow", std_vector, mean_vector)
+    model = StandardScalerModel(java_model)
+    model._set(withMean=True, withStd=False, inputCol=column, outputCol="centred")
+    return model
 
 
 def _pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarray) -> PCAModel:

@@ -115,7 +115,7 @@ def test_reduction_matches_scikit_learn(spark, l2_normalize):
     np.testing.assert_allclose(got * signs, expected, atol=1e-5 * np.abs(expected).max())
 
 
-def test_covariance_in_one_pass_matches_numpy(spark):
+def test_mean_and_covariance_in_one_pass_match_numpy(spark):
     """The executors' partial sums (one per core, some partitions empty) add up to numpy's covariance,
     for rows that are not centred and with a constant dimension (a dead ReLU channel)."""
     from pyspark.ml.functions import array_to_vector
@@ -123,10 +123,13 @@ def test_covariance_in_one_pass_matches_numpy(spark):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(37, 6)) * [1.0, 2.0, 3.0, 0.0, 1.0, 5.0] + 4.0
     frame = spark.createDataFrame([(row.tolist(),) for row in x], "v array<double>").repartition(50)
-    got = pca.covariance(frame.select(array_to_vector("v").alias("vector")), "vector")
-    np.testing.assert_allclose(got, np.cov(x, rowvar=False), atol=1e-10)
+    mean, cov = pca.mean_and_covariance(frame.select(array_to_vector("v").alias("vector")), "vector")
+    np.testing.assert_allclose(mean, x.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(x, rowvar=False), atol=1e-10)
     single = spark.createDataFrame([([1.0, 2.0],)], "v array<double>").select(array_to_vector("v").alias("vector"))
-    np.testing.assert_array_equal(pca.covariance(single, "vector"), np.zeros((2, 2)))
+    mean, cov = pca.mean_and_covariance(single, "vector")
+    np.testing.assert_array_equal(mean, [1.0, 2.0])
+    np.testing.assert_array_equal(cov, np.zeros((2, 2)))
 
 
 def test_pca_model_saves_and_loads(spark, tmp_path):
