@@ -188,7 +188,7 @@ def jpeg_fetcher(spark: SparkSession, pca_manifest: dict, cfg: Config, threads: 
 
 
 def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
-    timings = Timings()
+    timings = Timings(spark, STEP)
     upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
     reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()

@@ -70,7 +70,7 @@ def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:
 
 
 def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
-    timings = Timings()
+    timings = Timings(spark, STEP)
     upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
     features_uri = f"{out_uri}/features"

@@ -198,7 +198,7 @@ def project(model: PipelineModel, features: DataFrame) -> DataFrame:
 
 
 def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None = None) -> dict:
-    timings = Timings()
+    timings = Timings(spark, STEP)
     committed = [read_manifest(spark, input_uri, cfg)] if input_uri else committed_featurize_steps(spark, cfg)
     manifests, left_out = same_model(committed)
     if left_out:

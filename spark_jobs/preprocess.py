@@ -305,7 +305,7 @@ def read_prefix(spark: SparkSession, raw_uri: str) -> Input:
 
 
 def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
-    timings = Timings()
+    timings = Timings(spark, STEP)
     check_raw_uri(raw_uri)
     begin_step(spark, out_uri)
     table_uri, jpeg_uri = f"{out_uri}/images", f"{out_uri}/jpeg"

@@ -129,7 +129,7 @@ def to_unit_if(vectors: np.ndarray, l2_normalize: bool) -> np.ndarray:
 def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     from spark_jobs.cluster import capped_sample
 
-    timings = Timings()
+    timings = Timings(spark, STEP)
     upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
     reduced = spark.read.parquet(upstream["outputs"]["reduced"])

@@ -132,6 +132,16 @@ def _busy_executors(ui):
         return []
 
 
+def _running_job(ui, description):
+    """True while a job with this description (the step's timed part, `Timings`) has tasks running."""
+    try:
+        app = http_json(f"{ui}/api/v1/applications")[0]["id"]
+        return any(job.get("description") == description and job["numActiveTasks"] > 0
+                   for job in http_json(f"{ui}/api/v1/applications/{app}/jobs?status=running"))
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return False
+
+
 def _recorded_tasks(log_text):
     """(stage, task) for every task attempt of every stage attempt of the application whose step log is
     `log_text`, from the Spark history server's REST API once it lists the application as completed."""
@@ -282,9 +292,11 @@ def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_af
     ui_port = _free_port()  # the driver's own UI: which executor runs a task right now
     proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log,
                   conf={"spark.ui.port": str(ui_port)})
-    # Killed while a featurize task runs on it: the executor is lost with work in hand, not between jobs.
-    _wait_for(lambda: _python_workers_running() and _busy_executors(f"http://127.0.0.1:{ui_port}"), proc, 300,
-              "a featurize task running on the executor")
+    # Killed while a featurize task runs on it: the executor is lost with work in hand, not between jobs
+    # (a task of the short jobs after the model's, over as soon as seen, made the loss go unrecorded).
+    ui = f"http://127.0.0.1:{ui_port}"
+    _wait_for(lambda: _python_workers_running() and _running_job(ui, "featurize: featurize") and _busy_executors(ui),
+              proc, 300, "a featurize task running on the executor")
     worker = psutil.Process(_worker().pid())
     victims = [worker, *worker.children(recursive=True)]  # the worker JVM, its executor, the Python workers
     for victim in victims:
