@@ -123,26 +123,23 @@ def begin_step(spark: SparkSession, step_uri: str) -> None:
 
 
 class Timings(dict):
-    """Wall seconds of a step's parts, for its manifest. Given the session and the step's name, the Spark
-    jobs a part runs carry "<step>: <part>" as their description: the Spark UI and the history server
-    name them by it instead of a call site ("parquet at NativeMethodAccessorImpl.java:0")."""
+    """Wall seconds of a step's parts, for its manifest. The Spark jobs a part runs carry "<step>: <part>"
+    as their description: the Spark UI and the history server name them by it instead of a call site
+    ("parquet at NativeMethodAccessorImpl.java:0")."""
 
-    def __init__(self, spark=None, step: str = ""):
+    def __init__(self, spark: SparkSession, step: str):
         super().__init__()
-        self._context = spark.sparkContext if spark is not None else None
-        self._step = step
+        self._context, self._step = spark.sparkContext, step
 
     @contextmanager
     def measure(self, name: str):
-        if self._context is not None:
-            self._context.setJobDescription(f"{self._step}: {name}" if self._step else name)
+        self._context.setJobDescription(f"{self._step}: {name}")
         start = time.perf_counter()
         try:
             yield
         finally:
             self[name] = round(time.perf_counter() - start, 3)
-            if self._context is not None:
-                self._context.setJobDescription(None)
+            self._context.setJobDescription(None)
 
 
 def jpeg_folders(pca_manifest: dict, read: Callable[[str], dict]) -> list[str]:
