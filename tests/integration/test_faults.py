@@ -122,15 +122,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _running_job(ui, description):
-    """True while a job with this description (the step's timed part, `Timings`) has tasks running on
-    the executors, from the live driver's REST API at `ui`."""
+def _busy_executors(ui):
+    """The executors (not the driver) running a task now, from the live driver's REST API at `ui`."""
     try:
         app = http_json(f"{ui}/api/v1/applications")[0]["id"]
-        return any(job.get("description") == description and job["numActiveTasks"] > 0
-                   for job in http_json(f"{ui}/api/v1/applications/{app}/jobs?status=running"))
+        return [e["id"] for e in http_json(f"{ui}/api/v1/applications/{app}/executors")
+                if e["id"] != "driver" and e["activeTasks"] > 0]
     except (OSError, ValueError, IndexError, KeyError, TypeError):
-        return False
+        return []
 
 
 def _recorded_tasks(log_text):
@@ -283,10 +282,8 @@ def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_af
     ui_port = _free_port()  # the driver's own UI: which executor runs a task right now
     proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log,
                   conf={"spark.ui.port": str(ui_port)})
-    # Killed while a featurize task runs on it: the executor is lost with work in hand, not between jobs
-    # (a task of the short jobs after the model's, over as soon as seen, made the loss go unrecorded).
-    ui = f"http://127.0.0.1:{ui_port}"
-    _wait_for(lambda: _python_workers_running() and _running_job(ui, "featurize: featurize"), proc, 300,
+    # Killed while a featurize task runs on it: the executor is lost with work in hand, not between jobs.
+    _wait_for(lambda: _python_workers_running() and _busy_executors(f"http://127.0.0.1:{ui_port}"), proc, 300,
               "a featurize task running on the executor")
     worker = psutil.Process(_worker().pid())
     victims = [worker, *worker.children(recursive=True)]  # the worker JVM, its executor, the Python workers
