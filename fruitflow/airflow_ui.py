@@ -82,6 +82,32 @@ def unpause(token: str, dag_id: str = "fruit_pipeline", timeout: float = 240) ->
     api("PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
 
 
+def first_run_note(token: str, wait_s: float = 60) -> str:
+    """What unpausing started: with a schedule, Airflow starts the latest interval's run at once (catchup
+    off), and that run takes the photos just uploaded; a Trigger after it finds nothing new (its Fruit
+    report tab shows the latest report, saying so)."""
+    from spark_jobs.common.config import Config
+
+    if Config.from_env().dag_schedule is None:
+        return "fruit_pipeline is unpaused (FRUITFLOW_SCHEDULE=none): press Trigger on its page to run it."
+    runs_path = "/api/v2/dags/fruit_pipeline/dagRuns?order_by=-run_after&limit=1"
+    dag = api("GET", "/api/v2/dags/fruit_pipeline", token)
+    deadline = time.monotonic() + wait_s
+    runs = []
+    while not runs and time.monotonic() < deadline:
+        runs = api("GET", runs_path, token).get("dag_runs", [])
+        if not runs:
+            time.sleep(2)
+    if not runs:
+        return (f"fruit_pipeline is unpaused: its next scheduled run ({dag.get('next_dagrun_run_after')}) waits "
+                "for photos newer than the last good run; press Trigger to run it now.")
+    from fruitflow_airflow.run_report import report_url
+
+    run_id = runs[0]["dag_run_id"]
+    return (f"fruit_pipeline is unpaused: its scheduled run {run_id} is processing the photos (Fruit report: "
+            f"{report_url(run_id)} once it succeeds). A Trigger now runs on whatever is newer than that run.")
+
+
 def upload(data: Path) -> str:
     """DATA's files under the raw prefix the DAG watches by default; returns where they went."""
     from fruitflow import store
@@ -120,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         token = admin_token()
         unpause(token)
         print(f"Airflow UI: {url()}  user 'admin', password in {password_file()}", flush=True)
-        next_run = api("GET", "/api/v2/dags/fruit_pipeline", token).get("next_dagrun_run_after")
-        print(f"fruit_pipeline is unpaused: press Trigger on its page to run it now; the next scheduled run "
-              f"({next_run or 'none: FRUITFLOW_SCHEDULE=none'}) waits for photos newer than the last good run.",
-              flush=True)
+        print(first_run_note(token), flush=True)
         print("Ctrl-C stops Airflow and the local stack.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while proc.poll() is None:

@@ -170,15 +170,17 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
     from spark_jobs.common import sandbox as isolated
     from spark_jobs.common import storage as st
 
-    s3 = st.client_for(cfg) if fetch_from or jpeg_uri else None
-    source = split_s3_uri(fetch_from) if fetch_from else None
-    target = split_s3_uri(jpeg_uri) if jpeg_uri else None
     max_pixels, max_bytes = cfg.max_image_pixels, cfg.max_image_bytes
+    s3 = source = target = None
 
     def decode_one(data):
         return images.preprocess(images.decode(data, max_pixels)).tobytes()
 
     for batch in batches:
+        if s3 is None and (fetch_from or jpeg_uri):  # on the first batch: an empty partition needs no client
+            s3 = st.client_for(cfg)
+            source = split_s3_uri(fetch_from) if fetch_from else None
+            target = split_s3_uri(jpeg_uri) if jpeg_uri else None
         reasons = list(batch["pre_reject"])
         if source:
             contents = [None] * len(batch)
@@ -322,8 +324,12 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
 
     with timings.measure("summarise"):
-        table = spark.read.parquet(table_uri)
+        # With its schema: when nothing was decoded (every listed image already featurized, ignored or
+        # rejected before reading) the table has no file Spark could infer one from.
+        table = spark.read.schema(processed.schema).parquet(table_uri)
         counts = {row["status"]: row["count"] for row in table.groupBy("status").count().collect()}
+        if not counts.get(OK):  # the images output reads as an empty table, as every output does
+            table.filter(F.lit(False)).drop("status").write.mode("overwrite").parquet(f"{table_uri}/status={OK}")
         rejects = table.filter(F.col("status") == REJECTED).select("key", "reason")
         rejects.write.mode("overwrite").json(rejects_uri)
         retry = spark.read.schema("key string, reason string").json(rejects_uri) \

@@ -8,14 +8,17 @@ client deploy mode (Spark's standalone master runs Python applications in client
 
 from __future__ import annotations
 
+import collections
 import json
+import re
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 from fruitflow_airflow.submit import safe_run_id, step_args, submit_kwargs
 from spark_jobs.common.steps import NOT_RETRYABLE_EXIT_CODES
+from spark_jobs.common.steps import step as registered_step
 from spark_jobs.common.config import Config, split_s3_uri
 from spark_jobs.common.manifest import manifest_uri
 
@@ -47,6 +50,7 @@ class SparkStepOperator(SparkSubmitOperator):
     def execute(self, context) -> dict:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        self._skip_without_new_images(context)
         s3 = S3Hook(aws_conn_id=self.aws_conn_id)
         run_id = safe_run_id(context["run_id"])
         step_uri = self._step_cfg.step_uri(run_id, self.step)
@@ -58,10 +62,11 @@ class SparkStepOperator(SparkSubmitOperator):
             super().execute(context)
         except AirflowException as exc:
             code = getattr(getattr(self._hook, "_submit_sp", None), "returncode", None)
-            if code in NOT_RETRYABLE_EXIT_CODES:  # the job said why (task log); retrying cannot help
-                raise AirflowFailException(f"{self.step} refused its input or arguments (exit code {code}): "
-                                           "not retried; see the job's message above") from exc
-            raise
+            said = job_error(getattr(self, "_output", ()), self.step) or "see the job's output above"
+            if code in NOT_RETRYABLE_EXIT_CODES:  # retrying cannot help
+                raise AirflowFailException(f"{self.step} refused its input or arguments (exit code {code}), "
+                                           f"not retried: {said}") from exc
+            raise AirflowException(f"{self.step} failed (exit code {code}): {said}") from exc
         bucket, key = split_s3_uri(manifest_uri(step_uri))
         if not s3.check_for_key(key, bucket):
             raise RuntimeError(f"{self.step} finished without writing {manifest_uri(step_uri)}")
@@ -71,6 +76,39 @@ class SparkStepOperator(SparkSubmitOperator):
         for outlet in self.outlets or []:  # shown with the asset event in Airflow's Assets view
             context["outlet_events"][outlet].extra.update(extra)
         return manifest
+
+    def _get_hook(self):
+        """The provider's hook, which logs spark-submit's output line by line; the last lines are kept
+        here too, so that a failure names the job's own error rather than only its exit code."""
+        hook = super()._get_hook()
+        process, kept = hook._process_spark_submit_log, collections.deque(maxlen=OUTPUT_LINES_KEPT)
+        self._output = kept
+        hook._process_spark_submit_log = lambda lines: process(kept.append(line) or line for line in lines)
+        return hook
+
+    def _skip_without_new_images(self, context) -> None:
+        """A step after one that made no image (preprocess, when every listed photo was already featurized,
+        rejected or ignored) has nothing to add to the table: it and the steps after it are skipped, and
+        `publish` says what the run found."""
+        upstream, ti = registered_step(self.step).after, context.get("ti")
+        if upstream is None or ti is None:
+            return
+        counts = (ti.xcom_pull(task_ids=upstream) or {}).get("counts", {})
+        if counts.get("n_images") == 0:
+            raise AirflowSkipException(f"{upstream} made no new image ({counts}): nothing for {self.step} to do")
+
+
+OUTPUT_LINES_KEPT = 200
+# What a step prints last when it fails: Python's line for the exception, or a refusal ("featurize: ...").
+ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit): ")
+
+
+def job_error(output, step: str) -> str | None:
+    """The line of the job's output that says why it failed: the last exception or refusal line."""
+    for line in reversed([line.strip() for line in output]):
+        if line.startswith(f"{step}: ") or ERROR_LINE.match(line):
+            return line
+    return None
 
 
 def asset_extra(manifest: dict) -> dict:

@@ -64,14 +64,37 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
 
 
 def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[str, dict | None]) -> dict:
-    """Writes report.html; returns the summary's report fields (the page's store and HTTP addresses)."""
+    """Writes report.html; returns the summary's report fields (the page's store and HTTP addresses). A run
+    that found nothing new to cluster shows the latest trained run's page, under a line saying so."""
+    fields = {}
     page = render(s3_hook, cfg, summary, manifests)
     if page is None:
-        return {}
+        latest = latest_trained_run(s3_hook, cfg)
+        page = report_page.with_notice(read(s3_hook, cfg, latest) if latest else None,
+                                       nothing_new_notice(run_id, summary, latest))
+        fields["latest_trained_run"] = latest
     uri = report_html_uri(cfg, run_id)
     bucket, key = split_s3_uri(uri)
     s3_hook.load_string(page, key=key, bucket_name=bucket, replace=True)
-    return {"report_html": uri, "report_url": report_url(run_id)}
+    return {**fields, "report_html": uri, "report_url": report_url(run_id)}
+
+
+def nothing_new_notice(run_id: str, summary: dict, latest: str | None) -> str:
+    found = (f"{summary.get('n_new') or 0} new photos listed, {summary.get('n_already_featurized') or 0} of them "
+             f"already featurized, {summary.get('n_rejected') or 0} rejected, {summary.get('n_ignored') or 0} "
+             f"ignored")
+    shown = (f"Below: the report of run {latest}, the latest run that trained." if latest
+             else "No run has trained yet: upload photos as <fruit>/<photo>.jpg under the raw prefix.")
+    return f"Run {run_id} found nothing new to cluster or train on ({found}). {shown}"
+
+
+def latest_trained_run(s3_hook, cfg: Config) -> str | None:
+    from fruitflow_airflow.tasks import latest_run_uri
+
+    bucket, key = split_s3_uri(latest_run_uri(cfg))
+    if not s3_hook.check_for_key(key, bucket):
+        return None
+    return json.loads(s3_hook.read_key(key, bucket)).get("run_id")
 
 
 def read(s3_hook, cfg: Config, run_id: str) -> str | None:

@@ -121,17 +121,19 @@ def _choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) ->
 def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """One flat JSON object for the run: counts, variance, quality, and every step's output URI."""
     pre, feat, pca, clu, trn = (manifests.get(s) for s in ("preprocess", "featurize", "pca", "cluster", "train"))
-    if not pre:
-        return {"status": "nothing new", "n_input": 0, "n_images": 0, "n_rejected": 0,
-                "n_new": (new or {}).get("n_new", 0), "outputs": {}}
+    counts = (pre or {}).get("counts", {})
+    found = {"n_new": (new or {}).get("n_new", 0), "n_input": counts.get("n_input", 0),
+             "n_rejected": counts.get("n_rejected", 0), "n_ignored": counts.get("n_ignored", 0),
+             "n_already_featurized": counts.get("n_already_featurized", 0)}
+    if not feat:  # nothing listed, or nothing preprocess made an image of: the steps after it were skipped
+        return {"status": "nothing new", **found, "n_images": 0,
+                "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},
+                **({"rejects": pre["outputs"]["rejects"]} if pre else {})}
     metrics = (clu or {}).get("metrics", {})
     return {
         "status": "ok",
-        "n_new": (new or {}).get("n_new"),
-        "n_input": pre["counts"]["n_input"],
+        **found,
         "n_images": feat["counts"]["n_images"],
-        "n_rejected": pre["counts"]["n_rejected"],
-        "n_ignored": pre["counts"].get("n_ignored", 0),
         "n_table": pca["counts"]["n_images"],
         "backbone": feat["params"]["backbone"],
         "weights": feat["params"]["weights"],

@@ -103,3 +103,18 @@ def render(*, quality: dict, clusters: list[dict], figures: list[tuple[str, byte
         run_id=run_id, quality=[(k, fmt(v)) for k, v in quality.items()], classifier=classifier_,
         clusters=rows, figures=figures_, context=[(k, fmt(v)) for k, v in context.items()],
         thumbnail_px=THUMBNAIL_PX)
+
+
+NOTICE = ('<p id="notice" style="border:1px solid #d9b300;background:#fff8d6;padding:6px 10px">'
+          '{{ text }}</p>')
+NOTICE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fruitflow report</title></head>
+<body style="font-family:sans-serif;margin:1.5em"><h1>fruitflow report</h1>""" + NOTICE + """</body></html>
+"""
+
+
+def with_notice(page: str | None, text: str) -> str:
+    """`page` (a stored report) with `text` as its first line; without a page, a page of that line."""
+    if page and "<body>" in page:
+        return page.replace("<body>", "<body>" + _environment().from_string(NOTICE).render(text=text), 1)
+    return _environment().from_string(NOTICE_PAGE).render(text=text)

@@ -77,6 +77,19 @@ def _plugin_refuses_strangers(token, run_id, summary, root):
     assert status == 200 and 'id="error"' in page and "<b>notes</b>" not in page
 
 
+def _a_run_with_nothing_new_shows_the_latest_report(token, raw_prefix, trained_run_id):
+    """A second Trigger on the same photos (what a person meets after the scheduled run took the upload)
+    finds nothing new; its Fruit report tab shows the latest trained run's page under a line saying so."""
+    run_id = airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
+                            {"logical_date": None, "conf": {"raw_prefix": raw_prefix}})["dag_run_id"]
+    run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    assert _wait("the second run finished", lambda: (s := airflow_ui.api("GET", run_path, token)["state"])
+                 in ("success", "failed") and s, 600, every=5) == "success"
+    status, _, page = _page("GET", f"/fruitflow/runs/{urllib.parse.quote(run_id, safe='')}/report", token)
+    assert status == 200 and f"Run {run_id} found nothing new" in page, page[:2000]
+    assert f"the report of run {trained_run_id}" in page and page.count('class="cluster"') == N_CLUSTERS
+
+
 def _wait(what, check, timeout, every=3):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,6 +234,7 @@ def test_a_first_run_from_the_airflow_ui(stack, s3, image_tree):
         _report_tab(driver, screens, run_id)
         _recognise_page(driver, screens, sorted(root.rglob("*.jpg"))[0])
         _plugin_refuses_strangers(token, run_id, summary, root)
+        _a_run_with_nothing_new_shows_the_latest_report(token, raw_prefix, run_id)
         screens.discard()
     finally:
         if driver is not None:

@@ -98,3 +98,39 @@ def test_a_step_that_wrote_no_manifest_fails_the_task(monkeypatch, submitted):
 def test_an_unknown_step_is_refused_when_the_dag_is_parsed():
     with pytest.raises(ValueError, match="unknown step"):
         SparkStepOperator(step="train-everything")
+
+
+def test_a_step_after_one_that_made_no_image_is_skipped_without_submitting(monkeypatch, submitted):
+    """Every listed photo already featurized (or rejected, or ignored): featurize has nothing to add to the
+    table, so it and the steps after it are skipped, and no application is submitted."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    made = {"preprocess": {"counts": {"n_images": 0, "n_already_featurized": 3}}}
+    ti = types.SimpleNamespace(xcom_pull=lambda task_ids: made.get(task_ids))
+    _use(monkeypatch, FakeS3Hook("aws_default", {}))
+    with pytest.raises(AirflowSkipException, match="preprocess made no new image"):
+        SparkStepOperator(step="featurize").execute({"run_id": "r4", "ti": ti})
+    assert submitted == []
+
+
+def test_a_failed_job_names_its_own_error_not_only_its_exit_code(monkeypatch):
+    """spark-submit's output goes to the task log line by line; the task's failure says the job's last
+    exception line (Spark's message), where it said "Error code is: 1" alone."""
+    from airflow.providers.apache.spark.hooks import spark_submit
+    from airflow.sdk.exceptions import AirflowException
+
+    output = ["25/12/06 WARN NativeCodeLoader: Unable to load native-hadoop library",
+              "Traceback (most recent call last):", '  File "pca.py", line 3, in <module>',
+              "spark_jobs.common.cli.SparkError: AnalysisException: [UNABLE_TO_INFER_SCHEMA] Unable to infer "
+              "schema for Parquet.", "25/12/06 INFO ShutdownHookManager: Shutdown hook called"]
+
+    def fail(hook, application):
+        hook._process_spark_submit_log(iter(output))
+        hook._submit_sp = types.SimpleNamespace(returncode=1)
+        raise AirflowException("Cannot execute: spark-submit ... Error code is: 1.")
+
+    monkeypatch.setattr(spark_submit.SparkSubmitHook, "submit", fail)
+    _use(monkeypatch, FakeS3Hook("aws_default", {}))
+    with pytest.raises(AirflowException, match=r"pca failed \(exit code 1\): spark_jobs.common.cli.SparkError: "
+                                                r"AnalysisException: \[UNABLE_TO_INFER_SCHEMA\]"):
+        SparkStepOperator(step="pca").execute({"run_id": "r5"})

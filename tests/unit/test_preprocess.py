@@ -198,3 +198,19 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
     assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1}
     writes = {path: n for (method, path), n in _CountingS3.requests.items() if method == "PUT"}
     assert writes == {f"/out/run/jpeg/{k}": 1 for k in keys}
+
+
+def test_a_run_with_no_image_to_decode_succeeds_and_says_why(spark, tmp_path, cfg):
+    """Every listed file ignored (or, in the DAG, every image already featurized): nothing is decoded, the
+    step's table is empty and partitioned by status, which Spark cannot read back without its schema
+    (UNABLE_TO_INFER_SCHEMA, on every attempt and every later run). The step succeeds, counts what it
+    left, and its images output reads as an empty table."""
+    root = tmp_path / "raw"
+    (root / "Apple").mkdir(parents=True)
+    (root / "notes.txt").write_text("not in a fruit folder")
+    (root / "Apple" / "readme.txt").write_text("not an image")
+    manifest = preprocess.run(spark, cfg, raw_uri=root.as_uri(), out_uri=(tmp_path / "out").as_uri())
+    assert manifest["counts"] == {"n_input": 0, "n_images": 0, "n_rejected": 0, "n_ignored": 2,
+                                  "n_retry_next_run": 0, "n_already_featurized": 0, "n_categories": 0}
+    assert spark.read.parquet(manifest["outputs"]["images"]).count() == 0
+    assert spark.read.json(manifest["outputs"]["rejects"]).count() == 0
