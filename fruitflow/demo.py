@@ -27,13 +27,23 @@ def log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def run_dag(conf: dict):
+def run_dag(conf: dict, failures: dict[str, str] | None = None):
+    """The DAG run (`dag.test()`, task logs on stdout); each task that failed for good is named in
+    `failures` with the last line of its error (Airflow's failure callback hands it the exception)."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    return bag.dags["fruit_pipeline"].test(run_conf=conf)
+    dag = bag.dags["fruit_pipeline"]
+    if failures is not None:
+        def record(context) -> None:
+            error = str(context.get("exception") or "").strip()
+            failures[context["ti"].task_id] = error.splitlines()[-1] if error else "no exception recorded"
+
+        for task in dag.tasks:
+            task.on_failure_callback = [*(task.on_failure_callback or []), record]
+    return dag.test(run_conf=conf)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,11 +115,14 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
     build_zip()
     log(f"running DAG fruit_pipeline ({conf}); the model is chosen by the DAG's rule (README); "
         f"Spark master {stack.settings().spark_master}")
-    dag_run = run_dag(conf)
+    failures: dict[str, str] = {}
+    dag_run = run_dag(conf, failures)
     state = str(getattr(dag_run, "state", "unknown"))
     log(f"DAG run {dag_run.run_id}: {state}")
     if state != "success":
-        log("the run failed: see the task logs above")
+        for task_id, error in failures.items():
+            log(f"task {task_id} failed: {error}")
+        log("the run failed" + (f" in {', '.join(failures)}" if failures else "") + "; the task logs are on stdout")
         return None
     summary = read_summary(cfg, dag_run.run_id)
     log(f"model: {summary.get('backbone')} ({summary.get('weights')}); {summary.get('model_choice')}")

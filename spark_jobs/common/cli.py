@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 from contextlib import contextmanager
 
 from .config import Config, check_run_id, check_weights, s3a_uri
@@ -51,12 +52,25 @@ def config(args: argparse.Namespace) -> Config:
     return Config.from_env(**overrides)
 
 
+class SparkError(RuntimeError):
+    """An error from Spark's JVM, its message taken while the JVM still runs."""
+
+
 @contextmanager
 def session(step: str, cfg: Config, args: argparse.Namespace):
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors.exceptions.captured import CapturedException
+
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     spark = build_session(f"fruitflow-{step}-{args.run_id}", cfg, master=args.master)
     try:
         yield spark
+    except (CapturedException, Py4JJavaError) as exc:
+        # Their str() asks the JVM, which is gone once the session stops: the task log would read
+        # "<exception str() failed>". Said here, with the JVM's stack trace; then a message of its own.
+        traceback.print_exc(file=sys.stderr)
+        message = str(exc).split("\n\nJVM stacktrace:", 1)[0].strip()
+        raise SparkError(f"{type(exc).__name__}: {message}") from None
     finally:
         stop_session(spark)
 

@@ -6,9 +6,11 @@ import shutil
 import subprocess
 import sys
 import uuid
+from urllib.parse import quote
 
 import pytest
 
+from fruitflow.demo import run_dag
 from fruitflow.package import build_zip
 from spark_jobs.common.config import Config, split_s3_uri
 from spark_jobs.common.steps import STEP_NAMES
@@ -33,6 +35,11 @@ def _xcom(run, task_id, key="return_value"):
 def _exists(s3, uri):
     bucket, key = split_s3_uri(uri)
     return s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0) > 0
+
+
+def _read_text(s3, uri):
+    bucket, key = split_s3_uri(uri)
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
 
 
 def _states(run):
@@ -91,6 +98,25 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
         assert states[step] == "skipped", states
     again = _xcom(second, "publish")
     assert again["status"] == "nothing new" and again["n_new"] == 0
+    # its report tab: the latest trained run's page, under a line saying so
+    assert again["latest_trained_run"] == first.run_id and again["report_url"].endswith(
+        f"/runs/{quote(second.run_id, safe='')}/report")
+    page = _read_text(s3, again["report_html"])
+    assert f"Run {second.run_id} found nothing new" in page and f"the report of run {first.run_id}" in page
+    assert 'id="clusters"' in page
+
+    # The same photos uploaded again (same keys and bytes, a newer LastModified): listed as new, every one
+    # already featurized by this model. The run succeeds without featurizing anything and says so (it
+    # failed on every attempt and every later run: an empty table Spark could not read back).
+    for path in reals[:2]:
+        s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.parent.name}/{path.name}")
+    reupload = dag.test(run_conf=conf)
+    states = _states(reupload)
+    assert str(reupload.state) == "success", states
+    assert states["preprocess"] == "success" and all(states[s] == "skipped" for s in STEP_NAMES[1:]), states
+    same = _xcom(reupload, "publish")
+    assert same["status"] == "nothing new" and same["n_new"] == 2 and same["n_already_featurized"] == 2
+    assert same["n_images"] == 0 and same["latest_trained_run"] == first.run_id
 
     # The store restarted (its data persists), then a new fruit folder: only the new images are featurized,
     # and the feature table holds the earlier ones too.
@@ -110,10 +136,15 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     # An error no retry can fix (weights that do not exist) fails featurize at its first attempt.
     extra = real_images(SAMPLE_500, 6, 1)[-1]
     s3.upload_file(str(extra), "fruitflow-raw", f"{raw_prefix}/{extra.parent.name}/{extra.name}")
-    fourth = dag.test(run_conf={**conf, "weights": "s3a://fruitflow-models/no-such-model.onnx"})
+    # `make demo` names the failed task and the last line of its error (its task log says the same).
+    failures = {}
+    fourth = run_dag({**conf, "weights": "s3a://fruitflow-models/no-such-model.onnx"}, failures)
     assert str(fourth.state) == "failed"
     featurize = next(ti for ti in fourth.get_task_instances() if ti.task_id == "featurize")
     assert str(featurize.state) == "failed" and featurize.try_number == 1, (featurize.state, featurize.try_number)
+    assert list(failures) == ["featurize"], failures
+    assert failures["featurize"].endswith("featurize: model file 's3a://fruitflow-models/no-such-model.onnx' "
+                                          "not found"), failures
 
 
 CLASSIFY = """
