@@ -140,10 +140,17 @@ def build_keras_model(backbone: str, weights: str, seed: int, local_path: str | 
     if not local_path or not os.path.exists(local_path):
         raise ModelUnavailable(f"model file {weights!r} not found")
     if backbone == "efficientnet_lite0" and local_path.endswith((".pth", ".pt")):
-        from .torch_checkpoint import load_state_dict
+        from .torch_checkpoint import CheckpointError, load_state_dict
 
-        return efficientnet_lite.load(load_state_dict(local_path), image_size=IMAGE_SIZE)
-    model = keras.saving.load_model(local_path, compile=False)
+        try:
+            return efficientnet_lite.load(load_state_dict(local_path), image_size=IMAGE_SIZE)
+        # the same file is refused on every try: a refusal (not retried), not a failure
+        except (CheckpointError, KeyError, ValueError) as exc:
+            raise ModelUnavailable(f"model file {weights!r} refused: {type(exc).__name__}: {exc}") from exc
+    try:
+        model = keras.saving.load_model(local_path, compile=False)
+    except (ValueError, OSError, TypeError) as exc:  # not a Keras model this Keras can read
+        raise ModelUnavailable(f"model file {weights!r} is not a Keras model: {type(exc).__name__}: {exc}") from exc
     if tuple(model.output_shape) != (None, FEATURE_DIM[backbone]):
         raise ModelUnavailable(
             f"{weights!r} outputs {model.output_shape}; expected (None, {FEATURE_DIM[backbone]}) "

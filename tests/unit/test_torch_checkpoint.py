@@ -160,3 +160,18 @@ def test_tensor_views_outside_their_storage_are_refused(tmp_path, torch_names, o
                torch_names)
     with pytest.raises(CheckpointError, match="outside its storage"):
         load_state_dict(path)
+
+
+@pytest.mark.parametrize("payload", ["a pickled call", "not a state dict"])
+def test_a_refused_weights_file_is_a_refusal_that_no_retry_can_fix(tmp_path, payload):
+    """A model file given as `weights` that the reader refuses is ModelUnavailable, which the steps turn
+    into the exit code the operator does not retry (the same file is refused on every attempt)."""
+    from spark_jobs.common import models
+
+    path = tmp_path / "weights.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        body = {"x": _Planted(str(tmp_path / "ran"))} if payload == "a pickled call" else [1, 2, 3]
+        archive.writestr("archive/data.pkl", pickle.dumps(body, protocol=2))
+    with pytest.raises(models.ModelUnavailable, match="refused"):
+        models.build_keras_model("efficientnet_lite0", "s3a://models/weights.pth", seed=0, local_path=str(path))
+    assert not (tmp_path / "ran").exists()
