@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -18,14 +19,33 @@ import pytest
 from fruitflow import stack as local_stack
 from tests.helpers import SAMPLE_500, real_images
 
-# The stack's environment (endpoint, the local credentials, AIRFLOW_HOME, connections) must be in place
-# before Spark's JVM or Airflow's config are loaded by any test module: prepared here, explicitly, once.
-os.environ.update(local_stack.prepared_env())
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 LAYERS = ("unit", "dags", "integration")
 # Fixtures that start a JVM or build a CNN: a test using one is `slow` (`make test-unit` leaves it out).
 SLOW_FIXTURES = {"spark", "model_files", "lite0_files", "stack"}
+
+
+def pytest_configure(config):
+    """The environment every test runs with, in place before any test module loads Airflow's config or
+    Spark's JVM. The fast unit layer alone (`make test-unit`: tests/unit, not slow) needs no stack:
+    nothing is prepared (no credentials written, no jar resolved), Airflow's home is a temporary folder,
+    and nothing is written into the state folder (`.state/`). Any other selection gets the local stack's
+    environment, prepared here once (credentials, hadoop-aws's jars, connections)."""
+    if _fast_unit_layer_only(config):
+        os.environ.update(local_stack.environment(local_stack.settings(), local_stack.Prepared("", "", ())))
+        home = Path(tempfile.mkdtemp(prefix="fruitflow-unit-airflow-"))
+        os.environ.update({"AIRFLOW_HOME": str(home),
+                           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"})
+    else:
+        os.environ.update(local_stack.prepared_env())
+
+
+def _fast_unit_layer_only(config) -> bool:
+    unit = (Path(str(config.rootpath)) / "tests" / "unit").resolve()
+    paths = [Path(str(arg).split("::")[0]).resolve() for arg in config.args]
+    return "not slow" in (config.option.markexpr or "") and bool(paths) and all(
+        p == unit or unit in p.parents for p in paths)
 
 
 def pytest_collection_modifyitems(items):
