@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from spark_jobs.common.config import Config, check_run_id
@@ -9,10 +10,22 @@ from spark_jobs.common.spark_conf import hadoop_aws_packages, launch_conf
 from spark_jobs.common.steps import step as registered_step
 
 
+# The end of a folder name that `safe_run_id` made from an id it had to clean.
+_HASHED = re.compile(r"\.h[0-9a-f]{12}$")
+
+
 def safe_run_id(run_id: str) -> str:
-    """Airflow run ids (manual__2026-01-01T00:00:00+00:00) carry ':' and '+', which Hadoop paths refuse;
-    one that is empty or only dots once cleaned is refused (ValueError)."""
-    return check_run_id(re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_"))
+    """A run's folder name. Airflow run ids (manual__2026-01-01T00:00:00+00:00) carry ':' and '+', which
+    Hadoop paths refuse: such an id is cleaned and gets a short hash of itself, so that two ids never name
+    one folder (a step deletes its folder before writing it: one run would erase the other's outputs).
+    An id that needs no cleaning is its own name, unless it ends like a hashed one. One that is empty or
+    only dots once cleaned is refused (ValueError)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_")
+    if not cleaned.strip("."):
+        return check_run_id(cleaned)
+    if cleaned != run_id or _HASHED.search(run_id):
+        cleaned = f"{cleaned}.h{hashlib.sha256(run_id.encode()).hexdigest()[:12]}"
+    return check_run_id(cleaned)
 
 
 def submit_kwargs(step: str, cfg: Config) -> dict:

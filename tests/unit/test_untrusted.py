@@ -86,7 +86,21 @@ def test_airflow_run_ids_that_clean_to_nothing_are_refused(airflow_run_id):
 
     with pytest.raises(ValueError, match="run id"):
         safe_run_id(airflow_run_id)
-    assert safe_run_id("manual__2026-01-01T00:00:00+00:00") == "manual__2026-01-01T00_00_00_00_00"
+
+
+def test_two_run_ids_never_share_a_folder():
+    """Cleaning alone mapped `...T00:00:00+00:00` and `...T00_00_00_00_00` (both valid Airflow run ids) to
+    one folder, and each run's steps delete their folder before writing it. An id that needs cleaning gets
+    a hash of itself; a clean id stays as it is, unless it could pass for a hashed one."""
+    from fruitflow_airflow.submit import safe_run_id
+
+    colons, underscores = "manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00"
+    assert safe_run_id(underscores) == underscores  # already a folder name: unchanged
+    hashed = safe_run_id(colons)
+    assert hashed != underscores and hashed.startswith(underscores + ".h")
+    assert safe_run_id(hashed) != hashed  # an id that looks hashed is hashed again
+    ids = [colons, underscores, hashed, "manual__2026-01-01T00 00 00 00 00", "a:b", "a;b", "a_b", "r1", "r1.h0"]
+    assert len({safe_run_id(i) for i in ids}) == len(ids)
 
 
 def test_csvs_that_spark_writes_follow_the_same_rule(spark):
