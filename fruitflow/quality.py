@@ -19,6 +19,7 @@ pipeline itself never does.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -70,7 +71,9 @@ def preprocessed(spark, cfg, data: Path):
 
     from spark_jobs import preprocess
 
-    out = quality_dir() / "preprocessed" / f"{data.name}.parquet"
+    # one cache per folder, by its path: two folders of one name are two sets
+    folder_id = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    out = quality_dir() / "preprocessed" / f"{data.name}-{folder_id}.parquet"
     if not out.exists():
         uri = data.resolve().as_uri()
         frame = preprocess.with_keys(preprocess.extract(spark, uri), uri).filter(F.col("ignored_reason").isNull())
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-variance", type=float, default=None,
                         help="pick PCA's k by explained variance instead of the configured k")
     parser.add_argument("--backbone", action="append", help="only these backbones (repeatable)")
+    parser.add_argument("--data", type=Path, action="append",
+                        help="a <fruit>/<photo> folder to score instead of the shared sets (repeatable)")
     parser.add_argument("--int8", action="store_true",
                         help="also the static INT8 model (--precision int8): its scores, its cosine to FP32, and "
                              "whether its ARI stays within 0.01 of FP32's on every set")
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     from spark_jobs.common.config import Config
     from spark_jobs.common.session import build_session, stop_session
 
-    sets = {name: path for name, path in SETS.items() if path.is_dir()}
+    sets = {path.name: path for path in args.data} if args.data else {
+        name: path for name, path in SETS.items() if path.is_dir()}
     if not sets:
         log(f"the shared image sets are not beside the checkout ({SHARED_FRUITS}): nothing to measure")
         return 2

@@ -77,6 +77,9 @@ class Config:
     # The Spark history server's address (http://host:18080): each step prints its application's page there.
     spark_history_url: str = ""
     executor_memory: str = "2g"  # JVM heap per executor (Spark's default, 1g, ran out at 4716 images)
+    # The JVM heap of a session that is its own executor (local[N]: `make quality`, the tests), where
+    # the executors' work and the driver's share one heap; a step under spark-submit keeps Spark's.
+    local_memory: str = "4g"
 
     # Featurization
     backbone: str = "resnet50"

@@ -16,6 +16,8 @@ def build_session(app_name: str, cfg: Config, master: str | None = None) -> Spar
     if master:
         builder = builder.master(master)
         conf = spark_conf(cfg)
+        if master.startswith("local"):
+            conf["spark.driver.memory"] = cfg.local_memory
         if packages := hadoop_aws_packages(cfg):
             builder = builder.config("spark.jars.packages", packages)
     for key, value in conf.items():
