@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -150,11 +151,11 @@ class Classifier:
         cfg = Config.from_env()
         results: list[dict | None] = [None] * len(paths)
         ready: list[tuple[int, np.ndarray]] = []
-        for i, path in enumerate(paths):
-            try:
-                ready.append((i, load_image(Path(path), cfg)))
-            except Exception as exc:  # noqa: BLE001 - a bad file is a result, never a crash
-                results[i] = {"path": str(path), "error": reason(exc)}
+        for i, outcome in enumerate(load_images([Path(p) for p in paths], cfg)):
+            if isinstance(outcome, np.ndarray):
+                ready.append((i, outcome))
+            else:  # a bad file is a result, never a crash
+                results[i] = {"path": str(paths[i]), "error": outcome}
         for start in range(0, len(ready), batch_size):
             chunk = ready[start:start + batch_size]
             rgb = np.stack([image for _, image in chunk])
@@ -162,12 +163,6 @@ class Classifier:
             for (i, _), line in zip(chunk, lines):
                 results[i] = {"path": str(paths[i]), **line}
         return results
-
-
-def reason(exc: Exception) -> str:
-    from spark_jobs.common.images import RejectedImage
-
-    return str(exc) if isinstance(exc, RejectedImage) else f"{type(exc).__name__}: {exc}"
 
 
 def load_image(path: Path, cfg) -> np.ndarray:
@@ -178,6 +173,43 @@ def load_image(path: Path, cfg) -> np.ndarray:
     if size > cfg.max_image_bytes:
         raise RejectedImage(f"file too large: {size} bytes exceeds {cfg.max_image_bytes}")
     return preprocess(decode(path.read_bytes(), cfg.max_image_pixels))
+
+
+def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
+    """Each file's preprocessed pixels, or why not: decoded in the decoder sandbox the executors use (its
+    own process, memory cap and time limit per photo), so that a file that crashes or exhausts the
+    decoder costs its own result, never the caller (the Airflow api-server, for the Recognise page)."""
+    from spark_jobs.common.images import rgb_from_bytes
+    from spark_jobs.common.sandbox import map_isolated
+
+    outcomes: list[np.ndarray | str | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            outcomes[i] = f"{type(exc).__name__}: {exc}"
+            continue
+        if size > cfg.max_image_bytes:
+            outcomes[i] = f"file too large: {size} bytes exceeds {cfg.max_image_bytes}"
+    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    decoded = map_isolated(partial(_preprocessed_bytes, max_pixels=cfg.max_image_pixels), [paths[i] for i in todo],
+                           memory_bytes=cfg.decoder_memory_mb * 1024 * 1024, timeout_s=cfg.decoder_timeout_s)
+    for i, outcome in zip(todo, decoded):
+        if outcome.ok:
+            outcomes[i] = rgb_from_bytes(outcome.value)
+        elif outcome.died:
+            outcomes[i] = f"decoder {outcome.died}"
+        else:
+            outcomes[i] = outcome.error if outcome.error_type == "RejectedImage" else \
+                f"{outcome.error_type}: {outcome.error}"
+    return outcomes
+
+
+def _preprocessed_bytes(path: Path, max_pixels: int) -> bytes:
+    """In the sandbox's child: the file read, decoded and preprocessed, as raw RGB bytes."""
+    from spark_jobs.common.images import decode, preprocess
+
+    return preprocess(decode(path.read_bytes(), max_pixels)).tobytes()
 
 
 # ---------------------------------------------------------------------- the store

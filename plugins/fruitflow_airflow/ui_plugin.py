@@ -14,9 +14,12 @@ script and inline images only. Nothing heavy is imported until a page is asked f
 
 from __future__ import annotations
 
+import json
 import tempfile
+import threading
 from pathlib import Path
 
+from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
@@ -33,8 +36,76 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+# No /docs, /redoc or /openapi.json: FastAPI serves them without the app's dependencies (unauthenticated),
+# and its Swagger page would load a script from a CDN into Airflow's origin.
 app = FastAPI(title="fruitflow", description="fruit_pipeline's reports and fruit recognition",
-              dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))])
+              dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
+              docs_url=None, redoc_url=None, openapi_url=None)
+# Headroom for the multipart envelope around one photo of at most Config.max_image_bytes.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class BodyGuard:
+    """ASGI middleware ahead of FastAPI's parsing. FastAPI reads a request's multipart body (Starlette
+    spools file parts to disk, unbounded) before the app's dependencies check who is asking: a request
+    with a body is refused here when it carries no credentials at all (no bearer token, no UI session
+    cookie), when its Content-Length is over the limit, or as soon as its streamed bytes pass it."""
+
+    def __init__(self, app, limit: int | None = None):
+        self.app, self._limit = app, limit
+
+    @property
+    def limit(self) -> int:
+        if self._limit is None:
+            self._limit = _config().max_image_bytes + MULTIPART_OVERHEAD
+        return self._limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        cookies = headers.get(b"cookie", b"").decode("latin-1")
+        if not headers.get(b"authorization", b"").lower().startswith(b"bearer ") and not any(
+                part.strip().startswith(f"{COOKIE_NAME_JWT_TOKEN}=") for part in cookies.split(";")):
+            return await _refuse(send, 401, "Not authenticated")
+        length = headers.get(b"content-length", b"")
+        if length and (not length.isdigit() or int(length) > self.limit):
+            return await _refuse(send, 413, f"request body over {self.limit} bytes")
+        seen, over = 0, False
+
+        async def counted():
+            nonlocal seen, over
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                over = True
+                raise _BodyTooLarge  # ends the parsing, whatever the app then answers
+            return message
+
+        async def unless_over(message):
+            if not over:  # the app's answer to a body it could not finish reading is replaced below
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_over)
+        except _BodyTooLarge:
+            pass
+        if over:
+            await _refuse(send, 413, f"request body over {self.limit} bytes")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _refuse(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+app.add_middleware(BodyGuard)
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
@@ -83,7 +154,7 @@ def _classifier():
     summary = json.loads(store.get(pointer))["summary"]
     if summary not in _CLASSIFIERS:
         _CLASSIFIERS.clear()
-        _CLASSIFIERS[summary] = Classifier.load(summary, cfg, client=store.client)
+        _CLASSIFIERS[summary] = Classifier.load(summary, cfg, threads=1, client=store.client)
     return _CLASSIFIERS[summary]
 
 
@@ -94,13 +165,32 @@ def recognise_form() -> HTMLResponse:
     return _page(render(result=None, thumbnails={}, source=None))
 
 
+# Recognitions at once on the api-server, each on one ONNX Runtime thread; more wait for a slot, briefly.
+RECOGNISE_SLOTS = threading.BoundedSemaphore(2)
+RECOGNISE_WAIT_S = 10
+
+
 @app.post("/recognise", response_class=HTMLResponse)
-async def recognise(photo: UploadFile = File(...)) -> HTMLResponse:
+def recognise(photo: UploadFile = File(...)) -> HTMLResponse:
+    """A plain `def`: FastAPI runs it on its thread pool, never on the api-server's event loop (the model's
+    loading, the decoding and the inference block)."""
+    from fruitflow_airflow.recognise_page import render
+
+    if not RECOGNISE_SLOTS.acquire(timeout=RECOGNISE_WAIT_S):
+        return _page(render(result={"error": "busy recognising other photos: try again in a moment"},
+                            thumbnails={}, source=None), 503)
+    try:
+        return _recognise(photo)
+    finally:
+        RECOGNISE_SLOTS.release()
+
+
+def _recognise(photo: UploadFile) -> HTMLResponse:
     from fruitflow.classify import NoModel
     from fruitflow_airflow.recognise_page import neighbour_thumbnails, render
 
     cfg = _config()
-    data = await photo.read(cfg.max_image_bytes + 1)
+    data = photo.file.read(cfg.max_image_bytes + 1)
     if len(data) > cfg.max_image_bytes:
         return _page(render(result={"error": f"file larger than {cfg.max_image_bytes} bytes"}, thumbnails={},
                             source=None), 413)

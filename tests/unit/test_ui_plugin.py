@@ -1,0 +1,57 @@
+"""The UI plugin's app (plugins/fruitflow_airflow/ui_plugin.py) before any route runs: what a stranger
+can reach, and what is refused before a request's body is read."""
+
+import asyncio
+
+import pytest
+
+from fruitflow_airflow import ui_plugin
+
+
+def _call(headers, chunks):
+    """One POST /recognise through the app's middleware: (status, how many body chunks were read)."""
+    sent, read = [], []
+
+    async def receive():
+        chunk = chunks[len(read)] if len(read) < len(chunks) else b""
+        read.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": len(read) < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/recognise", "raw_path": b"/recognise", "root_path": "",
+             "query_string": b"", "headers": [(k.lower(), v) for k, v in headers], "scheme": "http",
+             "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000), "http_version": "1.1"}
+    asyncio.run(ui_plugin.BodyGuard(ui_plugin.app, limit=1000)(scope, receive, send))
+    return sent[0]["status"], len(read)
+
+
+def test_the_api_description_and_swagger_page_are_not_served():
+    """FastAPI serves /docs and /openapi.json without the app's dependencies: to anyone, and the Swagger
+    page loads a script from a CDN into Airflow's origin."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(ui_plugin.app)
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_an_anonymous_upload_is_refused_before_its_body_is_read():
+    status, read = _call([(b"content-type", b"multipart/form-data; boundary=x"),
+                          (b"content-length", b"999999999")], [b"x" * 500] * 10)
+    assert (status, read) == (401, 0)
+
+
+@pytest.mark.parametrize("credentials", [(b"authorization", b"Bearer a.b.c"), (b"cookie", b"theme=dark; _token=a.b.c")])
+def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read(credentials):
+    status, read = _call([credentials, (b"content-length", b"5000")], [b"x" * 500] * 10)
+    assert (status, read) == (413, 0)
+
+
+def test_a_streamed_body_is_cut_off_once_it_passes_the_limit():
+    """No Content-Length (chunked): read until the limit is passed, then refused."""
+    head = b'--x\r\nContent-Disposition: form-data; name="photo"; filename="a.jpg"\r\n\r\n'
+    status, read = _call([(b"authorization", b"Bearer a.b.c"), (b"content-type", b"multipart/form-data; boundary=x")],
+                         [head + b"x" * 300] + [b"x" * 400] * 10)
+    assert (status, read) == (413, 3)
