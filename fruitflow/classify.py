@@ -86,7 +86,9 @@ class Classifier:
         store = Store(cfg, client)
         train = read_manifest(store, train_uri)
         export = train["outputs"]["export"]
-        require_inside(export, train["step_uri"], "the classifier's export")
+        # inside the folder the manifest was read from, not the folder it names: a planted manifest
+        # could name any other
+        require_inside(export, train_uri, "the classifier's export")
         meta = json.loads(store.get(f"{export}/{EXPORT_JSON}"))
         if meta.get("format") != EXPORT_FORMAT:
             raise NoModel(f"{export} was exported in format {meta.get('format')}, this version reads {EXPORT_FORMAT}: "
@@ -98,7 +100,7 @@ class Classifier:
             cluster = read_manifest(store, cluster_uri)
             # the clusters only mean something in the space of the same PCA
             if cluster["inputs"]["pca"] == train["inputs"]["pca"] and "centroids" in cluster["outputs"]:
-                require_inside(cluster["outputs"]["centroids"], cluster["step_uri"], "the KMeans centres")
+                require_inside(cluster["outputs"]["centroids"], cluster_uri, "the KMeans centres")
                 centres = np.array(json.loads(store.get(cluster["outputs"]["centroids"]))["centres"])
         featurizer = load_backbone(store, meta["backbone_model"], threads or os.cpu_count() or 1)
         source = {"train": train["step_uri"], "backbone": meta["backbone"], "weights": meta["weights"],

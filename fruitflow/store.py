@@ -41,9 +41,14 @@ def download_prefix(uri: str, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    root = dest.resolve()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         for obj in page.get("Contents", []):
-            target = dest / obj["Key"][len(prefix) + 1:]
+            relative = obj["Key"][len(prefix) + 1:]
+            target = (root / relative).resolve()
+            # object keys are untrusted: '..' segments or a leading '/' would write outside `dest`
+            if root not in target.parents or any(part in ("", ".", "..") for part in relative.split("/")):
+                raise ValueError(f"refusing to download {obj['Key']!r}: it would land outside {dest}")
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, obj["Key"], str(target))
     return dest

@@ -22,3 +22,35 @@ def test_photos_are_decoded_in_the_sandbox_with_the_pipelines_limits(tmp_path):
     assert "memory" in out[1].lower(), out[1]
     assert out[2].startswith("unsupported format")
     assert out[3].startswith("file too large") and out[4].startswith("FileNotFoundError")
+
+
+class _Objects:
+    """get_object over a dict of objects, recording what was asked for."""
+
+    def __init__(self, objects):
+        self.objects, self.asked = objects, []
+
+    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's names
+        import io
+
+        self.asked.append(f"{Bucket}/{Key}")
+        return {"Body": io.BytesIO(self.objects[f"{Bucket}/{Key}"])}
+
+
+def test_a_manifest_cannot_point_the_classifier_outside_the_folder_it_was_read_from():
+    """The check compared the export against the manifest's own `step_uri`: a manifest planted under
+    runs/r1/train that names itself runs-x and its export runs-x/evil passed, and the evil files were read."""
+    import json
+
+    import pytest
+
+    from fruitflow.classify import Classifier
+
+    cfg = Config.from_env()
+    train_uri = f"s3a://{cfg.models_bucket}/{cfg.runs_prefix}/r1/train"
+    planted = {"step_uri": f"s3a://{cfg.models_bucket}/runs-x",
+               "outputs": {"export": f"s3a://{cfg.models_bucket}/runs-x/evil"}}
+    objects = _Objects({f"{cfg.models_bucket}/{cfg.runs_prefix}/r1/train/_manifest.json": json.dumps(planted).encode()})
+    with pytest.raises(ValueError, match="not inside its step"):
+        Classifier.from_steps(train_uri, None, cfg, client=objects)
+    assert objects.asked == [f"{cfg.models_bucket}/{cfg.runs_prefix}/r1/train/_manifest.json"]
