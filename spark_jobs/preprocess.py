@@ -210,9 +210,9 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """An object's bytes by its exact key, or why not. An object gone since the listing or unreadable
+    """An object's bytes by its exact key, or why not. An object gone since the listing or refused (any 4xx)
     may be passing (a policy being fixed, a store catching up): its key is listed again by the next run
-    (RETRY_NEXT_RUN). Other errors (after boto3's retries) fail the task, which Spark retries."""
+    (RETRY_NEXT_RUN). Other errors (5xx after boto3's retries) fail the task, which Spark retries."""
     from botocore.exceptions import ClientError
 
     prefix = prefix.strip("/")
@@ -220,10 +220,13 @@ def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tupl
         obj = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         if code in ("NoSuchKey", "404"):
             return None, f"not found: deleted since list_new listed it ({RETRY_NEXT_RUN})"
-        if code in ("AccessDenied", "403", "InvalidObjectState"):
-            return None, f"unreadable: {code} ({RETRY_NEXT_RUN})"
+        # any other refusal of this one key (403, an SSE-C object's 400, an archived object): the key's
+        # own reject, retried by the next runs up to listing.MAX_RETRIES, never the whole run's failure
+        if code in ("AccessDenied", "403", "InvalidObjectState") or 400 <= status < 500:
+            return None, f"unreadable: {code or status} ({RETRY_NEXT_RUN})"
         raise
     if obj["ContentLength"] > max_bytes:  # grown since the listing
         obj["Body"].close()

@@ -153,7 +153,9 @@ class _CountingS3(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         path = unquote(self.path.split("?")[0])
         self.requests["GET", path] += 1
-        if path in self.objects:
+        if path.endswith("/sse-c.jpg"):  # an object encrypted with a customer key: AWS answers 400
+            self._reply(400, b"<Error><Code>InvalidRequest</Code><Message>SSE-C key needed</Message></Error>")
+        elif path in self.objects:
             self._reply(200, self.objects[path], ETag='"0"')
         else:
             self._reply(404, b"<Error><Code>NoSuchKey</Code><Message>none</Message></Error>")
@@ -181,7 +183,8 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
     try:
         fake = cfg.with_overrides(s3_endpoint=f"http://127.0.0.1:{server.server_port}", max_image_bytes=10**6)
         rows = [(k, None, len(_CountingS3.objects[f"/raw/in/{k}"]), None, False) for k in keys]
-        rows += [("Pear/big.jpg", None, 10**7, None, False), ("Pear/gone.jpg", None, 100, None, False)]
+        rows += [("Pear/big.jpg", None, 10**7, None, False), ("Pear/gone.jpg", None, 100, None, False),
+                 ("Pear/sse-c.jpg", None, 100, None, False)]
         wanted = spark.createDataFrame(rows, "key string, etag string, size long, refused string, already boolean")
         raw = "s3a://raw/in"
         listing = preprocess.with_keys(preprocess.listed_files(wanted, raw), raw)
@@ -193,9 +196,11 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
     assert {k for k in keys if found[k]["status"] == "ok"} == set(keys)
     assert "too large" in found["Pear/big.jpg"]["reason"]
     assert found["Pear/gone.jpg"]["reason"].endswith(f"({preprocess.RETRY_NEXT_RUN})")
+    # another refusal of one key (a 400 here) is that key's reject, not the run's failure
+    assert found["Pear/sse-c.jpg"]["reason"] == f"unreadable: InvalidRequest ({preprocess.RETRY_NEXT_RUN})"
     assert all(found[k]["etag"] == hashlib.md5(_CountingS3.objects[f"/raw/in/{k}"]).hexdigest() for k in keys)
     reads = {path: n for (method, path), n in _CountingS3.requests.items() if method == "GET"}
-    assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1}
+    assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1, "/raw/in/Pear/sse-c.jpg": 1}
     writes = {path: n for (method, path), n in _CountingS3.requests.items() if method == "PUT"}
     assert writes == {f"/out/run/jpeg/{k}": 1 for k in keys}
 
