@@ -103,13 +103,25 @@ def test_two_run_ids_never_share_a_folder():
     assert len({safe_run_id(i) for i in ids}) == len(ids)
 
 
+# A formula behind a separator the file does not use: a cell of its own once opened with that separator.
+SPLIT = {"Apple,=1+2": "Apple,'=1+2", "Kiwi;@SUM(A1)": "Kiwi;'@SUM(A1)", "a|-1,+2": "a|'-1,'+2",
+         "=x,=y": "'=x,'=y", "Lemon, Meyer": "Lemon, Meyer"}
+
+
+def test_a_formula_after_a_separator_inside_a_cell_is_neutralised():
+    assert {c: csv_cell(c) for c in SPLIT} == SPLIT
+    rows = list(csv.reader([";".join(csv_cell(c) for c in SPLIT)], delimiter=","))
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in rows[0]), rows
+
+
 def test_csvs_that_spark_writes_follow_the_same_rule(spark):
     from pyspark.sql import functions as F
 
     from spark_jobs.common.untrusted import csv_column
 
-    frame = spark.createDataFrame([(c,) for c in HOSTILE], "category string")
-    assert [r[0] for r in frame.select(csv_column(F.col("category"))).collect()] == [csv_cell(c) for c in HOSTILE]
+    texts = [*HOSTILE, *SPLIT]
+    frame = spark.createDataFrame([(c,) for c in texts], "category string")
+    assert [r[0] for r in frame.select(csv_column(F.col("category"))).collect()] == [csv_cell(c) for c in texts]
 
 
 @pytest.mark.parametrize("weights", ["/tmp/evil.pth", "s3a://someone-elses/evil.pth", "s3a://fruitflow-models/x.pkl",
