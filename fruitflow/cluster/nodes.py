@@ -141,7 +141,9 @@ class Cluster:
         s = self.storage_settings()
         identity_file = seaweed.write_identities(s, store_credentials(self.base), self._config())
         seaweed.prepare_start(s)
-        argv = network.private_mounts(hide=[Path("/tmp")], keep=[], stage=STAGE) + seaweed.command(s, identity_file)
+        # its own /tmp, with what it runs from bound back wherever the checkout lives (under /tmp too)
+        keep = [(Path(sys.prefix), True), (self.home("storage"), False)]
+        argv = network.private_mounts(hide=[Path("/tmp")], keep=keep, stage=STAGE) + seaweed.command(s, identity_file)
         network.spawn_in(self.net, "storage", argv, seaweed.environment(dict(os.environ), s),
                          self.log("storage", "seaweedfs"), cwd=self.home("storage"))
 

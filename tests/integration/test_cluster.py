@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +27,6 @@ import pytest
 from fruitflow.cluster import network
 from fruitflow.cluster.demo import inside_command, run_on_airflow_host
 from fruitflow.cluster.nodes import Cluster, http_from
-from fruitflow.stack import settings
 from tests.helpers import SAMPLE_500, real_images
 
 REASON = network.unavailable_reason()
@@ -37,7 +37,9 @@ RUN_TIMEOUT_S = 1800
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    names = {"FRUITFLOW_CLUSTER_DIR": str(Path(settings().state_dir) / f"test-cluster-{uuid.uuid4().hex[:8]}"),
+    # Its state under /tmp, which the storage host mounts a /tmp of its own over: the hosts must find what
+    # they run from wherever the checkout and its state live (a checkout under /tmp failed to start).
+    names = {"FRUITFLOW_CLUSTER_DIR": tempfile.mkdtemp(prefix="fruitflow-test-cluster-", dir="/tmp"),
              "FRUITFLOW_CLUSTER_PREFIX": "fft-", "FRUITFLOW_CLUSTER_SUBNET": "10.231.8"}
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(names)
