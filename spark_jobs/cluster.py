@@ -194,7 +194,11 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()
     n_images = reduced.count()
     n_categories = reduced.select("category").distinct().count()
-    k = min(cfg.n_clusters or n_categories, n_images)
+    wanted = cfg.n_clusters or n_categories
+    k = min(wanted, n_images, cfg.max_clusters)
+    if k < wanted:
+        print(f"[cluster] {k} clusters, not {wanted}: at most one per image and max_clusters "
+              f"({cfg.max_clusters})", file=sys.stderr)
     if k < 2:
         raise SystemExit(f"cannot cluster {n_images} images into {k} clusters: need at least 2 of each")
     with timings.measure("kmeans"):
@@ -240,7 +244,8 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             "outputs": {"assignments": assignments_uri, "model": model_uri, "centroids": f"{out_uri}/centroids.json", "report": f"{report_uri}/index.html",
                         "report_folder": report_uri},
             "counts": {"n_images": n_images, "n_categories": n_categories},
-            "params": {"n_clusters": k, "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
+            "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
+                       "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
                        "seed": cfg.seed, "l2_normalize": cfg.l2_normalize,
                        "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
                        "tsne_max_points": cfg.tsne_max_points, "plot_max_points": cfg.plot_max_points},

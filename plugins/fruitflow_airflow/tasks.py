@@ -146,6 +146,8 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
         "explained_variance_per_component": pca["metrics"]["explained_variance_per_component"],
         "k": pca["params"]["k"],
         "n_clusters": clu["params"]["n_clusters"],
+        # fewer clusters than asked for (or than categories): capped by the images or max_clusters
+        "n_clusters_wanted": clu["params"].get("n_clusters_wanted"),
         "ari": metrics.get("ari"),
         "nmi": metrics.get("nmi"),
         "silhouette": metrics.get("silhouette"),

@@ -97,7 +97,10 @@ class Config:
     # The colour histogram (featurize's `color` column) appended to the unit-length CNN features before
     # PCA, with this weight; 0 leaves it out (README, "Clustering quality").
     color_weight: float = 1.0
-    n_clusters: int | None = None  # None: the number of distinct categories
+    n_clusters: int | None = None  # None: the number of distinct categories, up to max_clusters
+    # KMeans' k at most (its starts are fitted on the driver): a bucket of thousands of one-photo folders
+    # would otherwise cost every later run a k-means++ over thousands of centres on the Airflow host.
+    max_clusters: int = 200
     # KMeans starts from the best of `kmeans_starts` greedy k-means++ starts on a random sample of at most
     # `kmeans_start_max_points` vectors (driver), then iterates over all of them in Spark.
     kmeans_starts: int = 20

@@ -111,7 +111,7 @@ def test_chain_order_and_operators(dag):
 
 
 @pytest.mark.parametrize("bad", [
-    {"pca_k": 0}, {"pca_k": "twenty"}, {"target_variance": 1.5}, {"n_clusters": 1},
+    {"pca_k": 0}, {"pca_k": "twenty"}, {"target_variance": 1.5}, {"n_clusters": 1}, {"n_clusters": 10**6},
     {"batch_size": 0}, {"weights": "http://example.invalid/w.h5"}, {"raw_prefix": "../etc"},
     {"weights": "s3a://someone-elses-bucket/evil.pth"}, {"weights": "/etc/passwd"}, {"weights": "/tmp/evil.pth"},
     {"weights": "s3a://fruitflow-models/a/../../other/evil.pth"}, {"weights": "s3a://fruitflow-models/../x.onnx"},
