@@ -65,7 +65,8 @@ with DAG(
         "target_variance": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
                                  description="if set, the smallest k reaching this explained variance"),
         "n_clusters": Param(None, type=["null", "integer"], minimum=2, maximum=CFG.max_clusters,
-                            description=f"KMeans k; empty: the number of fruit categories (at most {CFG.max_clusters})"),
+                            description="KMeans k; empty: the number of fruit categories "
+                                        f"(at most {CFG.max_clusters})"),
         "batch_size": Param(CFG.batch_size, type="integer", minimum=1, maximum=1024),
         "backbone": Param(env_values(Config).get("backbone", AUTO), type="string", enum=[AUTO, *sorted(FEATURE_DIM)],
                           description="auto: ResNet50 with ImageNet weights where they can be had, else "

@@ -176,6 +176,23 @@ def prepared(stack, s3, cfg, tmp_path_factory):
     return {"cfg": cfg, "raw_uri": raw_uri, "run_id": run_id, "pre": pre}
 
 
+@pytest.fixture(scope="module")
+def prepared_for_featurize(stack, s3, prepared, tmp_path_factory):
+    """400 real images (20 fruits x 20) preprocessed once: a featurize step that runs for tens of seconds
+    on the local worker, so that a fault aimed at a running task has a window far wider than the REST
+    API's delay in reporting it (9 images gave a few seconds, and the kill sometimes came after them)."""
+    cfg = prepared["cfg"]
+    prefix = f"faults-raw-many-{uuid.uuid4().hex[:6]}"
+    for path in real_images(SAMPLE_500, 20, 20):
+        s3.upload_file(str(path), cfg.raw_bucket, f"{prefix}/{path.parent.name}/{path.name}")
+    run_id = f"ref-many-{uuid.uuid4().hex[:6]}"
+    _run("preprocess", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}",
+         tmp_path=tmp_path_factory.mktemp("ref-many"))
+    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert pre["counts"]["n_images"] == 400
+    return pre
+
+
 @pytest.fixture
 def healthy_stack_after():
     """Whatever a fault test did, the stack is healthy for the next test (S3 resumed, worker back)."""
@@ -274,15 +291,16 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     assert again["written_at"] >= first["written_at"]
 
 
-def test_worker_killed_during_featurize(s3, prepared, tmp_path, healthy_stack_after):
-    cfg, pre = prepared["cfg"], prepared["pre"]
+def test_worker_killed_during_featurize(s3, prepared, prepared_for_featurize, tmp_path, healthy_stack_after):
+    cfg, pre = prepared["cfg"], prepared_for_featurize
     run_id = f"workerkill-{uuid.uuid4().hex[:6]}"
     step_uri = cfg.step_uri(run_id, "featurize")
     log = tmp_path / "workerkill.log"
     ui_port = _free_port()  # the driver's own UI: which executor runs a task right now
     proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log,
                   conf={"spark.ui.port": str(ui_port)})
-    # Killed while a featurize task runs on it: the executor is lost with work in hand, not between jobs.
+    # Killed while a featurize task runs on it (seen through the driver's REST API), with most of the
+    # stage's tasks still to run: the executor is lost with work in hand, not between jobs.
     _wait_for(lambda: _python_workers_running() and _busy_executors(f"http://127.0.0.1:{ui_port}"), proc, 300,
               "a featurize task running on the executor")
     worker = psutil.Process(_worker().pid())
