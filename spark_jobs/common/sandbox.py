@@ -5,17 +5,21 @@ or never finishes costs its own result, never the Python worker, the Spark task 
 `map_isolated(fn, items)` forks one child for the batch (cheap), which sends one result per item as it
 goes. Each item has its own deadline. When the child dies or overruns, the item it was on gets the
 reason instead of a result and a new child goes on from the next item: a batch costs one fork plus one
-per bad item. Exceptions `fn` raises come back as their type's name and message (nothing of the child's
-is unpickled but plain values). POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
+per bad item. Exceptions `fn` raises come back as their type's name and message.
+
+Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
+dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
+(RLIMIT_FSIZE 0) and keeps no secret of the parent's environment. POSIX only (fork, setrlimit, prctl);
+the pipeline's executors are Linux.
 """
 
 from __future__ import annotations
 
 import ctypes
 import faulthandler
+import json
 import math
 import os
-import pickle
 import resource
 import select
 import signal
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 MEMORY_ERROR = "out of memory"
+# What the child keeps of the environment: locale, paths, and the libraries' own settings.
+KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_", "HOME", "TMPDIR", "OPENCV_", "OMP_", "OPENBLAS_", "MKL_", "PYTHON")
 _HEADER = struct.Struct("!Q")
 _PR_SET_PDEATHSIG = 1
 
@@ -64,6 +70,10 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
         signal.signal(number, signal.SIG_DFL)
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, 65536)
+    # no secret for the decoder's code to find (it runs on bytes that anyone could have uploaded)
+    for name in [n for n in os.environ if not n.startswith(KEPT_ENVIRONMENT)]:
+        del os.environ[name]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file written (the results go through the pipe)
     if memory_bytes:
         cap = _address_space_bytes() + memory_bytes
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
@@ -74,8 +84,34 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s if hard == resource.RLIM_INFINITY else min(cpu_s, hard), hard))
 
 
+def _encode(record: tuple) -> bytes:
+    """A record as plain data: its kind, then raw bytes (a value of bytes) or JSON (anything else)."""
+    kind, *fields = record
+    if kind == "value" and isinstance(fields[0], (bytes, bytearray, memoryview)):
+        return b"B" + bytes(fields[0])
+    try:
+        return {"value": b"V", "error": b"E", "died": b"D"}[kind] + json.dumps(
+            fields[0] if kind == "value" else fields, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:  # a value that is not plain data: this item's error
+        return b"E" + json.dumps(["TypeError", f"not plain data: {exc}"[:500]]).encode()
+
+
+def _decode(payload: bytes) -> tuple:
+    kind, body = payload[:1], payload[1:]
+    if kind == b"B":
+        return ("value", body)
+    fields = json.loads(body)
+    if kind == b"V":
+        return ("value", fields)
+    if kind == b"E":
+        return ("error", str(fields[0]), str(fields[1]))
+    if kind == b"D":
+        return ("died", str(fields[0]))
+    raise ValueError("unknown record")
+
+
 def _send(fd: int, record: tuple) -> None:
-    payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = _encode(record)
     view = memoryview(_HEADER.pack(len(payload)) + payload)
     while view:
         view = view[os.write(fd, view):]
@@ -134,7 +170,7 @@ class _Reader:
             return "late" if time.monotonic() >= deadline else None
         payload = self.buffer[_HEADER.size:_HEADER.size + size]
         self.buffer = self.buffer[_HEADER.size + size:]
-        return pickle.loads(payload)  # plain values and strings, from our own child's code
+        return _decode(payload)  # plain data only: a misbehaving child cannot run code here
 
 
 def _death_reason(wait_status: int) -> str:

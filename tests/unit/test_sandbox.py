@@ -110,4 +110,46 @@ def test_children_of_a_process_whose_opencv_threads_ran_decode_without_deadlock(
     for path in real_images(SAMPLE_500, 4, 8):
         decode(path.read_bytes())  # the parent's pool threads have run
     outcomes = map_isolated(decode, [real_jpeg] * 4, memory_bytes=1024 * MB, timeout_s=5)
-    assert [o.value for o in outcomes] == [(224, 224, 3)] * 4, [o.died for o in outcomes]
+    assert [o.value for o in outcomes] == [[224, 224, 3]] * 4, [o.died for o in outcomes]  # plain data: a list
+
+
+class _RunsWhenUnpickled:
+    """A result whose unpickling would run code in the parent (it creates the marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_the_parent_never_unpickles_what_a_child_sends(tmp_path):
+    marker = str(tmp_path / "ran-in-the-parent")
+    outcomes = map_isolated(lambda item: _RunsWhenUnpickled(marker) if item == "evil" else item,
+                            ["evil", b"raw", {"n": [1, 2.5, None]}], memory_bytes=0, timeout_s=20)
+    assert not (tmp_path / "ran-in-the-parent").exists()
+    assert outcomes[0].error_type == "TypeError" and "not plain data" in outcomes[0].error
+    assert [o.value for o in outcomes[1:]] == [b"raw", {"n": [1, 2.5, None]}]
+
+
+def test_a_child_writes_no_file_and_sees_no_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-pipelines-secret")
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", "aws://key:secret@")
+    target = tmp_path / "written-by-the-child"
+
+    def write(_):
+        with open(target, "w") as out:
+            out.write("x" * 100)
+            out.flush()
+        return "wrote"
+
+    def secrets(_):
+        import os
+
+        return [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AIRFLOW_CONN_AWS_DEFAULT"),
+                bool(os.environ.get("PATH"))]
+
+    wrote, seen = map_isolated(write, [1], memory_bytes=0, timeout_s=20) + map_isolated(
+        secrets, [1], memory_bytes=0, timeout_s=20)
+    assert not wrote.ok and (not target.exists() or target.stat().st_size == 0), wrote
+    assert seen.value == [None, None, True]
