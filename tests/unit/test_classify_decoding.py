@@ -1,24 +1,42 @@
 """Recognition (`make classify`, the Recognise page on the api-server) decodes photos in the decoder sandbox
 the executors use: a photo that exhausts the decoder is an error line, never the caller's crash."""
 
+import json
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 
+from spark_jobs.common.config import Config
+
+
+# In a fresh interpreter: the decoder's memory cap is the caller's address space plus the budget, and a
+# large caller (the test session, with TensorFlow and freed arenas mapped) can lend the child that much.
+DECODE = """
+import json, sys
+from pathlib import Path
 from fruitflow.classify import load_images
 from spark_jobs.common.config import Config
+cfg = Config.from_env().with_overrides(decoder_memory_mb=32, max_image_bytes=10**6)
+out = load_images([Path(p) for p in sys.argv[1:]], cfg)
+print(json.dumps([list(o.shape) if hasattr(o, "shape") else o for o in out]))
+"""
 
 
 def test_photos_are_decoded_in_the_sandbox_with_the_pipelines_limits(tmp_path):
     fine, bomb, text = tmp_path / "fine.png", tmp_path / "bomb.png", tmp_path / "notes.jpg"
     fine.write_bytes(cv2.imencode(".png", np.full((300, 300, 3), 120, np.uint8))[1].tobytes())
-    # 9 KB of PNG that decodes to 75 MB: over a 32 MB decoder budget, which the caller's process has not
+    # 9 KB of PNG that decodes to 75 MB: over a 32 MB decoder budget
     bomb.write_bytes(cv2.imencode(".png", np.zeros((5000, 5000, 3), np.uint8))[1].tobytes())
     text.write_text("not a photo")
-    cfg = Config.from_env().with_overrides(decoder_memory_mb=32, max_image_bytes=10**6)
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff" * (10**6 + 1))
-    out = load_images([fine, bomb, text, big, tmp_path / "gone.jpg"], cfg)
-    assert out[0].shape == (224, 224, 3)
+    done = subprocess.run([sys.executable, "-c", DECODE, *map(str, [fine, bomb, text, big, tmp_path / "gone.jpg"])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out[0] == [224, 224, 3]
     assert "memory" in out[1].lower(), out[1]
     assert out[2].startswith("unsupported format")
     assert out[3].startswith("file too large") and out[4].startswith("FileNotFoundError")
