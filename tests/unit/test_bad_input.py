@@ -1,4 +1,4 @@
-"""Bad and unusual input that tests/test_integration.py does not already cover, through the real pipeline:
+"""Bad and unusual input that tests/integration/test_dag_e2e.py does not already cover, through the real pipeline:
 CMYK JPEG, a 6000x4000 photo (decoded at reduced scale: bounded memory), UTF-8 / space / accent keys
 into S3 and back into the feature table and df_categ.csv, a class with a single image, a note and an
 image at the wrong depth, unsafe keys ('..', '.', empty segments, a climb out of the prefix) refused by
