@@ -181,7 +181,7 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     """Each file's preprocessed pixels, or why not: decoded in the decoder sandbox the executors use (its
     own process, memory cap and time limit per photo), so that a file that crashes or exhausts the
     decoder costs its own result, never the caller (the Airflow api-server, for the Recognise page)."""
-    from spark_jobs.common.images import rgb_from_bytes
+    from spark_jobs.common.images import is_preprocessed, rgb_from_bytes
     from spark_jobs.common.sandbox import map_isolated
 
     outcomes: list[np.ndarray | str | None] = [None] * len(paths)
@@ -197,8 +197,10 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     decoded = map_isolated(partial(_preprocessed_bytes, max_pixels=cfg.max_image_pixels), [paths[i] for i in todo],
                            memory_bytes=cfg.decoder_memory_mb * 1024 * 1024, timeout_s=cfg.decoder_timeout_s)
     for i, outcome in zip(todo, decoded):
-        if outcome.ok:
+        if outcome.ok and is_preprocessed(outcome.value):
             outcomes[i] = rgb_from_bytes(outcome.value)
+        elif outcome.ok:  # a child gone wrong
+            outcomes[i] = "decoder returned malformed output"
         elif outcome.died:
             outcomes[i] = f"decoder {outcome.died}"
         else:

@@ -31,6 +31,9 @@ OK, REJECTED = "ok", "rejected"
 # Ends the reason of a reject that may pass (an object unreadable or not found when fetched): the key is
 # written to the step's `retry` output, and the next run lists it again whatever its LastModified.
 RETRY_NEXT_RUN = "left for the next run"
+# S3 error codes that refuse one object, not every read: AccessDenied (a policy or ACL on it),
+# InvalidObjectState (archived), InvalidRequest (an SSE-C object read without its key: 400).
+OBJECT_REFUSALS = ("AccessDenied", "403", "InvalidObjectState", "InvalidRequest")
 
 
 # --------------------------------------------------------------------------- extract
@@ -197,6 +200,8 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
         for i, outcome in zip(todo, outcomes):
             reasons[i] = decode_reason(outcome)
             pixels[i] = outcome.value if outcome.ok else None
+            if pixels[i] is not None and not images.is_preprocessed(pixels[i]):  # a child gone wrong
+                reasons[i], pixels[i] = "decoder returned malformed output", None
         if target:
             bucket, prefix = target
             for key, image in zip(batch["key"], pixels):
@@ -210,9 +215,10 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """An object's bytes by its exact key, or why not. An object gone since the listing or refused (any 4xx)
-    may be passing (a policy being fixed, a store catching up): its key is listed again by the next run
-    (RETRY_NEXT_RUN). Other errors (5xx after boto3's retries) fail the task, which Spark retries."""
+    """An object's bytes by its exact key, or why not. An object gone since the listing or refused by
+    itself (OBJECT_REFUSALS) may be passing (a policy being fixed, a store catching up): its key is listed
+    again by the next run (RETRY_NEXT_RUN). Other errors (the bucket, the credentials, 5xx after boto3's
+    retries) fail the task, which Spark and then Airflow retry."""
     from botocore.exceptions import ClientError
 
     prefix = prefix.strip("/")
@@ -220,14 +226,13 @@ def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tupl
         obj = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         if code in ("NoSuchKey", "404"):
             return None, f"not found: deleted since list_new listed it ({RETRY_NEXT_RUN})"
-        # any other refusal of this one key (403, an SSE-C object's 400, an archived object): the key's
-        # own reject, retried by the next runs up to listing.MAX_RETRIES, never the whole run's failure
-        if code in ("AccessDenied", "403", "InvalidObjectState") or 400 <= status < 500:
-            return None, f"unreadable: {code or status} ({RETRY_NEXT_RUN})"
-        raise
+        # a refusal of this one object (a policy on it, an archived object, an SSE-C object's 400): the
+        # key's own reject, retried by the next runs up to listing.MAX_RETRIES, never the run's failure
+        if code in OBJECT_REFUSALS:
+            return None, f"unreadable: {code} ({RETRY_NEXT_RUN})"
+        raise  # the store, the bucket or the credentials (expired, wrong region): the task fails, retried
     if obj["ContentLength"] > max_bytes:  # grown since the listing
         obj["Body"].close()
         return None, f"file too large: over {max_bytes} bytes"

@@ -96,6 +96,11 @@ def to_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
+def is_preprocessed(raw, size: int = IMAGE_SIZE) -> bool:
+    """Whether `raw` (what a decoder child sent back) can be a preprocessed image's bytes."""
+    return isinstance(raw, bytes) and len(raw) == size * size * 3
+
+
 def rgb_from_bytes(raw: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """The preprocessed table stores raw RGB bytes; this is the inverse of `arr.tobytes()`."""
     return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)

@@ -155,6 +155,8 @@ class _CountingS3(BaseHTTPRequestHandler):
         self.requests["GET", path] += 1
         if path.endswith("/sse-c.jpg"):  # an object encrypted with a customer key: AWS answers 400
             self._reply(400, b"<Error><Code>InvalidRequest</Code><Message>SSE-C key needed</Message></Error>")
+        elif path.endswith("/expired.jpg"):  # the credentials, not the object: every read would get it
+            self._reply(400, b"<Error><Code>ExpiredToken</Code><Message>expired</Message></Error>")
         elif path in self.objects:
             self._reply(200, self.objects[path], ETag='"0"')
         else:
@@ -219,3 +221,22 @@ def test_a_run_with_no_image_to_decode_succeeds_and_says_why(spark, tmp_path, cf
                                   "n_retry_next_run": 0, "n_already_featurized": 0, "n_categories": 0}
     assert spark.read.parquet(manifest["outputs"]["images"]).count() == 0
     assert spark.read.json(manifest["outputs"]["rejects"]).count() == 0
+
+
+def test_a_credentials_error_fails_the_task_instead_of_rejecting_every_key(spark, cfg):
+    """Only refusals of one object are that key's reject: an expired token (400 too) would reject every
+    key, the run would succeed with nothing and its listing would give the photos up after a few runs."""
+    import pytest
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fake = cfg.with_overrides(s3_endpoint=f"http://127.0.0.1:{server.server_port}")
+        wanted = spark.createDataFrame([("Pear/expired.jpg", None, 100, None, False)],
+                                       "key string, etag string, size long, refused string, already boolean")
+        listing = preprocess.with_keys(preprocess.listed_files(wanted, "s3a://raw/in"), "s3a://raw/in")
+        out = preprocess.preprocess_images(listing.drop("already"), fake, fetch_from="s3a://raw/in")
+        with pytest.raises(Exception, match="ExpiredToken"):
+            out.drop("image").collect()
+    finally:
+        server.shutdown()
