@@ -51,14 +51,12 @@ class BodyGuard:
     with a body is refused here when it carries no credentials at all (no bearer token, no UI session
     cookie), when its Content-Length is over the limit, or as soon as its streamed bytes pass it."""
 
-    def __init__(self, app, limit: int | None = None):
-        self.app, self._limit = app, limit
+    def __init__(self, app):
+        self.app = app
 
     @property
     def limit(self) -> int:
-        if self._limit is None:
-            self._limit = _config().max_image_bytes + MULTIPART_OVERHEAD
-        return self._limit
+        return _config().max_image_bytes + MULTIPART_OVERHEAD
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -68,16 +66,17 @@ class BodyGuard:
         if not headers.get(b"authorization", b"").lower().startswith(b"bearer ") and not any(
                 part.strip().startswith(f"{COOKIE_NAME_JWT_TOKEN}=") for part in cookies.split(";")):
             return await _refuse(send, 401, "Not authenticated")
+        limit = self.limit
         length = headers.get(b"content-length", b"")
-        if length and (not length.isdigit() or int(length) > self.limit):
-            return await _refuse(send, 413, f"request body over {self.limit} bytes")
+        if length and (not length.isdigit() or int(length) > limit):
+            return await _refuse(send, 413, f"request body over {limit} bytes")
         seen, over = 0, False
 
         async def counted():
             nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 over = True
                 raise _BodyTooLarge  # ends the parsing, whatever the app then answers
             return message
@@ -91,7 +90,7 @@ class BodyGuard:
         except _BodyTooLarge:
             pass
         if over:
-            await _refuse(send, 413, f"request body over {self.limit} bytes")
+            await _refuse(send, 413, f"request body over {limit} bytes")
 
 
 class _BodyTooLarge(Exception):
@@ -139,6 +138,7 @@ def run_report(run_id: str) -> HTMLResponse:
 
 
 _CLASSIFIERS: dict[str, object] = {}  # summary URI -> loaded Classifier (the newest run's, normally one)
+_CLASSIFIERS_LOCK = threading.Lock()  # recognitions run on several threads: one loads, the other waits
 
 
 def _classifier():
@@ -152,10 +152,11 @@ def _classifier():
     if pointer is None:
         return None
     summary = json.loads(store.get(pointer))["summary"]
-    if summary not in _CLASSIFIERS:
-        _CLASSIFIERS.clear()
-        _CLASSIFIERS[summary] = Classifier.load(summary, cfg, threads=1, client=store.client)
-    return _CLASSIFIERS[summary]
+    with _CLASSIFIERS_LOCK:
+        if summary not in _CLASSIFIERS:
+            _CLASSIFIERS.clear()
+            _CLASSIFIERS[summary] = Classifier.load(summary, cfg, threads=1, client=store.client)
+        return _CLASSIFIERS[summary]
 
 
 @app.get("/recognise", response_class=HTMLResponse)
@@ -165,9 +166,9 @@ def recognise_form() -> HTMLResponse:
     return _page(render(result=None, thumbnails={}, source=None))
 
 
-# Recognitions at once on the api-server, each on one ONNX Runtime thread; more wait for a slot, briefly.
+# Recognitions at once on the api-server, each on one ONNX Runtime thread. One more is answered "busy" at
+# once: waiting for a slot would hold a thread of the pool that Airflow's own endpoints run on.
 RECOGNISE_SLOTS = threading.BoundedSemaphore(2)
-RECOGNISE_WAIT_S = 10
 
 
 @app.post("/recognise", response_class=HTMLResponse)
@@ -176,7 +177,7 @@ def recognise(photo: UploadFile = File(...)) -> HTMLResponse:
     loading, the decoding and the inference block)."""
     from fruitflow_airflow.recognise_page import render
 
-    if not RECOGNISE_SLOTS.acquire(timeout=RECOGNISE_WAIT_S):
+    if not RECOGNISE_SLOTS.acquire(blocking=False):
         return _page(render(result={"error": "busy recognising other photos: try again in a moment"},
                             thumbnails={}, source=None), 503)
     try:

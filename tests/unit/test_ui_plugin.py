@@ -8,8 +8,18 @@ import pytest
 from fruitflow_airflow import ui_plugin
 
 
+@pytest.fixture(autouse=True)
+def _small_photos(monkeypatch):
+    """Photos of at most 1000 bytes: the app's guard then refuses bodies over 1000 + MULTIPART_OVERHEAD."""
+    monkeypatch.setenv("FRUITFLOW_MAX_IMAGE_BYTES", "1000")
+
+
+LIMIT = 1000 + ui_plugin.MULTIPART_OVERHEAD
+
+
 def _call(headers, chunks):
-    """One POST /recognise through the app's middleware: (status, how many body chunks were read)."""
+    """One POST /recognise to the plugin's app as mounted (its middleware included): (status, how many
+    body chunks were read)."""
     sent, read = [], []
 
     async def receive():
@@ -23,7 +33,7 @@ def _call(headers, chunks):
     scope = {"type": "http", "method": "POST", "path": "/recognise", "raw_path": b"/recognise", "root_path": "",
              "query_string": b"", "headers": [(k.lower(), v) for k, v in headers], "scheme": "http",
              "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000), "http_version": "1.1"}
-    asyncio.run(ui_plugin.BodyGuard(ui_plugin.app, limit=1000)(scope, receive, send))
+    asyncio.run(ui_plugin.app(scope, receive, send))
     return sent[0]["status"], len(read)
 
 
@@ -45,7 +55,7 @@ def test_an_anonymous_upload_is_refused_before_its_body_is_read():
 
 @pytest.mark.parametrize("credentials", [(b"authorization", b"Bearer a.b.c"), (b"cookie", b"theme=dark; _token=a.b.c")])
 def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read(credentials):
-    status, read = _call([credentials, (b"content-length", b"5000")], [b"x" * 500] * 10)
+    status, read = _call([credentials, (b"content-length", str(LIMIT + 1).encode())], [b"x" * 500] * 10)
     assert (status, read) == (413, 0)
 
 
@@ -53,5 +63,5 @@ def test_a_streamed_body_is_cut_off_once_it_passes_the_limit():
     """No Content-Length (chunked): read until the limit is passed, then refused."""
     head = b'--x\r\nContent-Disposition: form-data; name="photo"; filename="a.jpg"\r\n\r\n'
     status, read = _call([(b"authorization", b"Bearer a.b.c"), (b"content-type", b"multipart/form-data; boundary=x")],
-                         [head + b"x" * 300] + [b"x" * 400] * 10)
+                         [head + b"x" * 300] + [b"x" * (LIMIT // 2)] * 10)
     assert (status, read) == (413, 3)
