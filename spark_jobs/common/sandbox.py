@@ -9,8 +9,8 @@ per bad item. Exceptions `fn` raises come back as their type's name and message.
 
 Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
 dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
-(RLIMIT_FSIZE 0) and keeps no secret of the parent's environment. POSIX only (fork, setrlimit, prctl);
-the pipeline's executors are Linux.
+(RLIMIT_FSIZE 0), and its os.environ holds none of the parent's secrets (it is a fork: its memory is
+still the parent's). POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 MEMORY_ERROR = "out of memory"
-# What the child keeps of the environment: locale, paths, and the libraries' own settings.
-KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_", "HOME", "TMPDIR", "OPENCV_", "OMP_", "OPENBLAS_", "MKL_", "PYTHON")
+# What the child keeps of the environment (names, or prefixes ending in '_'): locale, paths and the
+# decoders' own settings; not PySpark's worker secrets (PYTHON_WORKER_FACTORY_SECRET) nor any key.
+KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_", "HOME", "TMPDIR", "OPENCV_", "OMP_", "OPENBLAS_", "MKL_")
 _HEADER = struct.Struct("!Q")
 _PR_SET_PDEATHSIG = 1
 
@@ -70,8 +71,9 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
         signal.signal(number, signal.SIG_DFL)
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, 65536)
-    # no secret for the decoder's code to find (it runs on bytes that anyone could have uploaded)
-    for name in [n for n in os.environ if not n.startswith(KEPT_ENVIRONMENT)]:
+    # No secret in os.environ for the decoding code to pass on. A fork still holds the parent's memory
+    # (and /proc/self/environ): against a decoder turned into running code, only a fresh process helps.
+    for name in [n for n in os.environ if not _kept(n)]:
         del os.environ[name]
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file written (the results go through the pipe)
     if memory_bytes:
@@ -108,6 +110,10 @@ def _decode(payload: bytes) -> tuple:
     if kind == b"D":
         return ("died", str(fields[0]))
     raise ValueError("unknown record")
+
+
+def _kept(name: str) -> bool:
+    return any(name.startswith(k) if k.endswith("_") else name == k for k in KEPT_ENVIRONMENT)
 
 
 def _send(fd: int, record: tuple) -> None:
