@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from fruitflow_airflow.submit import safe_run_id
+from fruitflow_airflow.submit import legacy_run_folder, safe_run_id
 from spark_jobs.common import report_page
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 
@@ -15,8 +15,8 @@ PLUGIN_PREFIX = "/fruitflow"  # where the plugin's FastAPI app is mounted on the
 DAG_ID = "fruit_pipeline"
 
 
-def report_html_uri(cfg: Config, run_id: str) -> str:
-    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, safe_run_id(run_id), "report.html")
+def report_html_uri(cfg: Config, run_id: str, folder: str | None = None) -> str:
+    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, folder or safe_run_id(run_id), "report.html")
 
 
 def report_url(run_id: str) -> str:
@@ -70,8 +70,8 @@ def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[st
     page = render(s3_hook, cfg, summary, manifests)
     if page is None:
         latest = latest_trained_run(s3_hook, cfg)
-        page = report_page.with_notice(read(s3_hook, cfg, latest) if latest else None,
-                                       nothing_new_notice(run_id, summary, latest))
+        shown = read(s3_hook, cfg, latest) if latest else None
+        page = report_page.with_notice(shown, nothing_new_notice(run_id, summary, latest, shown is not None))
         fields["latest_trained_run"] = latest
     uri = report_html_uri(cfg, run_id)
     bucket, key = split_s3_uri(uri)
@@ -79,13 +79,17 @@ def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[st
     return {**fields, "report_html": uri, "report_url": report_url(run_id)}
 
 
-def nothing_new_notice(run_id: str, summary: dict, latest: str | None) -> str:
+def nothing_new_notice(run_id: str, summary: dict, latest: str | None, shown: bool) -> str:
     found = (f"{summary.get('n_new') or 0} new photos listed, {summary.get('n_already_featurized') or 0} of them "
              f"already featurized, {summary.get('n_rejected') or 0} rejected, {summary.get('n_ignored') or 0} "
              f"ignored")
-    shown = (f"Below: the report of run {latest}, the latest run that trained." if latest
-             else "No run has trained yet: upload photos as <fruit>/<photo>.jpg under the raw prefix.")
-    return f"Run {run_id} found nothing new to cluster or train on ({found}). {shown}"
+    if latest is None:
+        below = "No run has trained yet: upload photos as <fruit>/<photo>.jpg under the raw prefix."
+    elif shown:
+        below = f"Below: the report of run {latest}, the latest run that trained."
+    else:
+        below = f"The latest run that trained, {latest}, left no report page."
+    return f"Run {run_id} found nothing new to cluster or train on ({found}). {below}"
 
 
 def latest_trained_run(s3_hook, cfg: Config) -> str | None:
@@ -98,8 +102,12 @@ def latest_trained_run(s3_hook, cfg: Config) -> str | None:
 
 
 def read(s3_hook, cfg: Config, run_id: str) -> str | None:
-    """The stored page of a run, or None when the run wrote none."""
-    bucket, key = split_s3_uri(report_html_uri(cfg, run_id))
-    if not s3_hook.check_for_key(key, bucket):
-        return None
-    return s3_hook.read_key(key, bucket)
+    """The stored page of a run, or None when the run wrote none; a run from before folder names were
+    hashed has its page under its old folder name."""
+    for folder in (safe_run_id(run_id), legacy_run_folder(run_id)):
+        if folder is None:
+            continue
+        bucket, key = split_s3_uri(report_html_uri(cfg, run_id, folder))
+        if s3_hook.check_for_key(key, bucket):
+            return s3_hook.read_key(key, bucket)
+    return None

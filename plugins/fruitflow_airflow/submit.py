@@ -28,6 +28,13 @@ def safe_run_id(run_id: str) -> str:
     return check_run_id(cleaned)
 
 
+def legacy_run_folder(run_id: str) -> str | None:
+    """The folder a run made before folder names were hashed (its id cleaned alone), when that differs:
+    read-only, for the pages of those runs; nothing is ever written or deleted by it."""
+    cleaned = re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("_")
+    return cleaned if cleaned.strip(".") and cleaned != safe_run_id(run_id) else None
+
+
 def submit_kwargs(step: str, cfg: Config) -> dict:
     """Keyword arguments of SparkSubmitOperator / SparkSubmitHook for `step`: what spark-submit needs
     before the driver starts. The job sets the rest of its Spark settings itself, from its Config."""
