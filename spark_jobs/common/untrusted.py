@@ -16,11 +16,11 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_PATTERN = r"^[=+\-@\t\r]"
 # A formula start after a separator some other reader may split on: `Apple,=1+2` in a `;`-separated
 # file becomes a cell `=1+2` when opened comma-separated. Python's and Java's regex read it alike.
-AFTER_SEPARATOR = r"([,;|\t])([=+\-@\t\r])"
+AFTER_SEPARATOR = r"([,;|\t])(?=[=+\-@\t\r])"  # a lookahead: `a\t\t=1` has two to neutralise
 
 
 def csv_cell(text) -> str:
-    text = re.sub(AFTER_SEPARATOR, r"\1'\2", str(text))
+    text = re.sub(AFTER_SEPARATOR, r"\1'", str(text))
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
@@ -28,7 +28,7 @@ def csv_column(column):
     """The same rule as `csv_cell`, as a Spark column expression (for CSVs that Spark writes)."""
     from pyspark.sql import functions as F
 
-    column = F.regexp_replace(column, AFTER_SEPARATOR, "$1'$2")
+    column = F.regexp_replace(column, AFTER_SEPARATOR, "$1'")
     return F.when(column.rlike(FORMULA_PATTERN), F.concat(F.lit("'"), column)).otherwise(column)
 
 

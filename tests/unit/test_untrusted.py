@@ -105,7 +105,8 @@ def test_two_run_ids_never_share_a_folder():
 
 # A formula behind a separator the file does not use: a cell of its own once opened with that separator.
 SPLIT = {"Apple,=1+2": "Apple,'=1+2", "Kiwi;@SUM(A1)": "Kiwi;'@SUM(A1)", "a|-1,+2": "a|'-1,'+2",
-         "=x,=y": "'=x,'=y", "Lemon, Meyer": "Lemon, Meyer"}
+         "=x,=y": "'=x,'=y", "Lemon, Meyer": "Lemon, Meyer",
+         "a\t\t=1": "a\t'\t'=1"}
 
 
 def test_a_formula_after_a_separator_inside_a_cell_is_neutralised():
