@@ -5,6 +5,7 @@ the URL, the user and where its password is. Ctrl-C stops Airflow's whole proces
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -82,20 +83,21 @@ def unpause(token: str, dag_id: str = "fruit_pipeline", timeout: float = 240) ->
     api("PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
 
 
-def first_run_note(token: str, wait_s: float = 60) -> str:
-    """What unpausing started: with a schedule, Airflow starts the latest interval's run at once (catchup
-    off), and that run takes the photos just uploaded; a Trigger after it finds nothing new (its Fruit
-    report tab shows the latest report, saying so)."""
+def first_run_note(token: str, since: dt.datetime, wait_s: float = 60) -> str:
+    """What unpausing (at `since`) started: with a schedule, Airflow starts the latest interval's run at
+    once (catchup off), and that run takes the photos just uploaded; a Trigger after it finds nothing new
+    (its Fruit report tab shows the latest report, saying so). Runs of earlier sessions are not it."""
     from spark_jobs.common.config import Config
 
     if Config.from_env().dag_schedule is None:
         return "fruit_pipeline is unpaused (FRUITFLOW_SCHEDULE=none): press Trigger on its page to run it."
-    runs_path = "/api/v2/dags/fruit_pipeline/dagRuns?order_by=-run_after&limit=1"
+    runs_path = "/api/v2/dags/fruit_pipeline/dagRuns?order_by=-run_after&limit=5"
     dag = api("GET", "/api/v2/dags/fruit_pipeline", token)
     deadline = time.monotonic() + wait_s
     runs = []
     while not runs and time.monotonic() < deadline:
-        runs = api("GET", runs_path, token).get("dag_runs", [])
+        runs = [r for r in api("GET", runs_path, token).get("dag_runs", [])
+                if r.get("queued_at") and dt.datetime.fromisoformat(r["queued_at"]) >= since]
         if not runs:
             time.sleep(2)
     if not runs:
@@ -144,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_healthy()
         token = admin_token()
+        unpaused_at = dt.datetime.now(dt.timezone.utc)
         unpause(token)
         print(f"Airflow UI: {url()}  user 'admin', password in {password_file()}", flush=True)
-        print(first_run_note(token), flush=True)
+        print(first_run_note(token, unpaused_at), flush=True)
         print("Ctrl-C stops Airflow and the local stack.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while proc.poll() is None:
