@@ -276,7 +276,7 @@ def latest_pointer(store: Store) -> str | None:
     """The newer of the two "latest trained run" pointers: the pipeline's (publish writes it under the
     configured runs prefix) and the latest `make demo`'s (each demo has a runs prefix of its own)."""
     from fruitflow.demo import latest_demo_uri
-    from fruitflow_airflow.tasks import latest_run_uri
+    from fruitflow_airflow.run_report import latest_run_uri
     from spark_jobs.common.config import split_s3_uri
 
     found = []

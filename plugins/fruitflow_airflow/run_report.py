@@ -92,9 +92,12 @@ def nothing_new_notice(run_id: str, summary: dict, latest: str | None, shown: bo
     return f"Run {run_id} found nothing new to cluster or train on ({found}). {below}"
 
 
-def latest_trained_run(s3_hook, cfg: Config) -> str | None:
-    from fruitflow_airflow.tasks import latest_run_uri
+def latest_run_uri(cfg: Config) -> str:
+    """Names the newest trained run (`publish` writes it): what `classify` and the plugin use by default."""
+    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "latest-run.json")
 
+
+def latest_trained_run(s3_hook, cfg: Config) -> str | None:
     bucket, key = split_s3_uri(latest_run_uri(cfg))
     if not s3_hook.check_for_key(key, bucket):
         return None
