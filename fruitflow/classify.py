@@ -167,16 +167,6 @@ class Classifier:
         return results
 
 
-def load_image(path: Path, cfg) -> np.ndarray:
-    """The file's preprocessed 224x224 RGB pixels, by the pipeline's decode and preprocess."""
-    from spark_jobs.common.images import RejectedImage, decode, preprocess
-
-    size = path.stat().st_size
-    if size > cfg.max_image_bytes:
-        raise RejectedImage(f"file too large: {size} bytes exceeds {cfg.max_image_bytes}")
-    return preprocess(decode(path.read_bytes(), cfg.max_image_pixels))
-
-
 def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     """Each file's preprocessed pixels, or why not: decoded in the decoder sandbox the executors use (its
     own process, memory cap and time limit per photo), so that a file that crashes or exhausts the

@@ -156,14 +156,14 @@ def test_every_steps_application_is_on_the_history_server(first):
 def test_classify_gives_the_pipelines_own_features_without_spark(first, s3, tmp_path):
     """In this process, the exported classifier against the run's feature table and PCA output; then
     `fruitflow classify` in a fresh interpreter, which never imports pyspark or TensorFlow."""
-    from fruitflow.classify import Classifier, load_image
+    from fruitflow.classify import Classifier, load_images
 
     cfg, reals = first.cfg, first.reals
     classifier = Classifier.from_steps(first.train["step_uri"], first.cluster["step_uri"], cfg)
     assert classifier.centres is not None and len(classifier.centres) == 4
     table = read_parquet(s3, first.featurize["outputs"]["features"]).set_index("key")
     reduced = read_parquet(s3, first.pca["outputs"]["reduced"]).set_index("key")
-    rgb = np.stack([load_image(p, cfg) for p in reals])
+    rgb = np.stack(load_images(reals, cfg))
     features, color = classifier.features(rgb)
     keys = [f"{p.parent.name}/{p.name}" for p in reals]
     assert np.abs(features - np.stack(table.loc[keys, "features"])).max() <= 1e-5
