@@ -8,7 +8,7 @@ same reduced vectors, so that Spark ML's KMeans is shown not to be the weak link
 accuracy and macro F1 of the train step's classifier (targets with the default backbone: accuracy
 >= 0.97 on s500 and >= 0.90 on s1179). The last stdout line is
 one JSON object: {"<backbone>": {"s500": {...}, "s1179": {...}}}. `--variants` adds the table of
-feature / reduction / clustering choices the README records; `--int8` the same scores with the static
+feature / reduction / clustering choices `docs/quality.md` records; `--int8` the same scores with the static
 INT8 model the pipeline's `--precision int8` makes (same calibration sample), its per-image cosine to FP32
 and whether its ARI stays within 0.01 of FP32's on every set.
 
@@ -229,7 +229,7 @@ def _sklearn_reference(assigned, n_clusters: int, seed: int, l2_after: bool) -> 
     }
 
 
-# The choices the README's table records: (name, evaluate() keyword arguments).
+# The choices `docs/quality.md`'s table records: (name, evaluate() keyword arguments).
 VARIANTS = [
     ("study: PCA-20, KMeans", {"l2_before": False, "l2_after": False, "color_weight": 0.0}),
     ("+ L2 before PCA", {"l2_before": True, "l2_after": False, "color_weight": 0.0}),
