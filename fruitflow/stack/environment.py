@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -61,36 +62,48 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     s = s or settings()
     for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
         d.mkdir(parents=True, exist_ok=True)
+    from fruitflow.stack import class_data
+
     creds = store_credentials(state_dir(s))["pipeline"]
-    write_spark_defaults(s)
-    return Prepared(creds["key"], creds["secret"], tuple(hadoop_aws_jars(state_dir(s))))
+    jars = tuple(hadoop_aws_jars(state_dir(s)))
+    write_spark_defaults(s, class_data.existing(s, jars))
+    return Prepared(creds["key"], creds["secret"], jars)
 
 
 def spark_conf_dir(s: StackSettings) -> Path:
-    return state_dir(s) / "spark-conf"
+    """SPARK_CONF_DIR of every Spark process of the stack, kept empty: Spark puts it on each JVM's class
+    path, and Java maps a class-data archive only over a class path whose folders are empty. The
+    properties go by `--properties-file` instead (`spark_defaults_file`)."""
+    return state_dir(s) / "spark-conf-dir"
+
+
+def spark_defaults_file(s: StackSettings) -> Path:
+    return state_dir(s) / "spark-conf" / "spark-defaults.conf"
 
 
 def event_log_dir(s: StackSettings) -> Path:
     return state_dir(s) / "spark-events"
 
 
-def local_node(s: StackSettings) -> Node:
+def local_node(s: StackSettings, class_data_archive: str = "") -> Node:
     """The local stack's one host as a Spark node: it submits (client mode) and serves the history.
     Spark's own network timeouts are kept (failure_timeout_s=120): a busy 2-core laptop is no cluster;
-    its drivers and executors start the quick way (node_conf's quick_start_jvm)."""
+    its drivers and executors start the quick way (node_conf's quick_start_jvm), from the stack's
+    class-data archive once there is one."""
     secret = local_credentials(state_dir(s), "spark")["secret"]
     return Node(roles=("client", "history"), ip=s.host, home=str(state_dir(s)), secret=secret,
                 python=sys.executable, event_log_dir=str(event_log_dir(s)), failure_timeout_s=120,
-                quick_start_jvm=True)
+                quick_start_jvm=True, class_data_archive=class_data_archive)
 
 
-def write_spark_defaults(s: StackSettings) -> Path:
-    """spark-defaults.conf (mode 0600) in the stack's SPARK_CONF_DIR, read by the master, the worker, the
-    history server, spark-submit and pyspark alike; executors get the secret from their worker. Rendered
-    by node_conf, as every cluster node's is; the stack passes the rest of spark-env.sh as variables."""
-    node = local_node(s)
+def write_spark_defaults(s: StackSettings, class_data_archive: str = "") -> Path:
+    """spark-defaults.conf (mode 0600), the `--properties-file` of the master, the worker, the history
+    server, spark-submit and pyspark alike; executors get the secret from their worker. Rendered by
+    node_conf, as every cluster node's is; the stack passes the rest of spark-env.sh as variables."""
+    node = local_node(s, class_data_archive)
     event_log_dir(s).mkdir(parents=True, exist_ok=True)
-    path = spark_conf_dir(s) / "spark-defaults.conf"
+    spark_conf_dir(s).mkdir(parents=True, exist_ok=True)
+    path = spark_defaults_file(s)
     write_private(path, render_defaults(node))
     return path
 
@@ -179,6 +192,9 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "SPARK_HOME": str(spark_home()),
             "SPARK_LOCAL_IP": s.host,
             "SPARK_CONF_DIR": str(spark_conf_dir(s)),
+            "FRUITFLOW_SPARK_PROPERTIES_FILE": str(spark_defaults_file(s)),
+            # pyspark's own sessions (the tests', the benchmarks') read the same properties
+            "PYSPARK_SUBMIT_ARGS": f"--properties-file {shlex.quote(str(spark_defaults_file(s)))} pyspark-shell",
             "SPARK_PID_DIR": str(pid_dir(s)),
             "SPARK_LOG_DIR": str(log_dir(s)),
             "SPARK_WORKER_DIR": str(state / "spark-work"),

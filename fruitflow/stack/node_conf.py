@@ -12,7 +12,8 @@ its tests) and the local stack's single host. A node has one or more roles:
 A client on a small host (a laptop, the namespaces cluster: two cores shared by every JVM) sets
 `quick_start_jvm`: its drivers and their executors live for one step, and on two cores the C2 JIT and
 G1's threads took a third of a trivial application's wall time (`docs/benchmarks.md`). A real cluster
-keeps the JVM's defaults: its executors run long enough for C2 to pay.
+keeps the JVM's defaults: its executors run long enough for C2 to pay. Such a client may also name a
+class-data archive (`fruitflow.stack.class_data`) that its drivers and executors map at start.
 
 Every node shares the cluster's RPC secret (spark.authenticate); the REST submission server is off (it
 accepts unauthenticated submissions) and so are the UIs' kill links. Both files hold the secret or
@@ -48,6 +49,9 @@ class Node:
     # (60 s for workers, 120 s for the network) keep a dead worker's tasks waiting for minutes.
     failure_timeout_s: int = 60
     quick_start_jvm: bool = False  # client: C1 only and the serial GC for its drivers and executors
+    # client with quick_start_jvm: a JVM class-data archive (CDS) made on the class path its drivers and
+    # executors share, at this path on every node; empty: none
+    class_data_archive: str = ""
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
@@ -59,6 +63,13 @@ class Node:
     @property
     def event_log_uri(self) -> str:
         return self.event_log_dir if "://" in self.event_log_dir else f"file:{self.event_log_dir}"
+
+
+def quick_start_java_options(class_data_archive: str = "") -> str:
+    """The JVM options of a quick-start client's drivers and executors. A JVM that cannot map the archive
+    (another class path, another Java) starts without it (-Xshare:auto, Java's default)."""
+    return f"{QUICK_START_JAVA_OPTIONS} -XX:SharedArchiveFile={class_data_archive}" if class_data_archive \
+        else QUICK_START_JAVA_OPTIONS
 
 
 def spark_defaults(node: Node) -> dict[str, str]:
@@ -80,8 +91,8 @@ def spark_defaults(node: Node) -> dict[str, str]:
         })
         if node.quick_start_jvm:
             # the site defaults a job's own extraJavaOptions are added to (never replaced by)
-            conf.update({"spark.driver.defaultJavaOptions": QUICK_START_JAVA_OPTIONS,
-                         "spark.executor.defaultJavaOptions": QUICK_START_JAVA_OPTIONS})
+            options = quick_start_java_options(node.class_data_archive)
+            conf.update({"spark.driver.defaultJavaOptions": options, "spark.executor.defaultJavaOptions": options})
         if node.event_log_dir:
             conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": node.event_log_uri})
     if "history" in node.roles and node.event_log_dir:

@@ -15,9 +15,11 @@ import urllib.request
 from pathlib import Path
 
 from fruitflow.paths import ROOT
+from fruitflow.stack import class_data
 from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, log_dir, pid_dir,
-                                         prepare, settings, spark_home, spark_node_environment, state_dir,
-                                         store_credentials)
+                                         prepare, settings, spark_defaults_file, spark_home,
+                                         spark_node_environment, state_dir, store_credentials,
+                                         write_spark_defaults)
 from fruitflow.stack.node_conf import HISTORY_PORT
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
 from spark_jobs.common.config import Config, StackSettings
@@ -100,6 +102,8 @@ class SparkDaemon(Service):
         return read_pid(self.pidfile, command=self.klass)
 
     def daemon(self, action: str, args: list[str], e: dict[str, str]) -> None:
+        if action == "start":  # the stack's properties; its SPARK_CONF_DIR stays empty (environment.py)
+            args = [*args, "--properties-file", str(spark_defaults_file(self.s))]
         cmd = [str(spark_home() / "sbin" / "spark-daemon.sh"), action, self.klass, "1", *args]
         subprocess.run(cmd, env=e, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
 
@@ -251,6 +255,8 @@ def up(s: StackSettings | None = None) -> None:
         log(f"{svc.name}: starting")
         svc.start(e)
         log(f"{svc.name}: healthy")
+    if archive := class_data.ensure(s, e):
+        write_spark_defaults(s, archive)
 
 
 def status(s: StackSettings | None = None) -> bool:

@@ -43,6 +43,7 @@ def submit_kwargs(step: str, cfg: Config) -> dict:
         "py_files": cfg.py_files,
         "packages": hadoop_aws_packages(cfg),
         "conf": launch_conf(cfg),
+        "properties_file": cfg.spark_properties_file or None,
         "name": f"fruitflow-{step}",
     }
 

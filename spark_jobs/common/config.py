@@ -68,6 +68,9 @@ class Config:
     # pinned set; the driver keeps the interpreter that submits (spark.pyspark.driver.python). Empty:
     # the nodes' PYSPARK_PYTHON (the local stack's workers get the venv's).
     pyspark_python: str = ""
+    # spark-submit's --properties-file: the Spark properties to start with instead of
+    # $SPARK_CONF_DIR/spark-defaults.conf (the local stack keeps its SPARK_CONF_DIR empty). Empty: Spark's.
+    spark_properties_file: str = ""
     # How Parquet output is committed to S3: "magic" (the S3A magic committer: files are uploaded as
     # pending multipart uploads and made visible at job commit, no copy) needs HADOOP_CLOUD_PACKAGE on the
     # class path (in spark_jars); "classic" is Hadoop's FileOutputCommitter, which renames, i.e. copies

@@ -1,7 +1,10 @@
 """The local stack: every service healthy, buckets from config, and Spark writing Parquet through s3a."""
 
+import re
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 from fruitflow import stack as local_stack
 from fruitflow.stack.services import master_state
@@ -54,6 +57,38 @@ def test_hadoop_aws_comes_from_the_class_path_not_shipped_per_application(stack)
     assert fallback["packages"] == HADOOP_AWS_PACKAGE and "spark.executor.extraClassPath" not in fallback["conf"]
 
 
+def test_drivers_and_executors_start_from_the_stacks_class_data_archive(stack, cfg):
+    """Each application's JVMs map the stack's class-data archive (fruitflow.stack.class_data). With
+    -Xshare:on a JVM that cannot map it does not start: the trivial job, submitted as a step is, completing
+    with it on in its driver and its executor shows that both mapped it."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    from fruitflow.bench import trivial_job
+    from fruitflow.stack.environment import spark_conf_dir, spark_defaults_file
+    from fruitflow_airflow.submit import submit_kwargs
+    from spark_jobs.common.config import s3a_uri
+
+    s = local_stack.settings()
+    defaults = spark_defaults_file(s).read_text()
+    for role in ("driver", "executor"):
+        archive = re.search(rf"^spark\.{role}\.defaultJavaOptions .*-XX:SharedArchiveFile=(\S+)$", defaults, re.M)
+        assert archive and Path(archive.group(1)).is_file(), defaults
+    assert not list(spark_conf_dir(s).iterdir())  # on every JVM's class path: a non-empty folder voids the archive
+    kwargs = submit_kwargs("pca", cfg)
+    kwargs.pop("application")
+    kwargs["conf"] = {**kwargs["conf"], "spark.driver.extraJavaOptions": "-Xshare:on",
+                      "spark.executor.extraJavaOptions": "-Xshare:on"}
+    output = s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "class-data-check")
+    hook = SparkSubmitHook(conn_id="spark_default", application_args=[output], **{**kwargs, "name": "fruitflow-cds"})
+    # an executor that cannot map it exits at once, and Spark asks for another for ever: a deadline
+    deadline = threading.Timer(300, hook.on_kill)
+    deadline.start()
+    try:
+        hook.submit(trivial_job.__file__)
+    finally:
+        deadline.cancel()
+
+
 def test_a_client_without_the_clusters_secret_is_refused(stack, tmp_path):
     """spark.authenticate is on: an application without the stack's secret cannot even register with
     the master (its connection fails the SASL challenge). The REST submission server is off."""
@@ -70,7 +105,8 @@ def test_a_client_without_the_clusters_secret_is_refused(stack, tmp_path):
     listening = {c.laddr.port for p in (master, *master.children(recursive=True))
                  for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
     assert s.spark_port in listening and 6066 not in listening, listening
-    env = {**os.environ, "SPARK_CONF_DIR": str(tmp_path)}  # an empty conf folder: no secret
+    # an empty conf folder and no properties file: no secret
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_SUBMIT_ARGS"} | {"SPARK_CONF_DIR": str(tmp_path)}
     code = ("import sys; from pyspark.sql import SparkSession;"
             "SparkSession.builder.master(sys.argv[1]).config('spark.cores.max', '1').getOrCreate()"
             ".sparkContext.parallelize([1]).sum()")

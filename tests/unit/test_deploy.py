@@ -318,3 +318,15 @@ def test_shell_scripts_pass_shellcheck():
     scripts = [ROOT / "deploy" / "ec2" / "spark-node.sh", ROOT / "scripts" / "setup.sh", ROOT / ".ci" / "run"]
     result = subprocess.run([tool, "-S", "warning", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_a_quick_start_client_gives_its_drivers_and_executors_its_class_data_archive():
+    from fruitflow.stack.node_conf import Node, spark_defaults
+
+    client = dict(roles=("client",), ip="10.0.0.2", home="/srv/node", secret="s", python=sys.executable,
+                  quick_start_jvm=True)
+    with_archive = spark_defaults(Node(**client, class_data_archive="/srv/node/jvm/spark.jsa"))
+    for role in ("driver", "executor"):
+        options = with_archive[f"spark.{role}.defaultJavaOptions"].split()
+        assert "-XX:TieredStopAtLevel=1" in options and "-XX:SharedArchiveFile=/srv/node/jvm/spark.jsa" in options
+    assert "SharedArchiveFile" not in spark_defaults(Node(**client))["spark.executor.defaultJavaOptions"]
