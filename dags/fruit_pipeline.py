@@ -20,6 +20,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, Asset, Param, chain, task
 
+from fruitflow_airflow import AWS_CONN_ID, DAG_ID
 from fruitflow_airflow.operators import SparkStepOperator
 from fruitflow_airflow.sensors import NewImagesSensor
 from fruitflow_airflow.tasks import AUTO
@@ -44,7 +45,7 @@ def xcom(task_id: str, field: str) -> str:
 
 
 with DAG(
-    dag_id="fruit_pipeline",
+    dag_id=DAG_ID,
     schedule=CFG.dag_schedule,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
@@ -104,7 +105,7 @@ with DAG(
         from fruitflow_airflow.tasks import choose_model, list_new_images
         from spark_jobs.common.config import split_s3_uri
 
-        hook = S3Hook(aws_conn_id="aws_default")
+        hook = S3Hook(aws_conn_id=AWS_CONN_ID)
         found = list_new_images(hook, CFG, params["raw_prefix"], run_id)
         found["model"] = choose_model(params["backbone"], params["weights"], CFG,
                                       lambda uri: hook.check_for_key(split_s3_uri(uri)[1], split_s3_uri(uri)[0]))
@@ -160,7 +161,7 @@ with DAG(
         from fruitflow_airflow import listing
         from fruitflow_airflow.tasks import publish_summary, run_asset_extra
 
-        hook = S3Hook(aws_conn_id="aws_default")
+        hook = S3Hook(aws_conn_id=AWS_CONN_ID)
         manifests = {step: ti.xcom_pull(task_ids=step) for step in STEP_NAMES}
         new = ti.xcom_pull(task_ids="list_new", key="new")
         summary = publish_summary(hook, CFG, run_id, new, manifests)

@@ -19,6 +19,7 @@ from fruitflow import stack
 from fruitflow.paths import ROOT
 from fruitflow.stack.environment import VENV_BIN, log_dir, pid_dir
 from fruitflow.stack.process import stop_pid, wait_until, write_pid
+from fruitflow_airflow import DAG_ID
 
 
 def airflow_env() -> dict[str, str]:
@@ -77,7 +78,7 @@ def admin_token(timeout: float = 60) -> str:
     return api("POST", "/auth/token", body={"username": "admin", "password": password})["access_token"]
 
 
-def unpause(token: str, dag_id: str = "fruit_pipeline", timeout: float = 240) -> None:
+def unpause(token: str, dag_id: str = DAG_ID, timeout: float = 240) -> None:
     """Once the dag-processor has parsed the DAG: unpaused, so that its schedule and sensor run."""
     wait_until(lambda: api("GET", f"/api/v2/dags/{dag_id}", token), timeout, f"DAG {dag_id} parsed")
     api("PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fruitflow import stack, store
 from fruitflow.paths import DAGS, OUT, SAMPLE_500
+from fruitflow_airflow import DAG_ID
 
 DEFAULT_DATA = SAMPLE_500
 
@@ -35,7 +36,7 @@ def run_dag(conf: dict, failures: dict[str, str] | None = None):
     bag = DagBag(dag_folder=str(DAGS))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.dags["fruit_pipeline"]
+    dag = bag.dags[DAG_ID]
     if failures is not None:
         def record(context) -> None:
             error = str(context.get("exception") or "").strip()

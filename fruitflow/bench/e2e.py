@@ -144,6 +144,8 @@ def trivial_submit_s(cfg, rounds: int = 2) -> float:
     like a step: the operator's hook, launch settings, py-files and master."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
+    from fruitflow_airflow import SPARK_CONN_ID
+
     from fruitflow_airflow.submit import submit_kwargs
     from spark_jobs.common.config import s3a_uri
 
@@ -153,7 +155,7 @@ def trivial_submit_s(cfg, rounds: int = 2) -> float:
     output = s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "trivial-submit")
     times = []
     for _ in range(rounds):
-        hook = SparkSubmitHook(conn_id="spark_default", application_args=[output], **kwargs)
+        hook = SparkSubmitHook(conn_id=SPARK_CONN_ID, application_args=[output], **kwargs)
         started = time.perf_counter()
         hook.submit(str(Path(__file__).with_name("trivial_job.py")))
         times.append(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
+from fruitflow_airflow import AWS_CONN_ID
 from fruitflow_airflow.submit import safe_run_id, step_args, submit_kwargs
 from spark_jobs.common.steps import NOT_RETRYABLE_EXIT_CODES
 from spark_jobs.common.steps import step as registered_step
@@ -35,7 +36,7 @@ class SparkStepOperator(SparkSubmitOperator):
 
     ui_color = "#f4a261"
 
-    def __init__(self, *, step: str, aws_conn_id: str = "aws_default", application_args: list[Any] | None = None,
+    def __init__(self, *, step: str, aws_conn_id: str = AWS_CONN_ID, application_args: list[Any] | None = None,
                  **kwargs: Any) -> None:
         self.step = step
         self.aws_conn_id = aws_conn_id

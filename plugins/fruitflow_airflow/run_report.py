@@ -12,7 +12,6 @@ from spark_jobs.common import report_page
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 
 PLUGIN_PREFIX = "/fruitflow"  # where the plugin's FastAPI app is mounted on the api-server
-DAG_ID = "fruit_pipeline"
 
 
 def report_html_uri(cfg: Config, run_id: str, folder: str | None = None) -> str:

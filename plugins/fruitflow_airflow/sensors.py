@@ -21,6 +21,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from fruitflow_airflow import AWS_CONN_ID
 from spark_jobs.common.config import IMAGE_EXTENSIONS
 
 
@@ -51,7 +52,7 @@ class NewImagesTrigger(BaseTrigger):
     """Lists the prefix every `poke_interval` seconds (the first time one interval after the sensor's
     own look) until a new image is there; fires with its key."""
 
-    def __init__(self, bucket: str, prefix: str, since: str | None, aws_conn_id: str = "aws_default",
+    def __init__(self, bucket: str, prefix: str, since: str | None, aws_conn_id: str = AWS_CONN_ID,
                  poke_interval: float = 60.0):
         super().__init__()
         self.bucket, self.prefix, self.since = bucket, prefix, since
@@ -90,7 +91,7 @@ class NewImagesSensor(BaseSensorOperator):
     template_fields = ("raw_prefix",)
     ui_color = "#e9f5db"
 
-    def __init__(self, *, bucket: str, raw_prefix: str, aws_conn_id: str = "aws_default", deferrable: bool = True,
+    def __init__(self, *, bucket: str, raw_prefix: str, aws_conn_id: str = AWS_CONN_ID, deferrable: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bucket, self.raw_prefix, self.aws_conn_id, self.deferrable = bucket, raw_prefix, aws_conn_id, deferrable

@@ -26,9 +26,9 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 
-from fruitflow_airflow.run_report import DAG_ID, PLUGIN_PREFIX
+from fruitflow_airflow import AWS_CONN_ID, DAG_ID
+from fruitflow_airflow.run_report import PLUGIN_PREFIX
 
-AWS_CONN_ID = "aws_default"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                "form-action 'self'; frame-ancestors 'self'",
