@@ -187,13 +187,9 @@ def jpeg_fetcher(spark: SparkSession, pca_manifest: dict, cfg: Config, threads: 
 # --------------------------------------------------------------------------- load
 
 
-def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
-    timings = Timings(spark, STEP)
-    upstream = read_manifest(spark, input_uri, cfg)
-    begin_step(spark, out_uri)
-    reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()
-    n_images = reduced.count()
-    n_categories = reduced.select("category").distinct().count()
+def choose_k(cfg: Config, n_images: int, n_categories: int) -> tuple[int, int]:
+    """KMeans' k and the k wanted (the Param, else one cluster per category): at most one per image and
+    `max_clusters`; fewer than 2 is refused."""
     wanted = cfg.n_clusters or n_categories
     k = min(wanted, n_images, cfg.max_clusters)
     if k < wanted:
@@ -201,6 +197,32 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
               f"({cfg.max_clusters})", file=sys.stderr)
     if k < 2:
         raise SystemExit(f"cannot cluster {n_images} images into {k} clusters: need at least 2 of each")
+    return k, wanted
+
+
+def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: DataFrame, table, metrics: dict,
+                 context: dict, report_uri: str) -> None:
+    """The report folder (index.html and its figures) from a bounded sample of the assigned vectors."""
+    with tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
+        points = sample(assigned, cfg.plot_max_points, cfg.seed, context["images"])
+        embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
+        report.build(tmp, points=points, embedded=embedded, table=table,
+                     metrics={name: round(v, 4) for name, v in metrics.items()},
+                     context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
+                     explained=upstream["metrics"]["explained_variance_per_component"],
+                     fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed)
+        for name in sorted(os.listdir(tmp)):
+            storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
+
+
+def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
+    timings = Timings(spark, STEP)
+    upstream = read_manifest(spark, input_uri, cfg)
+    begin_step(spark, out_uri)
+    reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()
+    n_images = reduced.count()
+    n_categories = reduced.select("category").distinct().count()
+    k, wanted = choose_k(cfg, n_images, n_categories)
     with timings.measure("kmeans"):
         model, fit = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts, cfg.l2_normalize,
                                 cfg.kmeans_start_max_points, n_images)
@@ -216,24 +238,16 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     with timings.measure("metrics"):
         table = contingency(assigned)
         metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
-    with timings.measure("report"), tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
-        points = sample(assigned, cfg.plot_max_points, cfg.seed, n_images)
-        embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
+    with timings.measure("report"):
         context = {
             "images": n_images, "categories": n_categories, "clusters": k,
             "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
             "l2_normalize": cfg.l2_normalize, "pca_k": upstream["params"]["k"],
             "explained_variance": upstream["metrics"]["explained_variance"],
             "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
-            "kmeans_starts": fit["starts"], "points_plotted": len(points),
-            "tsne_points": len(embedded), "pca_step": input_uri,
+            "kmeans_starts": fit["starts"], "pca_step": input_uri,
         }
-        report.build(tmp, points=points, embedded=embedded, table=table,
-                     metrics={k_: round(v, 4) for k_, v in metrics.items()}, context=context,
-                     explained=upstream["metrics"]["explained_variance_per_component"],
-                     fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed)
-        for name in sorted(os.listdir(tmp)):
-            storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
+        write_report(spark, cfg, upstream, assigned, table, metrics, context, report_uri)
     reduced.unpersist()
     return write_manifest(
         spark,
@@ -241,8 +255,8 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
         {
             "step": STEP,
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
-            "outputs": {"assignments": assignments_uri, "model": model_uri, "centroids": f"{out_uri}/centroids.json", "report": f"{report_uri}/index.html",
-                        "report_folder": report_uri},
+            "outputs": {"assignments": assignments_uri, "model": model_uri, "centroids": f"{out_uri}/centroids.json",
+                        "report": f"{report_uri}/index.html", "report_folder": report_uri},
             "counts": {"n_images": n_images, "n_categories": n_categories},
             "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
                        "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,

@@ -314,6 +314,28 @@ def read_prefix(spark: SparkSession, raw_uri: str) -> Input:
     return Input(listing, listing.filter(F.col("ignored_reason").isNull()), len(listing.inputFiles()))
 
 
+def write_side_outputs(spark: SparkSession, table: DataFrame, listing: DataFrame, rejects_uri: str, retry_uri: str,
+                       ignored_uri: str) -> dict[str, int]:
+    """The rejects (key, reason), the keys the next run lists again and the ignored files, each written
+    and counted from what was written, and the table's counts."""
+    counts = {row["status"]: row["count"] for row in table.groupBy("status").count().collect()}
+    rejects = table.filter(F.col("status") == REJECTED).select("key", "reason")
+    rejects.write.mode("overwrite").json(rejects_uri)
+    retry = spark.read.schema("key string, reason string").json(rejects_uri) \
+        .filter(F.col("reason").endswith(f"({RETRY_NEXT_RUN})")).select("key")
+    retry.write.mode("overwrite").json(retry_uri)
+    ignored = listing.filter(F.col("ignored_reason").isNotNull()).select("path", "ignored_reason")
+    ignored.write.mode("overwrite").json(ignored_uri)
+    ignored = spark.read.schema("path string, ignored_reason string").json(ignored_uri)
+    n_ignored = ignored.count()
+    if n_ignored:
+        sample = [r["path"] for r in ignored.limit(20).collect()]
+        print(f"[preprocess] ignored {n_ignored} non-candidate files, e.g. {sample}", file=sys.stderr)
+    return {"n_images": counts.get(OK, 0), "n_rejected": counts.get(REJECTED, 0), "n_ignored": n_ignored,
+            "n_retry_next_run": spark.read.schema("key string").json(retry_uri).count(),
+            "n_categories": table.filter(F.col("status") == OK).select("category").distinct().count()}
+
+
 def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
     timings = Timings(spark, STEP)
     check_raw_uri(raw_uri)
@@ -335,24 +357,10 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
         # With its schema: when nothing was decoded (every listed image already featurized, ignored or
         # rejected before reading) the table has no file Spark could infer one from.
         table = spark.read.schema(processed.schema).parquet(table_uri)
-        counts = {row["status"]: row["count"] for row in table.groupBy("status").count().collect()}
-        if not counts.get(OK):  # the images output reads as an empty table, as every output does
+        counts = write_side_outputs(spark, table, listing, rejects_uri, retry_uri, ignored_uri)
+        if not counts["n_images"]:  # the images output reads as an empty table, as every output does
             table.filter(F.lit(False)).drop("status").write.mode("overwrite").parquet(f"{table_uri}/status={OK}")
-        rejects = table.filter(F.col("status") == REJECTED).select("key", "reason")
-        rejects.write.mode("overwrite").json(rejects_uri)
-        retry = spark.read.schema("key string, reason string").json(rejects_uri) \
-            .filter(F.col("reason").endswith(f"({RETRY_NEXT_RUN})")).select("key")
-        retry.write.mode("overwrite").json(retry_uri)
-        n_retry = spark.read.schema("key string").json(retry_uri).count()
-        ignored = listing.filter(F.col("ignored_reason").isNotNull()).select("path", "ignored_reason")
-        ignored.write.mode("overwrite").json(ignored_uri)
-        ignored = spark.read.schema("path string, ignored_reason string").json(ignored_uri)
-        n_ignored = ignored.count()
-        ignored_sample = [r["path"] for r in ignored.limit(20).collect()]
-        n_categories = table.filter(F.col("status") == OK).select("category").distinct().count()
-    n_ok, n_rejected = counts.get(OK, 0), counts.get(REJECTED, 0)
-    if n_ignored:
-        print(f"[preprocess] ignored {n_ignored} non-candidate files, e.g. {ignored_sample}", file=sys.stderr)
+    n_ok, n_rejected = counts["n_images"], counts["n_rejected"]
     return write_manifest(
         spark,
         out_uri,
@@ -369,12 +377,8 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
             },
             "counts": {
                 "n_input": n_ok + n_rejected,
-                "n_images": n_ok,
-                "n_rejected": n_rejected,
-                "n_ignored": n_ignored,
-                "n_retry_next_run": n_retry,
+                **counts,
                 "n_already_featurized": n_already,
-                "n_categories": n_categories,
             },
             "params": {"image_size": 224, "max_image_bytes": cfg.max_image_bytes,
                        "max_image_pixels": cfg.max_image_pixels},

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fruitflow.paths import DAGS, PLUGINS
-from fruitflow.stack.node_conf import HISTORY_PORT, Node, render_defaults
+from fruitflow.stack.node_conf import HISTORY_PORT, WORKER_OPTS, Node, render_defaults
 from fruitflow.stack.process import log, write_private
 from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config, StackSettings
 
@@ -199,9 +199,8 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "SPARK_LOG_DIR": str(log_dir(s)),
             "SPARK_WORKER_DIR": str(state / "spark-work"),
             # Without FRUITFLOW_SPARK_JARS every application's executor gets its own copy of the
-            # --packages jars (~0.7 GB): the worker drops finished applications' folders after 10 min.
-            "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
-                                 "-Dspark.worker.cleanup.appDataTtl=600",
+            # --packages jars (~0.7 GB): the worker drops finished applications' folders.
+            "SPARK_WORKER_OPTS": WORKER_OPTS,
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PATH": f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}",
@@ -212,32 +211,26 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "AIRFLOW__API__PORT": str(s.airflow_port),
             # where the api-server is reached: the run summary's report_url is built on it
             "AIRFLOW__API__BASE_URL": f"http://{s.host}:{s.airflow_port}",
-            # Connections come from the environment only: nothing is stored in a file or the DB. The
-            # AWS connection is where the operator and the hooks take the S3 endpoint from.
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-                {
-                    "conn_type": "aws",
-                    "login": prepared.access_key,
-                    "password": prepared.secret_key,
-                    # the S3 timeouts of every other client (Config.s3_timeout_s) for the sensor's and
-                    # the tasks' hooks too: a stalled store is retried, not waited on
-                    "extra": {"endpoint_url": s.s3_endpoint, "region_name": region,
-                              "config_kwargs": {"s3": {"addressing_style": "path"},
-                                                "connect_timeout": cfg.s3_timeout_s,
-                                                "read_timeout": cfg.s3_timeout_s}},
-                }
-            ),
-            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
-                {
-                    "conn_type": "spark",
-                    "host": f"spark://{s.spark_host or s.host}",
-                    "port": s.spark_port,
-                    "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"},
-                }
-            ),
+            # Connections come from the environment only: nothing is stored in a file or the DB.
+            **airflow_connections(s, prepared, cfg),
         }
     })
     return e
+
+
+def airflow_connections(s: StackSettings, prepared: Prepared, cfg: Config) -> dict[str, str]:
+    """`aws_default`, where the operator and the hooks take the S3 endpoint from, and `spark_default`."""
+    aws = {
+        "conn_type": "aws", "login": prepared.access_key, "password": prepared.secret_key,
+        # the S3 timeouts of every other client (Config.s3_timeout_s) for the sensor's and the tasks'
+        # hooks too: a stalled store is retried, not waited on
+        "extra": {"endpoint_url": s.s3_endpoint, "region_name": cfg.s3_region,
+                  "config_kwargs": {"s3": {"addressing_style": "path"}, "connect_timeout": cfg.s3_timeout_s,
+                                    "read_timeout": cfg.s3_timeout_s}},
+    }
+    spark = {"conn_type": "spark", "host": f"spark://{s.spark_host or s.host}", "port": s.spark_port,
+             "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
+    return {"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws), "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark)}
 
 
 def airflow_environment(s: StackSettings) -> dict[str, str]:

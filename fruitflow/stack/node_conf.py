@@ -33,6 +33,9 @@ HISTORY_PORT = 18080
 # Short-lived JVMs on few cores: the client compiler only (no C2 compile threads competing with the work)
 # and the serial collector (small heaps, no parallel GC threads).
 QUICK_START_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# A worker drops finished applications' folders (executor logs, shipped files) after 10 minutes.
+WORKER_OPTS = ("-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
+               "-Dspark.worker.cleanup.appDataTtl=600")
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,7 @@ def spark_env(node: Node) -> dict[str, str]:
             "SPARK_LOCAL_DIRS": str(home / "scratch"),
             "SPARK_WORKER_CORES": str(node.cores),
             "SPARK_WORKER_MEMORY": node.memory,
-            # finished applications' folders (executor logs, shipped files) go after 10 minutes
-            "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
-                                 "-Dspark.worker.cleanup.appDataTtl=600",
+            "SPARK_WORKER_OPTS": WORKER_OPTS,
         })
     return env
 

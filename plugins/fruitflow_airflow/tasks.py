@@ -16,6 +16,33 @@ from spark_jobs.common.keys import check_location, unsafe_key_reason
 log = logging.getLogger(__name__)
 
 
+def write_new_objects(objects, prefix: str, state: ListingState, following: NextState, out) -> tuple:
+    """Writes each listed object the state does not hold to `out` as a JSON line (key, ETag, size, and a
+    `refused` reason for an unsafe key), and feeds every one to `following`. Returns (image candidates
+    among the new, objects listed, keys refused, a sample of the refused)."""
+    n_new = n_listed = n_refused = 0
+    refused_sample: list[dict] = []
+    for obj in objects:
+        n_listed += 1
+        relative, etag = obj["Key"][len(prefix):], obj["ETag"].strip('"')
+        following.add(relative, etag, obj["LastModified"])
+        if not state.is_new(relative, etag, obj["LastModified"], following.overlap):
+            continue
+        line = {"key": relative, "etag": etag, "size": obj["Size"]}
+        refused = unsafe_key_reason(obj["Key"], prefix)
+        if refused:
+            line["refused"] = refused
+            n_refused += 1
+            if len(refused_sample) < 20:
+                refused_sample.append({"key": obj["Key"], "reason": refused})
+        # Every new object goes to the list: preprocess reads by key (never re-listing) and counts what
+        # is not a candidate image as ignored.
+        out.write(json.dumps(line) + "\n")
+        if relative.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+            n_new += 1
+    return n_new, n_listed, n_refused, refused_sample
+
+
 def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
                     state: ListingState | None = None) -> dict:
     """Objects (key, ETag, size) under the raw prefix that its listing state (`listing`: the watermark of
@@ -33,33 +60,15 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
     prefix = raw_prefix.strip("/") + "/"
     check_location(raw_prefix)
     state = state if state is not None else read_state(client, cfg, raw_prefix)
-    overlap = dt.timedelta(seconds=cfg.listing_overlap_s)
-    following = NextState(state, overlap)
+    following = NextState(state, dt.timedelta(seconds=cfg.listing_overlap_s))
     run_folder = s3a_uri(cfg.features_bucket, cfg.runs_prefix, safe_run_id(run_id))
     keys_uri, pending_uri = f"{run_folder}/new_images.jsonl", f"{run_folder}/listing_state.json"
-    n_new = n_listed = n_refused = 0
-    refused_sample: list[dict] = []
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as out:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=cfg.raw_bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                n_listed += 1
-                relative, etag = obj["Key"][len(prefix):], obj["ETag"].strip('"')
-                following.add(relative, etag, obj["LastModified"])
-                if not state.is_new(relative, etag, obj["LastModified"], overlap):
-                    continue
-                line = {"key": relative, "etag": etag, "size": obj["Size"]}
-                refused = unsafe_key_reason(obj["Key"], prefix)
-                if refused:
-                    line["refused"] = refused
-                    n_refused += 1
-                    if len(refused_sample) < 20:
-                        refused_sample.append({"key": obj["Key"], "reason": refused})
-                # Every new object goes to the list: preprocess reads by key (never re-listing) and
-                # counts what is not a candidate image as ignored.
-                out.write(json.dumps(line) + "\n")
-                if relative.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-                    n_new += 1
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=cfg.raw_bucket, Prefix=prefix)
+        counts = write_new_objects((o for page in pages for o in page.get("Contents", [])), prefix, state,
+                                   following, out)
         local = out.name
+    n_new, n_listed, n_refused, refused_sample = counts
     if n_refused:
         log.warning("refusing %d unsafe keys under %s (recorded as rejects by preprocess), e.g. %s",
                     n_refused, prefix, refused_sample)
