@@ -254,6 +254,34 @@ VARIANTS = [
 ]
 
 
+def score_set(spark, cfg, backbone: str, weights: str, set_name: str, folder: Path, args, rows: list) -> dict:
+    """One backbone on one image set: the pipeline's settings, then the variants and INT8 when asked;
+    each scored choice is appended to `rows` (the printed table)."""
+    features = featurized(spark, cfg, backbone, weights, folder)
+    n = features.count()
+    settings = {"k": cfg.pca_k, "target_variance": cfg.target_variance, "seed": cfg.seed,
+                "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
+                "color_weight": cfg.color_weight}
+    as_pipeline = {**settings, "l2_before": cfg.l2_normalize, "l2_after": cfg.l2_normalize,
+                   "classifier": {"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param,
+                                  "max_iter": cfg.classifier_max_iter}}
+    pipeline = evaluate(features, n, **as_pipeline)
+    result = {"n_images": n, **pipeline}
+    rows.append((backbone, weights, set_name, "pipeline settings", pipeline))
+    if args.variants:
+        for name, choice in VARIANTS:
+            rows.append((backbone, weights, set_name, name, evaluate(features, n, **{**settings, **choice})))
+    if args.int8:
+        int8 = featurized(spark, cfg, backbone, weights, folder, "int8")
+        scores = evaluate(int8, n, **as_pipeline)
+        scores.update(int8_fidelity(features, int8), ari_minus_fp32=round(scores["ari"] - pipeline["ari"], 4))
+        result["int8"] = scores
+        rows.append((backbone, weights, set_name, "INT8 (static, QDQ), pipeline settings", scores))
+        int8.unpersist()
+    features.unpersist()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", action="store_true", help="also score the table of alternative choices")
@@ -288,31 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results[backbone] = {"weights": weights}
             for set_name, folder in sets.items():
-                features = featurized(spark, cfg, backbone, weights, folder)
-                n = features.count()
-                settings = {"k": cfg.pca_k, "target_variance": cfg.target_variance, "seed": cfg.seed,
-                            "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
-                            "color_weight": cfg.color_weight}
-                pipeline = evaluate(features, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize,
-                                    classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param,
-                                                "max_iter": cfg.classifier_max_iter})
-                results[backbone][set_name] = {"n_images": n, **pipeline}
-                rows.append((backbone, weights, set_name, "pipeline settings", pipeline))
-                if args.variants:
-                    for name, choice in VARIANTS:
-                        rows.append((backbone, weights, set_name, name,
-                                     evaluate(features, n, **{**settings, **choice})))
-                if args.int8:
-                    int8 = featurized(spark, cfg, backbone, weights, folder, "int8")
-                    scores = evaluate(int8, n, **settings, l2_before=cfg.l2_normalize, l2_after=cfg.l2_normalize,
-                                      classifier={"test_fraction": cfg.test_fraction, "reg_param": cfg.reg_param,
-                                                "max_iter": cfg.classifier_max_iter})
-                    scores.update(int8_fidelity(features, int8),
-                                  ari_minus_fp32=round(scores["ari"] - pipeline["ari"], 4))
-                    results[backbone][set_name]["int8"] = scores
-                    rows.append((backbone, weights, set_name, "INT8 (static, QDQ), pipeline settings", scores))
-                    int8.unpersist()
-                features.unpersist()
+                results[backbone][set_name] = score_set(spark, cfg, backbone, weights, set_name, folder, args, rows)
             if args.int8:  # the quality half of the rule for INT8 as the default precision (issue #18)
                 deltas = [results[backbone][s]["int8"]["ari_minus_fp32"] for s in sets]
                 results[backbone]["int8_ari_within_0.01"] = all(abs(d) <= 0.01 for d in deltas)
