@@ -201,6 +201,46 @@ def print_run(name: str, run: dict) -> None:
           + ", ".join(f"{s} {v['total_mb']} ({v['jvm_mb']} + {v['python_mb']})" for s, v in run["driver_peak_rss_mb"].items()))
 
 
+def run_in_child(name: str, copies: int, args) -> dict:
+    """One DAG run in a fresh process (a second dag.test() in one process does not run cleanly)."""
+    child = subprocess.run(
+        [sys.executable, "-m", "fruitflow.bench.e2e", "--data", str(args.data), "--precision", args.precision,
+         "--weights", args.weights, "--copies", str(copies)], stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"the {name} run failed (exit {child.returncode}): see its log above")
+    run = json.loads(child.stdout.strip().splitlines()[-1])
+    print_run(name, run)
+    return run
+
+
+def scale_figures(runs: dict) -> dict:
+    """SCALE's figures: featurize + PCA + KMeans time and driver peak RSS at each size, and the time at
+    4N and 10N over the time at N (`scale_ratio_4n`, `scale_ratio_10n`), printed and returned."""
+    def scaled(run):
+        return round(sum(run["tasks"][s]["seconds"] for s in SCALED_STEPS), 2)
+
+    def peak(run):
+        return max((run["driver_peak_rss_mb"].get(s, {}).get("total_mb", 0) for s in SCALED_STEPS), default=0)
+
+    sc = {
+        "n_images": {name: run["n_images"] for name, run in runs.items()},
+        "featurize_pca_kmeans_s": {name: scaled(run) for name, run in runs.items()},
+        "per_step_s": {s: {name: run["tasks"][s]["seconds"] for name, run in runs.items()} for s in SCALED_STEPS},
+        "driver_peak_rss_mb": {name: peak(run) for name, run in runs.items()},
+        "driver_peak_rss_mb_per_step": {s: {name: run["driver_peak_rss_mb"].get(s, {}).get("total_mb")
+                                            for name, run in runs.items()} for s in SCALED_STEPS},
+        "e2e": {name: breakdown(run) for name, run in runs.items() if name != "N"},
+    }
+    figures = {"scale": sc}
+    for name, copies in SIZES[1:]:
+        ratio = figures[f"scale_ratio_{name.lower()}"] = round(scaled(runs[name]) / scaled(runs["N"]), 3)
+        print(f"== scale: featurize + PCA + KMeans {sc['featurize_pca_kmeans_s']['N']:.1f} s at N="
+              f"{sc['n_images']['N']}, {sc['featurize_pca_kmeans_s'][name]:.1f} s at {name}="
+              f"{sc['n_images'][name]}: ratio {ratio:.2f} (target <= {1.1 * copies:.1f}); driver peak RSS "
+              f"{sc['driver_peak_rss_mb']['N']} MB vs {sc['driver_peak_rss_mb'][name]} MB")
+    return figures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -228,16 +268,7 @@ def main(argv=None) -> int:
     try:
         build_zip()
         prime_s = prime_model(args.weights)
-        runs = {}
-        for name, copies in SIZES if args.scale else SIZES[:1]:
-            # Each DAG run in a fresh process: a second dag.test() in one process does not run cleanly.
-            child = subprocess.run(
-                [sys.executable, "-m", "fruitflow.bench.e2e", "--data", str(args.data), "--precision", args.precision,
-                 "--weights", args.weights, "--copies", str(copies)], stdout=subprocess.PIPE, text=True)
-            if child.returncode != 0:
-                raise RuntimeError(f"the {name} run failed (exit {child.returncode}): see its log above")
-            runs[name] = json.loads(child.stdout.strip().splitlines()[-1])
-            print_run(name, runs[name])
+        runs = {name: run_in_child(name, copies, args) for name, copies in (SIZES if args.scale else SIZES[:1])}
         from spark_jobs.common.config import Config
 
         base = Config.from_env()
@@ -258,31 +289,7 @@ def main(argv=None) -> int:
     print(f"overhead {e2e['overhead_s']:.1f} s against {e2e['spark_steps_in_a_row']} trivial spark-submits of "
           f"{e2e['trivial_submit_s']:.1f} s: ratio {e2e['ratio_overhead_vs_floor']} (target <= 1.5)")
     if args.scale:
-        def scaled(run):
-            return round(sum(run["tasks"][s]["seconds"] for s in SCALED_STEPS), 2)
-
-        def peak(run):
-            return max((run["driver_peak_rss_mb"].get(s, {}).get("total_mb", 0) for s in SCALED_STEPS), default=0)
-
-        n = runs["N"]
-        result["scale"] = {
-            "n_images": {name: run["n_images"] for name, run in runs.items()},
-            "featurize_pca_kmeans_s": {name: scaled(run) for name, run in runs.items()},
-            "per_step_s": {s: {name: run["tasks"][s]["seconds"] for name, run in runs.items()} for s in SCALED_STEPS},
-            "driver_peak_rss_mb": {name: peak(run) for name, run in runs.items()},
-            "driver_peak_rss_mb_per_step": {s: {name: run["driver_peak_rss_mb"].get(s, {}).get("total_mb")
-                                                for name, run in runs.items()} for s in SCALED_STEPS},
-            "e2e": {name: breakdown(run) for name, run in runs.items() if name != "N"},
-        }
-        for name, _ in SIZES[1:]:  # scale_ratio_4n, scale_ratio_10n: time at that size over time at N
-            result[f"scale_ratio_{name.lower()}"] = round(scaled(runs[name]) / scaled(n), 3)
-        sc = result["scale"]
-        for name, copies in SIZES[1:]:
-            print(f"== scale: featurize + PCA + KMeans {sc['featurize_pca_kmeans_s']['N']:.1f} s at N="
-                  f"{sc['n_images']['N']}, {sc['featurize_pca_kmeans_s'][name]:.1f} s at {name}="
-                  f"{sc['n_images'][name]}: ratio {result[f'scale_ratio_{name.lower()}']:.2f} (target <= "
-                  f"{1.1 * copies:.1f}); driver peak RSS {sc['driver_peak_rss_mb']['N']} MB vs "
-                  f"{sc['driver_peak_rss_mb'][name]} MB")
+        result.update(scale_figures(runs))
     print(f"load average (max of start/end, 1/5/15 min): {load}")
     print(json.dumps(result, default=str))
     return 0

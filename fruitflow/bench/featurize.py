@@ -249,21 +249,61 @@ def bench_classify(paths: list[Path]) -> dict:
             "backbone": classifier.meta["backbone"], "threads": os.cpu_count()}
 
 
-def main(argv=None) -> int:
+def bare_contenders(files: dict, batch: np.ndarray, cfg, rounds: int, labels: list[str],
+                    held_out: np.ndarray) -> tuple[dict, dict, dict]:
+    """Each backbone's contenders outside Spark: the best rate of each over its rounds (backbone ->
+    contender -> img/s), INT8's clustering quality against FP32's, OpenVINO's fidelity to ONNX Runtime."""
+    results, quality, fidelity = {}, {}, {}
+    for backbone in BACKBONES:
+        results[backbone], features = bare_rounds(files[backbone], batch, cfg.batch_size, rounds, backbone)
+        quality[backbone] = int8_quality(features["bare"], features["bare-int8"], labels, held_out, cfg.seed)
+        fidelity[backbone] = openvino_fidelity(features)
+        log(f"{backbone}: INT8 quality {quality[backbone]}")
+    return results, quality, fidelity
+
+
+def spark_contenders(cfg, keys: list[str], batch: np.ndarray, files: dict, table: str, n_original: int,
+                     rounds: int, results: dict, rss: dict) -> dict:
+    """The Spark contenders of each backbone on the stack's master, over the images written as a Parquet
+    `table`: their rates go into `results`, their peak RSS into `rss`; returns the Spark settings used."""
+    from spark_jobs.common.session import build_session, stop_session
+
+    spark = build_session("fruitflow-bench", cfg, master=stack.settings().spark_master)
+    try:
+        settings = {k: spark.conf.get(k) for k in (
+            "spark.sql.execution.arrow.maxRecordsPerBatch", "spark.sql.shuffle.partitions")}
+        settings.update({"default_parallelism": spark.sparkContext.defaultParallelism,
+                         "threads_per_python_worker": 1, "workers": 1,
+                         "worker_cores": stack.settings().worker_cores})
+        log(f"Spark settings: {settings}")
+        write_table(spark, keys, batch, table)
+        for backbone in BACKBONES:
+            rates, rss[backbone] = spark_rounds(spark, table, files[backbone], cfg, len(keys), n_original, rounds,
+                                                backbone)
+            results[backbone].update(rates)
+    finally:
+        stop_session(spark)
+    return settings
+
+
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=None, help="number of images (cycled if more than the folder)")
     parser.add_argument("--original-max", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of bare / bare-int8")
     parser.add_argument("--calibration", type=int, default=256, help="INT8 calibration images (every k-th)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = arg_parser().parse_args(argv)
     if not args.data.is_dir():
         log(f"no images at {args.data}: pass DATA=<folder of <fruit>/<image>.jpg>")
         return 2
 
     os.environ.update(stack.prepared_env())
     from spark_jobs.common.config import Config
-    from spark_jobs.common.session import build_session, stop_session
 
     cfg = Config.from_env(weights="random")
     keys, batch = load_images(args.data, args.n)
@@ -275,40 +315,21 @@ def main(argv=None) -> int:
     calibration_idx = np.arange(0, n, max(1, n // args.calibration))[:args.calibration]
     held_out = np.ones(n, bool)
     held_out[calibration_idx] = False
-    results: dict[str, dict[str, float]] = {}  # backbone -> contender -> best rate over its rounds
     rss: dict[str, dict] = {}
-    quality: dict[str, dict] = {}
-    fidelity: dict[str, dict] = {}  # OpenVINO against ONNX Runtime, per backbone
     with tempfile.TemporaryDirectory(prefix="fruitflow-bench-") as tmp:
         files = {b: model_files(b, f"{tmp}/{b}", batch[calibration_idx], cfg.seed) for b in BACKBONES}
         load_avg = {"bare_rounds_start": [round(v, 2) for v in os.getloadavg()]}
-        for backbone in BACKBONES:
-            results[backbone], features = bare_rounds(files[backbone], batch, cfg.batch_size, args.rounds, backbone)
-            quality[backbone] = int8_quality(features["bare"], features["bare-int8"], labels, held_out, cfg.seed)
-            fidelity[backbone] = openvino_fidelity(features)
-            log(f"{backbone}: INT8 quality {quality[backbone]}")
+        results, quality, fidelity = bare_contenders(files, batch, cfg, args.rounds, labels, held_out)
         load_avg["bare_rounds_end"] = [round(v, 2) for v in os.getloadavg()]
 
         started_stack = not stack.all_healthy()
         if started_stack:
             stack.up()
         try:
-            spark = build_session("fruitflow-bench", cfg, master=stack.settings().spark_master)
-            settings = {k: spark.conf.get(k) for k in (
-                "spark.sql.execution.arrow.maxRecordsPerBatch", "spark.sql.shuffle.partitions")}
-            settings.update({"default_parallelism": spark.sparkContext.defaultParallelism,
-                             "threads_per_python_worker": 1, "workers": 1,
-                             "worker_cores": stack.settings().worker_cores})
-            log(f"Spark settings: {settings}")
-            table = f"file://{tmp}/images.parquet"
-            write_table(spark, keys, batch, table)
             n_original = min(n, args.original_max)
-            for backbone in BACKBONES:
-                rates, peaks = spark_rounds(spark, table, files[backbone], cfg, n, n_original, args.rounds, backbone)
-                results[backbone].update(rates)
-                rss[backbone] = peaks
+            settings = spark_contenders(cfg, keys, batch, files, f"file://{tmp}/images.parquet", n_original,
+                                        args.rounds, results, rss)
             load_avg["spark_end"] = [round(v, 2) for v in os.getloadavg()]
-            stop_session(spark)
             classify = bench_classify([args.data / k for k in keys])
         finally:
             if started_stack:
@@ -320,11 +341,10 @@ def main(argv=None) -> int:
         print_table(backbone, results[backbone], per_backbone[backbone], quality[backbone], gflops)
     print(f"classify (no Spark, latest demo's models): {classify}")
     print(f"load average (1/5/15 min): {load_avg}")
-    default = per_backbone[BACKBONES[0]]
     summary = {
         "n_images": n,
         "backbone": BACKBONES[0],  # the top-level figures are this backbone's (the pipeline's default here)
-        **default,
+        **per_backbone[BACKBONES[0]],
         "backbones": per_backbone,
         "sgemm_gflops": round(gflops, 1),
         "peak_rss_mb": rss[BACKBONES[0]],
