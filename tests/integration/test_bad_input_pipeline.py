@@ -54,12 +54,9 @@ def stored_unsafe_keys(s3, bucket, prefix, body, expected) -> list[str]:
     return unsafe
 
 
-@pytest.mark.slow
-def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, image_tree, real_jpeg):
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    build_zip()
-    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"bad-{uuid.uuid4().hex[:6]}"))  # a feature table of its own
+def upload_bad_tree(s3, cfg, image_tree, real_jpeg) -> tuple[str, dict[str, str], list[str]]:
+    """Real photos and every kind of bad file under a raw prefix of their own, the unsafe keys and a key
+    to delete after the listing: (prefix, {key: 'ok' | 'reject' | 'ignore'}, the unsafe keys kept)."""
     reals = real_images(SAMPLE_500, 3, 3)
     root = image_tree(reals)
     expected = {f"{p.parent.name}/{p.name}": "ok" for p in reals}
@@ -71,6 +68,16 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     unsafe = stored_unsafe_keys(s3, cfg.raw_bucket, prefix, real_jpeg, expected)
     s3.put_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/Odd/gone.jpg", Body=real_jpeg)
     expected["Odd/gone.jpg"] = "reject"
+    return prefix, expected, unsafe
+
+
+@pytest.mark.slow
+def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, image_tree, real_jpeg):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    build_zip()
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"bad-{uuid.uuid4().hex[:6]}"))  # a feature table of its own
+    prefix, expected, unsafe = upload_bad_tree(s3, cfg, image_tree, real_jpeg)
     run_id = f"bad-{uuid.uuid4().hex[:6]}"
 
     found = list_new_images(S3Hook(aws_conn_id="aws_default"), cfg, prefix, run_id)
