@@ -135,7 +135,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     reduced = spark.read.parquet(upstream["outputs"]["reduced"])
     # One partition per executor core (the window's shuffle leaves spark.sql.shuffle.partitions of
     # them): every L-BFGS iteration is a Spark job over this table, and on small tables its tasks'
-    # scheduling is most of the job (0.22 -> 0.11 s an iteration on 1179 images, two cores).
+    # scheduling is most of the job (bench/RESULTS.md).
     cores = spark.sparkContext.defaultParallelism
     split = split_held_out(reduced, cfg.test_fraction, cfg.seed).coalesce(cores).cache()
     n_images = split.count()

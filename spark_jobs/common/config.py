@@ -22,8 +22,8 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 # Spark 4.3 ships Hadoop 3.5.0 client jars; hadoop-aws must be the very same version.
 HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
 # Spark's binding to the S3A committers (PathOutputCommitProtocol, BindingParquetOutputCommitter): not in
-# pyspark's jars, and Maven Central has no 4.3.0 of it. 4.0.0's two classes work with Spark 4.3: measured
-# on SeaweedFS, `docs/committer.md`. One jar, resolved without its dependencies (Spark's own).
+# pyspark's jars, and Maven Central has no 4.3.0 of it. 4.0.0's two classes work with Spark 4.3
+# (`test_dag_e2e` reads the committer's own report). One jar, resolved without its dependencies (Spark's own).
 HADOOP_CLOUD_PACKAGE = "org.apache.spark:spark-hadoop-cloud_2.13:4.0.0"
 
 # s3a's floor for its network timeouts (Hadoop's MINIMUM_NETWORK_OPERATION_DURATION)
@@ -79,7 +79,7 @@ class Config:
     shuffle_partitions: int = 8
     # The Spark history server's address (http://host:18080): each step prints its application's page there.
     spark_history_url: str = ""
-    executor_memory: str = "2g"  # JVM heap per executor (Spark's default, 1g, ran out at 4716 images)
+    executor_memory: str = "2g"  # JVM heap per executor (Spark's default, 1g, is too small: bench/RESULTS.md)
     # The JVM heap of a session that is its own executor (local[N]: `make quality`, the tests), where
     # the executors' work and the driver's share one heap; a step under spark-submit keeps Spark's.
     local_memory: str = "4g"

@@ -32,7 +32,7 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.batch_size),
         "spark.sql.parquet.compression.codec": "zstd",
         # A preprocessed row carries 150 KB of pixels: Parquet's vectorized reader would hold 4096 rows
-        # (600 MB) per column batch and task, and ran a 1 GB executor out of heap at 4716 images.
+        # (600 MB) per column batch and task, more than a small executor's heap.
         "spark.sql.parquet.columnarReaderBatchSize": "256",
         "spark.hadoop.fs.s3a.path.style.access": "true" if cfg.s3_endpoint else "false",
         "spark.hadoop.fs.s3a.endpoint.region": cfg.s3_region,
