@@ -315,25 +315,28 @@ def read_prefix(spark: SparkSession, raw_uri: str) -> Input:
 
 
 def write_side_outputs(spark: SparkSession, table: DataFrame, listing: DataFrame, rejects_uri: str, retry_uri: str,
-                       ignored_uri: str) -> dict[str, int]:
-    """The rejects (key, reason), the keys the next run lists again and the ignored files, each written
-    and counted from what was written, and the table's counts."""
+                       ignored_uri: str) -> tuple[dict[str, int], list[dict]]:
+    """The rejects (key, reason), the keys the next run lists again and the ignored files (path, key,
+    reason), each written and counted from what was written: the counts, and a sample of the ignored
+    files with their reasons (the run summary and the report name them)."""
     counts = {row["status"]: row["count"] for row in table.groupBy("status").count().collect()}
     rejects = table.filter(F.col("status") == REJECTED).select("key", "reason")
     rejects.write.mode("overwrite").json(rejects_uri)
     retry = spark.read.schema("key string, reason string").json(rejects_uri) \
         .filter(F.col("reason").endswith(f"({RETRY_NEXT_RUN})")).select("key")
     retry.write.mode("overwrite").json(retry_uri)
-    ignored = listing.filter(F.col("ignored_reason").isNotNull()).select("path", "ignored_reason")
+    ignored = listing.filter(F.col("ignored_reason").isNotNull()) \
+        .select("path", F.coalesce(F.col("key"), F.col("path")).alias("key"), "ignored_reason")
     ignored.write.mode("overwrite").json(ignored_uri)
-    ignored = spark.read.schema("path string, ignored_reason string").json(ignored_uri)
+    ignored = spark.read.schema("path string, key string, ignored_reason string").json(ignored_uri)
     n_ignored = ignored.count()
+    sample = [{"key": r["key"], "reason": r["ignored_reason"]} for r in ignored.limit(20).collect()]
     if n_ignored:
-        sample = [r["path"] for r in ignored.limit(20).collect()]
         print(f"[preprocess] ignored {n_ignored} non-candidate files, e.g. {sample}", file=sys.stderr)
-    return {"n_images": counts.get(OK, 0), "n_rejected": counts.get(REJECTED, 0), "n_ignored": n_ignored,
-            "n_retry_next_run": spark.read.schema("key string").json(retry_uri).count(),
-            "n_categories": table.filter(F.col("status") == OK).select("category").distinct().count()}
+    counts = {"n_images": counts.get(OK, 0), "n_rejected": counts.get(REJECTED, 0), "n_ignored": n_ignored,
+              "n_retry_next_run": spark.read.schema("key string").json(retry_uri).count(),
+              "n_categories": table.filter(F.col("status") == OK).select("category").distinct().count()}
+    return counts, sample
 
 
 def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
@@ -357,7 +360,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
         # With its schema: when nothing was decoded (every listed image already featurized, ignored or
         # rejected before reading) the table has no file Spark could infer one from.
         table = spark.read.schema(processed.schema).parquet(table_uri)
-        counts = write_side_outputs(spark, table, listing, rejects_uri, retry_uri, ignored_uri)
+        counts, ignored_sample = write_side_outputs(spark, table, listing, rejects_uri, retry_uri, ignored_uri)
         if not counts["n_images"]:  # the images output reads as an empty table, as every output does
             table.filter(F.lit(False)).drop("status").write.mode("overwrite").parquet(f"{table_uri}/status={OK}")
     n_ok, n_rejected = counts["n_images"], counts["n_rejected"]
@@ -380,6 +383,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
                 **counts,
                 "n_already_featurized": n_already,
             },
+            "samples": {"ignored": ignored_sample},
             "params": {"image_size": 224, "max_image_bytes": cfg.max_image_bytes,
                        "max_image_pixels": cfg.max_image_pixels},
             "timings_s": dict(timings),

@@ -49,7 +49,8 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
     quality = {k: summary.get(k) for k in ("ari", "nmi", "silhouette", "purity", "explained_variance")}
     context = {
         "images in the table": summary.get("n_table"), "new images": summary.get("n_images"),
-        "rejected": summary.get("n_rejected"), "backbone": summary.get("backbone"),
+        "rejected": summary.get("n_rejected"), "ignored": ignored_line(summary),
+        "backbone": summary.get("backbone"),
         "weights": summary.get("weights"), "weights source": summary.get("weights_source"),
         "precision": summary.get("precision"), "PCA components": summary.get("k"),
         "colour weight": summary.get("color_weight"), "clusters": summary.get("n_clusters"),
@@ -78,10 +79,19 @@ def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[st
     return {**fields, "report_html": uri, "report_url": report_url(run_id)}
 
 
+def ignored_line(summary: dict) -> str:
+    """How many files were ignored, and a few of them with their reasons."""
+    sample = ", ".join(f"{r['key']} ({r['reason']})" for r in (summary.get("ignored_sample") or [])[:5])
+    return f"{summary.get('n_ignored') or 0}: {sample}" if sample else str(summary.get("n_ignored") or 0)
+
+
 def nothing_new_notice(run_id: str, summary: dict, latest: str | None, shown: bool) -> str:
     found = (f"{summary.get('n_new') or 0} new photos listed, {summary.get('n_already_featurized') or 0} of them "
              f"already featurized, {summary.get('n_rejected') or 0} rejected, {summary.get('n_ignored') or 0} "
              f"ignored")
+    if summary.get("ignored_sample"):
+        first = summary["ignored_sample"][0]
+        found += f" (e.g. {first['key']}: {first['reason']})"
     if latest is None:
         below = "No run has trained yet: upload photos as <fruit>/<photo>.jpg under the raw prefix."
     elif shown:

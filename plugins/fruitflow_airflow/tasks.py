@@ -133,7 +133,10 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     counts = (pre or {}).get("counts", {})
     found = {"n_new": (new or {}).get("n_new", 0), "n_input": counts.get("n_input", 0),
              "n_rejected": counts.get("n_rejected", 0), "n_ignored": counts.get("n_ignored", 0),
-             "n_already_featurized": counts.get("n_already_featurized", 0)}
+             "n_already_featurized": counts.get("n_already_featurized", 0),
+             # which files were not candidates, and why (a folder too deep, a note): a sample and the list
+             "ignored_sample": (pre or {}).get("samples", {}).get("ignored", []),
+             **({"ignored": pre["outputs"]["ignored"]} if pre and "ignored" in pre["outputs"] else {})}
     if not feat:  # nothing listed, or nothing preprocess made an image of: the steps after it were skipped
         return {"status": "nothing new", **found, "n_images": 0,
                 "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},

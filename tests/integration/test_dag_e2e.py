@@ -94,6 +94,7 @@ def test_the_run_summary_adds_up(first, s3):
     assert summary["status"] == "ok"
     assert summary["n_input"] == summary["n_images"] + summary["n_rejected"]
     assert summary["n_images"] == len(reals) + 4 and summary["n_rejected"] == 3 and summary["n_ignored"] == 1
+    assert summary["ignored_sample"] == [{"key": "README.txt", "reason": "not at <category>/<file> depth"}]
     assert 0 < summary["explained_variance"] <= 1 and summary["k"] == 5
     assert summary["n_clusters"] == 4 and -1 <= summary["ari"] <= 1 and 0 <= summary["nmi"] <= 1
     assert summary["weights"] == "imagenet" and summary["backbone"] == "efficientnet_lite0"

@@ -221,6 +221,10 @@ def test_a_run_with_no_image_to_decode_succeeds_and_says_why(spark, tmp_path, cf
                                   "n_retry_next_run": 0, "n_already_featurized": 0, "n_categories": 0}
     assert spark.read.parquet(manifest["outputs"]["images"]).count() == 0
     assert spark.read.json(manifest["outputs"]["rejects"]).count() == 0
+    # what the run summary and the report name: each ignored file with its reason
+    assert sorted(manifest["samples"]["ignored"], key=lambda r: r["key"]) == [
+        {"key": "Apple/readme.txt", "reason": "not an image extension"},
+        {"key": "notes.txt", "reason": "not at <category>/<file> depth"}]
 
 
 def test_a_credentials_error_fails_the_task_instead_of_rejecting_every_key(spark, cfg):

@@ -32,3 +32,19 @@ def test_the_nothing_new_line_says_below_only_when_a_page_is_there():
     assert "Below: the report of run r1" in run_report.nothing_new_notice("r2", summary, "r1", True)
     assert "r1, left no report page" in run_report.nothing_new_notice("r2", summary, "r1", False)
     assert "No run has trained yet" in run_report.nothing_new_notice("r2", summary, None, False)
+
+
+def test_the_summary_and_the_page_name_ignored_files_with_their_reasons():
+    """A folder `$\\evil$` arrives in SeaweedFS as `$/evil$/`: its photos are a folder too deep and ignored.
+    The counts said so; the summary, the nothing-new line and the report now also say which and why."""
+    from fruitflow_airflow.tasks import build_summary
+
+    sample = [{"key": "$/evil$/a.jpg", "reason": "not at <category>/<file> depth"}]
+    pre = {"step_uri": "s3a://p/runs/r/preprocess", "counts": {"n_input": 0, "n_images": 0, "n_ignored": 1},
+           "outputs": {"rejects": "s3a://p/runs/r/preprocess/rejects", "ignored": "s3a://p/runs/r/preprocess/ignored"},
+           "samples": {"ignored": sample}}
+    summary = build_summary({"n_new": 1}, {"preprocess": pre})
+    assert summary["ignored_sample"] == sample and summary["ignored"] == pre["outputs"]["ignored"]
+    line = run_report.nothing_new_notice("r2", summary, None, False)
+    assert "1 ignored (e.g. $/evil$/a.jpg: not at <category>/<file> depth)" in line
+    assert run_report.ignored_line(summary) == "1: $/evil$/a.jpg (not at <category>/<file> depth)"
