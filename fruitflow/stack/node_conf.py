@@ -79,6 +79,8 @@ def spark_defaults(node: Node) -> dict[str, str]:
     conf = {
         "spark.authenticate": "true",
         "spark.authenticate.secret": node.secret,
+        # what the secret authenticates is encrypted too (AES): RPC, shuffle and block transfers
+        "spark.network.crypto.enabled": "true",
         "spark.master.rest.enabled": "false",
         "spark.ui.killEnabled": "false",
         "spark.pyspark.python": node.python,

@@ -198,6 +198,7 @@ def test_the_spark_cluster_authenticates_and_has_no_rest_server(compose):
     submit = compose["x-airflow-common"]["environment"]["SPARK_SUBMIT_OPTS"]
     for opts in (master, worker, submit):
         assert "-Dspark.authenticate=true" in opts and "-Dspark.authenticate.secret=${SPARK_AUTH_SECRET}" in opts
+        assert "-Dspark.network.crypto.enabled=true" in opts  # RPC and block transfers encrypted (AES)
     assert "-Dspark.master.rest.enabled=false" in master and "-Dspark.ui.killEnabled=false" in master
 
 
@@ -228,8 +229,8 @@ def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tm
         rendered = render_node_script(tmp_path, role, cluster.home(host), node.ip, node.secret)
         assert rendered == {"spark-defaults.conf": render_defaults(node), "spark-env.sh": render_env(node)}, host
         conf = rendered["spark-defaults.conf"]
-        for line in ("spark.authenticate true", "spark.master.rest.enabled false", "spark.ui.killEnabled false",
-                     f"spark.authenticate.secret {node.secret}"):
+        for line in ("spark.authenticate true", "spark.network.crypto.enabled true", "spark.master.rest.enabled false",
+                     "spark.ui.killEnabled false", f"spark.authenticate.secret {node.secret}"):
             assert line + "\n" in conf
         assert oct((cluster.home(host) / "conf" / "spark-defaults.conf").stat().st_mode & 0o777) == "0o600"
         assert f"export SPARK_LOCAL_IP={node.ip}\n" in rendered["spark-env.sh"]
