@@ -24,7 +24,8 @@ from fruitflow.cluster import network
 from fruitflow.paths import ROOT
 from fruitflow.stack import seaweed
 from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars, local_credentials, prepare,
-                                         settings, spark_home, spark_node_environment, store_credentials)
+                                         settings, spark_home, spark_node_environment, store_credentials,
+                                         worker_environment)
 from fruitflow.stack.node_conf import HISTORY_PORT, Node, write
 from fruitflow.stack.process import log
 from fruitflow.stack.services import HISTORY_CLASS, MASTER_CLASS, WORKER_CLASS
@@ -119,12 +120,12 @@ class Cluster:
         return e
 
     def spark_env(self, host: str) -> dict[str, str]:
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPARK_", "FRUITFLOW_", "PYSPARK"))}
-        e.update({"SPARK_HOME": str(spark_home()), "SPARK_CONF_DIR": str(self.conf_dir(host))})
-        if host in WORKERS:
-            # The worker host's own S3 identity (`spark-node`), as an EC2 worker has its instance profile.
-            e.update(spark_node_environment(self.base, self._region()))
-        return e
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "FRUITFLOW_", "PYSPARK"))}
+        # The worker host's own S3 identity (`spark-node`), as an EC2 worker has its instance profile; no
+        # host gets the Airflow host's connections or identity from this process's environment.
+        node = spark_node_environment(self.base, self._region()) if host in WORKERS else {}
+        return worker_environment(e, {**node, "SPARK_HOME": str(spark_home()),
+                                      "SPARK_CONF_DIR": str(self.conf_dir(host))})
 
     def _region(self) -> str:
         from spark_jobs.common.config import Config

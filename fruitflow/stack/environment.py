@@ -126,6 +126,14 @@ def store_credentials(state: Path) -> dict[str, dict[str, str]]:
     return {name: local_credentials(state, name) for name in ("admin", *LOCAL_IDENTITIES)}
 
 
+def worker_environment(e: dict[str, str], node: dict[str, str]) -> dict[str, str]:
+    """What the Spark worker, and the executors it starts, run with: the stack's environment without the
+    Airflow host's connections, settings and S3 identity, plus the node's own (`node`). A compromised
+    executor holds the spark-node identity only."""
+    host_only = ("AWS_", "AIRFLOW_CONN_", "AIRFLOW__", "AIRFLOW_HOME")
+    return {**{k: v for k, v in e.items() if not k.startswith(host_only)}, **node}
+
+
 def spark_node_environment(state: Path, region: str) -> dict[str, str]:
     """A Spark worker's S3 identity, in the variables s3a's and boto3's default chains read: its
     executors inherit them, as executors on EC2 find their node's instance profile. The driver ships

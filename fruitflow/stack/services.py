@@ -18,7 +18,7 @@ from fruitflow.paths import ROOT
 from fruitflow.stack import class_data
 from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, log_dir, pid_dir,
                                          prepare, settings, spark_defaults_file, spark_home,
-                                         spark_node_environment, state_dir, store_credentials,
+                                         spark_node_environment, state_dir, store_credentials, worker_environment,
                                          write_spark_defaults)
 from fruitflow.stack.node_conf import HISTORY_PORT
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
@@ -133,7 +133,7 @@ class SparkWorker(SparkDaemon):
         return any(w.get("state") == "ALIVE" for w in workers)
 
     def start(self, e):
-        e = {**e, **spark_node_environment(state_dir(self.s), Config.from_env(e).s3_region)}
+        e = worker_environment(e, spark_node_environment(state_dir(self.s), Config.from_env(e).s3_region))
         self.daemon("start", [self.s.spark_master, "--host", self.s.host, "--cores", str(self.s.worker_cores),
                               "--memory", self.s.worker_memory, "--webui-port", str(self.port),
                               "--work-dir", e["SPARK_WORKER_DIR"]], e)
