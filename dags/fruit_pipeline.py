@@ -25,7 +25,7 @@ from fruitflow_airflow.operators import SparkStepOperator
 from fruitflow_airflow.sensors import NewImagesSensor
 from fruitflow_airflow.tasks import AUTO
 from spark_jobs.common.config import FEATURE_DIM, Config, env_values, weights_param_pattern
-from spark_jobs.common.steps import STEP_NAMES
+from spark_jobs.common.steps import FINAL_STEPS, STEP_NAMES, STEPS
 
 CFG = Config.from_env()
 FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
@@ -42,6 +42,22 @@ WEIGHTS = "{{ ti.xcom_pull(task_ids='list_new', key='new')['model']['weights'] }
 
 def xcom(task_id: str, field: str) -> str:
     return f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{field}'] }}}}"
+
+
+# Each Spark step's own arguments, rendered from the run's Params and upstream XComs (the operator adds
+# where the step writes, under which run).
+STEP_ARGUMENTS = {
+    "preprocess": ["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
+                   "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
+                   "--backbone", BACKBONE, "--weights", WEIGHTS],
+    "featurize": ["--input", xcom("preprocess", "step_uri"), "--backbone", BACKBONE, "--weights", WEIGHTS,
+                  "--batch-size", "{{ params.batch_size }}"],
+    "pca": ["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
+            "--color-weight", "{{ params.color_weight }}", L2_NORMALIZE],
+    "cluster": ["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}", L2_NORMALIZE],
+    "train": ["--input", xcom("pca", "step_uri"), L2_NORMALIZE],
+}
+STEP_OUTLETS = {"featurize": [FEATURE_TABLE], "pca": [PCA_OUTPUT], "train": [CLASSIFIER]}
 
 
 with DAG(
@@ -113,44 +129,12 @@ with DAG(
         return found if found["n_new"] else None
 
     new_images = list_new()
-
-    preprocess = SparkStepOperator(
-        step="preprocess",
-        application_args=["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
-                          "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
-                          "--backbone", BACKBONE, "--weights", WEIGHTS],
-        doc_md="Decodes each new image (bounded), 3x3 blur, 224x224 RGB JPEG; undecodable ones go to the rejects "
-               "list with their reason.",
-    )
-    featurize = SparkStepOperator(
-        step="featurize",
-        application_args=["--input", xcom("preprocess", "step_uri"), "--backbone", BACKBONE, "--weights", WEIGHTS,
-                          "--batch-size", "{{ params.batch_size }}"],
-        outlets=[FEATURE_TABLE],
-        doc_md="CNN features of the preprocessed images (ONNX Runtime in a pandas UDF over Arrow), appended to "
-               "the feature table of this model.",
-    )
-    pca = SparkStepOperator(
-        step="pca",
-        application_args=["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
-                          "--color-weight", "{{ params.color_weight }}", L2_NORMALIZE],
-        outlets=[PCA_OUTPUT],
-        doc_md="Spark ML PCA on the whole feature table of this model, with its explained variance.",
-    )
-    cluster = SparkStepOperator(
-        step="cluster",
-        application_args=["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}",
-                          L2_NORMALIZE],
-        doc_md="Spark ML KMeans on the PCA vectors; quality against the folder labels, figures, categories CSV, "
-               "the report page.",
-    )
-    train = SparkStepOperator(
-        step="train",
-        application_args=["--input", xcom("pca", "step_uri"), L2_NORMALIZE],
-        outlets=[CLASSIFIER],
-        doc_md="Spark ML logistic regression on a held-out split of the PCA vectors: accuracy, macro F1, the "
-               "exported artifacts `make classify` and the UI's Recognise page use.",
-    )
+    # One task per step of the step list, after the step whose output it reads (spark_jobs.common.steps)
+    spark_steps = {s.name: SparkStepOperator(step=s.name, application_args=STEP_ARGUMENTS[s.name],
+                                             outlets=STEP_OUTLETS.get(s.name, []), doc_md=s.description)
+                   for s in STEPS}
+    for s in STEPS:
+        (spark_steps[s.after] if s.after else new_images) >> spark_steps[s.name]
 
     @task(trigger_rule="none_failed", execution_timeout=dt.timedelta(minutes=5), outlets=[REPORT],
           doc_md="The run summary (XCom and summary.json) and the run's report page, served in the run's "
@@ -175,4 +159,5 @@ with DAG(
         outlet_events[REPORT].extra.update(run_asset_extra(summary))
         return summary
 
-    chain(wait_for_images, new_images, preprocess, featurize, pca, [cluster, train], publish())
+    chain(wait_for_images, new_images)
+    [spark_steps[name] for name in FINAL_STEPS] >> publish()

@@ -12,6 +12,7 @@ class Step:
     bucket_field: str  # the Config field naming the bucket its outputs go to
     module: str  # the entry module under spark_jobs/ that spark-submit runs
     after: str | None  # the step whose output it reads (None: the DAG's listing of new images)
+    description: str = ""  # what it does, in a sentence (its task's documentation in the Airflow UI)
 
     @property
     def application(self) -> str:
@@ -19,12 +20,21 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("preprocess", "preprocessed_bucket", "preprocess", None),
-    Step("featurize", "features_bucket", "featurize", "preprocess"),
-    Step("pca", "features_bucket", "pca", "featurize"),
-    Step("cluster", "reports_bucket", "cluster", "pca"),
+    Step("preprocess", "preprocessed_bucket", "preprocess", None,
+         "Decodes each new image (bounded), 3x3 blur, 224x224 RGB JPEG; undecodable ones go to the rejects "
+         "list with their reason."),
+    Step("featurize", "features_bucket", "featurize", "preprocess",
+         "CNN features of the preprocessed images (ONNX Runtime in a pandas UDF over Arrow), appended to the "
+         "feature table of this model."),
+    Step("pca", "features_bucket", "pca", "featurize",
+         "Spark ML PCA on the whole feature table of this model, with its explained variance."),
+    Step("cluster", "reports_bucket", "cluster", "pca",
+         "Spark ML KMeans on the PCA vectors; quality against the folder labels, figures, categories CSV, the "
+         "report page."),
     # the classifier and its exported artifacts live with the models
-    Step("train", "models_bucket", "train", "pca"),
+    Step("train", "models_bucket", "train", "pca",
+         "Spark ML logistic regression on a held-out split of the PCA vectors: accuracy, macro F1, the "
+         "exported artifacts `make classify` and the UI's Recognise page use."),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 # the steps no other step reads: the run summary waits for them
