@@ -20,9 +20,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "stack": "fruitflow.stack.cli",
+    "stack": "fruitflow.stack.commands",
     "demo": "fruitflow.demo",
-    "cluster-demo": "fruitflow.cluster.demo",
+    "cluster-demo": "fruitflow.multihost.demo",
     "airflow-ui": "fruitflow.airflow_ui",
     "classify": "fruitflow.classify",
     "quality": "fruitflow.quality",

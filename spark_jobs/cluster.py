@@ -24,7 +24,7 @@ from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_jobs.common import cli, report, storage
+from spark_jobs.common import cluster_report, step_cli, storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, jpeg_folders, read_manifest, write_manifest
 
@@ -206,7 +206,7 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: Dat
     with tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
         points = sample(assigned, cfg.plot_max_points, cfg.seed, context["images"])
         embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
-        report.build(tmp, points=points, embedded=embedded, table=table,
+        cluster_report.build(tmp, points=points, embedded=embedded, table=table,
                      metrics={name: round(v, 4) for name, v in metrics.items()},
                      context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
                      explained=upstream["metrics"]["explained_variance_per_component"],
@@ -271,16 +271,16 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
 
 
 def arg_parser():
-    parser = cli.parser(__doc__)
+    parser = step_cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
-    parser.add_argument("--n-clusters", dest="n_clusters", type=cli.optional(int), help="default: number of categories")
+    parser.add_argument("--n-clusters", dest="n_clusters", type=step_cli.optional(int), help="default: number of categories")
     parser.add_argument("--seed", type=int)
-    cli.add_l2_normalize(parser)
+    step_cli.add_l2_normalize(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
         spark, cfg, input_uri=args.input, out_uri=out))
 
 

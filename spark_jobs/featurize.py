@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-from spark_jobs.common import cli
+from spark_jobs.common import step_cli
 from spark_jobs.common.config import FEATURE_DIM, Config
 from spark_jobs.common.images import COLOR_DESCRIPTOR
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
@@ -121,7 +121,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
 
 
 def arg_parser():
-    parser = cli.parser(__doc__)
+    parser = step_cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the preprocess step (its manifest is read)")
     parser.add_argument("--backbone", choices=sorted(FEATURE_DIM), help="the pretrained network (default resnet50)")
     parser.add_argument("--weights", help="imagenet | random | path or s3a URI of a saved model")
@@ -134,7 +134,7 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
         spark, cfg, input_uri=args.input, out_uri=out))
 
 

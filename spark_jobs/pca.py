@@ -19,7 +19,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_jobs.common import cli, storage
+from spark_jobs.common import step_cli, storage
 from spark_jobs.common.table import committed_featurize_steps, feature_table, model_of, same_model
 from spark_jobs.common.config import Config
 from spark_jobs.common.untrusted import csv_column
@@ -248,19 +248,19 @@ def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None
 
 
 def arg_parser():
-    parser = cli.parser(__doc__)
+    parser = step_cli.parser(__doc__)
     parser.add_argument("--input", help="one featurize step URI (default: every committed featurize output)")
-    parser.add_argument("--k", dest="pca_k", type=cli.optional(int), help="number of components (default 20)")
-    parser.add_argument("--target-variance", dest="target_variance", type=cli.optional(float),
+    parser.add_argument("--k", dest="pca_k", type=step_cli.optional(int), help="number of components (default 20)")
+    parser.add_argument("--target-variance", dest="target_variance", type=step_cli.optional(float),
                         help="pick the smallest k reaching this cumulative explained variance")
-    parser.add_argument("--color-weight", dest="color_weight", type=cli.optional(float),
+    parser.add_argument("--color-weight", dest="color_weight", type=step_cli.optional(float),
                         help="weight of the colour histogram appended to the unit-length CNN features (0: none)")
-    cli.add_l2_normalize(parser)
+    step_cli.add_l2_normalize(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
         spark, cfg, out_uri=out, input_uri=args.input))
 
 

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
-from spark_jobs.common import cli, sandbox, storage
+from spark_jobs.common import sandbox, step_cli, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.keys import check_location, too_long_column, unsafe_key_column
 from spark_jobs.common.table import committed_featurize_steps, feature_table, made_with
@@ -392,7 +392,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
 
 
 def arg_parser():
-    parser = cli.parser(__doc__)
+    parser = step_cli.parser(__doc__)
     parser.add_argument("--raw", help="raw images URI (default: from config)")
     parser.add_argument("--keys", help="JSON-lines URI of the keys to process (incremental runs)")
     # The model the run featurizes with: images it has not featurized yet are preprocessed again.
@@ -402,7 +402,7 @@ def arg_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
         spark, cfg, raw_uri=args.raw or cfg.raw_uri, out_uri=out, keys_uri=args.keys))
 
 

@@ -29,7 +29,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_jobs.common import cli, storage
+from spark_jobs.common import step_cli, storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, store_order, write_manifest
 from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold
@@ -237,19 +237,19 @@ def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, mode
 
 
 def arg_parser():
-    parser = cli.parser(__doc__)
+    parser = step_cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
-    parser.add_argument("--test-fraction", dest="test_fraction", type=cli.optional(float),
+    parser.add_argument("--test-fraction", dest="test_fraction", type=step_cli.optional(float),
                         help="share of each class held out for the quality figures (default 0.25)")
-    parser.add_argument("--reg-param", dest="reg_param", type=cli.optional(float),
+    parser.add_argument("--reg-param", dest="reg_param", type=step_cli.optional(float),
                         help="L2 regularisation of the logistic regression")
     parser.add_argument("--seed", type=int)
-    cli.add_l2_normalize(parser)
+    step_cli.add_l2_normalize(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
+    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
         spark, cfg, input_uri=args.input, out_uri=out))
 
 

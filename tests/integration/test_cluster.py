@@ -1,4 +1,4 @@
-"""The pipeline on five hosts (network namespaces, `fruitflow.cluster`), with faults: one DAG run, from the
+"""The pipeline on five hosts (network namespaces, `fruitflow.multihost`), with faults: one DAG run, from the
 `airflow` host, by the code `make cluster-demo` runs, on a cluster of the tests' own (its own namespaces,
 subnet and state, apart from a user's).
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from fruitflow.cluster import network
-from fruitflow.cluster.demo import inside_command, run_on_airflow_host
-from fruitflow.cluster.nodes import Cluster, http_from
+from fruitflow.multihost import network
+from fruitflow.multihost.demo import inside_command, run_on_airflow_host
+from fruitflow.multihost.nodes import Cluster, http_from
 from tests.helpers import SAMPLE_500, real_images
 
 REASON = network.unavailable_reason()

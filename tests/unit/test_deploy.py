@@ -218,7 +218,7 @@ def render_node_script(tmp_path: Path, role: str, prefix: Path, ip: str, secret:
 
 
 def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tmp_path):
-    from fruitflow.cluster.nodes import NET, Cluster
+    from fruitflow.multihost.nodes import NET, Cluster
     from fruitflow.stack.node_conf import render_defaults, render_env
 
     cluster = Cluster(NET, base=tmp_path / "cluster", local_state=tmp_path / "state")

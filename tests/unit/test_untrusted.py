@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spark_jobs.common import cli, report
+from spark_jobs.common import cluster_report, step_cli
 from spark_jobs.common.config import Config
 from spark_jobs.common.untrusted import csv_cell, plot_label
 
@@ -35,7 +35,7 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     embedded = points.assign(tsne1=points["pc1"], tsne2=points["pc2"])
     table = points.groupby(["category", "cluster"]).size().unstack(fill_value=0)
     jpeg = cv2.imencode(".jpg", np.full((224, 224, 3), 90, np.uint8))[1].tobytes()
-    report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
+    cluster_report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
                  context={"images": 28}, explained=[0.4, 0.2, 0.1, 0.05],
                  fetch_jpegs=lambda keys: {k: (f"s3a://b/jpeg/{k}", jpeg) for k in keys if not k.startswith("+")})
     cells = [cell for name in ("clusters.csv", "contingency.csv") for row in csv.reader(open(tmp_path / name))
@@ -48,7 +48,7 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert sources and all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for src in sources)
-    assert sum(src.startswith("data:image/png") for src in sources) == len(report.figure_files()) == 6
+    assert sum(src.startswith("data:image/png") for src in sources) == len(cluster_report.figure_files()) == 6
     document = json.loads((tmp_path / "clusters.json").read_text())
     shown = [k for c in document["clusters"] for k in c["thumbnails"]]
     assert all(1 <= len(c["thumbnails"]) <= 4 for c in document["clusters"]) and len(document["clusters"]) == 3
@@ -73,11 +73,11 @@ def test_run_ids_that_name_no_folder_of_their_own_are_refused(run_id):
 def test_a_step_refuses_to_write_outside_its_run():
     cfg = Config(runs_prefix="runs")
     good = cfg.step_uri("r1", "pca")
-    cli.check_output(cfg, good, "r1")
+    step_cli.check_output(cfg, good, "r1")
     for bad in ("s3a://fruitflow-features/runs/r2/pca", "s3a://fruitflow-features/other/r1/pca",
                 "s3a://elsewhere/runs/r1/pca", "s3a://fruitflow-features/runs/r1", "s3a://fruitflow-features/runs"):
         with pytest.raises(SystemExit, match="outside"):
-            cli.check_output(cfg, bad, "r1")
+            step_cli.check_output(cfg, bad, "r1")
 
 
 @pytest.mark.parametrize("airflow_run_id", ["::", "..", "+.+"])
@@ -133,7 +133,7 @@ def test_a_job_refuses_weights_a_param_may_not_name(weights, monkeypatch):
     monkeypatch.delenv("FRUITFLOW_WEIGHTS", raising=False)
     args = featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://x/y", "--weights", weights])
     with pytest.raises(SystemExit, match="refused"):
-        cli.config(args)
+        step_cli.config(args)
 
 
 def test_the_operators_own_local_weights_stay_usable(monkeypatch):
@@ -142,4 +142,4 @@ def test_the_operators_own_local_weights_stay_usable(monkeypatch):
     monkeypatch.setenv("FRUITFLOW_WEIGHTS", "/opt/models/resnet50.onnx")
     for weights in ("/opt/models/resnet50.onnx", "s3a://fruitflow-models/resnet50/x.onnx", "imagenet"):
         args = featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://x/y", "--weights", weights])
-        assert cli.config(args).weights == weights
+        assert step_cli.config(args).weights == weights

@@ -1,5 +1,5 @@
 """`make cluster-demo [DATA=folder]`: the pipeline end to end on a five-host cluster built on this machine
-(network namespaces, see `fruitflow.cluster.nodes`), run from the `airflow` host as the DAG runs in a
+(network namespaces, see `fruitflow.multihost.nodes`), run from the `airflow` host as the DAG runs in a
 deployment: spark-submit in client mode against the master by address, executors on two other hosts that
 cannot see the driver's files, SeaweedFS on a fourth.
 
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from fruitflow.cluster import network
-from fruitflow.cluster.nodes import Cluster
+from fruitflow.multihost import network
+from fruitflow.multihost.nodes import Cluster
 from fruitflow.paths import OUT, ROOT
 
 
@@ -68,7 +68,7 @@ def inside(data: Path | None, summary_out: Path | None, out: Path) -> int:
 
 
 def inside_command(data: Path | None, summary_out: Path, out: Path = OUT) -> list[str]:
-    return [sys.executable, "-m", "fruitflow.cluster.demo", "--inside", "--summary-out", str(summary_out),
+    return [sys.executable, "-m", "fruitflow.multihost.demo", "--inside", "--summary-out", str(summary_out),
             "--out", str(out), *(["--data", str(data)] if data else [])]
 
 

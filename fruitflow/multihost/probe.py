@@ -1,4 +1,4 @@
-"""`python -m fruitflow.cluster.probe URL [TIMEOUT]`: one GET, run on a cluster host (inside its network
+"""`python -m fruitflow.multihost.probe URL [TIMEOUT]`: one GET, run on a cluster host (inside its network
 namespace, where the cluster's addresses are reachable); the status on the first line (0: unreachable),
 then the body."""
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitflow.cluster import network
+from fruitflow.multihost import network
 from fruitflow.paths import ROOT
 from fruitflow.stack import seaweed
 from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars, local_credentials, prepare,
@@ -245,7 +245,7 @@ class Cluster:
 
 def http_from(net: network.Network, host: str, url: str, timeout: float = 5) -> tuple[int, str]:
     """(status, body) of a GET of `url` from `host` (0 when unreachable)."""
-    out = network.run_in(net, host, [sys.executable, "-m", "fruitflow.cluster.probe", url, str(timeout)],
+    out = network.run_in(net, host, [sys.executable, "-m", "fruitflow.multihost.probe", url, str(timeout)],
                          capture_output=True, timeout=timeout + 30)
     status, _, body = out.stdout.partition(b"\n")
     return int(status or 0), body.decode(errors="replace")
