@@ -20,6 +20,7 @@ from pathlib import Path
 from fruitflow import stack, store
 from fruitflow.paths import DAGS, OUT, SAMPLE_500
 from fruitflow_airflow import DAG_ID
+from spark_jobs.common.pointers import latest_demo_uri
 
 DEFAULT_DATA = SAMPLE_500
 
@@ -137,14 +138,6 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
         summary["report_local"] = str(local)
         log(f"report: open {local} in a browser (in Airflow: {summary['report_url']})")
     return summary
-
-
-def latest_demo_uri(cfg) -> str:
-    """Names the latest demo's prefixes and run: what is shown by default after `make demo`. Beside
-    `latest-run.json`, under the configured runs prefix (`cfg`: the settings before the demo's own)."""
-    from spark_jobs.common.config import s3a_uri
-
-    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "latest-demo.json")
 
 
 def read_summary(cfg, run_id: str) -> dict:

@@ -12,3 +12,10 @@ OUT = ROOT / "out"
 SHARED_FRUITS = ROOT.parent / "shared" / "fruits360"
 SAMPLE_500 = SHARED_FRUITS / "data_sample_025_020"
 SAMPLE_1179 = SHARED_FRUITS / "data_sample_009"
+
+
+def spark_home() -> Path:
+    """pyspark's folder, found without importing it (commands such as `classify` run without Spark)."""
+    import importlib.util
+
+    return Path(importlib.util.find_spec("pyspark").origin).resolve().parent

@@ -22,10 +22,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from fruitflow.stack.environment import spark_conf_dir, spark_home, state_dir
+from fruitflow.paths import spark_home
 from fruitflow.stack.node_conf import QUICK_START_JAVA_OPTIONS
 from fruitflow.stack.process import log
-from spark_jobs.common.config import Config, StackSettings, s3a_uri
+from spark_jobs.common.config import Config, s3a_uri
 from spark_jobs.common.spark_conf import launch_conf
 
 JOB = Path(__file__).with_name("class_data_job.py")
@@ -51,26 +51,27 @@ def _fingerprint(java: Path, jars: tuple[str, ...], conf_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def archive_path(s: StackSettings, jars: tuple[str, ...]) -> Path | None:
-    """Where the archive for this JVM and these jars is (or would be); None when there can be none:
-    no Java found, or no hadoop-aws jars on the class path (spark-submit then resolves packages itself)."""
+def archive_path(state: Path, conf_dir: Path, jars: tuple[str, ...]) -> Path | None:
+    """Where the archive for this JVM, these jars and the stack's (empty) conf folder `conf_dir` is, or
+    would be, under the stack's `state` folder; None when there can be none: no Java found, or no
+    hadoop-aws jars on the class path (spark-submit then resolves packages itself)."""
     java = java_binary()
     if java is None or not jars or not all(Path(j).is_file() for j in jars):
         return None
-    return state_dir(s) / "jvm" / f"spark-{_fingerprint(java, jars, spark_conf_dir(s))}.jsa"
+    return state / "jvm" / f"spark-{_fingerprint(java, jars, conf_dir)}.jsa"
 
 
-def existing(s: StackSettings, jars: tuple[str, ...]) -> str:
-    path = archive_path(s, jars)
+def existing(state: Path, conf_dir: Path, jars: tuple[str, ...]) -> str:
+    path = archive_path(state, conf_dir, jars)
     return str(path) if path is not None and path.is_file() else ""
 
 
-def ensure(s: StackSettings, env: dict[str, str]) -> str:
+def ensure(state: Path, conf_dir: Path, env: dict[str, str]) -> str:
     """The archive for the stack's class path, made once when missing (the store must be up: the
     application writes and reads a Parquet folder through s3a); "" when there can be none or its making
-    failed (the stack then runs without it, as before)."""
+    failed (the stack then runs without it, as before). `env` is the stack's environment."""
     jars = tuple(j for j in env.get("FRUITFLOW_SPARK_JARS", "").split(",") if j)
-    path = archive_path(s, jars)
+    path = archive_path(state, conf_dir, jars)
     if path is None:
         return ""
     if path.is_file():

@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitflow.paths import DAGS, PLUGINS
+from fruitflow.paths import DAGS, PLUGINS, spark_home
+from fruitflow.stack import class_data
 from fruitflow.stack.node_conf import HISTORY_PORT, WORKER_OPTS, Node, render_defaults
 from fruitflow.stack.process import log, write_private
 from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config, StackSettings
@@ -41,13 +42,6 @@ def log_dir(s: StackSettings) -> Path:
     return state_dir(s) / "logs"
 
 
-def spark_home() -> Path:
-    """pyspark's folder, found without importing it (commands such as `classify` run without Spark)."""
-    import importlib.util
-
-    return Path(importlib.util.find_spec("pyspark").origin).resolve().parent
-
-
 @dataclass(frozen=True)
 class Prepared:
     """What `prepare()` made: the local S3 credentials and the hadoop-aws jars ([] when unresolvable)."""
@@ -62,11 +56,9 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     s = s or settings()
     for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
         d.mkdir(parents=True, exist_ok=True)
-    from fruitflow.stack import class_data
-
     creds = store_credentials(state_dir(s))["pipeline"]
     jars = tuple(hadoop_aws_jars(state_dir(s)))
-    write_spark_defaults(s, class_data.existing(s, jars))
+    write_spark_defaults(s, class_data.existing(state_dir(s), spark_conf_dir(s), jars))
     return Prepared(creds["key"], creds["secret"], jars)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from fruitflow.paths import ROOT
 from fruitflow.stack import class_data
 from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, log_dir, pid_dir,
-                                         prepare, settings, spark_defaults_file, spark_home,
+                                         prepare, settings, spark_conf_dir, spark_defaults_file, spark_home,
                                          spark_node_environment, state_dir, store_credentials, worker_environment,
                                          write_spark_defaults)
 from fruitflow.stack.node_conf import HISTORY_PORT
@@ -255,7 +255,7 @@ def up(s: StackSettings | None = None) -> None:
         log(f"{svc.name}: starting")
         svc.start(e)
         log(f"{svc.name}: healthy")
-    if archive := class_data.ensure(s, e):
+    if archive := class_data.ensure(state_dir(s), spark_conf_dir(s), e):
         write_spark_defaults(s, archive)
 
 

@@ -43,7 +43,7 @@ def render(*, result: dict | None, thumbnails: dict[str, str], source: dict | No
 def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, str]:
     """key -> base64 JPEG thumbnail of each neighbour found among the preprocessed JPEGs behind the
     classifier's table."""
-    from fruitflow.classify import Store
+    from spark_jobs.common.classifier import Store
     from spark_jobs.common.config import split_s3_uri
     from spark_jobs.common.manifest import jpeg_folders
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from fruitflow_airflow.submit import legacy_run_folder, safe_run_id
 from spark_jobs.common import report_page
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
+from spark_jobs.common.pointers import latest_run_uri
 
 PLUGIN_PREFIX = "/fruitflow"  # where the plugin's FastAPI app is mounted on the api-server
 
@@ -99,11 +100,6 @@ def nothing_new_notice(run_id: str, summary: dict, latest: str | None, shown: bo
     else:
         below = f"The latest run that trained, {latest}, left no report page."
     return f"Run {run_id} found nothing new to cluster or train on ({found}). {below}"
-
-
-def latest_run_uri(cfg: Config) -> str:
-    """Names the newest trained run (`publish` writes it): what `classify` and the plugin use by default."""
-    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "latest-run.json")
 
 
 def latest_trained_run(s3_hook, cfg: Config) -> str | None:

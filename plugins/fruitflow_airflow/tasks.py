@@ -183,7 +183,7 @@ def summary_uri(cfg: Config, run_id: str) -> str:
 def publish_summary(s3_hook, cfg: Config, run_id: str, new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """The run summary, returned as XCom and kept beside the reports as summary.json."""
     from fruitflow_airflow import run_report
-    from fruitflow_airflow.run_report import latest_run_uri
+    from spark_jobs.common.pointers import latest_run_uri
 
     summary = {**build_summary(new, manifests), "run_id": run_id, "summary": summary_uri(cfg, run_id)}
     summary.update(run_report.publish(s3_hook, cfg, run_id, summary, manifests))  # the page before the summary

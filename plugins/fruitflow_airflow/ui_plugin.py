@@ -144,7 +144,7 @@ _CLASSIFIERS_LOCK = threading.Lock()  # recognitions run on several threads: one
 def _classifier():
     import json
 
-    from fruitflow.classify import Classifier, Store, latest_pointer
+    from spark_jobs.common.classifier import Classifier, Store, latest_pointer
 
     cfg = _config()
     store = Store(cfg, _s3_hook().get_conn())
@@ -187,7 +187,7 @@ def recognise(photo: UploadFile = File(...)) -> HTMLResponse:
 
 
 def _recognise(photo: UploadFile) -> HTMLResponse:
-    from fruitflow.classify import NoModel
+    from spark_jobs.common.classifier import NoModel
     from fruitflow_airflow.recognise_page import neighbour_thumbnails, render
 
     cfg = _config()

@@ -78,11 +78,11 @@ def test_a_manifest_cannot_point_the_classifier_outside_the_folder_it_was_read_f
 def test_what_a_decoder_child_sends_back_is_checked_before_use(tmp_path, monkeypatch):
     """A child gone wrong (its decoder exploited) may send any bytes or plain value: an error line for that
     photo, never an exception in the caller (a 500 on the Recognise page, a failed Spark task)."""
-    from fruitflow import classify
+    from spark_jobs.common import classifier
 
     photos = [tmp_path / "a.png", tmp_path / "b.png"]
     for photo in photos:
         photo.write_bytes(cv2.imencode(".png", np.full((30, 30, 3), 9, np.uint8))[1].tobytes())
     answers = iter([b"short", {"not": "bytes"}])
-    monkeypatch.setattr(classify, "_preprocessed_bytes", lambda path, max_pixels: next(answers))
+    monkeypatch.setattr(classifier, "_preprocessed_bytes", lambda path, max_pixels: next(answers))
     assert load_images(photos, Config.from_env()) == ["decoder returned malformed output"] * 2
