@@ -14,14 +14,16 @@ script and inline images only. Nothing heavy is imported until a page is asked f
 
 from __future__ import annotations
 
+import collections
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
@@ -171,12 +173,43 @@ def recognise_form() -> HTMLResponse:
 RECOGNISE_SLOTS = threading.BoundedSemaphore(2)
 
 
+class PerUserLimit:
+    """At most `count` requests per user in any `per_s` seconds (a sliding window): one user's loop of
+    uploads cannot hold the recognition slots that every other user shares."""
+
+    def __init__(self, count: int, per_s: float, clock=time.monotonic):
+        self.count, self.per_s, self.clock = count, per_s, clock
+        self._seen: dict[str, collections.deque] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, user: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.setdefault(user, collections.deque())
+            while seen and seen[0] <= now - self.per_s:
+                seen.popleft()
+            if len(seen) >= self.count:
+                return False
+            seen.append(now)
+            # users with nothing in their window are forgotten now and then (memory stays bounded)
+            if len(self._seen) > 1024:
+                self._seen = {u: s for u, s in self._seen.items() if s and s[-1] > now - self.per_s}
+            return True
+
+
+RECOGNISE_PER_USER = PerUserLimit(count=20, per_s=60)
+
+
 @app.post("/recognise", response_class=HTMLResponse)
-def recognise(photo: UploadFile = File(...)) -> HTMLResponse:
+def recognise(user: GetUserDep, photo: UploadFile = File(...)) -> HTMLResponse:
     """A plain `def`: FastAPI runs it on its thread pool, never on the api-server's event loop (the model's
     loading, the decoding and the inference block)."""
     from fruitflow_airflow.recognise_page import render
 
+    if not RECOGNISE_PER_USER.allow(user.get_id()):
+        return _page(render(result={"error": f"more than {RECOGNISE_PER_USER.count} photos in "
+                                             f"{RECOGNISE_PER_USER.per_s:.0f} s: try again in a moment"},
+                            thumbnails={}, source=None), 429)
     if not RECOGNISE_SLOTS.acquire(blocking=False):
         return _page(render(result={"error": "busy recognising other photos: try again in a moment"},
                             thumbnails={}, source=None), 503)

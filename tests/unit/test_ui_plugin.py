@@ -65,3 +65,38 @@ def test_a_streamed_body_is_cut_off_once_it_passes_the_limit():
     status, read = _call([(b"authorization", b"Bearer a.b.c"), (b"content-type", b"multipart/form-data; boundary=x")],
                          [head + b"x" * 300] + [b"x" * (LIMIT // 2)] * 10)
     assert (status, read) == (413, 3)
+
+
+def test_one_user_gets_a_bounded_number_of_recognitions_a_minute():
+    now = [0.0]
+    limit = ui_plugin.PerUserLimit(count=3, per_s=60, clock=lambda: now[0])
+    assert [limit.allow("alice") for _ in range(4)] == [True, True, True, False]
+    assert limit.allow("bob")  # another user has a window of their own
+    now[0] = 59.9
+    assert not limit.allow("alice")
+    now[0] = 60.1  # the first three have left the window
+    assert [limit.allow("alice") for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_recognise_page_answers_429_past_a_users_limit(monkeypatch):
+    """Through the app with Airflow's access check and user stood in for: the user's third upload within
+    the window is refused before any decoding or model work."""
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.responses import HTMLResponse
+    from fastapi.testclient import TestClient
+
+    class User:
+        def get_id(self):
+            return "alice"
+
+    worked = []
+    monkeypatch.setattr(ui_plugin, "RECOGNISE_PER_USER", ui_plugin.PerUserLimit(count=2, per_s=60))
+    monkeypatch.setattr(ui_plugin, "_recognise", lambda photo: worked.append(photo) or HTMLResponse("ok"))
+    access = ui_plugin.app.router.dependencies[0].dependency
+    monkeypatch.setitem(ui_plugin.app.dependency_overrides, access, lambda: None)
+    monkeypatch.setitem(ui_plugin.app.dependency_overrides, get_user, User)
+    client = TestClient(ui_plugin.app)
+    answers = [client.post("/recognise", files={"photo": ("a.jpg", b"x")}, headers={"Authorization": "Bearer t"})
+               for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429] and len(worked) == 2
+    assert "more than 2 photos in 60 s" in answers[2].text
