@@ -113,7 +113,8 @@ def _choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) ->
     if backbone != AUTO:
         return {"backbone": backbone, "weights": weights, "reason": "asked for"}
     if weights != "imagenet":
-        return {"backbone": "resnet50", "weights": weights, "reason": "auto: ResNet50 (the reference) with the weights asked for"}
+        return {"backbone": "resnet50", "weights": weights,
+                "reason": "auto: ResNet50 (the reference) with the weights asked for"}
     resnet = cfg.with_overrides(backbone="resnet50", weights="imagenet")
     materialised = f"{resnet.models_uri}/{weights_tag(resnet)}/model.onnx"
     if resnet50_imagenet_available():
