@@ -77,9 +77,9 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
         s3_hook.load_file(local, key=key, bucket_name=bucket, replace=True)
     finally:
         os.unlink(local)
-    nxt = following.state()
+    after = following.state()
     bucket, key = split_s3_uri(pending_uri)
-    s3_hook.load_string(nxt.to_json(), key=key, bucket_name=bucket, replace=True)
+    s3_hook.load_string(after.to_json(), key=key, bucket_name=bucket, replace=True)
     return {
         "raw_uri": s3a_uri(cfg.raw_bucket, raw_prefix),
         "keys_uri": keys_uri,
@@ -88,7 +88,7 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
         "n_refused": n_refused,
         "refused_sample": refused_sample,
         "since": state.watermark.isoformat() if state.watermark else None,
-        "watermark": nxt.watermark.isoformat() if nxt.watermark else None,
+        "watermark": after.watermark.isoformat() if after.watermark else None,
         "listing_state": pending_uri,
     }
 
@@ -130,49 +130,51 @@ def _choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) ->
 
 def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """One flat JSON object for the run: counts, variance, quality, and every step's output URI."""
-    pre, feat, pca, clu, trn = (manifests.get(s) for s in ("preprocess", "featurize", "pca", "cluster", "train"))
-    counts = (pre or {}).get("counts", {})
+    preprocess, featurize, pca, cluster, train = (
+        manifests.get(s) for s in ("preprocess", "featurize", "pca", "cluster", "train"))
+    counts = (preprocess or {}).get("counts", {})
     found = {"n_new": (new or {}).get("n_new", 0), "n_input": counts.get("n_input", 0),
              "n_rejected": counts.get("n_rejected", 0), "n_ignored": counts.get("n_ignored", 0),
              "n_already_featurized": counts.get("n_already_featurized", 0),
              # which files were not candidates, and why (a folder too deep, a note): a sample and the list
-             "ignored_sample": (pre or {}).get("samples", {}).get("ignored", []),
-             **({"ignored": pre["outputs"]["ignored"]} if pre and "ignored" in pre["outputs"] else {})}
-    if not feat:  # nothing listed, or nothing preprocess made an image of: the steps after it were skipped
+             "ignored_sample": (preprocess or {}).get("samples", {}).get("ignored", []),
+             **({"ignored": preprocess["outputs"]["ignored"]}
+                if preprocess and "ignored" in preprocess["outputs"] else {})}
+    if not featurize:  # nothing listed, or nothing preprocess made an image of: the steps after it were skipped
         return {"status": "nothing new", **found, "n_images": 0,
                 "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},
-                **({"rejects": pre["outputs"]["rejects"]} if pre else {})}
-    metrics = (clu or {}).get("metrics", {})
+                **({"rejects": preprocess["outputs"]["rejects"]} if preprocess else {})}
+    metrics = (cluster or {}).get("metrics", {})
     return {
         "status": "ok",
         **found,
-        "n_images": feat["counts"]["n_images"],
+        "n_images": featurize["counts"]["n_images"],
         "n_table": pca["counts"]["n_images"],
-        "backbone": feat["params"]["backbone"],
-        "weights": feat["params"]["weights"],
-        "weights_source": feat["params"].get("weights_source"),
+        "backbone": featurize["params"]["backbone"],
+        "weights": featurize["params"]["weights"],
+        "weights_source": featurize["params"].get("weights_source"),
         "model_choice": ((new or {}).get("model") or {}).get("reason"),
-        "precision": feat["params"].get("precision", "fp32"),
+        "precision": featurize["params"].get("precision", "fp32"),
         "l2_normalize": pca["params"].get("l2_normalize"),
         "color_weight": pca["params"].get("color_weight", 0.0),
         "explained_variance": pca["metrics"]["explained_variance"],
         "explained_variance_per_component": pca["metrics"]["explained_variance_per_component"],
         "k": pca["params"]["k"],
-        "n_clusters": clu["params"]["n_clusters"],
+        "n_clusters": cluster["params"]["n_clusters"],
         # fewer clusters than asked for (or than categories): capped by the images or max_clusters
-        "n_clusters_wanted": clu["params"].get("n_clusters_wanted"),
+        "n_clusters_wanted": cluster["params"].get("n_clusters_wanted"),
         "ari": metrics.get("ari"),
         "nmi": metrics.get("nmi"),
         "silhouette": metrics.get("silhouette"),
         "purity": metrics.get("purity"),
         # the classifier, on the images it held out
-        "accuracy": (trn or {}).get("metrics", {}).get("accuracy"),
-        "macro_f1": (trn or {}).get("metrics", {}).get("macro_f1"),
-        "per_class_recall": (trn or {}).get("metrics", {}).get("per_class_recall"),
-        "confused_pairs": (trn or {}).get("metrics", {}).get("confused_pairs", [])[:5],
+        "accuracy": (train or {}).get("metrics", {}).get("accuracy"),
+        "macro_f1": (train or {}).get("metrics", {}).get("macro_f1"),
+        "per_class_recall": (train or {}).get("metrics", {}).get("per_class_recall"),
+        "confused_pairs": (train or {}).get("metrics", {}).get("confused_pairs", [])[:5],
         "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},
-        "rejects": pre["outputs"]["rejects"],
-        "report": clu["outputs"]["report"],
+        "rejects": preprocess["outputs"]["rejects"],
+        "report": cluster["outputs"]["report"],
         "timings_s": {step: m.get("timings_s") for step, m in manifests.items() if m},
     }
 

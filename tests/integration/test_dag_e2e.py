@@ -110,42 +110,43 @@ def test_the_run_summary_adds_up(first, s3):
 
 
 def test_each_step_leaves_its_outputs_and_manifest(first, s3):
-    pre, feat, pca, clu, trn = first.preprocess, first.featurize, first.pca, first.cluster, first.train
+    preprocess, featurize, pca, cluster, train = (first.preprocess, first.featurize, first.pca, first.cluster,
+                                                  first.train)
     n_bad = sum(1 for v in first.expected.values() if v == "reject")
-    assert pre["counts"]["n_input"] == len(first.reals) + len(first.expected)
-    assert pre["counts"]["n_images"] == len(first.reals) + len(first.expected) - n_bad
-    assert pre["counts"]["n_rejected"] == n_bad and pre["counts"]["n_ignored"] == 1
-    jpegs = list_keys(s3, pre["outputs"]["jpeg"])
-    assert len(jpegs) == pre["counts"]["n_images"]
+    assert preprocess["counts"]["n_input"] == len(first.reals) + len(first.expected)
+    assert preprocess["counts"]["n_images"] == len(first.reals) + len(first.expected) - n_bad
+    assert preprocess["counts"]["n_rejected"] == n_bad and preprocess["counts"]["n_ignored"] == 1
+    jpegs = list_keys(s3, preprocess["outputs"]["jpeg"])
+    assert len(jpegs) == preprocess["counts"]["n_images"]
     assert any(k.endswith(f"{first.reals[0].parent.name}/{first.reals[0].name}") for k in jpegs)
 
-    assert feat["counts"]["n_images"] == pre["counts"]["n_images"]
-    assert feat["params"]["feature_dim"] == 1280 and feat["params"]["weights"] == "imagenet"
-    assert list_keys(s3, feat["outputs"]["model"].rsplit("/", 1)[0])
+    assert featurize["counts"]["n_images"] == preprocess["counts"]["n_images"]
+    assert featurize["params"]["feature_dim"] == 1280 and featurize["params"]["weights"] == "imagenet"
+    assert list_keys(s3, featurize["outputs"]["model"].rsplit("/", 1)[0])
     # Parquet goes through the S3A magic committer (spark-hadoop-cloud's binding): its _SUCCESS is the
     # committer's JSON report, where the classic committer leaves an empty file.
-    success = json.loads(_read_text(s3, feat["outputs"]["features"] + "/_SUCCESS") or "{}")
+    success = json.loads(_read_text(s3, featurize["outputs"]["features"] + "/_SUCCESS") or "{}")
     assert success.get("committer") == "magic", success
-    assert not [k for k in list_keys(s3, feat["step_uri"]) if "__magic" in k]  # nothing pending left behind
+    assert not [k for k in list_keys(s3, featurize["step_uri"]) if "__magic" in k]  # nothing pending left behind
 
-    assert pca["params"]["k"] == 5 and pca["counts"]["n_images"] == feat["counts"]["n_images"]
+    assert pca["params"]["k"] == 5 and pca["counts"]["n_images"] == featurize["counts"]["n_images"]
     assert len(pca["metrics"]["explained_variance_per_component"]) == 5
     categ = _read_text(s3, pca["outputs"]["categories_csv"]).splitlines()
     assert categ[0] == "categ;key" and len(categ) == 1 + pca["counts"]["n_images"]
 
-    assert clu["params"]["n_clusters"] == 4 and clu["params"]["backbone"] == "efficientnet_lite0"
+    assert cluster["params"]["n_clusters"] == 4 and cluster["params"]["backbone"] == "efficientnet_lite0"
     for metric in ("silhouette", "ari", "nmi", "purity"):
-        assert -1 <= clu["metrics"][metric] <= 1
-    report = list_keys(s3, clu["outputs"]["report_folder"])
+        assert -1 <= cluster["metrics"][metric] <= 1
+    report = list_keys(s3, cluster["outputs"]["report_folder"])
     assert {k.rsplit("/", 1)[1] for k in report} >= {"index.html", "pca_by_fruit.png", "tsne_by_cluster.png"}
 
-    assert trn["counts"]["n_images"] == pca["counts"]["n_images"]
-    assert trn["counts"]["n_images"] == trn["counts"]["n_train"] + trn["counts"]["n_held_out"]
-    assert trn["counts"]["n_classes"] == 4 and trn["counts"]["n_held_out"] >= 4  # one of each class at least
-    assert 0 <= trn["metrics"]["macro_f1"] <= 1
-    assert trn["outputs"]["model"].startswith(f"{trn['step_uri']}/classifier-efficientnet_lite0-imagenet-")
-    assert split_s3_uri(trn["step_uri"])[0] == first.cfg.models_bucket
-    assert trn["outputs"]["backbone_model"] == feat["outputs"]["model"]
+    assert train["counts"]["n_images"] == pca["counts"]["n_images"]
+    assert train["counts"]["n_images"] == train["counts"]["n_train"] + train["counts"]["n_held_out"]
+    assert train["counts"]["n_classes"] == 4 and train["counts"]["n_held_out"] >= 4  # one of each class at least
+    assert 0 <= train["metrics"]["macro_f1"] <= 1
+    assert train["outputs"]["model"].startswith(f"{train['step_uri']}/classifier-efficientnet_lite0-imagenet-")
+    assert split_s3_uri(train["step_uri"])[0] == first.cfg.models_bucket
+    assert train["outputs"]["backbone_model"] == featurize["outputs"]["model"]
 
 
 def test_every_steps_application_is_on_the_history_server(first):
