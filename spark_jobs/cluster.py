@@ -207,10 +207,10 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: Dat
         points = sample(assigned, cfg.plot_max_points, cfg.seed, context["images"])
         embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
         cluster_report.build(tmp, points=points, embedded=embedded, table=table,
-                     metrics={name: round(v, 4) for name, v in metrics.items()},
-                     context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
-                     explained=upstream["metrics"]["explained_variance_per_component"],
-                     fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed)
+                             metrics={name: round(v, 4) for name, v in metrics.items()},
+                             context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
+                             explained=upstream["metrics"]["explained_variance_per_component"],
+                             fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed)
         for name in sorted(os.listdir(tmp)):
             storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
 
@@ -273,7 +273,8 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
 def arg_parser():
     parser = step_cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
-    parser.add_argument("--n-clusters", dest="n_clusters", type=step_cli.optional(int), help="default: number of categories")
+    parser.add_argument("--n-clusters", dest="n_clusters", type=step_cli.optional(int),
+                        help="default: number of categories")
     parser.add_argument("--seed", type=int)
     step_cli.add_l2_normalize(parser)
     return parser

@@ -284,7 +284,8 @@ def load_backbone(store: Store, uri: str, threads: int):
     from spark_jobs.common.models import OnnxFeaturizer
 
     if split_s3_uri(uri)[0] != store.cfg.models_bucket or not uri.endswith(".onnx"):
-        raise ValueError(f"backbone model {uri!r} refused: an .onnx file in s3a://{store.cfg.models_bucket}/ is expected")
+        raise ValueError(f"backbone model {uri!r} refused: an .onnx file in s3a://{store.cfg.models_bucket}/ "
+                         "is expected")
     with tempfile.TemporaryDirectory(prefix="fruitflow-classify-") as tmp:
         local = os.path.join(tmp, "model.onnx")
         with open(local, "wb") as fh:
