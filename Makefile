@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
 
-$(STAMP): requirements.in requirements-dev.in constraints.txt pyproject.toml scripts/setup.sh scripts/check_setup.py
+$(STAMP): constraints.txt constraints-dev.txt pyproject.toml scripts/setup.sh scripts/check_setup.py
 	bash scripts/setup.sh
 	touch $(STAMP)
 
@@ -61,11 +61,14 @@ airflow-ui: $(STAMP)  ## Airflow's UI (airflow standalone) on the local stack; D
 zip: $(STAMP)  ## the shared library for spark-submit --py-files (dist/fruitflow_jobs.zip)
 	$(FRUITFLOW) zip
 
-lock:  ## re-resolve requirements.in and requirements-dev.in into constraints.txt (needs a fresh venv)
-	rm -rf .lockvenv && python3.11 -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in -r requirements-dev.in
-	.lockvenv/bin/pip install -q --no-deps --force-reinstall "$$(grep -E '^pyspark==' requirements.in)"
-	{ sed -n '1,3p' constraints.txt; .lockvenv/bin/pip freeze --exclude-editable; } > constraints.txt.new
-	mv constraints.txt.new constraints.txt && rm -rf .lockvenv
+lock:  ## re-resolve pyproject.toml's extras into constraints.txt (what runs) and constraints-dev.txt (what tests add)
+	rm -rf .lockvenv && python3.11 -m venv .lockvenv
+	.lockvenv/bin/pip install -q ".[airflow,spark-node,resnet50]"
+	{ sed -n '1,3p' constraints.txt; .lockvenv/bin/pip freeze --all --exclude-editable | grep -v '^fruitflow\|^pip=='; } > .lock.run
+	.lockvenv/bin/pip install -q ".[dev]" -c .lock.run
+	{ sed -n '1p' constraints-dev.txt; .lockvenv/bin/pip freeze --all --exclude-editable | grep -v '^fruitflow\|^pip==' \
+	  | grep -vxFf .lock.run; } > constraints-dev.txt
+	mv .lock.run constraints.txt && rm -rf .lockvenv
 
 clean:  ## stop the stack and remove its state (the store's data included), dist/ and out/
 	-$(FRUITFLOW) stack down

@@ -6,7 +6,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
-PLUGINS = ROOT / "plugins"
 OUT = ROOT / "out"
 # The Fruits-360 samples, read by path from the folder beside the checkout (never copied in).
 SHARED_FRUITS = ROOT.parent / "shared" / "fruits360"

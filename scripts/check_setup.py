@@ -1,4 +1,5 @@
-"""Proves the installed set is the pinned one where it matters: pyspark (not pyspark-client's copy), Java."""
+"""Proves the installed set is the pinned one where it matters: one Spark version (pyspark and the Spark
+provider's pyspark-client install the same `pyspark` package), the main packages, Java."""
 
 import re
 import subprocess
@@ -19,7 +20,10 @@ def main() -> int:
     import pyspark
 
     if pyspark.__version__ != pins["pyspark"]:
-        problems.append(f"pyspark reports {pyspark.__version__}, pinned {pins['pyspark']} (pyspark-client overwrote it?)")
+        problems.append(f"pyspark reports {pyspark.__version__}, pinned {pins['pyspark']}")
+    if pins.get("pyspark-client", pins["pyspark"]) != pins["pyspark"]:
+        problems.append(f"constraints.txt pins pyspark {pins['pyspark']} and pyspark-client {pins['pyspark-client']}: "
+                        "they install one package and must be one version")
     for name in ("apache-airflow", "apache-airflow-providers-amazon", "apache-airflow-providers-apache-spark",
                  "tensorflow-cpu", "onnxruntime", "opencv-python-headless", "pandas"):
         installed = metadata.version(name)
@@ -33,7 +37,7 @@ def main() -> int:
     import fruitflow
 
     if Path(fruitflow.__file__).resolve().parent.parent != ROOT:
-        problems.append(f"fruitflow is imported from {fruitflow.__file__}, not this checkout (pip install -e .)")
+        problems.append(f"fruitflow is imported from {fruitflow.__file__}, not this checkout (make setup)")
     for p in problems:
         print(f"setup check: {p}", file=sys.stderr)
     if not problems:

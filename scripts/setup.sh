@@ -16,11 +16,8 @@ PY
 command -v java >/dev/null 2>&1 || { echo "setup: Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.in -r requirements-dev.in -c constraints.txt
-# The Spark provider's pyspark-client overwrites pyspark's Python files with an older version.
-pyspark_pin=$(grep -E '^pyspark==' constraints.txt | cut -d= -f3)
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "pyspark==${pyspark_pin}"
-# The project itself, editable: `fruitflow` on the venv's PATH, its packages importable everywhere
-# (Airflow, spark-submit's driver, the tests) without patching the import path.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+# The project itself, editable, with every host's extra and the tests' (`fruitflow` on the venv's PATH, its
+# packages importable everywhere: Airflow, spark-submit's driver, the tests), at the pins of both locks.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -c constraints-dev.txt \
+  -e ".[airflow,spark-node,resnet50,dev]"
 .venv/bin/python scripts/check_setup.py

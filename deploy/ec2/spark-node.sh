@@ -26,7 +26,7 @@ WORKER_CORES=${WORKER_CORES:-$(nproc)}
 WORKER_MEMORY=${WORKER_MEMORY:-}    # default: the memory less 4 GiB for the OS, the Python workers' models
 FAILURE_TIMEOUT=${FAILURE_TIMEOUT:-60}  # seconds before a silent worker or executor is written off
 QUICK_START_JVM=${QUICK_START_JVM:-0}  # client on a small instance (2 vCPUs): C1 only, serial GC (node_conf)
-HADOOP_AWS_VERSION=3.5.0            # Spark 4.3's Hadoop client version
+HADOOP_AWS_VERSION=3.5.0            # Spark 4.2's Hadoop client version
 SPARK_HADOOP_CLOUD_VERSION=4.0.0    # the S3A committer binding (FRUITFLOW_S3A_COMMITTER=magic)
 SPARK_USER=spark
 
@@ -85,11 +85,11 @@ install_project() {
   fi
   id "$SPARK_USER" >/dev/null 2>&1 || useradd --system --create-home --home-dir "$PREFIX/home" "$SPARK_USER"
   python3.11 -m venv "$PREFIX/venv"
-  "$PREFIX/venv/bin/pip" install --quiet -r "$SOURCE_DIR/requirements.in" -c "$SOURCE_DIR/constraints.txt"
-  local pin
-  pin=$(grep -E '^pyspark==' "$SOURCE_DIR/constraints.txt")
-  "$PREFIX/venv/bin/pip" install --quiet --no-deps --force-reinstall "$pin"
-  "$PREFIX/venv/bin/pip" install --quiet --no-deps "$SOURCE_DIR"  # fruitflow.stack.node_conf
+  # fruitflow with its host's extra, at the lock's pins: a master or a worker gets the Spark node's share
+  # (Spark, the executors' UDF libraries: no Airflow, no TensorFlow); the client is the Airflow host.
+  local extra=spark-node
+  if [ "$ROLE" = client ]; then extra=airflow; fi
+  "$PREFIX/venv/bin/pip" install --quiet "${SOURCE_DIR}[${extra}]" -c "$SOURCE_DIR/constraints.txt"
 }
 
 install_hadoop_aws() {

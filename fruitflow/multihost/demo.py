@@ -4,7 +4,8 @@ deployment: spark-submit in client mode against the master by address, executors
 cannot see the driver's files, SeaweedFS on a fourth.
 
 Prints the usual run summary as the last stdout line, plus `hosts`: the hosts whose executors ran the
-featurize step's tasks, read from the Spark history server's REST API. The cluster is torn down
+featurize step's tasks, read from the Spark history server's REST API; and `node_env_mb`, `driver_env_mb`:
+the sizes of the Spark nodes' venv and of the airflow host's (the driver's). The cluster is torn down
 (processes, namespaces, bridge) whatever happens; its logs stay under <state>/cluster/<host>/logs.
 """
 
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from fruitflow.multihost import network
+from fruitflow.multihost import network, node_env
 from fruitflow.multihost.nodes import Cluster
 from fruitflow.paths import OUT, ROOT
 
@@ -45,6 +46,10 @@ def featurize_hosts(history_url: str, run_id: str, names: dict[str, str], timeou
                 ip = executor["hostPort"].rsplit(":", 1)[0]
                 hosts.add(names.get(ip, ip))
     return sorted(hosts)
+
+
+def venv_sizes(cluster: Cluster) -> dict[str, int]:
+    return {"node_env_mb": node_env.size_mb(cluster.node_venv), "driver_env_mb": node_env.size_mb(Path(sys.prefix))}
 
 
 def inside(data: Path | None, summary_out: Path | None, out: Path) -> int:
@@ -110,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         if proc.wait() != 0 or not summary_out.exists():
             log(f"the run failed (exit {proc.returncode}); logs under {cluster.base}")
             return 1
-        summary = json.loads(summary_out.read_text())
-        log(f"featurize ran on {', '.join(summary['hosts'])}")
+        summary = {**json.loads(summary_out.read_text()), **venv_sizes(cluster)}
+        log(f"featurize ran on {', '.join(summary['hosts'])}; the nodes' venv {summary['node_env_mb']} MB, "
+            f"the driver's {summary['driver_env_mb']} MB")
     finally:
         cluster.down()
         log(f"done in {time.monotonic() - started:.0f}s")

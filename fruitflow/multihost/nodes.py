@@ -3,11 +3,13 @@ what its EC2 counterpart runs, configured by the same renderer as the EC2 node s
 
     storage    SeaweedFS (S3 on :9000), authentication on, its own /tmp
     master     Spark standalone master (:7077, web UI :8080)
-    worker-1   Spark worker, 1 core (web UI :8081)   } their own mount namespace: the driver's work tree
-    worker-2   Spark worker, 1 core (web UI :8081)   } and state are hidden, the venv is read-only
+    worker-1   Spark worker, 1 core (web UI :8081)   } their own mount namespace: the driver's work tree,
+    worker-2   Spark worker, 1 core (web UI :8081)   } state and venv hidden; the node venv read-only
     airflow    the DAG (`dag.test()`), spark-submit in client mode, the Spark history server (:18080)
 
-Every service binds its host's cluster address; nothing is reached through 127.0.0.1. The cluster's state
+The master and the workers run from the Spark nodes' venv (`node_env`: the `spark-node` extra alone), which is
+also their executors' Python; the airflow host runs the driver's. Every service binds its host's cluster
+address; nothing is reached through 127.0.0.1. The cluster's state
 (SeaweedFS data, credentials, logs, event logs) lives under `<state>/cluster/`, apart from the local stack's.
 """
 
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitflow.multihost import network
+from fruitflow.multihost import network, node_env
 from fruitflow.paths import ROOT
 from fruitflow.stack import seaweed
 from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars, local_credentials, prepare,
@@ -88,9 +90,17 @@ class Cluster:
     def credentials(self, identity: str) -> dict[str, str]:
         return local_credentials(self.base, identity)
 
+    @property
+    def node_venv(self) -> Path:
+        """The Spark nodes' venv (made by `write_configuration`), at one path on every host."""
+        return self.local_state / "node-venv"
+
+    def spark_home(self, host: str) -> Path:
+        return spark_home() if host == "airflow" else node_env.spark_home(self.node_venv)
+
     def node(self, host: str, roles: tuple[str, ...]) -> Node:
         return Node(roles=roles, ip=self.net.ip(host), home=str(self.home(host)),
-                    secret=self.credentials("spark")["secret"], python=sys.executable,
+                    secret=self.credentials("spark")["secret"], python=str(node_env.python(self.node_venv)),
                     event_log_dir=str(self.event_logs) if host == "airflow" else "",
                     cores=1, memory="3g", failure_timeout_s=self.failure_timeout_s,
                     quick_start_jvm=True)  # five hosts on two shared cores
@@ -115,7 +125,7 @@ class Cluster:
             "FRUITFLOW_CLUSTER_PREFIX": self.net.prefix, "FRUITFLOW_CLUSTER_SUBNET": self.net.subnet,
             "FRUITFLOW_HOST": s.host, "FRUITFLOW_S3_HOST": s.s3_host, "FRUITFLOW_SPARK_HOST": s.spark_host,
             "FRUITFLOW_SPARK_HISTORY_URL": self.history_url,
-            "FRUITFLOW_PYSPARK_PYTHON": sys.executable,
+            "FRUITFLOW_PYSPARK_PYTHON": str(node_env.python(self.node_venv)),  # the executors'
         })
         return e
 
@@ -124,7 +134,7 @@ class Cluster:
         # The worker host's own S3 identity (`spark-node`), as an EC2 worker has its instance profile; no
         # host gets the Airflow host's connections or identity from this process's environment.
         node = spark_node_environment(self.base, self._region()) if host in WORKERS else {}
-        return worker_environment(e, {**node, "SPARK_HOME": str(spark_home()),
+        return worker_environment(e, {**node, "SPARK_HOME": str(self.spark_home(host)),
                                       "SPARK_CONF_DIR": str(self.conf_dir(host))})
 
     def _region(self) -> str:
@@ -135,6 +145,7 @@ class Cluster:
     # Building and starting.
     def write_configuration(self) -> None:
         prepare()  # the local state folder, hadoop-aws resolved once
+        node_env.ensure(self.local_state)
         for host, node in self.nodes().items():
             write(node, self.conf_dir(host))
 
@@ -155,7 +166,9 @@ class Cluster:
 
     def start_worker(self, host: str) -> None:
         hide = [ROOT, *([ROOT.parent / "shared"] if (ROOT.parent / "shared").is_dir() else [])]
-        keep = [(Path(sys.prefix), True), *((Path(j).parent, True) for j in self.jars()[:1]),
+        driver_venv = Path(sys.prefix)  # hidden too, wherever it lives
+        hide += [] if any(driver_venv.is_relative_to(h) for h in hide) else [driver_venv]
+        keep = [(self.node_venv, True), *((Path(j).parent, True) for j in self.jars()[:1]),
                 (self.home(host), False)]
         prefix = network.private_mounts(hide=hide, keep=keep, stage=STAGE)
         self._spark(host, [WORKER_CLASS, self.master_url, "--host", self.net.ip(host),
@@ -165,7 +178,7 @@ class Cluster:
         self._spark("airflow", [HISTORY_CLASS], "history-server")
 
     def _spark(self, host: str, args: list[str], name: str, prefix: list[str] | None = None) -> None:
-        argv = [*(prefix or []), str(spark_home() / "bin" / "spark-class"), *args]
+        argv = [*(prefix or []), str(self.spark_home(host) / "bin" / "spark-class"), *args]
         network.spawn_in(self.net, host, argv, self.spark_env(host), self.log(host, name), cwd=self.home(host))
 
     def _config(self):

