@@ -23,8 +23,7 @@ from airflow.sdk import DAG, Asset, Param, chain, task
 from fruitflow_airflow import AWS_CONN_ID, DAG_ID
 from fruitflow_airflow.operators import SparkStepOperator
 from fruitflow_airflow.sensors import NewImagesSensor
-from fruitflow_airflow.tasks import AUTO
-from spark_jobs.common.config import FEATURE_DIM, Config, env_values, weights_param_pattern
+from spark_jobs.common.config import AUTO, FEATURE_DIM, Config, weights_param_pattern
 from spark_jobs.common.steps import FINAL_STEPS, STEP_NAMES, STEPS
 
 CFG = Config.from_env()
@@ -85,10 +84,9 @@ with DAG(
                             description="KMeans k; empty: the number of fruit categories "
                                         f"(at most {CFG.max_clusters})"),
         "batch_size": Param(CFG.batch_size, type="integer", minimum=1, maximum=1024),
-        "backbone": Param(env_values(Config).get("backbone", AUTO), type="string", enum=[AUTO, *sorted(FEATURE_DIM)],
-                          description="auto: ResNet50 with ImageNet weights where they can be had, else "
-                                      "EfficientNet-Lite0 (ImageNet, offline) | resnet50 (2048 floats) | "
-                                      "efficientnet_lite0 (1280)"),
+        "backbone": Param(CFG.backbone, type="string", enum=[AUTO, *sorted(FEATURE_DIM)],
+                          description="auto: the run's list_new task picks one (docs/models.md) | resnet50 "
+                                      "(2048 floats) | efficientnet_lite0 (1280)"),
         "weights": Param(CFG.weights, type="string", pattern=weights_param_pattern(CFG),
                          description=f"imagenet | random | s3a://{CFG.models_bucket}/<file>.keras, .onnx or .pth"),
         "l2_normalize": Param(CFG.l2_normalize, type="boolean",

@@ -51,8 +51,7 @@ def run_dag(conf: dict, failures: dict[str, str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="folder of <fruit>/<image> files")
-    parser.add_argument("--backbone", help="auto | resnet50 | efficientnet_lite0; default (the DAG's): auto, "
-                        "ResNet50 when its ImageNet weights can be had here, else EfficientNet-Lite0")
+    parser.add_argument("--backbone", help="auto (the DAG's default: docs/models.md) | resnet50 | efficientnet_lite0")
     parser.add_argument("--weights", help="imagenet | random | s3a://<models bucket>/<file>; default: imagenet")
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     args = parser.parse_args(argv)

@@ -39,7 +39,7 @@ def resolve_model_file(model_ref: str) -> str:
 
 
 def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
-                     threads_per_worker: int = 1, backbone: str = "resnet50") -> DataFrame:
+                     threads_per_worker: int = 1, *, backbone: str) -> DataFrame:
     """key, category, etag, image (raw 224x224 RGB bytes) -> key, category, etag, features (float[]),
     color (float[], the colour histogram of `images.color_histogram`)."""
 
@@ -50,7 +50,7 @@ def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size:
         from spark_jobs.common.images import color_histogram, rgb_from_bytes
         from spark_jobs.common.models import load_featurizer
 
-        model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker, backbone)
+        model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker, backbone=backbone)
         for images_batch in batches:
             pixels = [rgb_from_bytes(b) for b in images_batch]
             rgb = np.stack(pixels).astype(np.float32)
@@ -123,7 +123,8 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
 def arg_parser():
     parser = step_cli.parser(__doc__)
     parser.add_argument("--input", required=True, help="URI of the preprocess step (its manifest is read)")
-    parser.add_argument("--backbone", choices=sorted(FEATURE_DIM), help="the pretrained network (default resnet50)")
+    parser.add_argument("--backbone", choices=sorted(FEATURE_DIM), required=True,
+                        help="the pretrained network (the DAG's list_new task chooses it for the run)")
     parser.add_argument("--weights", help="imagenet | random | path or s3a URI of a saved model")
     parser.add_argument("--engine", choices=["onnx", "tensorflow"])
     parser.add_argument("--precision", choices=["fp32", "int8"],

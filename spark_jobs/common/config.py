@@ -19,10 +19,10 @@ from .steps import step as registered_step
 ENV_PREFIX = "FRUITFLOW_"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
-# Spark 4.3 ships Hadoop 3.5.0 client jars; hadoop-aws must be the very same version.
+# Spark 4.2 ships Hadoop 3.5.0 client jars; hadoop-aws must be the very same version.
 HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
 # Spark's binding to the S3A committers (PathOutputCommitProtocol, BindingParquetOutputCommitter): not in
-# pyspark's jars, and Maven Central has no 4.3.0 of it. 4.0.0's two classes work with Spark 4.3
+# pyspark's jars, and Maven Central has no 4.2.0 of it. 4.0.0's two classes work with Spark 4.2
 # (`test_dag_e2e` reads the committer's own report). One jar, resolved without its dependencies (Spark's own).
 HADOOP_CLOUD_PACKAGE = "org.apache.spark:spark-hadoop-cloud_2.13:4.0.0"
 
@@ -33,6 +33,9 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 WEIGHTS_EXTENSIONS = ("keras", "onnx", "pth")
 IMAGE_SIZE = 224
 FEATURE_DIM = {"resnet50": 2048, "efficientnet_lite0": 1280}
+# The default backbone: the DAG's list_new task picks one for the run (fruitflow_airflow.tasks.choose_model,
+# docs/models.md); a step is always given the one it runs with.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class Config:
     local_memory: str = "4g"
 
     # Featurization
-    backbone: str = "resnet50"
+    backbone: str = AUTO  # or one of FEATURE_DIM
     weights: str = "imagenet"  # imagenet | random | path or s3a URI of a saved model
     engine: str = "onnx"  # onnx | tensorflow
     precision: str = "fp32"  # fp32 | int8 (opt-in: ONNX model statically quantized on the run's images)
@@ -151,8 +154,8 @@ class Config:
                 self.reports_bucket,
             ),
         )
-        if self.backbone not in FEATURE_DIM:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(FEATURE_DIM)}")
+        if self.backbone not in (AUTO, *FEATURE_DIM):
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose {AUTO} or one of {sorted(FEATURE_DIM)}")
         # The S3 identities may write the keys that start with the runs prefix (fruitflow.access): that
         # must never include the backbone models' folders, which only the drivers write.
         if not self.runs_prefix or any(name.startswith(self.runs_prefix) for name in FEATURE_DIM):
@@ -213,6 +216,10 @@ class Config:
 
     @property
     def models_uri(self) -> str:
+        """The backbone's folder of the models bucket: for a chosen backbone only (never `auto`)."""
+        if self.backbone == AUTO:
+            raise ValueError(f"backbone {AUTO!r} has no models folder: the DAG's list_new task chooses one "
+                             f"for the run; a step or a tool is given one of {sorted(FEATURE_DIM)}")
         return s3a_uri(self.models_bucket, self.backbone)
 
 

@@ -159,7 +159,7 @@ def build_keras_model(backbone: str, weights: str, seed: int, local_path: str | 
     return model
 
 
-def export_onnx(model, path: str, backbone: str = "resnet50") -> None:
+def export_onnx(model, path: str, backbone: str) -> None:
     """tf2onnx export of `preprocess_input` + the Keras model: the ONNX graph takes RGB 0-255."""
     import tensorflow as tf
     import tf2onnx
@@ -221,7 +221,7 @@ class OnnxFeaturizer:
 
 
 class TensorFlowFeaturizer:
-    def __init__(self, path: str, threads: int = 1, backbone: str = "resnet50"):
+    def __init__(self, path: str, threads: int = 1, *, backbone: str):
         self.backbone = backbone
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
@@ -240,12 +240,12 @@ class TensorFlowFeaturizer:
         return np.asarray(self.model.predict_on_batch(x))
 
 
-def load_featurizer(path: str, engine: str, threads: int = 1, backbone: str = "resnet50"):
+def load_featurizer(path: str, engine: str, threads: int = 1, *, backbone: str):
     """Once per Python worker process (Spark reuses workers across tasks)."""
     key = (path, engine)
     if key not in _LOADED:
         if engine == "onnx":  # the normalisation is inside the graph
             _LOADED[key] = OnnxFeaturizer(path, threads)
         else:
-            _LOADED[key] = TensorFlowFeaturizer(path, threads, backbone)
+            _LOADED[key] = TensorFlowFeaturizer(path, threads, backbone=backbone)
     return _LOADED[key]

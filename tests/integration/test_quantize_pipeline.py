@@ -12,6 +12,7 @@ def test_pipeline_int8_model_is_stored_once_then_reused(stack, spark, cfg, model
     from spark_jobs.common import storage
 
     paths, rgb, _ = calibration_and_held_out
+    cfg = cfg.with_overrides(backbone="resnet50")  # model_files' backbone, as the run's list_new gives it
     frame = spark.createDataFrame(
         [(f"{p.parent.name}/{p.name}", p.parent.name, "etag", img.tobytes()) for p, img in zip(paths, rgb)],
         "key string, category string, etag string, image binary")

@@ -14,6 +14,7 @@ from fruitflow import stack as local_stack
 from fruitflow.stack.environment import local_credentials, state_dir
 from fruitflow.stack.process import http_json
 from fruitflow.stack.services import service
+from spark_jobs.common.config import FEATURE_DIM
 
 
 def _client(key, secret):
@@ -99,7 +100,7 @@ def test_the_spark_node_identity_writes_step_outputs_only(stack, s3, cfg):
     try:
         assert node.get_object(Bucket=cfg.raw_bucket, Key=photo)["Body"].read() == b"a photo"
         for bucket, key in ((cfg.raw_bucket, photo), (cfg.raw_bucket, "images/planted.jpg"),
-                            (cfg.models_bucket, f"{cfg.backbone}/planted/model.onnx"),
+                            *((cfg.models_bucket, f"{name}/planted/model.onnx") for name in FEATURE_DIM),
                             (cfg.features_bucket, "elsewhere/planted.parquet")):
             assert _error(lambda: node.put_object(Bucket=bucket, Key=key, Body=b"x")) == "AccessDenied", key
         assert _error(lambda: node.delete_object(Bucket=cfg.raw_bucket, Key=photo)) == "AccessDenied"
@@ -124,7 +125,7 @@ def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
 
     build_zip()
     allowed = f"{cfg.features_bucket}/{cfg.runs_prefix}/node-check/part-0"
-    backbone = f"{cfg.models_bucket}/{cfg.backbone}/node-check/model.onnx"
+    backbone = f"{cfg.models_bucket}/efficientnet_lite0/node-check/model.onnx"  # the offline default's folder
     kwargs = submit_kwargs("preprocess", cfg)
     kwargs.pop("application")
     kwargs["name"] = "fruitflow-node-writes"

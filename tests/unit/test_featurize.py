@@ -16,7 +16,7 @@ def real_batch():
 
 
 def test_onnx_matches_tensorflow_on_real_images(model_files, real_batch):
-    tf_features = models.TensorFlowFeaturizer(model_files["keras"])(real_batch)
+    tf_features = models.TensorFlowFeaturizer(model_files["keras"], backbone="resnet50")(real_batch)
     onnx_features = models.OnnxFeaturizer(model_files["onnx"])(real_batch)
     assert tf_features.shape == onnx_features.shape == (len(real_batch), 2048)
     assert np.abs(tf_features - onnx_features).max() <= 1e-4
@@ -40,7 +40,8 @@ def test_featurize_udf_gives_the_models_features(spark, image_tree, model_files,
     root = image_tree(paths)
     frame = preprocess.with_keys(preprocess.extract(spark, root.as_uri()), root.as_uri())
     prepared = preprocess.preprocess_images(frame.filter("ignored_reason is null"), cfg).filter("status = 'ok'")
-    out = featurize.featurize_images(prepared.repartition(3), model_files["onnx"], "onnx", batch_size=3)
+    out = featurize.featurize_images(prepared.repartition(3), model_files["onnx"], "onnx", batch_size=3,
+                                     backbone="resnet50")
     collected = out.collect()
     rows = {r["key"]: np.asarray(r["features"], np.float32) for r in collected}
     colours = {r["key"]: np.asarray(r["color"], np.float32) for r in collected}

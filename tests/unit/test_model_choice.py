@@ -1,7 +1,7 @@
 """The run's model when the DAG's Param says `auto`: decided where the DAG runs, with the reason."""
 
-from fruitflow_airflow.tasks import AUTO, choose_model
-from spark_jobs.common.config import Config
+from fruitflow_airflow.tasks import choose_model
+from spark_jobs.common.config import AUTO, Config
 from spark_jobs.common.models import resnet50_imagenet_available
 
 
@@ -26,3 +26,19 @@ def test_auto_takes_resnet50_imagenet_only_where_its_weights_can_be_had():
 def test_auto_with_other_weights_is_the_reference_architecture():
     chosen = choose_model(AUTO, "random", Config(), lambda uri: False)
     assert (chosen["backbone"], chosen["weights"]) == ("resnet50", "random")
+
+
+def test_auto_is_the_one_default_and_a_step_is_always_given_its_backbone():
+    """One meaning for the default: `auto`, in the settings as in the DAG's Param; below the DAG nothing
+    falls back to a backbone of its own."""
+    import pytest
+
+    from spark_jobs import featurize
+
+    assert Config().backbone == AUTO
+    with pytest.raises(ValueError, match="list_new"):
+        Config().models_uri  # no models folder named `auto`
+    with pytest.raises(SystemExit):  # --backbone is required
+        featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://fruitflow-preprocessed/runs/r/x"])
+    assert featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://b/x", "--backbone",
+                                              "efficientnet_lite0"]).backbone == "efficientnet_lite0"
