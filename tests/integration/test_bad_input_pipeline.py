@@ -114,7 +114,8 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     stored = s3.get_object(Bucket=jpeg_bucket, Key=f"{jpeg_prefix}/Odd/huge 6000x4000.jpg")["Body"].read()
     assert images.decode(stored, 10**7).shape == (224, 224, 3)
 
-    submit_step("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", "--batch-size", "8")
+    submit_step("featurize", cfg, run_id, "--input", pre["step_uri"], "--backbone", "resnet50", "--weights", "random",
+                "--batch-size", "8")
     feat = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
     assert feat["counts"]["n_images"] == len(ok)
 

@@ -31,6 +31,8 @@ from tests.helpers import list_keys, read_manifest
 pytestmark = pytest.mark.slow
 
 PAUSE_S = 2 * S3_MIN_TIMEOUT_S + 5
+# the model the featurize submissions run with (the DAG gives every step the backbone list_new chose)
+RANDOM_RESNET50 = ("--backbone", "resnet50", "--weights", "random")
 _STARTED: list[subprocess.Popen] = []
 
 
@@ -263,7 +265,7 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     run_id = prepared["run_id"]
     step_uri = cfg.step_uri(run_id, "featurize")
     log = tmp_path / "killed.log"
-    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log)
+    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, log=log)
     _wait_for(_python_workers_running, proc, 300, "the featurize UDF stage")
     time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and spark-submit, as a lost Airflow worker would
@@ -275,14 +277,14 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     wait_until(lambda: not _active_apps(), 60, "the killed application to be gone")
 
     # The retry (same run id) starts from a clean prefix and commits complete outputs.
-    _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
+    _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
     first = read_manifest(s3, step_uri)
     keys, features = _features(s3, step_uri)
     assert first["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
     assert any(run_id in m["step_uri"] for m in committed_featurize_steps(spark, cfg))
 
     # Rerunning the same run id again: the same outputs and counts.
-    _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
+    _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
     again = read_manifest(s3, step_uri)
     keys_again, features_again = _features(s3, step_uri)
     assert again["counts"] == first["counts"] and sorted(keys_again) == sorted(keys)
@@ -297,7 +299,7 @@ def test_worker_killed_during_featurize(s3, prepared, prepared_for_featurize, tm
     step_uri = cfg.step_uri(run_id, "featurize")
     log = tmp_path / "workerkill.log"
     ui_port = _free_port()  # the driver's own UI: which executor runs a task right now
-    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", log=log,
+    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, log=log,
                   conf={"spark.ui.port": str(ui_port)})
     # Killed while a featurize task runs on it (seen through the driver's REST API), with most of the
     # stage's tasks still to run: the executor is lost with work in hand, not between jobs.
@@ -320,7 +322,7 @@ def test_worker_killed_during_featurize(s3, prepared, prepared_for_featurize, tm
         sorted({(s["stageId"], s["attemptId"], t["attempt"], t["status"]) for s, t in tasks})
     if rc != 0:  # Spark gave up: the Airflow task retry resubmits the same run id
         print("featurize failed after the worker loss; resubmitting the run id as the Airflow retry does")
-        _run("featurize", cfg, run_id, "--input", pre["step_uri"], "--weights", "random", tmp_path=tmp_path)
+        _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
     else:  # Spark carried the step: the lost work ran again, as a task's next attempt or its stage's
         print("Spark rescheduled the lost tasks on the restarted worker")
         assert max(max(stage["attemptId"], task["attempt"]) for stage, task in tasks) > 0
