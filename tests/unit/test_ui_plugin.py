@@ -2,6 +2,7 @@
 can reach, and what is refused before a request's body is read."""
 
 import asyncio
+from functools import partial
 
 import pytest
 
@@ -100,3 +101,50 @@ def test_the_recognise_page_answers_429_past_a_users_limit(monkeypatch):
                for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429] and len(worked) == 2
     assert "more than 2 photos in 60 s" in answers[2].text
+
+
+def test_a_flood_of_uploads_leaves_the_api_server_answering(monkeypatch):
+    """20 uploads at once: two recognitions run (held here mid-work, as a slow model would be), the others
+    are turned away at once with 503, and meanwhile the app still answers another request. The work runs
+    on FastAPI's thread pool: on the event loop, the held recognitions would stall every other request."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.responses import HTMLResponse
+    from fastapi.testclient import TestClient
+
+    class User:
+        def get_id(self):
+            return "alice"
+
+    inside, release = threading.Semaphore(0), threading.Event()
+
+    def held(photo):
+        inside.release()
+        release.wait(300)
+        return HTMLResponse("recognised")
+
+    monkeypatch.setattr(ui_plugin, "_recognise", held)
+    monkeypatch.setattr(ui_plugin, "RECOGNISE_PER_USER", ui_plugin.PerUserLimit(count=20, per_s=60))
+    access = ui_plugin.app.router.dependencies[0].dependency
+    monkeypatch.setitem(ui_plugin.app.dependency_overrides, access, lambda: None)
+    monkeypatch.setitem(ui_plugin.app.dependency_overrides, get_user, User)
+    # one event loop for every request, as in the api-server (a bare TestClient gives each request its own)
+    with TestClient(ui_plugin.app) as client, ThreadPoolExecutor(max_workers=21) as pool:
+        upload = partial(client.post, "/recognise", files={"photo": ("a.jpg", b"x")},
+                         headers={"Authorization": "Bearer t"})
+        try:
+            uploads = [pool.submit(upload) for _ in range(20)]
+            assert inside.acquire(timeout=60) and inside.acquire(timeout=60)  # two recognitions under way
+            deadline = time.monotonic() + 120
+            while sum(u.done() for u in uploads) < 18 and time.monotonic() < deadline:  # the rest answered
+                time.sleep(0.05)
+            page = pool.submit(client.get, "/recognise").result(timeout=120)  # answered while two are held
+            assert page.status_code == 200 and not inside.acquire(blocking=False)  # and no third started
+            turned_away = sorted(u.result().status_code for u in uploads if u.done())
+        finally:
+            release.set()
+        statuses = sorted(u.result(timeout=120).status_code for u in uploads)
+    assert turned_away == [503] * 18 and statuses == [200] * 2 + [503] * 18
