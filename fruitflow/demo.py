@@ -20,6 +20,7 @@ from pathlib import Path
 from fruitflow import stack, store
 from fruitflow.paths import DAGS, OUT, SAMPLE_500
 from fruitflow_airflow import DAG_ID
+from spark_jobs.common import signing
 from spark_jobs.common.pointers import latest_demo_uri
 
 DEFAULT_DATA = SAMPLE_500
@@ -127,8 +128,8 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
         return None
     summary = read_summary(cfg, dag_run.run_id)
     log(f"model: {summary.get('backbone')} ({summary.get('weights')}); {summary.get('model_choice')}")
-    store.write_json(latest_demo_uri(base), {"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
-                                            "run_id": dag_run.run_id, "summary": summary["summary"]})
+    store.write_json(latest_demo_uri(base), signing.sign({"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
+                                                          "run_id": dag_run.run_id, "summary": summary["summary"]}))
     if summary.get("report"):  # the cluster step's figures and tables
         store.download_prefix(summary["report"].rsplit("/", 1)[0], out / "report")
     if summary.get("report_html"):  # the run's page (everything inline), as the Airflow plugin serves it
@@ -140,9 +141,9 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
 
 
 def read_summary(cfg, run_id: str) -> dict:
-    from fruitflow_airflow.tasks import summary_uri
+    from fruitflow_airflow.run_report import summary_uri
 
-    return store.read_json(summary_uri(cfg, run_id))
+    return signing.loads(store.read_text(summary_uri(cfg, run_id)), "run summary")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ vectors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -232,8 +233,9 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
         assign(model, reduced, cfg.l2_normalize).drop("pca").write.mode("overwrite").parquet(assignments_uri)
         model.write().overwrite().save(model_uri)
         # the centres as plain numbers too, for `fruitflow classify` (no Spark there)
-        storage.write_text(spark, f"{out_uri}/centroids.json", json.dumps(
-            {"l2_normalize": cfg.l2_normalize, "centres": [c.tolist() for c in model.clusterCenters()]}))
+        centres = json.dumps({"l2_normalize": cfg.l2_normalize,
+                              "centres": [c.tolist() for c in model.clusterCenters()]})
+        storage.write_text(spark, f"{out_uri}/centroids.json", centres)
     assigned = reduced.join(spark.read.parquet(assignments_uri).select("key", "cluster"), "key")
     with timings.measure("metrics"):
         table = contingency(assigned)
@@ -257,6 +259,8 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
             "outputs": {"assignments": assignments_uri, "model": model_uri, "centroids": f"{out_uri}/centroids.json",
                         "report": f"{report_uri}/index.html", "report_folder": report_uri},
+            # the centres as written: the (signed) manifest vouches for them where the Spark nodes may write
+            "centroids_sha256": hashlib.sha256(centres.encode("utf-8")).hexdigest(),
             "counts": {"n_images": n_images, "n_categories": n_categories},
             "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
                        "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,

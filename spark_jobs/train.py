@@ -15,6 +15,7 @@ pickle, the rest to JSON.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -133,9 +134,8 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
     reduced = spark.read.parquet(upstream["outputs"]["reduced"])
-    # One partition per executor core (the window's shuffle leaves spark.sql.shuffle.partitions of
-    # them): every L-BFGS iteration is a Spark job over this table, and on small tables its tasks'
-    # scheduling is most of the job (bench/RESULTS.md).
+    # One partition per executor core, not the window's shuffle partitions: every L-BFGS iteration is a
+    # Spark job over this table, mostly task scheduling on small tables (bench/RESULTS.md).
     cores = spark.sparkContext.defaultParallelism
     split = split_held_out(reduced, cfg.test_fraction, cfg.seed).coalesce(cores).cache()
     n_images = split.count()
@@ -164,7 +164,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
         held_vectors = (to_unit_if(np.stack(held["pca"].to_numpy()).astype(np.float64), l2)
                         if len(held) else np.zeros((0, bank_vectors.shape[1])))
         threshold = unknown_threshold(held_vectors, bank_vectors, cfg.unknown_quantile)
-        export = export_artifacts(spark, out_uri, upstream, model, bank, bank_vectors, threshold, cfg)
+        export, export_sha256 = export_artifacts(spark, out_uri, upstream, model, bank, bank_vectors, threshold, cfg)
     split.unpersist()
     return write_manifest(
         spark,
@@ -173,6 +173,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
             "step": STEP,
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
             "outputs": {"model": model_uri, "held_out_predictions": predictions_uri, **export},
+            "export_sha256": export_sha256,  # the signed manifest vouches for the files the driver wrote
             "counts": {"n_images": n_images, "n_train": n_images - int(counts["n_test"] or 0),
                        "n_held_out": int(counts["n_test"] or 0), "n_classes": int(counts["classes"]),
                        "n_single_image_classes": int(counts["single"] or 0), "n_neighbour_bank": len(bank)},
@@ -203,8 +204,9 @@ def backbone_model_uri(spark: SparkSession, pca_manifest: dict, cfg: Config) -> 
 
 
 def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, model: PipelineModel,
-                     bank: pd.DataFrame, bank_vectors: np.ndarray, threshold: float, cfg) -> dict:
-    """classify.npz (arrays, no pickle) and classify.json (what they mean), uploaded under export/."""
+                     bank: pd.DataFrame, bank_vectors: np.ndarray, threshold: float, cfg) -> tuple[dict, dict]:
+    """classify.npz (arrays, no pickle) and classify.json (what they mean), uploaded under export/; their
+    outputs and the SHA-256 of each file."""
     prep = pca_preparation(PipelineModel.load(pca_manifest["outputs"]["model"]))
     regression = model.stages[1]
     arrays = {
@@ -231,9 +233,12 @@ def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, mode
         np.savez(os.path.join(tmp, EXPORT_ARRAYS), **arrays)
         with open(os.path.join(tmp, EXPORT_JSON), "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
-        storage.upload_file(spark, os.path.join(tmp, EXPORT_ARRAYS), f"{export_uri}/{EXPORT_ARRAYS}")
-        storage.upload_file(spark, os.path.join(tmp, EXPORT_JSON), f"{export_uri}/{EXPORT_JSON}")
-    return {"export": export_uri, "backbone_model": meta["backbone_model"]}
+        digests = {}
+        for name in (EXPORT_ARRAYS, EXPORT_JSON):
+            with open(os.path.join(tmp, name), "rb") as fh:
+                digests[name] = hashlib.sha256(fh.read()).hexdigest()
+            storage.upload_file(spark, os.path.join(tmp, name), f"{export_uri}/{name}")
+    return {"export": export_uri, "backbone_model": meta["backbone_model"]}, digests
 
 
 def arg_parser():

@@ -33,7 +33,9 @@ def pytest_configure(config):
     and nothing is written into the state folder (`.state/`). Any other selection gets the local stack's
     environment, prepared here once (credentials, hadoop-aws's jars, connections)."""
     if _fast_unit_layer_only(config):
-        os.environ.update(local_stack.environment(local_stack.settings(), local_stack.Prepared("", "", ())))
+        # a control key as every other selection has one (the stack's): readers check signatures alike
+        os.environ.update(local_stack.environment(local_stack.settings(),
+                                                  local_stack.Prepared("", "", (), "fruitflow-unit-tests")))
         home = Path(tempfile.mkdtemp(prefix="fruitflow-unit-airflow-"))
         os.environ.update({"AIRFLOW_HOME": str(home),
                            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"})

@@ -118,7 +118,8 @@ class Cluster:
         """What the airflow host's processes (the DAG, spark-submit, the history server) run with."""
         pipeline = self.credentials("pipeline")
         s = self.airflow_settings()
-        e = environment(s, Prepared(pipeline["key"], pipeline["secret"], tuple(self.jars())), base)
+        e = environment(s, Prepared(pipeline["key"], pipeline["secret"], tuple(self.jars()),
+                                    self.credentials("control")["secret"]), base)
         e.update({
             "FRUITFLOW_STATE_DIR": str(self.home("airflow")),
             "FRUITFLOW_CLUSTER_DIR": str(self.base),

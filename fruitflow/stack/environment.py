@@ -21,6 +21,7 @@ from fruitflow.paths import DAGS, spark_home
 from fruitflow.stack import class_data
 from fruitflow.stack.node_conf import HISTORY_PORT, WORKER_OPTS, Node, render_defaults
 from fruitflow.stack.process import log, write_private
+from spark_jobs.common import signing
 from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config, StackSettings
 
 VENV_BIN = Path(sys.executable).parent
@@ -49,6 +50,7 @@ class Prepared:
     access_key: str
     secret_key: str
     jars: tuple[str, ...]
+    control_key: str = ""  # signs the control objects (spark_jobs.common.signing); the Airflow host's alone
 
 
 def prepare(s: StackSettings | None = None) -> Prepared:
@@ -59,7 +61,7 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     creds = store_credentials(state_dir(s))["pipeline"]
     jars = tuple(hadoop_aws_jars(state_dir(s)))
     write_spark_defaults(s, class_data.existing(state_dir(s), spark_conf_dir(s), jars))
-    return Prepared(creds["key"], creds["secret"], jars)
+    return Prepared(creds["key"], creds["secret"], jars, local_credentials(state_dir(s), "control")["secret"])
 
 
 def spark_conf_dir(s: StackSettings) -> Path:
@@ -129,7 +131,7 @@ def worker_environment(e: dict[str, str], node: dict[str, str]) -> dict[str, str
     """What the Spark worker, and the executors it starts, run with: the stack's environment without the
     Airflow host's connections, settings and S3 identity, plus the node's own (`node`). A compromised
     executor holds the spark-node identity only."""
-    host_only = ("AWS_", "AIRFLOW_CONN_", "AIRFLOW__", "AIRFLOW_HOME")
+    host_only = ("AWS_", "AIRFLOW_CONN_", "AIRFLOW__", "AIRFLOW_HOME", signing.KEY_VARIABLE)
     return {**{k: v for k, v in e.items() if not k.startswith(host_only)}, **node}
 
 
@@ -193,6 +195,7 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "FRUITFLOW_S3_ENDPOINT": s.s3_endpoint,
             "FRUITFLOW_IVY_DIR": str(state / "ivy"),
             "FRUITFLOW_SPARK_JARS": ",".join(prepared.jars),
+            signing.KEY_VARIABLE: prepared.control_key,
             # the S3A magic committer where its binding is on the class path (resolved with hadoop-aws)
             "FRUITFLOW_S3A_COMMITTER": "magic" if any("spark-hadoop-cloud" in j for j in prepared.jars) else "classic",
             "FRUITFLOW_SPARK_HISTORY_URL": f"http://{s.host}:{HISTORY_PORT}",

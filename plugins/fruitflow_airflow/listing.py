@@ -23,6 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from spark_jobs.common import signing
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 
 MAX_RETRIES = 3
@@ -47,13 +48,13 @@ class ListingState:
         return last_modified > self.watermark - overlap and self.seen.get(key) != etag
 
     def to_json(self) -> str:
-        return json.dumps({"raw_prefix": self.raw_prefix,
-                           "watermark": self.watermark.isoformat() if self.watermark else None,
-                           "seen": self.seen, "retry": self.retry}, sort_keys=True)
+        return json.dumps(signing.sign({"raw_prefix": self.raw_prefix,
+                                        "watermark": self.watermark.isoformat() if self.watermark else None,
+                                        "seen": self.seen, "retry": self.retry}), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes, raw_prefix: str) -> "ListingState":
-        data = json.loads(text)
+        data = signing.loads(text, "listing state")
         if data.get("raw_prefix") != raw_prefix.strip("/"):
             raise ValueError(f"listing state of {data.get('raw_prefix')!r}, not of {raw_prefix!r}")
         mark = data.get("watermark")
@@ -95,7 +96,13 @@ def read_state(client, cfg: Config, raw_prefix: str) -> ListingState:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except client.exceptions.NoSuchKey:
         return ListingState(raw_prefix.strip("/"))
-    return ListingState.from_json(body, raw_prefix)
+    try:
+        return ListingState.from_json(body, raw_prefix)
+    except signing.Unsigned as exc:
+        # planted or edited (a watermark in the future would hide every later upload): list the whole
+        # prefix again; what is already featurized is skipped by preprocess, not redone
+        log.warning("%s: listing %s from the start", exc, raw_prefix)
+        return ListingState(raw_prefix.strip("/"))
 
 
 def retry_keys(s3_hook, retry_uri: str) -> set[str]:

@@ -9,7 +9,6 @@ client deploy mode (Spark's standalone master runs Python applications in client
 from __future__ import annotations
 
 import collections
-import json
 import re
 from typing import Any
 
@@ -20,6 +19,7 @@ from fruitflow_airflow import AWS_CONN_ID
 from fruitflow_airflow.submit import safe_run_id, step_args, submit_kwargs
 from spark_jobs.common.steps import NOT_RETRYABLE_EXIT_CODES
 from spark_jobs.common.steps import step as registered_step
+from spark_jobs.common import signing
 from spark_jobs.common.config import Config, split_s3_uri
 from spark_jobs.common.manifest import manifest_uri
 
@@ -71,7 +71,7 @@ class SparkStepOperator(SparkSubmitOperator):
         bucket, key = split_s3_uri(manifest_uri(step_uri))
         if not s3.check_for_key(key, bucket):
             raise RuntimeError(f"{self.step} finished without writing {manifest_uri(step_uri)}")
-        manifest = json.loads(s3.read_key(key, bucket))
+        manifest = signing.loads(s3.read_key(key, bucket), f"{self.step}'s manifest")
         extra = asset_extra(manifest)
         self.log.info("%s manifest: %s", self.step, extra)
         for outlet in self.outlets or []:  # shown with the asset event in Airflow's Assets view

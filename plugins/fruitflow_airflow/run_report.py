@@ -4,19 +4,26 @@ and served by the plugin (`ui_plugin.py`). Small objects only, read through the 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from urllib.parse import quote
 
 from fruitflow_airflow.submit import legacy_run_folder, safe_run_id
-from spark_jobs.common import report_page
+from spark_jobs.common import report_page, signing
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 from spark_jobs.common.pointers import latest_run_uri
 
+log = logging.getLogger(__name__)
 PLUGIN_PREFIX = "/fruitflow"  # where the plugin's FastAPI app is mounted on the api-server
 
 
 def report_html_uri(cfg: Config, run_id: str, folder: str | None = None) -> str:
     return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, folder or safe_run_id(run_id), "report.html")
+
+
+def summary_uri(cfg: Config, run_id: str, folder: str | None = None) -> str:
+    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, folder or safe_run_id(run_id), "summary.json")
 
 
 def report_url(run_id: str) -> str:
@@ -77,7 +84,9 @@ def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[st
     uri = report_html_uri(cfg, run_id)
     bucket, key = split_s3_uri(uri)
     s3_hook.load_string(page, key=key, bucket_name=bucket, replace=True)
-    return {**fields, "report_html": uri, "report_url": report_url(run_id)}
+    # the (signed) summary vouches for the page: the reports' runs prefix is writable by the Spark nodes
+    return {**fields, "report_html": uri, "report_url": report_url(run_id),
+            "report_sha256": hashlib.sha256(page.encode("utf-8")).hexdigest()}
 
 
 def ignored_line(summary: dict) -> str:
@@ -106,16 +115,35 @@ def latest_trained_run(s3_hook, cfg: Config) -> str | None:
     bucket, key = split_s3_uri(latest_run_uri(cfg))
     if not s3_hook.check_for_key(key, bucket):
         return None
-    return json.loads(s3_hook.read_key(key, bucket)).get("run_id")
+    try:
+        return signing.loads(s3_hook.read_key(key, bucket), "latest-run pointer").get("run_id")
+    except signing.Unsigned as exc:
+        log.warning("%s", exc)  # planted or edited: no run is named from it
+        return None
 
 
 def read(s3_hook, cfg: Config, run_id: str) -> str | None:
-    """The stored page of a run, or None when the run wrote none; a run from before folder names were
+    """The stored page of a run, as its publish task wrote it (the digest in the run's signed summary), or
+    None when the run wrote none or the page was replaced since; a run from before folder names were
     hashed has its page under its old folder name."""
     for folder in (safe_run_id(run_id), legacy_run_folder(run_id)):
         if folder is None:
             continue
         bucket, key = split_s3_uri(report_html_uri(cfg, run_id, folder))
         if s3_hook.check_for_key(key, bucket):
-            return s3_hook.read_key(key, bucket)
+            return vouched_page(s3_hook, cfg, run_id, folder, s3_hook.read_key(key, bucket))
     return None
+
+
+def vouched_page(s3_hook, cfg: Config, run_id: str, folder: str, page: str) -> str | None:
+    bucket, key = split_s3_uri(summary_uri(cfg, run_id, folder))
+    try:
+        summary = signing.loads(s3_hook.read_key(key, bucket), "run summary") \
+            if s3_hook.check_for_key(key, bucket) else {}
+    except signing.Unsigned as exc:
+        log.warning("report of %s not shown: %s", run_id, exc)
+        return None
+    if summary.get("report_sha256") != hashlib.sha256(page.encode("utf-8")).hexdigest():
+        log.warning("report of %s not shown: not the page its publish task wrote", run_id)
+        return None
+    return page

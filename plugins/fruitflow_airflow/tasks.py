@@ -10,6 +10,7 @@ import tempfile
 
 from fruitflow_airflow.listing import ListingState, NextState, read_state
 from fruitflow_airflow.submit import safe_run_id
+from spark_jobs.common import signing
 from spark_jobs.common.config import AUTO, IMAGE_EXTENSIONS, Config, s3a_uri, split_s3_uri
 from spark_jobs.common.keys import check_location, unsafe_key_reason
 
@@ -173,22 +174,19 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     }
 
 
-def summary_uri(cfg: Config, run_id: str) -> str:
-    return s3a_uri(cfg.reports_bucket, cfg.runs_prefix, safe_run_id(run_id), "summary.json")
-
-
 def publish_summary(s3_hook, cfg: Config, run_id: str, new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """The run summary, returned as XCom and kept beside the reports as summary.json."""
     from fruitflow_airflow import run_report
     from spark_jobs.common.pointers import latest_run_uri
 
-    summary = {**build_summary(new, manifests), "run_id": run_id, "summary": summary_uri(cfg, run_id)}
+    summary = {**build_summary(new, manifests), "run_id": run_id, "summary": run_report.summary_uri(cfg, run_id)}
     summary.update(run_report.publish(s3_hook, cfg, run_id, summary, manifests))  # the page before the summary
     bucket, key = split_s3_uri(summary["summary"])
-    s3_hook.load_string(json.dumps(summary, indent=2, default=str), key=key, bucket_name=bucket, replace=True)
+    stored = signing.sign(json.loads(json.dumps(summary, default=str)))  # signed as it is stored
+    s3_hook.load_string(json.dumps(stored, indent=2), key=key, bucket_name=bucket, replace=True)
     if "train" in summary["outputs"]:  # the newest trained run: what `classify` and the plugin use by default
         bucket, key = split_s3_uri(latest_run_uri(cfg))
-        s3_hook.load_string(json.dumps({"run_id": run_id, "summary": summary["summary"]}), key=key,
+        s3_hook.load_string(json.dumps(signing.sign({"run_id": run_id, "summary": summary["summary"]})), key=key,
                             bucket_name=bucket, replace=True)
     return summary
 

@@ -144,8 +144,7 @@ _CLASSIFIERS_LOCK = threading.Lock()  # recognitions run on several threads: one
 
 
 def _classifier():
-    import json
-
+    from spark_jobs.common import signing
     from spark_jobs.common.classifier import Classifier, Store, latest_pointer
 
     cfg = _config()
@@ -153,7 +152,7 @@ def _classifier():
     pointer = latest_pointer(store)
     if pointer is None:
         return None
-    summary = json.loads(store.get(pointer))["summary"]
+    summary = signing.loads(store.get(pointer), "latest-run pointer")["summary"]
     with _CLASSIFIERS_LOCK:
         if summary not in _CLASSIFIERS:
             _CLASSIFIERS.clear()

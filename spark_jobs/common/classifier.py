@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import signing
 from .recognition import (
     EXPORT_ARRAYS,
     EXPORT_FORMAT,
@@ -73,11 +74,13 @@ class Classifier:
         # inside the folder the manifest was read from, not the folder it names: a planted manifest
         # could name any other
         require_inside(export, train_uri, "the classifier's export")
-        meta = json.loads(store.get(f"{export}/{EXPORT_JSON}"))
+        digests = train.get("export_sha256") or {}
+        meta = json.loads(vouched(store.get(f"{export}/{EXPORT_JSON}"), digests.get(EXPORT_JSON), EXPORT_JSON))
         if meta.get("format") != EXPORT_FORMAT:
             raise NoModel(f"{export} was exported in format {meta.get('format')}, this version reads {EXPORT_FORMAT}: "
                           "run the pipeline again")
-        with np.load(io.BytesIO(store.get(f"{export}/{EXPORT_ARRAYS}")), allow_pickle=False) as npz:
+        arrays_file = vouched(store.get(f"{export}/{EXPORT_ARRAYS}"), digests.get(EXPORT_ARRAYS), EXPORT_ARRAYS)
+        with np.load(io.BytesIO(arrays_file), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         centres = None
         if cluster_uri:
@@ -85,7 +88,9 @@ class Classifier:
             # the clusters only mean something in the space of the same PCA
             if cluster["inputs"]["pca"] == train["inputs"]["pca"] and "centroids" in cluster["outputs"]:
                 require_inside(cluster["outputs"]["centroids"], cluster_uri, "the KMeans centres")
-                centres = np.array(json.loads(store.get(cluster["outputs"]["centroids"]))["centres"])
+                body = vouched(store.get(cluster["outputs"]["centroids"]), cluster.get("centroids_sha256"),
+                               "KMeans centres")
+                centres = np.array(json.loads(body)["centres"])
         featurizer = load_backbone(store, meta["backbone_model"], threads or os.cpu_count() or 1)
         source = {"train": train["step_uri"], "backbone": meta["backbone"], "weights": meta["weights"],
                   "accuracy_held_out": train["metrics"].get("accuracy")}
@@ -228,6 +233,17 @@ class Store:
         return parse_manifest(obj["Body"].read(), int(obj["LastModified"].timestamp() * 1000))
 
 
+def vouched(body: bytes, expected: str | None, what: str) -> bytes:
+    """A file as its step's driver wrote it: its SHA-256 is in the step's (signed) manifest. The steps'
+    folders are writable by the Spark nodes' identity; what they replace there is refused."""
+    import hashlib
+
+    if not expected or hashlib.sha256(body).hexdigest() != expected:
+        raise ValueError(f"the classifier's {what} is not the one its step wrote "
+                         f"({'no digest in the manifest' if not expected else 'its SHA-256 differs'})")
+    return body
+
+
 def require_inside(uri: str, step_uri: str, what: str) -> None:
     """A manifest names files of its own step only: a planted one cannot point elsewhere."""
     inside = uri[len(step_uri.rstrip("/")) + 1:] if uri.startswith(step_uri.rstrip("/") + "/") else ""
@@ -239,7 +255,7 @@ def read_manifest(store: Store, step_uri: str) -> dict:
     from spark_jobs.common.manifest import manifest_uri
 
     try:
-        return json.loads(store.get(manifest_uri(step_uri)))
+        return signing.loads(store.get(manifest_uri(step_uri)), "manifest")
     except Exception as exc:
         if "NoSuchKey" in str(exc):
             raise NoModel(f"no manifest at {manifest_uri(step_uri)}: that step did not finish") from exc
@@ -269,9 +285,9 @@ def read_summary(store: Store, summary: str | None) -> dict:
         pointer = latest_pointer(store)
         if pointer is None:
             raise NoModel("no finished pipeline run in the store: run `make demo` first (or the DAG in Airflow)")
-        summary = json.loads(store.get(pointer))["summary"]
+        summary = signing.loads(store.get(pointer), "latest-run pointer")["summary"]
     try:
-        return json.loads(store.get(summary))
+        return signing.loads(store.get(summary), "run summary")
     except Exception as exc:
         if "NoSuchKey" in str(exc) or "NoSuchBucket" in str(exc):
             raise NoModel(f"no run summary at {summary}: run `make demo` first") from exc
@@ -279,13 +295,17 @@ def read_summary(store: Store, summary: str | None) -> dict:
 
 
 def load_backbone(store: Store, uri: str, threads: int):
-    """The ONNX backbone the table's vectors were made with (from the models bucket)."""
-    from spark_jobs.common.config import split_s3_uri
+    """The ONNX backbone the table's vectors were made with, from a backbone's folder of the models bucket:
+    the drivers write there, the Spark nodes' identity cannot (the runs prefixes, which it can, are refused)."""
+    from spark_jobs.common.config import FEATURE_DIM, split_s3_uri
     from spark_jobs.common.models import OnnxFeaturizer
 
-    if split_s3_uri(uri)[0] != store.cfg.models_bucket or not uri.endswith(".onnx"):
-        raise ValueError(f"backbone model {uri!r} refused: an .onnx file in s3a://{store.cfg.models_bucket}/ "
-                         "is expected")
+    bucket, key = split_s3_uri(uri)
+    parts = key.split("/")
+    if bucket != store.cfg.models_bucket or parts[0] not in FEATURE_DIM or not uri.endswith(".onnx") \
+            or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"backbone model {uri!r} refused: an .onnx file under a backbone's folder of "
+                         f"s3a://{store.cfg.models_bucket}/ ({', '.join(sorted(FEATURE_DIM))}) is expected")
     with tempfile.TemporaryDirectory(prefix="fruitflow-classify-") as tmp:
         local = os.path.join(tmp, "model.onnx")
         with open(local, "wb") as fh:

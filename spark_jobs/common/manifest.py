@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no pyspark here
     from pyspark.sql import SparkSession
 
-from . import storage
+from . import signing, storage
 from .config import Config, s3a_uri
 
 MANIFEST_NAME = "_manifest.json"
@@ -62,15 +62,18 @@ def write_manifest(spark: SparkSession, step_uri: str, manifest: dict) -> dict:
         "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {**versions(), **manifest.get("versions", {})},
     }
-    storage.write_text(spark, manifest_uri(step_uri), json.dumps(body, indent=2, sort_keys=True, default=str))
+    signed = signing.sign(json.loads(json.dumps(body, default=str)))  # signed as it is stored
+    storage.write_text(spark, manifest_uri(step_uri), json.dumps(signed, indent=2, sort_keys=True))
     return body
 
 
 def parse_manifest(text: str | bytes, stored_ms: int) -> dict:
-    """A manifest as read: its JSON, with the store's modification time under STORED_MS."""
-    manifest = json.loads(text)
-    if not isinstance(manifest, dict):
-        raise BadManifest("a manifest is a JSON object")
+    """A manifest as read: its JSON, signed by the Airflow host (`signing`), with the store's modification
+    time under STORED_MS."""
+    try:
+        manifest = signing.loads(text, "manifest")
+    except signing.Unsigned as exc:
+        raise BadManifest(str(exc)) from None
     return {**manifest, STORED_MS: int(stored_ms)}
 
 

@@ -1,7 +1,7 @@
 """A Spark application test_store submits to the local stack: one task tries, from an executor with
 the executor's own S3 identity, to write and delete each `bucket/key` given, and the driver records what
 the store answered in a local JSON file ({key: "ok" or the error code}), with the names of the
-executor's environment variables that hold the driver's S3 key."""
+executor's environment variables that hold the driver's S3 key or the Airflow host's control key."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def main(argv: list[str]) -> int:
     out_file, *targets = argv
     cfg = Config.from_env()
     pipeline_key = os.environ["AWS_ACCESS_KEY_ID"]  # the driver's: the Airflow host's identity
+    control_key = os.environ["FRUITFLOW_CONTROL_KEY"]  # signs the control objects: the driver's too
 
     def attempt(_):
         from botocore.exceptions import ClientError
@@ -25,7 +26,8 @@ def main(argv: list[str]) -> int:
 
         s3 = storage.client_for(cfg)  # the default chain: the worker's environment, not the driver's
         # where the executor's environment holds the driver's identity (an Airflow connection, say)
-        answers = {"_holding_pipeline_key": sorted(k for k, v in os.environ.items() if pipeline_key in v)}
+        answers = {"_holding_pipeline_key": sorted(k for k, v in os.environ.items() if pipeline_key in v),
+                   "_holding_control_key": sorted(k for k, v in os.environ.items() if control_key in v)}
         for target in targets:
             bucket, key = target.split("/", 1)
             try:

@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+from spark_jobs.common import signing
+
 MODEL = "s3a://fruitflow-models/efficientnet_lite0/imagenet-pypi0.1.0/model.onnx"
 
 
@@ -35,10 +37,10 @@ def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg,
         "run-model": lambda uri: _featurize_manifest(uri, model="s3a://fruitflow-raw/uploads/evil.onnx"),
     }
     try:
-        storage.write_text(spark, manifest_uri(good), json.dumps(_featurize_manifest(good)))
+        storage.write_text(spark, manifest_uri(good), json.dumps(signing.sign(_featurize_manifest(good))))
         for run, make in planted.items():
             uri = cfg.step_uri(run, "featurize")
-            storage.write_text(spark, manifest_uri(uri), json.dumps(make(uri)))
+            storage.write_text(spark, manifest_uri(uri), json.dumps(signing.sign(make(uri))))
 
         assert [m["step_uri"] for m in committed_featurize_steps(spark, cfg)] == [good]
         assert read_manifest(spark, good, cfg)["outputs"]["model"] == MODEL
@@ -66,7 +68,7 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
             .write.mode("overwrite").parquet(f"{uri}/features")
         manifest = {**_featurize_manifest(uri, model=f"s3a://fruitflow-models/{backbone}/imagenet/model.onnx"),
                     "params": {"backbone": backbone, "weights": "imagenet"}, **fields}
-        storage.write_text(spark, manifest_uri(uri), json.dumps(manifest))
+        storage.write_text(spark, manifest_uri(uri), json.dumps(signing.sign(manifest)))
         return uri
 
     try:

@@ -2,6 +2,7 @@
 identities scoped to their buckets and prefixes, private credentials, and data that outlives a restart
 of the service."""
 
+import os
 import stat
 import urllib.error
 import urllib.request
@@ -132,7 +133,8 @@ def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
     out = tmp_path / "answers.json"
     SparkSubmitHook(conn_id="spark_default", application_args=[str(out), allowed, backbone], **kwargs).submit(
         str(ROOT / "tests" / "integration" / "node_writes_app.py"))
-    assert json.loads(out.read_text()) == {"_holding_pipeline_key": [], allowed: "ok", backbone: "AccessDenied"}
+    assert json.loads(out.read_text()) == {"_holding_pipeline_key": [], "_holding_control_key": [], allowed: "ok",
+                                           backbone: "AccessDenied"}
 
 
 def test_credentials_are_private_files(stack):
@@ -153,3 +155,48 @@ def test_data_survives_a_restart_of_the_store_with_authentication_still_on(stack
     store.start(local_stack.prepared_env())
     assert store.healthy()  # healthy includes: an unsigned request is refused
     assert s3.get_object(Bucket=cfg.features_bucket, Key=key)["Body"].read() == body
+
+
+def test_control_objects_a_spark_node_plants_are_refused(stack, s3, cfg):
+    """The Spark nodes' identity may write under the runs prefixes, where the control objects live; what
+    it plants there (a latest-run pointer and run summary naming its own model, a listing state whose
+    watermark hides every later upload, a step manifest) is refused by the readers on the Airflow host,
+    which hold the key that signs them (spark_jobs.common.signing); the executors do not."""
+    import json
+
+    from fruitflow_airflow import listing
+    from spark_jobs.common import signing
+    from spark_jobs.common.classifier import Store, read_summary
+    from spark_jobs.common.config import split_s3_uri
+    from spark_jobs.common.manifest import BadManifest, parse_manifest
+    from spark_jobs.common.pointers import latest_run_uri
+
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"control-{uuid.uuid4().hex[:8]}"))
+    node = _identity("spark-node")
+    forged_summary = f"s3a://{cfg.reports_bucket}/{cfg.runs_prefix}/forged/summary.json"
+    planted = {
+        latest_run_uri(cfg): {"run_id": "forged", "summary": forged_summary},
+        forged_summary: {"run_id": "forged", "outputs": {"train": f"s3a://{cfg.models_bucket}/{cfg.runs_prefix}/x"}},
+        listing.state_uri(cfg, "images"): {"raw_prefix": "images", "watermark": "9999-12-31T00:00:00+00:00",
+                                           "seen": {}, "retry": {}},
+        cfg.step_uri("forged", "featurize") + "/_manifest.json": {
+            "step": "featurize", "step_uri": cfg.step_uri("forged", "featurize"), "outputs": {}},
+    }
+    assert os.environ.get(signing.KEY_VARIABLE)  # the Airflow host's environment, as the tests run with
+    try:
+        for uri, body in planted.items():
+            bucket, key = split_s3_uri(uri)
+            node.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())  # allowed: a runs prefix
+        with pytest.raises(signing.Unsigned, match="latest-run pointer"):
+            read_summary(Store(cfg, s3), None)
+        with pytest.raises(signing.Unsigned, match="run summary"):
+            read_summary(Store(cfg, s3), forged_summary)
+        assert listing.read_state(s3, cfg, "images").watermark is None  # listed from the start instead
+        manifest = cfg.step_uri("forged", "featurize") + "/_manifest.json"
+        with pytest.raises(BadManifest, match="unsigned"):
+            bucket, key = split_s3_uri(manifest)
+            parse_manifest(s3.get_object(Bucket=bucket, Key=key)["Body"].read(), 0)
+    finally:
+        for uri in planted:
+            bucket, key = split_s3_uri(uri)
+            s3.delete_object(Bucket=bucket, Key=key)

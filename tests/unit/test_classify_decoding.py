@@ -7,8 +7,10 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from fruitflow.classify import load_images
+from spark_jobs.common import signing
 from spark_jobs.common.config import Config
 
 
@@ -69,10 +71,48 @@ def test_a_manifest_cannot_point_the_classifier_outside_the_folder_it_was_read_f
     train_uri = f"s3a://{cfg.models_bucket}/{cfg.runs_prefix}/r1/train"
     planted = {"step_uri": f"s3a://{cfg.models_bucket}/runs-x",
                "outputs": {"export": f"s3a://{cfg.models_bucket}/runs-x/evil"}}
-    objects = _Objects({f"{cfg.models_bucket}/{cfg.runs_prefix}/r1/train/_manifest.json": json.dumps(planted).encode()})
+    # signed: the check under test is the one behind the signature
+    objects = _Objects({f"{cfg.models_bucket}/{cfg.runs_prefix}/r1/train/_manifest.json":
+                        json.dumps(signing.sign(planted)).encode()})
     with pytest.raises(ValueError, match="not inside its step"):
         Classifier.from_steps(train_uri, None, cfg, client=objects)
     assert objects.asked == [f"{cfg.models_bucket}/{cfg.runs_prefix}/r1/train/_manifest.json"]
+
+
+def test_an_export_file_the_spark_nodes_replaced_is_refused():
+    """The export folder is under the runs prefix, which the nodes' identity may write: a classify.json
+    swapped for one naming the attacker's ONNX file is refused by its digest in the signed manifest."""
+    import hashlib
+    import json
+
+    import pytest
+
+    from fruitflow.classify import Classifier
+
+    cfg = Config.from_env()
+    train_uri = f"s3a://{cfg.models_bucket}/{cfg.runs_prefix}/r1/train"
+    written = json.dumps({"format": 1, "backbone_model": f"s3a://{cfg.models_bucket}/resnet50/t/model.onnx"})
+    swapped = json.dumps({"format": 1, "backbone_model": f"s3a://{cfg.models_bucket}/{cfg.runs_prefix}/evil.onnx"})
+    manifest = {"step_uri": train_uri, "outputs": {"export": f"{train_uri}/export"},
+                "export_sha256": {"classify.json": hashlib.sha256(written.encode()).hexdigest()}}
+    folder = f"{cfg.models_bucket}/{cfg.runs_prefix}/r1/train"
+    objects = _Objects({f"{folder}/_manifest.json": json.dumps(signing.sign(manifest)).encode(),
+                        f"{folder}/export/classify.json": swapped.encode()})
+    with pytest.raises(ValueError, match="not the one its step wrote"):
+        Classifier.from_steps(train_uri, None, cfg, client=objects)
+
+
+@pytest.mark.parametrize("where", ["{runs}/r1/train/evil.onnx", "resnet50/../{runs}/evil.onnx", "other/model.onnx"])
+def test_the_backbone_model_comes_only_from_a_backbones_folder(where):
+    """Where the Spark nodes cannot write: never the models bucket's runs prefix."""
+    from spark_jobs.common.classifier import Store, load_backbone
+
+    cfg = Config.from_env()
+    objects = _Objects({})
+    uri = f"s3a://{cfg.models_bucket}/" + where.format(runs=cfg.runs_prefix)
+    with pytest.raises(ValueError, match="refused"):
+        load_backbone(Store(cfg, objects), uri, 1)
+    assert objects.asked == []
 
 
 def test_what_a_decoder_child_sends_back_is_checked_before_use(tmp_path, monkeypatch):

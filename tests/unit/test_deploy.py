@@ -448,3 +448,12 @@ def test_compose_gives_the_store_its_signing_keys(compose):
     env = compose["services"]["seaweedfs"]["environment"]
     assert {name: env.get(name) for name in JWT_KEYS} == {name: f"${{{name}}}" for name in JWT_KEYS}
     assert set(JWT_KEYS) <= set(_env_example())
+
+
+def test_only_the_airflow_containers_hold_the_control_key(compose):
+    from spark_jobs.common.signing import KEY_VARIABLE
+
+    assert compose["x-airflow-common"]["environment"][KEY_VARIABLE] == "${FRUITFLOW_CONTROL_KEY}"
+    for name, service in compose["services"].items():
+        if name.startswith(("spark-", "seaweedfs")) and name != "seaweedfs-init":
+            assert "FRUITFLOW_CONTROL_KEY" not in json.dumps(service), name

@@ -8,6 +8,7 @@ import types
 import pytest
 
 from fruitflow_airflow.operators import SparkStepOperator
+from spark_jobs.common import signing
 from spark_jobs.common.config import Config
 
 
@@ -65,7 +66,7 @@ def test_the_connections_endpoint_and_keys_reach_spark_submit_and_the_manifest_c
     manifest = {"step": "pca", "counts": {"n_images": 3}, "metrics": {"explained_variance": 0.5}}
     creds = types.SimpleNamespace(access_key="AK", secret_key="SK", token="TOKEN")
     fake = FakeS3Hook("aws_default", {"endpoint_url": "http://store:8333"}, creds,
-                      {_manifest_key("pca", "manual__1"): json.dumps(manifest)}, config_endpoint="http://other:1")
+                      {_manifest_key("pca", "manual__1"): json.dumps(signing.sign(manifest))}, config_endpoint="http://other:1")
     _use(monkeypatch, fake)
     op = SparkStepOperator(step="pca", application_args=["--k", "5"])
 
@@ -81,7 +82,7 @@ def test_the_connections_endpoint_and_keys_reach_spark_submit_and_the_manifest_c
 
 def test_real_aws_sets_no_endpoint_and_leaves_credentials_to_the_default_chain(monkeypatch, submitted):
     monkeypatch.setenv("FRUITFLOW_S3_ENDPOINT", "http://stale.example:1")
-    fake = FakeS3Hook("aws_default", {}, None, {_manifest_key("featurize", "r2"): "{}"})
+    fake = FakeS3Hook("aws_default", {}, None, {_manifest_key("featurize", "r2"): json.dumps(signing.sign({}))})
     _use(monkeypatch, fake)
     SparkStepOperator(step="featurize").execute({"run_id": "r2"})
     assert submitted[0]["env"] == {"FRUITFLOW_S3_ENDPOINT": ""}  # empty: Config reads it as "real AWS"

@@ -1,6 +1,10 @@
 """The run's report page as the plugin finds it (plugins/fruitflow_airflow/run_report.py)."""
 
+import hashlib
+import json
+
 from fruitflow_airflow import run_report
+from spark_jobs.common import signing
 from spark_jobs.common.config import Config, split_s3_uri
 
 
@@ -15,16 +19,36 @@ class _Pages:
         return self.objects[(bucket, key)]
 
 
+def _published(cfg, run_id, folder, page) -> dict:
+    """A page and its run's signed summary, as the publish task leaves them in `folder`."""
+    summary = signing.sign({"run_id": run_id, "report_sha256": hashlib.sha256(page.encode()).hexdigest()})
+    return {split_s3_uri(run_report.report_html_uri(cfg, run_id, folder)): page,
+            split_s3_uri(run_report.summary_uri(cfg, run_id, folder)): json.dumps(summary)}
+
+
 def test_a_run_from_before_hashed_folder_names_keeps_its_page():
     """Run ids with ':' now get a hashed folder; a run made before keeps its page under the old name."""
     cfg = Config.from_env()
     run_id = "manual__2026-11-30T10:00:00+00:00"
-    old = split_s3_uri(run_report.report_html_uri(cfg, run_id, "manual__2026-11-30T10_00_00_00_00"))
-    assert run_report.read(_Pages({old: "<html>old page</html>"}), cfg, run_id) == "<html>old page</html>"
-    new = split_s3_uri(run_report.report_html_uri(cfg, run_id))
-    pages = _Pages({old: "<html>old page</html>", new: "<html>new page</html>"})
+    old = _published(cfg, run_id, "manual__2026-11-30T10_00_00_00_00", "<html>old page</html>")
+    assert run_report.read(_Pages(old), cfg, run_id) == "<html>old page</html>"
+    pages = _Pages({**old, **_published(cfg, run_id, None, "<html>new page</html>")})
     assert run_report.read(pages, cfg, run_id) == "<html>new page</html>"
     assert run_report.read(_Pages({}), cfg, run_id) is None
+
+
+def test_a_page_replaced_after_its_run_published_it_is_not_served():
+    """The reports' runs prefix is writable by the Spark nodes' identity: a page they replace (or plant,
+    with a summary of their own) no longer matches the digest the signed summary holds."""
+    cfg = Config.from_env()
+    objects = _published(cfg, "r1", None, "<html>the run's page</html>")
+    page = split_s3_uri(run_report.report_html_uri(cfg, "r1"))
+    assert run_report.read(_Pages(objects), cfg, "r1") == "<html>the run's page</html>"
+    assert run_report.read(_Pages({**objects, page: "<html><script>evil()</script></html>"}), cfg, "r1") is None
+    summary = split_s3_uri(run_report.summary_uri(cfg, "r1"))
+    forged = {"run_id": "r1", "report_sha256": hashlib.sha256(b"<html>planted</html>").hexdigest()}
+    planted = {page: "<html>planted</html>", summary: json.dumps(forged)}
+    assert run_report.read(_Pages(planted), cfg, "r1") is None
 
 
 def test_the_nothing_new_line_says_below_only_when_a_page_is_there():

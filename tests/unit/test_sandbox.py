@@ -136,6 +136,7 @@ def test_a_child_writes_no_file_and_sees_no_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-pipelines-secret")
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", "aws://key:secret@")
     monkeypatch.setenv("PYTHON_WORKER_FACTORY_SECRET", "pysparks-worker-secret")
+    monkeypatch.setenv("FRUITFLOW_CONTROL_KEY", "the-airflow-hosts-signing-key")  # the Recognise page's decoder
     target = tmp_path / "written-by-the-child"
 
     def write(_):
@@ -148,9 +149,10 @@ def test_a_child_writes_no_file_and_sees_no_secret(tmp_path, monkeypatch):
         import os
 
         return [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AIRFLOW_CONN_AWS_DEFAULT"),
-                os.environ.get("PYTHON_WORKER_FACTORY_SECRET"), bool(os.environ.get("PATH"))]
+                os.environ.get("PYTHON_WORKER_FACTORY_SECRET"), os.environ.get("FRUITFLOW_CONTROL_KEY"),
+                bool(os.environ.get("PATH"))]
 
     wrote, seen = map_isolated(write, [1], memory_bytes=0, timeout_s=20) + map_isolated(
         secrets, [1], memory_bytes=0, timeout_s=20)
     assert not wrote.ok and (not target.exists() or target.stat().st_size == 0), wrote
-    assert seen.value == [None, None, None, True]
+    assert seen.value == [None, None, None, None, True]
