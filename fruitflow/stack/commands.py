@@ -9,6 +9,7 @@ import sys
 
 from fruitflow.stack import down, environment, prepare, settings, status, up
 from fruitflow.stack.process import log
+from spark_jobs.common import signing
 
 # Printed by `env`: settings, never the credentials (they stay in the state folder, mode 0600).
 SHOWN = ("FRUITFLOW_", "SPARK_", "AIRFLOW__", "AIRFLOW_HOME", "AWS_ENDPOINT", "AWS_DEFAULT_REGION", "PYSPARK")
@@ -29,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         s = settings()
         for k, v in sorted(environment(s, prepare(s), base={}).items()):
-            if k.startswith(SHOWN):
+            if k.startswith(SHOWN) and k != signing.KEY_VARIABLE:
                 print(f"export {k}={shlex.quote(v)}")
         print(f"# credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, the aws_default connection): "
-              f"{s.state_dir}/credentials/pipeline.json")
+              f"{s.state_dir}/credentials/pipeline.json; {signing.KEY_VARIABLE}: "
+              f"{s.state_dir}/credentials/control.json")
         return 0
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         log(f"error: {exc}")

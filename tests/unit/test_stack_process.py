@@ -49,7 +49,7 @@ def test_stack_env_prints_settings_but_no_secret():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "export FRUITFLOW_S3_ENDPOINT=" in result.stdout
-    for identity in ("pipeline", "spark-node", "admin"):
+    for identity in ("pipeline", "spark-node", "admin", "control"):
         path = state_dir(stack.settings()) / "credentials" / f"{identity}.json"
         assert json.loads(path.read_text())["secret"] not in result.stdout
 
