@@ -3,7 +3,8 @@ limit, so that one input that crashes the native code (a decoder's segfault, an 
 or never finishes costs its own result, never the Python worker, the Spark task or the run.
 
 `map_isolated(fn, items)` forks one child for the batch (cheap), which sends one result per item as it
-goes. Each item has its own deadline. When the child dies or overruns, the item it was on gets the
+goes. Each item has its own deadline, counted once the child has confined itself (a slow fork on a
+loaded host is no item's fault). When the child dies or overruns, the item it was on gets the
 reason instead of a result and a new child goes on from the next item: a batch costs one fork plus one
 per bad item. Exceptions `fn` raises come back as their type's name and message.
 
@@ -35,6 +36,9 @@ MEMORY_ERROR = "out of memory"
 KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_", "HOME", "TMPDIR", "OPENCV_", "OMP_", "OPENBLAS_", "MKL_")
 _HEADER = struct.Struct("!Q")
 _PR_SET_PDEATHSIG = 1
+# How long a new child may take to confine itself before its first item: a fork on a loaded host is
+# not the item's cost, so the per-item deadline starts once the child says it is ready.
+STARTUP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def _encode(record: tuple) -> bytes:
     if kind == "value" and isinstance(fields[0], (bytes, bytearray, memoryview)):
         return b"B" + bytes(fields[0])
     try:
-        return {"value": b"V", "error": b"E", "died": b"D"}[kind] + json.dumps(
+        return {"value": b"V", "error": b"E", "died": b"D", "ready": b"R"}[kind] + json.dumps(
             fields[0] if kind == "value" else fields, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:  # a value that is not plain data: this item's error
         return b"E" + json.dumps(["TypeError", f"not plain data: {exc}"[:500]]).encode()
@@ -114,6 +118,8 @@ def _decode(payload: bytes) -> tuple:
         return ("error", str(fields[0]), str(fields[1]))
     if kind == b"D":
         return ("died", str(fields[0]))
+    if kind == b"R":
+        return ("ready",)
     raise ValueError("unknown record")
 
 
@@ -133,6 +139,7 @@ def _child(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float, w
     try:
         # CPU: a backstop for a child the parent cannot stop; the parent's deadline is per item, wall time
         _confine(memory_bytes, math.ceil(timeout_s) * (len(items) + 1), write_fd)
+        _send(write_fd, ("ready",))
         for item in items:
             try:
                 record = ("value", fn(item))
@@ -207,6 +214,13 @@ def _outcome(record: tuple) -> Outcome:
     return Outcome(died=record[1])
 
 
+def _not_started(record, pid: int) -> str:
+    """Why a child sent something other than "ready" first: it died, stalled, or misbehaved."""
+    if record is None:
+        return _death_reason(os.waitpid(pid, 0)[1])
+    return f"timed out starting after {STARTUP_S:g} s" if record == "late" else "crashed (no ready record)"
+
+
 def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float) -> tuple[list[Outcome], str | None]:
     """One child over `items`: the outcomes it sent, and why it stopped early (None: it did not)."""
     read_fd, write_fd = os.pipe()
@@ -224,7 +238,11 @@ def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float
     stopped, reaped = None, False
     try:
         reader = _Reader(read_fd)
-        while len(outcomes) < len(items):
+        record = reader.record(time.monotonic() + max(STARTUP_S, timeout_s))
+        if record != ("ready",):
+            stopped = _not_started(record, pid)
+            reaped = record is None
+        while stopped is None and len(outcomes) < len(items):
             record = reader.record(time.monotonic() + timeout_s)
             if record == "late":
                 os.kill(pid, signal.SIGKILL)

@@ -38,16 +38,23 @@ def _check_crash():
     assert outcomes[0].ok and outcomes[2].ok
 
 
-def test_memory_beyond_the_budget_and_time_beyond_the_limit_are_reasons_not_failures():
-    started = time.monotonic()
-    outcomes = map_isolated(_work, ["a", "huge", "slow", "bad"], memory_bytes=256 * MB, timeout_s=1)
+def test_memory_beyond_the_budget_is_a_reason_not_a_failure():
+    # no short deadline here: what is checked is the cap, whatever the host's load
+    outcomes = map_isolated(_work, ["a", "huge", "bad"], memory_bytes=256 * MB, timeout_s=60)
     assert outcomes[0].value == "aa"
     assert outcomes[1].died == MEMORY_ERROR
-    assert outcomes[2].died == "timed out after 1 s"
-    assert (outcomes[3].error_type, outcomes[3].error) == ("ValueError", "not an image")
-    assert time.monotonic() - started < 10  # one second for the slow item, then the next child goes on
+    assert (outcomes[2].error_type, outcomes[2].error) == ("ValueError", "not an image")
     # the same allocation is fine with no cap
-    assert map_isolated(_work, ["huge"], memory_bytes=0, timeout_s=20)[0].value == 1024 * MB
+    assert map_isolated(_work, ["huge"], memory_bytes=0, timeout_s=60)[0].value == 1024 * MB
+
+
+def test_time_beyond_the_limit_is_a_reason_and_the_next_item_goes_on():
+    started = time.monotonic()
+    outcomes = map_isolated(_work, ["a", "slow", "b"], memory_bytes=0, timeout_s=2)
+    assert [o.value for o in outcomes] == ["aa", None, "bb"]
+    assert outcomes[1].died == "timed out after 2 s"
+    # the slow item sleeps 30 s: the child was stopped at its deadline, not waited for
+    assert time.monotonic() - started < 25
 
 
 class _TwoArguments(Exception):
