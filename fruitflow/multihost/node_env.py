@@ -3,7 +3,7 @@ alone (Spark, the executors' UDF libraries; no Airflow, no TensorFlow) at the pi
 `deploy/ec2/spark-node.sh` and the Spark image install it. The master and the workers run from it and their
 executors' Python is its interpreter; the driver's venv stays on the airflow host.
 
-Made once per lock and Python (a few minutes the first time, from pip's cache after), beside the local
+Made once per lock and Python (from pip's cache after the first time), beside the local
 stack's state, so that the tests' clusters share it.
 """
 
@@ -43,8 +43,10 @@ def ensure(state: Path) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     log(f"making the Spark nodes' venv ({EXTRA} extra) in {venv}")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # --no-compile: the nodes import a small part of what is installed (pyspark's own sources are most of
+    # it); what they import compiles on first use, once
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-c", str(LOCK), *requirements()], check=True)
+                    "--no-compile", "-c", str(LOCK), *requirements()], check=True)
     stamp.write_text(_fingerprint())
     return venv
 
