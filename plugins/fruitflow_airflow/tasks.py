@@ -182,7 +182,7 @@ def publish_summary(s3_hook, cfg: Config, run_id: str, new: dict | None, manifes
     summary = {**build_summary(new, manifests), "run_id": run_id, "summary": run_report.summary_uri(cfg, run_id)}
     summary.update(run_report.publish(s3_hook, cfg, run_id, summary, manifests))  # the page before the summary
     bucket, key = split_s3_uri(summary["summary"])
-    stored = signing.sign(json.loads(json.dumps(summary, default=str)))  # signed as it is stored
+    stored = signing.sign(summary)
     s3_hook.load_string(json.dumps(stored, indent=2), key=key, bucket_name=bucket, replace=True)
     if "train" in summary["outputs"]:  # the newest trained run: what `classify` and the plugin use by default
         bucket, key = split_s3_uri(latest_run_uri(cfg))

@@ -62,7 +62,7 @@ def write_manifest(spark: SparkSession, step_uri: str, manifest: dict) -> dict:
         "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {**versions(), **manifest.get("versions", {})},
     }
-    signed = signing.sign(json.loads(json.dumps(body, default=str)))  # signed as it is stored
+    signed = signing.sign(body)
     storage.write_text(spark, manifest_uri(step_uri), json.dumps(signed, indent=2, sort_keys=True))
     return body
 

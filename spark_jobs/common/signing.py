@@ -35,9 +35,11 @@ def _digest(key: bytes, document: dict) -> str:
 
 
 def sign(document: dict) -> dict:
-    """`document` with its signature (as is, without a key)."""
+    """`document` as it will be stored (plain JSON data: what JSON cannot hold, a datetime say, becomes its
+    text) with its signature; without a key, unsigned. A reader checks the stored form: signing
+    anything else would not verify."""
     key = _key()
-    unsigned = {k: v for k, v in document.items() if k != FIELD}
+    unsigned = {k: v for k, v in json.loads(json.dumps(document, default=str)).items() if k != FIELD}
     return {**unsigned, FIELD: _digest(key, unsigned)} if key else unsigned
 
 

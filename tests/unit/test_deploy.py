@@ -17,6 +17,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from fruitflow.multihost import node_env
 from spark_jobs.common.config import FEATURE_DIM, Config
 from tests.helpers import ROOT
 
@@ -101,7 +102,7 @@ def _pins(lock: str = "constraints.txt") -> dict[str, str]:
 def _installed_closure(extra: str) -> set[str]:
     """Every distribution `pip install fruitflow[extra]` brings, read from the installed packages' metadata
     (this venv holds every extra)."""
-    wanted, seen = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"][extra]], set()
+    wanted, seen = [Requirement(r) for r in node_env.requirements(extra)], set()
     while wanted:
         req = wanted.pop()
         if canonicalize_name(req.name) in seen:

@@ -20,6 +20,15 @@ def test_a_signed_document_reads_back_as_written(key):
     assert signing.loads(stored, "summary") == document
 
 
+def test_a_document_is_signed_in_the_form_it_is_stored(key):
+    """What JSON cannot hold (a run's datetime in a summary) is stored as its text, and signed as such."""
+    import datetime as dt
+
+    at = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.timezone.utc)
+    stored = json.dumps(signing.sign({"run_id": "r", "at": at}))
+    assert signing.loads(stored, "summary") == {"run_id": "r", "at": str(at)}
+
+
 @pytest.mark.parametrize("tamper", [
     lambda d: d.pop(signing.FIELD),  # planted without a signature
     lambda d: d.update(n_images=4),  # edited after signing
