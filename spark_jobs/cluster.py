@@ -202,8 +202,9 @@ def choose_k(cfg: Config, n_images: int, n_categories: int) -> tuple[int, int]:
 
 
 def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: DataFrame, table, metrics: dict,
-                 context: dict, report_uri: str) -> None:
-    """The report folder (index.html and its figures) from a bounded sample of the assigned vectors."""
+                 context: dict, report_uri: str) -> dict[str, str]:
+    """The report folder (index.html and its figures) from a bounded sample of the assigned vectors; the
+    SHA-256 of each file written, by name (the manifest vouches for them: the Spark nodes may write there)."""
     with tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
         points = sample(assigned, cfg.plot_max_points, cfg.seed, context["images"])
         embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
@@ -212,8 +213,12 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: Dat
                              context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
                              explained=upstream["metrics"]["explained_variance_per_component"],
                              fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed)
+        digests = {}
         for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as written:
+                digests[name] = hashlib.sha256(written.read()).hexdigest()
             storage.upload_file(spark, os.path.join(tmp, name), f"{report_uri}/{name}")
+        return digests
 
 
 def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
@@ -249,7 +254,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
             "kmeans_starts": fit["starts"], "pca_step": input_uri,
         }
-        write_report(spark, cfg, upstream, assigned, table, metrics, context, report_uri)
+        report_files = write_report(spark, cfg, upstream, assigned, table, metrics, context, report_uri)
     reduced.unpersist()
     return write_manifest(
         spark,
@@ -261,6 +266,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
                         "report": f"{report_uri}/index.html", "report_folder": report_uri},
             # the centres as written: the (signed) manifest vouches for them where the Spark nodes may write
             "centroids_sha256": hashlib.sha256(centres.encode("utf-8")).hexdigest(),
+            "report_sha256": report_files,
             "counts": {"n_images": n_images, "n_categories": n_categories},
             "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
                        "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,

@@ -47,12 +47,11 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
     cluster = manifests.get("cluster")
     if not cluster:
         return None
-    folder = cluster["outputs"]["report_folder"]
-    document = json.loads(read_bytes(s3_hook, cfg, f"{folder}/clusters.json"))
-    figures = [(caption, read_bytes(s3_hook, cfg, f"{folder}/{name}")) for name, caption in document["figures"]]
-    thumbnails = {key: report_page.thumbnail(read_bytes(s3_hook, cfg, uri))
-                  for key, uri in document["thumbnail_uris"].items()
-                  if split_s3_uri(uri)[0] == cfg.preprocessed_bucket}
+    folder, digests = cluster["outputs"]["report_folder"], cluster.get("report_sha256") or {}
+    clusters_json = vouched_file(s3_hook, cfg, folder, "clusters.json", digests)
+    document = json.loads(clusters_json) if clusters_json else {"clusters": [], "figures": [], "thumbnail_uris": {}}
+    figures = [(caption, data) for name, caption in document["figures"]
+               if (data := vouched_file(s3_hook, cfg, folder, name, digests))]
     train = manifests.get("train")
     quality = {k: summary.get(k) for k in ("ari", "nmi", "silhouette", "purity", "explained_variance")}
     context = {
@@ -67,8 +66,32 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
         "rejects": summary.get("rejects"), "summary": summary.get("summary"),
     }
     return report_page.render(quality=quality, clusters=document["clusters"], figures=figures, context=context,
-                              thumbnails=thumbnails, classifier=(train or {}).get("metrics"),
+                              thumbnails=thumbnails(s3_hook, cfg, document["thumbnail_uris"]),
+                              classifier=(train or {}).get("metrics"),
                               run_id=summary.get("run_id"))
+
+
+def vouched_file(s3_hook, cfg: Config, folder: str, name: str, digests: dict[str, str]) -> bytes | None:
+    """A file of the cluster step's report folder as the step wrote it (its digest in the step's signed
+    manifest), or None, with a warning, when it was replaced or planted since: the Spark nodes may write
+    there, and the page shows what the pipeline made or leaves it out."""
+    data = read_bytes(s3_hook, cfg, f"{folder}/{name}")
+    if digests.get(name) != hashlib.sha256(data).hexdigest():
+        log.warning("report file %s/%s left out: not as the cluster step wrote it", folder, name)
+        return None
+    return data
+
+
+def thumbnails(s3_hook, cfg: Config, uris: dict[str, str]) -> dict[str, bytes]:
+    """Small JPEGs of the clusters' member photos (the preprocessed bucket's, which the Spark nodes write),
+    made in the decoder sandbox with the executors' limits; a photo that fails is left out."""
+    from spark_jobs.common.sandbox import map_isolated
+
+    keys = [key for key, uri in uris.items() if split_s3_uri(uri)[0] == cfg.preprocessed_bucket]
+    jpegs = [read_bytes(s3_hook, cfg, uris[key]) for key in keys]
+    made = map_isolated(report_page.thumbnail, jpegs, memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
+                        timeout_s=cfg.decoder_timeout_s)
+    return {key: outcome.value for key, outcome in zip(keys, made) if outcome.ok}
 
 
 def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[str, dict | None]) -> dict:

@@ -288,6 +288,7 @@ def test_each_step_leaves_its_outputs_and_manifest(first, s3):
         assert -1 <= cluster["metrics"][metric] <= 1
     report = list_keys(s3, cluster["outputs"]["report_folder"])
     assert {k.rsplit("/", 1)[1] for k in report} >= {"index.html", "pca_by_fruit.png", "tsne_by_cluster.png"}
+    assert set(cluster["report_sha256"]) == {k.rsplit("/", 1)[1] for k in report}  # each file vouched for
 
     assert train["counts"]["n_images"] == pca["counts"]["n_images"]
     assert train["counts"]["n_images"] == train["counts"]["n_train"] + train["counts"]["n_held_out"]

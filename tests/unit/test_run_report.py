@@ -1,7 +1,10 @@
 """The run's report page as the plugin finds it (plugins/fruitflow_airflow/run_report.py)."""
 
 import hashlib
+import io
 import json
+
+from PIL import Image
 
 from fruitflow_airflow import run_report
 from spark_jobs.common import signing
@@ -72,3 +75,66 @@ def test_the_summary_and_the_page_name_ignored_files_with_their_reasons():
     line = run_report.nothing_new_notice("r2", summary, None, False)
     assert "1 ignored (e.g. $/evil$/a.jpg: not at <category>/<file> depth)" in line
     assert run_report.ignored_line(summary) == "1: $/evil$/a.jpg (not at <category>/<file> depth)"
+
+
+class _Store:
+    """The S3Hook calls `render` makes: get_key(key, bucket).get()["Body"].read()."""
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    def get_key(self, key, bucket):
+        data = self.objects[(bucket, key)]
+        return type("Object", (), {"get": lambda _self: {"Body": io.BytesIO(data)}})()
+
+
+def _png(colour) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (224, 224), (200, 30, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def _cluster_step(cfg):
+    """A cluster step's report folder and its manifest (with the digests it signs), two member photos."""
+    folder = f"s3a://{cfg.features_bucket}/runs/r1/cluster/report"
+    photos = {k: f"s3a://{cfg.preprocessed_bucket}/runs/r1/preprocess/jpeg/{k}" for k in ("Apple/a.jpg", "Kiwi/b.jpg")}
+    document = {"clusters": [{"cluster": 0, "size": 2, "purity": 0.5, "top_fruits": [["Apple", 1]],
+                              "thumbnails": list(photos)}],
+                "figures": [["scree.png", "explained variance"], ["tsne.png", "t-SNE"]], "thumbnail_uris": photos}
+    files = {"clusters.json": json.dumps(document).encode(), "scree.png": _png("blue"), "tsne.png": _png("green")}
+    objects = {split_s3_uri(f"{folder}/{name}"): data for name, data in files.items()}
+    objects[split_s3_uri(photos["Apple/a.jpg"])] = _jpeg()
+    objects[split_s3_uri(photos["Kiwi/b.jpg"])] = b"\xff\xd8 not a jpeg"
+    manifest = {"outputs": {"report_folder": folder},
+                "report_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    return objects, manifest, folder
+
+
+def test_the_page_shows_the_cluster_steps_files_as_it_wrote_them():
+    cfg = Config.from_env()
+    objects, manifest, _ = _cluster_step(cfg)
+    page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
+    assert page.count("data:image/png;base64,") == 2 and 'class="cluster"' in page
+    # the photo that does not decode is left out, in the sandbox; the other one is there
+    assert page.count("data:image/jpeg;base64,") == 1
+
+
+def test_report_files_replaced_after_the_cluster_step_are_left_out():
+    """The report folder is where the Spark nodes may write: a figure or clusters.json replaced there (a
+    planted page element, thumbnails from elsewhere) does not reach the page."""
+    cfg = Config.from_env()
+    objects, manifest, folder = _cluster_step(cfg)
+    objects[split_s3_uri(f"{folder}/tsne.png")] = _png("red")
+    page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
+    assert page.count("data:image/png;base64,") == 1
+    planted = {"clusters": [{"cluster": 9, "size": 1, "purity": 1.0, "top_fruits": [["Planted", 1]],
+                             "thumbnails": []}], "figures": [], "thumbnail_uris": {}}
+    objects[split_s3_uri(f"{folder}/clusters.json")] = json.dumps(planted).encode()
+    page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
+    assert "Planted" not in page and 'class="cluster"' not in page
