@@ -28,7 +28,8 @@ FAILURE_TIMEOUT=${FAILURE_TIMEOUT:-60}  # seconds before a silent worker or exec
 QUICK_START_JVM=${QUICK_START_JVM:-0}  # client on a small instance (2 vCPUs): C1 only, serial GC (node_conf)
 HADOOP_AWS_VERSION=3.5.0            # Spark 4.2's Hadoop client version
 SPARK_HADOOP_CLOUD_VERSION=4.0.0    # the S3A committer binding (FRUITFLOW_S3A_COMMITTER=magic)
-SPARK_USER=spark
+SPARK_USER=${SPARK_USER:-spark}     # the daemons' user
+AIRFLOW_USER=${AIRFLOW_USER:-airflow}  # client: the user Airflow's tasks, so spark-submit's drivers, run as
 
 case "$ROLE" in
   master) ROLES=master ;;
@@ -128,6 +129,27 @@ WantedBy=multi-user.target
 UNIT
 }
 
+grant_access() {
+  # The daemons run as $SPARK_USER. On the client, the drivers run as Airflow's user: it reads the conf
+  # (the RPC secret) and writes the event logs (mode 770, Spark's), which the history server reads; both
+  # are shared with that user's group, which the daemons' user joins, and with no one else.
+  chown -R "$SPARK_USER" "$PREFIX/conf" "$PREFIX/logs" "$PREFIX/pids"
+  if [ "$ROLE" = worker ]; then chown -R "$SPARK_USER" "$PREFIX/work" "$PREFIX/scratch"; fi
+  if [ "$ROLE" = client ]; then
+    local group
+    if ! group=$(id -gn "$AIRFLOW_USER" 2>/dev/null); then
+      echo "no user '$AIRFLOW_USER' to run the drivers: install Airflow first or set AIRFLOW_USER" >&2
+      exit 2
+    fi
+    usermod -a -G "$group" "$SPARK_USER"
+    chgrp -R "$group" "$PREFIX/conf"
+    chmod 0750 "$PREFIX/conf"
+    chmod 0640 "$PREFIX/conf/spark-defaults.conf" "$PREFIX/conf/spark-env.sh"
+    chown -R "$SPARK_USER:$group" "$PREFIX/spark-events"
+    chmod 2770 "$PREFIX/spark-events"  # setgid: each event log gets the group
+  fi
+}
+
 main() {
   if [ -n "${RENDER_ONLY:-}" ]; then
     render_conf
@@ -137,9 +159,7 @@ main() {
   install_project
   install_hadoop_aws
   render_conf
-  chown -R "$SPARK_USER" "$PREFIX/conf" "$PREFIX/logs" "$PREFIX/pids"
-  if [ "$ROLE" = worker ]; then chown -R "$SPARK_USER" "$PREFIX/work" "$PREFIX/scratch"; fi
-  if [ "$ROLE" = client ]; then chown -R "$SPARK_USER" "$PREFIX/spark-events"; fi
+  grant_access
   local spark_home ip
   spark_home=$("$NODE_PYTHON" -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')
   ln -sf "$spark_home/sbin/spark-daemon.sh" "$PREFIX/venv/bin/spark-daemon.sh"
@@ -153,4 +173,5 @@ main() {
   systemctl enable --now "spark-${ROLE/client/history}"
 }
 
-main "$@"
+# sourced (the tests call its functions), it only defines them: `return` works only in a sourced file
+if ! (return 0 2>/dev/null); then main "$@"; fi

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -458,3 +459,51 @@ def test_only_the_airflow_containers_hold_the_control_key(compose):
     for name, service in compose["services"].items():
         if name.startswith(("spark-", "seaweedfs")) and name != "seaweedfs-init":
             assert "FRUITFLOW_CONTROL_KEY" not in json.dumps(service), name
+
+
+@pytest.fixture
+def two_users():
+    """A daemons' user and an Airflow user of their own (removed after), as on a fresh client instance."""
+    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("runuser"):
+        pytest.skip("needs root, useradd and runuser")
+    names = (f"ffspark{os.getpid() % 10000}", f"ffairflow{os.getpid() % 10000}")
+    for name in names:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", name], check=True)
+    try:
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", names[1]], capture_output=True)
+        subprocess.run(["groupdel", names[0]], capture_output=True)
+
+
+def _as(user: str, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *command], capture_output=True, text=True, timeout=30)
+
+
+def test_on_the_ec2_client_airflows_user_reads_the_conf_and_writes_event_logs_and_no_one_else(tmp_path, two_users):
+    """The drivers run as Airflow's user on the client host: it needs the secret in spark-defaults.conf
+    and writes the event logs the history server (the daemons' user) reads; any other user gets neither."""
+    spark_user, airflow_user = two_users
+    base = Path(tempfile.mkdtemp(prefix="fruitflow-ec2-", dir="/tmp"))  # pytest's tmp is root-only
+    try:
+        base.chmod(0o755)
+        prefix = base / "opt"
+        render_node_script(tmp_path, "client", prefix, "10.0.0.5", "the-rpc-secret")
+        env = {**os.environ, "ROLE": "client", "PREFIX": str(prefix), "SPARK_USER": spark_user,
+               "AIRFLOW_USER": airflow_user, "SPARK_AUTH_SECRET_FILE": str(tmp_path / "secret-client")}
+        granted = subprocess.run(["bash", "-c", 'source "$0" && grant_access',
+                                  str(ROOT / "deploy" / "ec2" / "spark-node.sh")],
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert granted.returncode == 0, granted.stderr
+        conf = str(prefix / "conf" / "spark-defaults.conf")
+        assert "the-rpc-secret" in _as(airflow_user, "cat", conf).stdout
+        log = prefix / "spark-events" / "app-1"
+        written = _as(airflow_user, "sh", "-c", f"echo event > {log} && chmod 770 {log}")  # as Spark's writer does
+        assert written.returncode == 0, written.stderr
+        assert _as(spark_user, "cat", str(log)).stdout == "event\n"  # the history server reads it
+        for path in (conf, str(log)):
+            assert _as("nobody", "cat", path).returncode != 0, path
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
