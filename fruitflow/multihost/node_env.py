@@ -20,6 +20,10 @@ from fruitflow.paths import ROOT
 from fruitflow.stack.process import log
 
 EXTRA = "spark-node"
+# What the master, the workers and the executors' Python workers import (the jobs' own modules come in
+# the jobs' zip)
+IMPORTED = ("pyspark.daemon", "pyspark.worker", "pyspark.sql.pandas.serializers", "pyspark.ml", "numpy", "pandas",
+            "pyarrow", "cv2", "onnxruntime", "PIL.Image", "boto3")
 LOCK = ROOT / "constraints.txt"
 
 
@@ -43,10 +47,12 @@ def ensure(state: Path) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     log(f"making the Spark nodes' venv ({EXTRA} extra) in {venv}")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # --no-compile: the nodes import a small part of what is installed (pyspark's own sources are most of
-    # it); what they import compiles on first use, once
+    # --no-compile, then what the nodes import compiled by importing it: most of what is installed (pyspark's
+    # own sources above all) is never imported there, and the worker hosts mount the venv read-only, where
+    # an executor could not write a module's bytecode and would compile it again at each start
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                     "--no-compile", "-c", str(LOCK), *requirements()], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-c", f"import {', '.join(IMPORTED)}"], check=True)
     stamp.write_text(_fingerprint())
     return venv
 
