@@ -214,11 +214,11 @@ def _outcome(record: tuple) -> Outcome:
     return Outcome(died=record[1])
 
 
-def _not_started(record, pid: int) -> str:
+def _not_started(record, pid: int, startup_s: float) -> str:
     """Why a child sent something other than "ready" first: it died, stalled, or misbehaved."""
     if record is None:
         return _death_reason(os.waitpid(pid, 0)[1])
-    return f"timed out starting after {STARTUP_S:g} s" if record == "late" else "crashed (no ready record)"
+    return f"timed out starting after {startup_s:g} s" if record == "late" else "crashed (no ready record)"
 
 
 def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float) -> tuple[list[Outcome], str | None]:
@@ -238,9 +238,10 @@ def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float
     stopped, reaped = None, False
     try:
         reader = _Reader(read_fd)
-        record = reader.record(time.monotonic() + max(STARTUP_S, timeout_s))
+        startup_s = max(STARTUP_S, timeout_s)
+        record = reader.record(time.monotonic() + startup_s)
         if record != ("ready",):
-            stopped = _not_started(record, pid)
+            stopped = _not_started(record, pid, startup_s)
             reaped = record is None
         while stopped is None and len(outcomes) < len(items):
             record = reader.record(time.monotonic() + timeout_s)

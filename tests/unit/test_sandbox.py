@@ -163,3 +163,37 @@ def test_a_child_writes_no_file_and_sees_no_secret(tmp_path, monkeypatch):
         secrets, [1], memory_bytes=0, timeout_s=20)
     assert not wrote.ok and (not target.exists() or target.stat().st_size == 0), wrote
     assert seen.value == [None, None, None, None, True]
+
+
+def _failing_first_start(sandbox, monkeypatch, how):
+    """sandbox._confine, failing (`how`) in the first child only: the marker the parent left tells it."""
+    confine, marker = sandbox._confine, f"/tmp/fruitflow-sandbox-first-{os.getpid()}"
+    open(marker, "w").close()
+
+    def first_fails(*args):
+        if os.path.exists(marker):
+            os.unlink(marker)
+            how()
+        confine(*args)
+
+    monkeypatch.setattr(sandbox, "_confine", first_fails)
+
+
+def test_a_child_that_dies_before_it_is_ready_costs_the_first_item_and_the_next_child_goes_on(monkeypatch):
+    from spark_jobs.common import sandbox
+
+    _failing_first_start(sandbox, monkeypatch, lambda: os._exit(7))
+    outcomes = map_isolated(_work, ["a", "b"], memory_bytes=0, timeout_s=60)
+    assert [o.died for o in outcomes] == ["crashed (exit status 7)", None] and outcomes[1].value == "bb"
+
+
+def test_a_child_that_stalls_before_it_is_ready_is_given_the_startup_time_not_the_items(monkeypatch):
+    """The per-item deadline starts once the child is ready; before that it has STARTUP_S (here 1 s)."""
+    from spark_jobs.common import sandbox
+
+    _failing_first_start(sandbox, monkeypatch, lambda: time.sleep(60))
+    monkeypatch.setattr(sandbox, "STARTUP_S", 1.0)
+    started = time.monotonic()
+    outcomes = map_isolated(_work, ["a"], memory_bytes=0, timeout_s=0.5)
+    assert outcomes[0].died == "timed out starting after 1 s"
+    assert time.monotonic() - started < 30  # the stalled child was stopped, not waited for
