@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_jobs.common import cluster_report, step_cli, storage
+from spark_jobs.common import cluster_report, report_page, step_cli, storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, jpeg_folders, read_manifest, write_manifest
 
@@ -212,7 +213,9 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: Dat
                              metrics={name: round(v, 4) for name, v in metrics.items()},
                              context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
                              explained=upstream["metrics"]["explained_variance_per_component"],
-                             fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed)
+                             fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed,
+                             make_thumbnails=partial(report_page.thumbnails, timeout_s=cfg.decoder_timeout_s,
+                                                     memory_bytes=cfg.decoder_memory_mb * 1024 * 1024))
         digests = {}
         for name in sorted(os.listdir(tmp)):
             with open(os.path.join(tmp, name), "rb") as written:

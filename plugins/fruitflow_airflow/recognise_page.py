@@ -49,11 +49,14 @@ def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, st
 
     store = Store(cfg, s3_hook.get_conn())
     folders = jpeg_folders(store.manifest(classifier.meta["pca_step"]), store.manifest)
-    found: dict[str, str] = {}
+    found: dict[str, bytes] = {}
     for neighbour in result.get("neighbours", []):
         for folder in folders:
             bucket, key = split_s3_uri(f"{folder}/{neighbour['key']}")
             if s3_hook.check_for_key(key, bucket):
-                found[neighbour["key"]] = report_page.encode(report_page.thumbnail(store.get(f"s3a://{bucket}/{key}")))
+                found[neighbour["key"]] = store.get(f"s3a://{bucket}/{key}")
                 break
-    return found
+    # the preprocessed JPEGs are the Spark nodes' writing: decoded in the sandbox, not the api-server
+    made = report_page.thumbnails(found, memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
+                                  timeout_s=cfg.decoder_timeout_s)
+    return {key: report_page.encode(data) for key, data in made.items()}

@@ -73,9 +73,13 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
 
 def vouched_file(s3_hook, cfg: Config, folder: str, name: str, digests: dict[str, str]) -> bytes | None:
     """A file of the cluster step's report folder as the step wrote it (its digest in the step's signed
-    manifest), or None, with a warning, when it was replaced or planted since: the Spark nodes may write
-    there, and the page shows what the pipeline made or leaves it out."""
-    data = read_bytes(s3_hook, cfg, f"{folder}/{name}")
+    manifest), or None, with a warning, when it is gone, or was replaced or planted since: the Spark nodes
+    may write there, and the page shows what the pipeline made or leaves it out."""
+    try:
+        data = read_bytes(s3_hook, cfg, f"{folder}/{name}")
+    except Exception as exc:  # noqa: BLE001 - gone or unreadable: left out, the run goes on
+        log.warning("report file %s/%s left out: %s", folder, name, exc)
+        return None
     if digests.get(name) != hashlib.sha256(data).hexdigest():
         log.warning("report file %s/%s left out: not as the cluster step wrote it", folder, name)
         return None
@@ -84,14 +88,17 @@ def vouched_file(s3_hook, cfg: Config, folder: str, name: str, digests: dict[str
 
 def thumbnails(s3_hook, cfg: Config, uris: dict[str, str]) -> dict[str, bytes]:
     """Small JPEGs of the clusters' member photos (the preprocessed bucket's, which the Spark nodes write),
-    made in the decoder sandbox with the executors' limits; a photo that fails is left out."""
-    from spark_jobs.common.sandbox import map_isolated
-
-    keys = [key for key, uri in uris.items() if split_s3_uri(uri)[0] == cfg.preprocessed_bucket]
-    jpegs = [read_bytes(s3_hook, cfg, uris[key]) for key in keys]
-    made = map_isolated(report_page.thumbnail, jpegs, memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
-                        timeout_s=cfg.decoder_timeout_s)
-    return {key: outcome.value for key, outcome in zip(keys, made) if outcome.ok}
+    made in the decoder sandbox with the executors' limits; a photo gone or not decoded is left out."""
+    jpegs = {}
+    for key, uri in uris.items():
+        if split_s3_uri(uri)[0] != cfg.preprocessed_bucket:
+            continue
+        try:
+            jpegs[key] = read_bytes(s3_hook, cfg, uri)
+        except Exception as exc:  # noqa: BLE001 - gone or unreadable: left out
+            log.warning("thumbnail of %s left out: %s", key, exc)
+    return report_page.thumbnails(jpegs, memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
+                                  timeout_s=cfg.decoder_timeout_s)
 
 
 def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[str, dict | None]) -> dict:

@@ -34,9 +34,10 @@ def figure_files() -> list[tuple[str, str]]:
 
 
 def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: pd.DataFrame, metrics: dict,
-          context: dict, explained: list[float], fetch_jpegs, seed: int = 42) -> str:
+          context: dict, explained: list[float], fetch_jpegs, make_thumbnails, seed: int = 42) -> str:
     """Every report file into `folder`; returns the HTML page's path. `fetch_jpegs(keys)` gives the
-    preprocessed JPEGs of those keys it found, as {key: (uri, bytes)}."""
+    preprocessed JPEGs of those keys it found, as {key: (uri, bytes)}; `make_thumbnails({key: bytes})`
+    the thumbnails of those it could decode (`report_page.thumbnails`, in the decoder sandbox)."""
     frames = {"points": points, "embedded": embedded}
     for name, caption, frame, x, y, colour in FIGURES:
         scatter(frames[frame], x, y, colour, caption, os.path.join(folder, name))
@@ -60,7 +61,7 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     page = report_page.render(
         quality=metrics, clusters=clusters, context=context,
         figures=[(caption, _read(os.path.join(folder, name))) for name, caption in figure_files()],
-        thumbnails={k: report_page.thumbnail(data) for k, (_, data) in found.items()})
+        thumbnails=make_thumbnails({k: data for k, (_, data) in found.items()}))
     path = os.path.join(folder, "index.html")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(page)

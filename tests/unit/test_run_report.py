@@ -3,11 +3,13 @@
 import hashlib
 import io
 import json
+import os
+import signal
 
 from PIL import Image
 
 from fruitflow_airflow import run_report
-from spark_jobs.common import signing
+from spark_jobs.common import report_page, signing
 from spark_jobs.common.config import Config, split_s3_uri
 
 
@@ -121,8 +123,33 @@ def test_the_page_shows_the_cluster_steps_files_as_it_wrote_them():
     objects, manifest, _ = _cluster_step(cfg)
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 2 and 'class="cluster"' in page
-    # the photo that does not decode is left out, in the sandbox; the other one is there
+    # the photo that does not decode is left out; the other one is there
     assert page.count("data:image/jpeg;base64,") == 1
+
+
+def test_thumbnails_are_made_in_the_decoder_sandbox(monkeypatch):
+    """A member photo that crashes the decoder costs its thumbnail, not the publish task."""
+    real = report_page.thumbnail
+
+    def crashing(jpeg):
+        if jpeg.startswith(b"\xff\xd8 not"):
+            os.kill(os.getpid(), signal.SIGSEGV)  # what a decoder's invalid read ends in
+        return real(jpeg)
+
+    monkeypatch.setattr(report_page, "thumbnail", crashing)
+    cfg = Config.from_env()
+    objects, manifest, _ = _cluster_step(cfg)
+    page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
+    assert page.count("data:image/jpeg;base64,") == 1
+
+
+def test_report_files_gone_since_are_left_out():
+    cfg = Config.from_env()
+    objects, manifest, folder = _cluster_step(cfg)
+    del objects[split_s3_uri(f"{folder}/scree.png")]
+    del objects[split_s3_uri(f"s3a://{cfg.preprocessed_bucket}/runs/r1/preprocess/jpeg/Apple/a.jpg")]
+    page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
+    assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0
 
 
 def test_report_files_replaced_after_the_cluster_step_are_left_out():

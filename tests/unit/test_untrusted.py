@@ -4,6 +4,7 @@ ids and output locations: neutralised or refused, never a failed run or a write 
 import csv
 import json
 import re
+from functools import partial
 
 import cv2
 
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spark_jobs.common import cluster_report, step_cli
+from spark_jobs.common import cluster_report, report_page, step_cli
 from spark_jobs.common.config import Config
 from spark_jobs.common.untrusted import csv_cell, plot_label
 
@@ -37,7 +38,8 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     jpeg = cv2.imencode(".jpg", np.full((224, 224, 3), 90, np.uint8))[1].tobytes()
     cluster_report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
                  context={"images": 28}, explained=[0.4, 0.2, 0.1, 0.05],
-                 fetch_jpegs=lambda keys: {k: (f"s3a://b/jpeg/{k}", jpeg) for k in keys if not k.startswith("+")})
+                 fetch_jpegs=lambda keys: {k: (f"s3a://b/jpeg/{k}", jpeg) for k in keys if not k.startswith("+")},
+                 make_thumbnails=partial(report_page.thumbnails, memory_bytes=512 * 2**20, timeout_s=30))
     cells = [cell for name in ("clusters.csv", "contingency.csv") for row in csv.reader(open(tmp_path / name))
              for cell in row]
     cells += [cell for row in csv.reader(open(tmp_path / "views_2d.csv"), delimiter=";") for cell in row]
