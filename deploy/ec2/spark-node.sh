@@ -9,7 +9,8 @@
 # multi-host test cluster (`make cluster-demo`) uses too. RENDER_ONLY=1 writes them and nothing else (no
 # package, no service): NODE_PYTHON names an interpreter with the project installed.
 # Every node and the Airflow host share one RPC secret (spark.authenticate), e.g. from AWS Secrets Manager
-# written to a root-only file by the instance's own bootstrap; this script copies it into the 0600 conf.
+# written to a root-only file by the instance's own bootstrap; this script copies it into the conf (0600;
+# on the client 0640, for the group of the daemons' user and Airflow's).
 # S3 access comes from the instance profile (deploy/ec2/iam-policy-spark-node.json on the Spark nodes,
 # iam-policy-pipeline.json on the Airflow host); no key is written anywhere.
 set -euo pipefail
@@ -30,6 +31,7 @@ HADOOP_AWS_VERSION=3.5.0            # Spark 4.2's Hadoop client version
 SPARK_HADOOP_CLOUD_VERSION=4.0.0    # the S3A committer binding (FRUITFLOW_S3A_COMMITTER=magic)
 SPARK_USER=${SPARK_USER:-spark}     # the daemons' user
 AIRFLOW_USER=${AIRFLOW_USER:-airflow}  # client: the user Airflow's tasks, so spark-submit's drivers, run as
+CLIENT_GROUP=${CLIENT_GROUP:-spark-client}  # client: the group of those two users alone
 
 case "$ROLE" in
   master) ROLES=master ;;
@@ -132,20 +134,22 @@ UNIT
 grant_access() {
   # The daemons run as $SPARK_USER. On the client, the drivers run as Airflow's user: it reads the conf
   # (the RPC secret) and writes the event logs (mode 770, Spark's), which the history server reads; both
-  # are shared with that user's group, which the daemons' user joins, and with no one else.
+  # are shared through a group of those two users (not Airflow's own group, which others may share).
+  # Airflow's processes see the group once restarted.
   chown -R "$SPARK_USER" "$PREFIX/conf" "$PREFIX/logs" "$PREFIX/pids"
   if [ "$ROLE" = worker ]; then chown -R "$SPARK_USER" "$PREFIX/work" "$PREFIX/scratch"; fi
   if [ "$ROLE" = client ]; then
-    local group
-    if ! group=$(id -gn "$AIRFLOW_USER" 2>/dev/null); then
+    if ! id "$AIRFLOW_USER" >/dev/null 2>&1; then
       echo "no user '$AIRFLOW_USER' to run the drivers: install Airflow first or set AIRFLOW_USER" >&2
       exit 2
     fi
-    usermod -a -G "$group" "$SPARK_USER"
-    chgrp -R "$group" "$PREFIX/conf"
+    groupadd -f "$CLIENT_GROUP"
+    usermod -a -G "$CLIENT_GROUP" "$SPARK_USER"
+    usermod -a -G "$CLIENT_GROUP" "$AIRFLOW_USER"
+    chgrp -R "$CLIENT_GROUP" "$PREFIX/conf"
     chmod 0750 "$PREFIX/conf"
     chmod 0640 "$PREFIX/conf/spark-defaults.conf" "$PREFIX/conf/spark-env.sh"
-    chown -R "$SPARK_USER:$group" "$PREFIX/spark-events"
+    chown -R "$SPARK_USER:$CLIENT_GROUP" "$PREFIX/spark-events"
     chmod 2770 "$PREFIX/spark-events"  # setgid: each event log gets the group
   fi
 }

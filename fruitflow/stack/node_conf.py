@@ -149,7 +149,8 @@ def render_env(node: Node) -> str:
 
 
 def write(node: Node, conf_dir: Path) -> Path:
-    """spark-defaults.conf and spark-env.sh (mode 0600) in `conf_dir`, the node's SPARK_CONF_DIR."""
+    """spark-defaults.conf and spark-env.sh (mode 0600; the EC2 script opens a client's to its drivers'
+    user) in `conf_dir`, the node's SPARK_CONF_DIR."""
     from fruitflow.stack.process import write_private
 
     for folder in folders(node):

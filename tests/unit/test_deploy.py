@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -466,16 +467,17 @@ def two_users():
     """A daemons' user and an Airflow user of their own (removed after), as on a fresh client instance."""
     if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("runuser"):
         pytest.skip("needs root, useradd and runuser")
-    names = (f"ffspark{os.getpid() % 10000}", f"ffairflow{os.getpid() % 10000}")
-    for name in names:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", name], check=True)
+    suffix = uuid.uuid4().hex[:6]
+    names = (f"ffspark{suffix}", f"ffairflow{suffix}", f"ffclient{suffix}")  # the two users, their group
     try:
+        for name in names[:2]:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", name], check=True)
         yield names
     finally:
-        for name in names:
+        for name in names[:2]:
             subprocess.run(["userdel", name], capture_output=True)
-        subprocess.run(["groupdel", names[1]], capture_output=True)
-        subprocess.run(["groupdel", names[0]], capture_output=True)
+        for name in names:
+            subprocess.run(["groupdel", name], capture_output=True)
 
 
 def _as(user: str, *command: str) -> subprocess.CompletedProcess:
@@ -485,14 +487,15 @@ def _as(user: str, *command: str) -> subprocess.CompletedProcess:
 def test_on_the_ec2_client_airflows_user_reads_the_conf_and_writes_event_logs_and_no_one_else(tmp_path, two_users):
     """The drivers run as Airflow's user on the client host: it needs the secret in spark-defaults.conf
     and writes the event logs the history server (the daemons' user) reads; any other user gets neither."""
-    spark_user, airflow_user = two_users
+    spark_user, airflow_user, group = two_users
     base = Path(tempfile.mkdtemp(prefix="fruitflow-ec2-", dir="/tmp"))  # pytest's tmp is root-only
     try:
         base.chmod(0o755)
         prefix = base / "opt"
         render_node_script(tmp_path, "client", prefix, "10.0.0.5", "the-rpc-secret")
         env = {**os.environ, "ROLE": "client", "PREFIX": str(prefix), "SPARK_USER": spark_user,
-               "AIRFLOW_USER": airflow_user, "SPARK_AUTH_SECRET_FILE": str(tmp_path / "secret-client")}
+               "AIRFLOW_USER": airflow_user, "CLIENT_GROUP": group,
+               "SPARK_AUTH_SECRET_FILE": str(tmp_path / "secret-client")}
         granted = subprocess.run(["bash", "-c", 'source "$0" && grant_access',
                                   str(ROOT / "deploy" / "ec2" / "spark-node.sh")],
                                  env=env, capture_output=True, text=True, timeout=60)
