@@ -57,3 +57,7 @@ def test_dag_benchmark_smoke(stack, image_tree, monkeypatch):
     # runs one task at a time, so all of them
     assert e2e["spark_steps_in_a_row"] == len(STEP_NAMES) and e2e["trivial_submit_s"] > 0
     assert e2e["ratio_overhead_vs_floor"] == round(e2e["overhead_s"] / (len(STEP_NAMES) * e2e["trivial_submit_s"]), 3)
+    # the bare engine on the run's model and images; the DAG's slope needs SCALE's sizes
+    cost = figures["cost"]
+    assert cost["engine_images"] == 6 and cost["engine_core_ms_per_image"] > 0
+    assert cost["pipeline_core_ms_per_image"] is None and cost["worker_cores"] >= 1
