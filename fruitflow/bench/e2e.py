@@ -9,7 +9,10 @@ step's model time.
 SCALE: the same at N, 4N and 10N (the same images copied under new keys, each set with its own feature
 table): featurize + PCA + KMeans time at each size, its ratio to N (`scale_ratio_4n`, `scale_ratio_10n`;
 target at most 1.1 x the size ratio), and each step's driver peak RSS (the spark-submit JVM plus the
-step's driver Python process, polled with psutil).
+step's driver Python process, polled with psutil). Then about N/10 new photos (those of every tenth fruit of DATA,
+under new keys) are added to the 10N run's bucket prefix and feature table, and the same photos run into an empty
+table of their own: `incremental_ratio` is the first run's wall time over the second's (target <= 1.2:
+a run's work should grow with what is new).
 
 Cost per photo (`cost`): the bare engine, ONNX Runtime on the same model over DATA's images decoded and
 preprocessed in memory on every core, gives `engine_core_ms_per_image`; with SCALE, the DAG's marginal
@@ -74,23 +77,29 @@ class StepDriverRss(ProcessSampler):
             peak["total_mb"] = max(peak["total_mb"], parts["jvm_mb"] + parts["python_mb"])
 
 
-def upload_copies(folder: Path, bucket: str, prefix: str, copies: int) -> int:
-    """<fruit>/<name> files, `copies` times: copy c > 0 is stored as <fruit>/c<c>_<name> (new keys)."""
-    files = [p for p in sorted(folder.glob("*/*")) if p.is_file()]
+def upload_copies(folder: Path, bucket: str, prefix: str, copies: int, first_copy: int = 0, every: int = 1) -> int:
+    """<fruit>/<name> files (of every `every`-th fruit: whole fruits, so that each has photos to train
+    on and hold out), `copies` times: copy c > 0 is stored as <fruit>/c<c>_<name> (new keys), c counted
+    from `first_copy`."""
+    fruits = sorted(p for p in folder.iterdir() if p.is_dir())[::every]
+    files = [p for fruit in fruits for p in sorted(fruit.iterdir()) if p.is_file()]
     return store.upload_files([(p, f"{prefix}/{p.parent.name}/{'' if c == 0 else f'c{c}_'}{p.name}")
-                               for c in range(copies) for p in files], bucket)
+                               for c in range(first_copy, first_copy + copies) for p in files], bucket)
 
 
-def run_pipeline(data: Path, copies: int, weights: str, precision: str) -> dict:
-    """One DAG run over `copies` x DATA under its own raw prefix and feature table; timings and RSS."""
+def run_pipeline(data: Path, copies: int, weights: str, precision: str, *, label: str = "", first_copy: int = 0,
+                 every: int = 1) -> dict:
+    """One DAG run over `copies` x DATA (every `every`-th photo) under its own raw prefix and feature table,
+    or under `label`'s, which an earlier run made (its photos then are the table's old ones); timings
+    and RSS."""
     from fruitflow.demo import read_summary, run_dag
     from spark_jobs.common.config import Config
 
-    label = f"bench-e2e-{uuid.uuid4().hex[:6]}-x{copies}"
+    label = label or f"bench-e2e-{uuid.uuid4().hex[:6]}-x{copies}"
     os.environ["FRUITFLOW_RUNS_PREFIX"] = Config.from_env().table_prefix(label)  # a feature table of its own
     os.environ["FRUITFLOW_PRECISION"] = precision  # read by the featurize driver (spark-submit inherits it)
     cfg = Config.from_env()
-    n_files = upload_copies(data, cfg.raw_bucket, label, copies)
+    n_files = upload_copies(data, cfg.raw_bucket, label, copies, first_copy, every)
     log(f"uploaded {n_files} files to s3://{cfg.raw_bucket}/{label}/; running the DAG (precision {precision})")
     started = time.perf_counter()
     with StepDriverRss() as rss:
@@ -110,7 +119,7 @@ def run_pipeline(data: Path, copies: int, weights: str, precision: str) -> dict:
             "step_timings_s": summary.get("timings_s", {}), "driver_peak_rss_mb": {
                 k: {kk: round(vv) for kk, vv in v.items()} for k, v in rss.peaks.items()},
             "n_table": summary.get("n_table"), "ari": summary.get("ari"), "nmi": summary.get("nmi"),
-            "run_id": dag_run.run_id}
+            "run_id": dag_run.run_id, "label": label}
 
 
 def prime_model(weights: str) -> tuple[float, str]:
@@ -214,11 +223,12 @@ def print_run(name: str, run: dict) -> None:
           + ", ".join(f"{s} {v['total_mb']} ({v['jvm_mb']} + {v['python_mb']})" for s, v in run["driver_peak_rss_mb"].items()))
 
 
-def run_in_child(name: str, copies: int, args) -> dict:
+def run_in_child(name: str, copies: int, args, *, label: str = "", first_copy: int = 0, every: int = 1) -> dict:
     """One DAG run in a fresh process (a second dag.test() in one process does not run cleanly)."""
     child = subprocess.run(
         [sys.executable, "-m", "fruitflow.bench.e2e", "--data", str(args.data), "--precision", args.precision,
-         "--weights", args.weights, "--copies", str(copies)], stdout=subprocess.PIPE, text=True)
+         "--weights", args.weights, "--copies", str(copies), "--label", label, "--first-copy", str(first_copy),
+         "--every", str(every)], stdout=subprocess.PIPE, text=True)
     if child.returncode != 0:
         raise RuntimeError(f"the {name} run failed (exit {child.returncode}): see its log above")
     run = json.loads(child.stdout.strip().splitlines()[-1])
@@ -273,38 +283,59 @@ def engine_core_ms_per_image(onnx_uri: str, data: Path, max_images: int = 512, b
             "engine_core_ms_per_image": round(cores * 1000 / img_per_s, 2)}
 
 
+def incremental_runs(after: dict, args) -> dict:
+    """About N/10 new photos (those of every tenth fruit of DATA, under keys no copy used) added to
+    `after`'s bucket prefix and feature table, then the same photos into an empty table of their own."""
+    new = {"copies": 1, "first_copy": SIZES[-1][1], "every": 10}
+    return {"+N/10": run_in_child("+N/10 after 10N", args=args, label=after["label"], **new),
+            "N/10": run_in_child("N/10 alone", args=args, **new)}
+
+
+def incremental_figures(runs: dict) -> dict:
+    """`incremental_ratio`: the DAG's wall time for N/10 new photos added to the 10N table over the same
+    photos into an empty one (target <= 1.2: a run's work should grow with what is new)."""
+    added, alone = runs["+N/10"], runs["N/10"]
+    return {"incremental": {"n_new": added["n_images"], "n_table": added["n_table"], "wall_s_added": added["wall_s"],
+                            "wall_s_alone": alone["wall_s"],
+                            "per_step_s_added": {s: t["seconds"] for s, t in added["tasks"].items()},
+                            "per_step_s_alone": {s: t["seconds"] for s, t in alone["tasks"].items()}},
+            "incremental_ratio": round(added["wall_s"] / alone["wall_s"], 3)}
+
+
 def cost_figures(runs: dict, worker_cores: int, engine: dict) -> dict:
     """The DAG's marginal cost per image, the least-squares slope of its wall time over the runs' sizes
     times the worker's cores (None with a single size), against the bare engine's."""
-    sizes = sorted({run["n_images"] for run in runs.values()})
+    sized = [runs[name] for name, _ in SIZES if name in runs]
     pipeline = None
-    if len(sizes) > 1:
-        slope_s = float(np.polyfit([r["n_images"] for r in runs.values()], [r["wall_s"] for r in runs.values()], 1)[0])
+    if len({run["n_images"] for run in sized}) > 1:
+        slope_s = float(np.polyfit([r["n_images"] for r in sized], [r["wall_s"] for r in sized], 1)[0])
         pipeline = round(slope_s * 1000 * worker_cores, 2)
     engine_ms = engine.get("engine_core_ms_per_image")
     return {**engine, "worker_cores": worker_cores, "pipeline_core_ms_per_image": pipeline,
             "ratio_pipeline_vs_engine": round(pipeline / engine_ms, 3) if pipeline and engine_ms else None}
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--scale", action="store_true", help="also run 4N (the same images under new keys)")
+    parser.add_argument("--scale", action="store_true", help="also run 4N and 10N (the same images under new "
+                        "keys), then N/10 new photos added to the 10N table and alone")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--floor-rounds", type=int, default=2,
                         help="trivial submissions timed for the floor (the fastest counts)")
-    parser.add_argument("--copies", type=int, default=0, help=argparse.SUPPRESS)  # one run, in a child process
-    args = parser.parse_args(argv)
-    if not args.data.is_dir():
-        log(f"no images at {args.data}: pass DATA=<folder of <fruit>/<image>.jpg>")
-        return 2
-    os.environ.update(stack.prepared_env())
-    os.environ.setdefault("FRUITFLOW_SCHEDULE", "none")
-    if args.copies:  # child: one DAG run on a stack the parent brought up; the run as the last line
-        print(json.dumps(run_pipeline(args.data, args.copies, args.weights, args.precision), default=str))
-        return 0
+    # one run, in a child process
+    parser.add_argument("--copies", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--label", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--first-copy", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--every", type=int, default=1, help=argparse.SUPPRESS)
+    return parser
+
+
+def measure(args) -> dict:
+    """Every run and reference timing, on the local stack (started and stopped here when it was down)."""
     from fruitflow.package import build_zip
+    from spark_jobs.common.config import Config
 
     load_start = os.getloadavg()
     started_stack = not stack.all_healthy()
@@ -314,8 +345,8 @@ def main(argv=None) -> int:
         build_zip()
         prime_s, onnx_uri = prime_model(args.weights)
         runs = {name: run_in_child(name, copies, args) for name, copies in (SIZES if args.scale else SIZES[:1])}
-        from spark_jobs.common.config import Config
-
+        if args.scale:
+            runs.update(incremental_runs(runs["10N"], args))
         base = Config.from_env()
         trivial_cfg = base.with_overrides(runs_prefix=base.table_prefix(f"trivial-{uuid.uuid4().hex[:6]}"))
         trivial_s = trivial_submit_s(trivial_cfg, args.floor_rounds)
@@ -325,23 +356,48 @@ def main(argv=None) -> int:
         if started_stack:
             stack.down()
     load = [round(max(a, b), 2) for a, b in zip(load_start, os.getloadavg())]
-    result = {"precision": args.precision, "weights": args.weights, "load_avg_1_5_15_max": load,
-              "model_materialize_before_runs_s": round(prime_s, 1),
-              "e2e": {**breakdown(runs["N"]),
-                      **floor_figures(breakdown(runs["N"])["overhead_outside_featurization_s"], trivial_s,
-                                      spark_steps_in_a_row(runs["N"]["tasks"])),
+    return {"runs": runs, "prime_s": prime_s, "trivial_s": trivial_s, "engine": engine, "load": load}
+
+
+def results(args, measured: dict) -> dict:
+    """The figures of `measured`, printed as they come; the last line's JSON object."""
+    runs = measured["runs"]
+    n_run = breakdown(runs["N"])
+    result = {"precision": args.precision, "weights": args.weights, "load_avg_1_5_15_max": measured["load"],
+              "model_materialize_before_runs_s": round(measured["prime_s"], 1),
+              "e2e": {**n_run, **floor_figures(n_run["overhead_outside_featurization_s"], measured["trivial_s"],
+                                               spark_steps_in_a_row(runs["N"]["tasks"])),
                       **{k: runs["N"][k] for k in ("n_images", "tasks", "step_timings_s", "driver_peak_rss_mb",
                                                    "ari", "nmi")}}}
     e2e = result["e2e"]
     print(f"overhead {e2e['overhead_s']:.1f} s against {e2e['spark_steps_in_a_row']} trivial spark-submits of "
           f"{e2e['trivial_submit_s']:.1f} s: ratio {e2e['ratio_overhead_vs_floor']}")
-    cost = result["cost"] = cost_figures(runs, stack.settings().worker_cores, engine)
+    cost = result["cost"] = cost_figures(runs, stack.settings().worker_cores, measured["engine"])
     print(f"cost per photo: the DAG {cost['pipeline_core_ms_per_image']} core-ms (with SCALE), the bare engine "
           f"{cost.get('engine_core_ms_per_image')} core-ms: ratio {cost['ratio_pipeline_vs_engine']} (target <= 2.0)")
     if args.scale:
         result.update(scale_figures(runs))
-    print(f"load average (max of start/end, 1/5/15 min): {load}")
-    print(json.dumps(result, default=str))
+        result.update(incremental_figures(runs))
+        incremental = result["incremental"]
+        print(f"incremental: {incremental['n_new']} new photos added to a table of {incremental['n_table']}: "
+              f"{incremental['wall_s_added']:.1f} s, against {incremental['wall_s_alone']:.1f} s into an empty "
+              f"table: ratio {result['incremental_ratio']} (target <= 1.2)")
+    print(f"load average (max of start/end, 1/5/15 min): {measured['load']}")
+    return result
+
+
+def main(argv=None) -> int:
+    args = arg_parser().parse_args(argv)
+    if not args.data.is_dir():
+        log(f"no images at {args.data}: pass DATA=<folder of <fruit>/<image>.jpg>")
+        return 2
+    os.environ.update(stack.prepared_env())
+    os.environ.setdefault("FRUITFLOW_SCHEDULE", "none")
+    if args.copies:  # child: one DAG run on a stack the parent brought up; the run as the last line
+        print(json.dumps(run_pipeline(args.data, args.copies, args.weights, args.precision, label=args.label,
+                                      first_copy=args.first_copy, every=args.every), default=str))
+        return 0
+    print(json.dumps(results(args, measure(args)), default=str))
     return 0
 
 

@@ -46,3 +46,14 @@ def test_with_one_size_there_is_no_slope_only_the_engines_figure():
                         engine={"engine_core_ms_per_image": 22.6})
     assert cost["pipeline_core_ms_per_image"] is None and cost["ratio_pipeline_vs_engine"] is None
     assert cost["engine_core_ms_per_image"] == 22.6
+
+
+def test_the_incremental_ratio_sets_photos_added_to_a_big_table_against_the_same_alone():
+    from fruitflow.bench.e2e import incremental_figures
+
+    def run(wall, n_table):
+        return {"n_images": 100, "n_table": n_table, "wall_s": wall, "tasks": {"pca": {"seconds": wall / 5}}}
+
+    figures = incremental_figures({"+N/10": run(300.0, 10100), "N/10": run(120.0, 100)})
+    assert figures["incremental_ratio"] == 2.5
+    assert figures["incremental"]["n_table"] == 10100 and figures["incremental"]["per_step_s_added"] == {"pca": 60.0}
