@@ -98,9 +98,9 @@ def mean_and_covariance(frame: DataFrame, column: str) -> tuple[np.ndarray, np.n
     reach the driver whatever the number of rows.
 
     One partition per executor core: each partial sum is d x d (17 MB at d = 1472), so more partitions
-    would only move more of them. Spark ML's own route (Summarizer.variance, then Correlation.corr) read
-    the column twice and added each row's outer product on the JVM's BLAS, a pure-Java fallback wherever
-    no native libblas is installed: 13-15 s against 3.4 s on 1179 images of 1472 dimensions."""
+    would only move more of them. Spark ML's own route (Summarizer.variance, then Correlation.corr) reads
+    the column twice and adds each row's outer product on the JVM's BLAS, a pure-Java fallback wherever
+    no native libblas is installed: several times slower (bench/RESULTS.md)."""
     spark = frame.sparkSession
     arrays = frame.select(vector_to_array(column).alias("v")).coalesce(spark.sparkContext.defaultParallelism)
     partials = arrays.mapInArrow(partial_moments, "n long, total binary, gram binary")
