@@ -214,8 +214,7 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: Dat
                              context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
                              explained=upstream["metrics"]["explained_variance_per_component"],
                              fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed,
-                             make_thumbnails=partial(report_page.thumbnails, timeout_s=cfg.decoder_timeout_s,
-                                                     memory_bytes=cfg.decoder_memory_mb * 1024 * 1024))
+                             make_thumbnails=partial(report_page.thumbnails, **cfg.decoder_limits))
         digests = {}
         for name in sorted(os.listdir(tmp)):
             with open(os.path.join(tmp, name), "rb") as written:

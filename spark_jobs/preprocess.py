@@ -193,9 +193,7 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
         else:
             contents = list(batch["content"])
         todo = [i for i, reason in enumerate(reasons) if reason is None]
-        outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo],
-                                         memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
-                                         timeout_s=cfg.decoder_timeout_s)
+        outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo], **cfg.decoder_limits)
         pixels = [None] * len(batch)
         for i, outcome in zip(todo, outcomes):
             reasons[i] = decode_reason(outcome)

@@ -57,6 +57,5 @@ def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, st
                 found[neighbour["key"]] = store.get(f"s3a://{bucket}/{key}")
                 break
     # the preprocessed JPEGs are the Spark nodes' writing: decoded in the sandbox, not the api-server
-    made = report_page.thumbnails(found, memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
-                                  timeout_s=cfg.decoder_timeout_s)
+    made = report_page.thumbnails(found, **cfg.decoder_limits)
     return {key: report_page.encode(data) for key, data in made.items()}

@@ -97,8 +97,7 @@ def thumbnails(s3_hook, cfg: Config, uris: dict[str, str]) -> dict[str, bytes]:
             jpegs[key] = read_bytes(s3_hook, cfg, uri)
         except Exception as exc:  # noqa: BLE001 - gone or unreadable: left out
             log.warning("thumbnail of %s left out: %s", key, exc)
-    return report_page.thumbnails(jpegs, memory_bytes=cfg.decoder_memory_mb * 1024 * 1024,
-                                  timeout_s=cfg.decoder_timeout_s)
+    return report_page.thumbnails(jpegs, **cfg.decoder_limits)
 
 
 def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[str, dict | None]) -> dict:

@@ -174,7 +174,7 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
             outcomes[i] = f"file too large: {size} bytes exceeds {cfg.max_image_bytes}"
     todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
     decoded = map_isolated(partial(_preprocessed_bytes, max_pixels=cfg.max_image_pixels), [paths[i] for i in todo],
-                           memory_bytes=cfg.decoder_memory_mb * 1024 * 1024, timeout_s=cfg.decoder_timeout_s)
+                           **cfg.decoder_limits)
     for i, outcome in zip(todo, decoded):
         if outcome.ok and is_preprocessed(outcome.value):
             outcomes[i] = rgb_from_bytes(outcome.value)

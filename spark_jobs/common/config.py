@@ -189,6 +189,11 @@ class Config:
     def with_overrides(self, **overrides) -> "Config":
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    @property
+    def decoder_limits(self) -> dict[str, int]:
+        """The decoder sandbox's limits, as `sandbox.map_isolated` and `report_page.thumbnails` take them."""
+        return {"memory_bytes": self.decoder_memory_mb * 1024 * 1024, "timeout_s": self.decoder_timeout_s}
+
     def table_prefix(self, label: str) -> str:
         """The runs prefix of a feature table of its own (a demo's, a test's, a benchmark's):
         `<runs_prefix>-<label>`, beside the configured table, and like it inside the prefixes the S3
