@@ -11,7 +11,9 @@ per bad item. Exceptions `fn` raises come back as their type's name and message.
 Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
 dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
 (RLIMIT_FSIZE 0), and its os.environ holds none of the parent's secrets (it is a fork: its memory is
-still the parent's). POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
+still the parent's). The memory cap is on the address space: a child reaches at most what it inherited
+plus its budget (free heap memory it inherited is reused without being counted, up to that bound).
+POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
         del os.environ[name]
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file written (the results go through the pipe)
     if memory_bytes:
-        # The parent's objects stay out of the child's collections: garbage of the parent's that the
-        # child freed would give its address space back, on top of the budget (seen once in the suite:
-        # a 1 GiB allocation passed a 256 MB budget).
+        # The parent's objects stay out of the child's collections: what the child freed of them would
+        # be room for its items beyond the budget (reusing free heap it inherited is not counted either:
+        # the bound is what it inherited plus the budget, test_sandbox).
         gc.freeze()
         cap = _address_space_bytes() + memory_bytes
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
@@ -269,8 +271,8 @@ def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float
 
 
 def map_isolated(fn: Callable, items: Sequence, *, memory_bytes: int, timeout_s: float) -> list[Outcome]:
-    """fn over every item, each outcome in order. `memory_bytes`: what a child may allocate beyond what
-    it inherits (0: no cap); `timeout_s`: per item."""
+    """fn over every item, each outcome in order. `memory_bytes`: what a child may map beyond what it
+    inherits (0: no cap); `timeout_s`: per item."""
     outcomes: list[Outcome] = []
     while len(outcomes) < len(items):
         done, stopped = _run_from(fn, items[len(outcomes):], memory_bytes, timeout_s)
