@@ -34,8 +34,9 @@ def pytest_configure(config):
     environment, prepared here once (credentials, hadoop-aws's jars, connections)."""
     if _fast_unit_layer_only(config):
         # a control key as every other selection has one (the stack's): readers check signatures alike
-        os.environ.update(local_stack.environment(local_stack.settings(),
-                                                  local_stack.Prepared("", "", (), "fruitflow-unit-tests")))
+        unit = local_stack.Prepared("", "", (), control_key="fruitflow-unit-tests",
+                                    spark_secret="fruitflow-unit-tests")
+        os.environ.update(local_stack.environment(local_stack.settings(), unit))
         home = Path(tempfile.mkdtemp(prefix="fruitflow-unit-airflow-"))
         os.environ.update({"AIRFLOW_HOME": str(home),
                            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"})

@@ -119,7 +119,7 @@ class Cluster:
         pipeline = self.credentials("pipeline")
         s = self.airflow_settings()
         e = environment(s, Prepared(pipeline["key"], pipeline["secret"], tuple(self.jars()),
-                                    self.credentials("control")["secret"]), base)
+                                    self.credentials("control")["secret"], self.credentials("spark")["secret"]), base)
         e.update({
             "FRUITFLOW_STATE_DIR": str(self.home("airflow")),
             "FRUITFLOW_CLUSTER_DIR": str(self.base),

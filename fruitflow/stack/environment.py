@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fruitflow.paths import DAGS, spark_home
-from fruitflow.stack import class_data
-from fruitflow.stack.node_conf import HISTORY_PORT, WORKER_OPTS, Node, render_defaults
+from fruitflow.stack import class_data, node_conf
+from fruitflow.stack.node_conf import HISTORY_PORT, Node, folders, render_defaults, spark_env
 from fruitflow.stack.process import log, write_private
 from spark_jobs.common import signing
 from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config, StackSettings
@@ -36,11 +36,11 @@ def state_dir(s: StackSettings) -> Path:
 
 
 def pid_dir(s: StackSettings) -> Path:
-    return state_dir(s) / "pids"
+    return node_conf.pid_dir(state_dir(s))
 
 
 def log_dir(s: StackSettings) -> Path:
-    return state_dir(s) / "logs"
+    return node_conf.log_dir(state_dir(s))
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,20 @@ class Prepared:
     secret_key: str
     jars: tuple[str, ...]
     control_key: str = ""  # signs the control objects (spark_jobs.common.signing); the Airflow host's alone
+    spark_secret: str = ""  # the Spark daemons' and applications' shared RPC secret
 
 
 def prepare(s: StackSettings | None = None) -> Prepared:
     """Creates the state folders and the local credentials, and resolves the jars (each once)."""
     s = s or settings()
-    for d in (pid_dir(s), log_dir(s), state_dir(s) / "spark-work", state_dir(s) / "ivy", plugins_dir(s)):
+    for d in (state_dir(s) / "ivy", plugins_dir(s)):
         d.mkdir(parents=True, exist_ok=True)
     creds = store_credentials(state_dir(s))["pipeline"]
     jars = tuple(hadoop_aws_jars(state_dir(s)))
-    write_spark_defaults(s, class_data.existing(state_dir(s), spark_conf_dir(s), jars))
-    return Prepared(creds["key"], creds["secret"], jars, local_credentials(state_dir(s), "control")["secret"])
+    spark_secret = local_credentials(state_dir(s), "spark")["secret"]
+    write_spark_defaults(s, spark_secret, class_data.existing(state_dir(s), spark_conf_dir(s), jars))
+    return Prepared(creds["key"], creds["secret"], jars, local_credentials(state_dir(s), "control")["secret"],
+                    spark_secret)
 
 
 def spark_conf_dir(s: StackSettings) -> Path:
@@ -86,24 +89,25 @@ def event_log_dir(s: StackSettings) -> Path:
     return state_dir(s) / "spark-events"
 
 
-def local_node(s: StackSettings, class_data_archive: str = "") -> Node:
-    """The local stack's one host as a Spark node: it submits (client mode) and serves the history.
-    Spark's own network timeouts are kept (failure_timeout_s=120): a busy 2-core laptop is no cluster;
-    its drivers and executors start the quick way (node_conf's quick_start_jvm), from the stack's
-    class-data archive once there is one."""
-    secret = local_credentials(state_dir(s), "spark")["secret"]
-    return Node(roles=("client", "history"), ip=s.host, home=str(state_dir(s)), secret=secret,
-                python=sys.executable, event_log_dir=str(event_log_dir(s)), failure_timeout_s=120,
-                quick_start_jvm=True, class_data_archive=class_data_archive)
+def local_node(s: StackSettings, secret: str, class_data_archive: str = "") -> Node:
+    """The local stack's one host as a Spark node: its worker, the client that submits (client mode)
+    and the history server (its master keeps Spark's defaults). Spark's own network timeouts are kept
+    (failure_timeout_s=120): a busy 2-core laptop is no cluster; its drivers and executors start the
+    quick way (node_conf's quick_start_jvm), from the stack's class-data archive once there is one."""
+    return Node(roles=("worker", "client", "history"), ip=s.host, home=str(state_dir(s)), secret=secret,
+                python=sys.executable, event_log_dir=str(event_log_dir(s)), cores=s.worker_cores,
+                memory=s.worker_memory, failure_timeout_s=120, quick_start_jvm=True,
+                class_data_archive=class_data_archive)
 
 
-def write_spark_defaults(s: StackSettings, class_data_archive: str = "") -> Path:
+def write_spark_defaults(s: StackSettings, secret: str, class_data_archive: str = "") -> Path:
     """spark-defaults.conf (mode 0600), the `--properties-file` of the master, the worker, the history
     server, spark-submit and pyspark alike; executors get the secret from their worker. Rendered by
-    node_conf, as every cluster node's is; the stack passes the rest of spark-env.sh as variables."""
-    node = local_node(s, class_data_archive)
-    event_log_dir(s).mkdir(parents=True, exist_ok=True)
-    spark_conf_dir(s).mkdir(parents=True, exist_ok=True)
+    node_conf, as every cluster node's is; the stack passes its spark-env.sh as variables
+    (`environment`), and makes the node's folders."""
+    node = local_node(s, secret, class_data_archive)
+    for folder in (*folders(node), spark_conf_dir(s)):
+        folder.mkdir(parents=True, exist_ok=True)
     path = spark_defaults_file(s)
     write_private(path, render_defaults(node))
     return path
@@ -185,6 +189,7 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
     """The environment every process of the local stack (Spark, Airflow, tests, demo) runs with."""
     e = dict(os.environ if base is None else base)
     state = state_dir(s)
+    node = local_node(s, prepared.spark_secret)
     cfg = Config.from_env(e)
     region = cfg.s3_region
     e.update({**airflow_environment(s), **
@@ -200,18 +205,12 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
             "FRUITFLOW_S3A_COMMITTER": "magic" if any("spark-hadoop-cloud" in j for j in prepared.jars) else "classic",
             "FRUITFLOW_SPARK_HISTORY_URL": f"http://{s.host}:{HISTORY_PORT}",
             "SPARK_HOME": str(spark_home()),
-            "SPARK_LOCAL_IP": s.host,
+            # the node's spark-env.sh (its address, folders, worker's cores and memory, executors' Python)
+            **spark_env(node),
             "SPARK_CONF_DIR": str(spark_conf_dir(s)),
             "FRUITFLOW_SPARK_PROPERTIES_FILE": str(spark_defaults_file(s)),
             # pyspark's own sessions (the tests', the benchmarks') read the same properties
             "PYSPARK_SUBMIT_ARGS": f"--properties-file {shlex.quote(str(spark_defaults_file(s)))} pyspark-shell",
-            "SPARK_PID_DIR": str(pid_dir(s)),
-            "SPARK_LOG_DIR": str(log_dir(s)),
-            "SPARK_WORKER_DIR": str(state / "spark-work"),
-            # Without FRUITFLOW_SPARK_JARS every application's executor gets its own copy of the
-            # --packages jars (~0.7 GB): the worker drops finished applications' folders.
-            "SPARK_WORKER_OPTS": WORKER_OPTS,
-            "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PATH": f"{VENV_BIN}{os.pathsep}{e.get('PATH', '')}",
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),

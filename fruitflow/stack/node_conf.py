@@ -106,21 +106,37 @@ def spark_defaults(node: Node) -> dict[str, str]:
     return conf
 
 
+def log_dir(home: str | Path) -> Path:
+    return Path(home) / "logs"
+
+
+def pid_dir(home: str | Path) -> Path:
+    return Path(home) / "pids"
+
+
+def worker_dir(home: str | Path) -> Path:
+    """A worker's applications' folders: executors' logs and the files shipped to them."""
+    return Path(home) / "work"
+
+
+def scratch_dir(home: str | Path) -> Path:
+    return Path(home) / "scratch"
+
+
 def spark_env(node: Node) -> dict[str, str]:
-    home = Path(node.home)
     env = {
         "SPARK_LOCAL_IP": node.ip,
         "SPARK_PUBLIC_DNS": node.ip,  # links in the web UIs name this address, not the machine's hostname
-        "SPARK_LOG_DIR": str(home / "logs"),
-        "SPARK_PID_DIR": str(home / "pids"),
+        "SPARK_LOG_DIR": str(log_dir(node.home)),
+        "SPARK_PID_DIR": str(pid_dir(node.home)),
         "PYSPARK_PYTHON": node.python,
     }
     if "master" in node.roles:
         env["SPARK_MASTER_OPTS"] = f"-Dspark.worker.timeout={node.failure_timeout_s}"
     if "worker" in node.roles:
         env.update({
-            "SPARK_WORKER_DIR": str(home / "work"),
-            "SPARK_LOCAL_DIRS": str(home / "scratch"),
+            "SPARK_WORKER_DIR": str(worker_dir(node.home)),
+            "SPARK_LOCAL_DIRS": str(scratch_dir(node.home)),
             "SPARK_WORKER_CORES": str(node.cores),
             "SPARK_WORKER_MEMORY": node.memory,
             "SPARK_WORKER_OPTS": WORKER_OPTS,
@@ -130,10 +146,9 @@ def spark_env(node: Node) -> dict[str, str]:
 
 def folders(node: Node) -> list[Path]:
     """The folders the node's processes write into (made by `write`)."""
-    home = Path(node.home)
-    found = [home / "logs", home / "pids"]
+    found = [log_dir(node.home), pid_dir(node.home)]
     if "worker" in node.roles:
-        found += [home / "work", home / "scratch"]
+        found += [worker_dir(node.home), scratch_dir(node.home)]
     if node.event_log_dir and "://" not in node.event_log_dir:
         found.append(Path(node.event_log_dir))
     return found

@@ -20,7 +20,7 @@ from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environm
                                          prepare, settings, spark_conf_dir, spark_defaults_file, spark_home,
                                          spark_node_environment, state_dir, store_credentials, worker_environment,
                                          write_spark_defaults)
-from fruitflow.stack.node_conf import HISTORY_PORT
+from fruitflow.stack.node_conf import HISTORY_PORT, worker_dir
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
 from spark_jobs.common.config import Config, StackSettings
 
@@ -134,9 +134,8 @@ class SparkWorker(SparkDaemon):
 
     def start(self, e):
         e = worker_environment(e, spark_node_environment(state_dir(self.s), Config.from_env(e).s3_region))
-        self.daemon("start", [self.s.spark_master, "--host", self.s.host, "--cores", str(self.s.worker_cores),
-                              "--memory", self.s.worker_memory, "--webui-port", str(self.port),
-                              "--work-dir", e["SPARK_WORKER_DIR"]], e)
+        # cores, memory and folders come from the node's spark-env (environment.local_node)
+        self.daemon("start", [self.s.spark_master, "--host", self.s.host, "--webui-port", str(self.port)], e)
         wait_until(self.healthy, 60, "Spark worker", self.logfile)
 
 
@@ -295,7 +294,7 @@ def down(s: StackSettings | None = None) -> None:
 def drop_executor_jars(state: Path) -> int:
     """The jar copies in the worker's application folders (its logs stay for post-mortems)."""
     freed = 0
-    for jar in (state / "spark-work").glob("app-*/*/*.jar"):
+    for jar in worker_dir(state).glob("app-*/*/*.jar"):
         try:
             freed += jar.stat().st_size
             jar.unlink()

@@ -420,6 +420,20 @@ def test_shell_scripts_pass_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
+def test_the_local_stacks_worker_is_rendered_by_node_conf_as_every_other_node(tmp_path):
+    from fruitflow.stack.environment import Prepared, environment, local_node
+    from fruitflow.stack.node_conf import WORKER_OPTS, spark_env
+    from spark_jobs.common.config import StackSettings
+
+    s = StackSettings(state_dir=str(tmp_path), worker_cores=3, worker_memory="5g")
+    env = environment(s, Prepared("key", "secret", (), spark_secret="spark-secret"), {"PATH": "/usr/bin"})
+    rendered = spark_env(local_node(s, "spark-secret"))
+    assert {k: env[k] for k in rendered} == rendered
+    assert (env["SPARK_WORKER_CORES"], env["SPARK_WORKER_MEMORY"], env["SPARK_WORKER_OPTS"]) == ("3", "5g", WORKER_OPTS)
+    assert env["SPARK_WORKER_DIR"] == str(tmp_path / "work") and env["SPARK_LOCAL_IP"] == s.host
+    assert not any(tmp_path.iterdir())  # rendering writes nothing
+
+
 def test_a_quick_start_client_gives_its_drivers_and_executors_its_class_data_archive():
     from fruitflow.stack.node_conf import Node, spark_defaults
 

@@ -35,7 +35,7 @@ def test_airflows_s3_hooks_get_the_same_timeout(monkeypatch, tmp_path):
     from spark_jobs.common.config import StackSettings
     from tests.helpers import ROOT
 
-    env = environment(StackSettings(state_dir=str(tmp_path)), Prepared("key", "secret", ()),
+    env = environment(StackSettings(state_dir=str(tmp_path)), Prepared("key", "secret", (), spark_secret="spark-secret"),
                       {"FRUITFLOW_S3_TIMEOUT_S": "25", "PATH": "/usr/bin"})
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", env["AIRFLOW_CONN_AWS_DEFAULT"])
     boto = S3Hook(aws_conn_id="aws_default").get_conn().meta.config
