@@ -168,9 +168,10 @@ main() {
   spark_home=$("$NODE_PYTHON" -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')
   ln -sf "$spark_home/sbin/spark-daemon.sh" "$PREFIX/venv/bin/spark-daemon.sh"
   ip=$(node_ip)
+  # the ports: Spark's defaults, in the spark-env.sh node_conf rendered
   case "$ROLE" in
-    master) write_unit spark-master org.apache.spark.deploy.master.Master "--host $ip --port 7077 --webui-port 8080" ;;
-    worker) write_unit spark-worker org.apache.spark.deploy.worker.Worker "$MASTER_URL --host $ip --webui-port 8081" ;;
+    master) write_unit spark-master org.apache.spark.deploy.master.Master "--host $ip" ;;
+    worker) write_unit spark-worker org.apache.spark.deploy.worker.Worker "$MASTER_URL --host $ip" ;;
     client) write_unit spark-history org.apache.spark.deploy.history.HistoryServer "" ;;
   esac
   systemctl daemon-reload

@@ -28,7 +28,7 @@ from fruitflow.stack import seaweed
 from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars, local_credentials, prepare,
                                          settings, spark_home, spark_node_environment, store_credentials,
                                          worker_environment)
-from fruitflow.stack.node_conf import HISTORY_PORT, Node, write
+from fruitflow.stack.node_conf import HISTORY_PORT, MASTER_PORT, MASTER_UI_PORT, Node, write
 from fruitflow.stack.process import log
 from fruitflow.stack.services import HISTORY_CLASS, MASTER_CLASS, WORKER_CLASS
 from spark_jobs.common.config import StackSettings
@@ -36,7 +36,7 @@ from spark_jobs.common.config import StackSettings
 NET = network.Network(prefix="ff-", subnet="10.231.7",
                       hosts={"storage": 2, "master": 3, "worker-1": 11, "worker-2": 12, "airflow": 20})
 WORKERS = ("worker-1", "worker-2")
-S3_PORT, MASTER_PORT, MASTER_UI_PORT, WORKER_UI_PORT = 9000, 7077, 8080, 8081
+S3_PORT = 9000
 STAGE = Path("/run/fruitflow-stage")  # an empty mount point outside every hidden folder
 
 
@@ -162,8 +162,7 @@ class Cluster:
 
     def start_master(self) -> None:
         ip = self.net.ip("master")
-        self._spark("master", [MASTER_CLASS, "--host", ip, "--port", str(MASTER_PORT),
-                               "--webui-port", str(MASTER_UI_PORT)], "master")
+        self._spark("master", [MASTER_CLASS, "--host", ip], "master")  # its ports: in its spark-env.sh
 
     def start_worker(self, host: str) -> None:
         hide = [ROOT, *([ROOT.parent / "shared"] if (ROOT.parent / "shared").is_dir() else [])]
@@ -172,8 +171,7 @@ class Cluster:
         keep = [(self.node_venv, True), *((Path(j).parent, True) for j in self.jars()[:1]),
                 (self.home(host), False)]
         prefix = network.private_mounts(hide=hide, keep=keep, stage=STAGE)
-        self._spark(host, [WORKER_CLASS, self.master_url, "--host", self.net.ip(host),
-                           "--webui-port", str(WORKER_UI_PORT)], "worker", prefix)
+        self._spark(host, [WORKER_CLASS, self.master_url, "--host", self.net.ip(host)], "worker", prefix)
 
     def start_history(self) -> None:
         self._spark("airflow", [HISTORY_CLASS], "history-server")

@@ -97,7 +97,7 @@ def local_node(s: StackSettings, secret: str, class_data_archive: str = "") -> N
     return Node(roles=("worker", "client", "history"), ip=s.host, home=str(state_dir(s)), secret=secret,
                 python=sys.executable, event_log_dir=str(event_log_dir(s)), cores=s.worker_cores,
                 memory=s.worker_memory, failure_timeout_s=120, quick_start_jvm=True,
-                class_data_archive=class_data_archive)
+                class_data_archive=class_data_archive, worker_ui_port=s.spark_worker_ui_port)
 
 
 def write_spark_defaults(s: StackSettings, secret: str, class_data_archive: str = "") -> Path:

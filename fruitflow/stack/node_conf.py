@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("master", "worker", "client", "history")
-HISTORY_PORT = 18080
+# Spark's own default ports, kept by every cluster node (each listens on its own address) and rendered
+# into its spark-env.sh; the local stack's one host moves the web UIs off Airflow's 8080 (StackSettings).
+MASTER_PORT, MASTER_UI_PORT, WORKER_UI_PORT, HISTORY_PORT = 7077, 8080, 8081, 18080
 # Short-lived JVMs on few cores: the client compiler only (no C2 compile threads competing with the work)
 # and the serial collector (small heaps, no parallel GC threads).
 QUICK_START_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
@@ -55,6 +57,9 @@ class Node:
     # client with quick_start_jvm: a JVM class-data archive (CDS) made on the class path its drivers and
     # executors share, at this path on every node; empty: none
     class_data_archive: str = ""
+    master_port: int = MASTER_PORT
+    master_ui_port: int = MASTER_UI_PORT
+    worker_ui_port: int = WORKER_UI_PORT
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
@@ -132,13 +137,15 @@ def spark_env(node: Node) -> dict[str, str]:
         "PYSPARK_PYTHON": node.python,
     }
     if "master" in node.roles:
-        env["SPARK_MASTER_OPTS"] = f"-Dspark.worker.timeout={node.failure_timeout_s}"
+        env.update({"SPARK_MASTER_PORT": str(node.master_port), "SPARK_MASTER_WEBUI_PORT": str(node.master_ui_port),
+                    "SPARK_MASTER_OPTS": f"-Dspark.worker.timeout={node.failure_timeout_s}"})
     if "worker" in node.roles:
         env.update({
             "SPARK_WORKER_DIR": str(worker_dir(node.home)),
             "SPARK_LOCAL_DIRS": str(scratch_dir(node.home)),
             "SPARK_WORKER_CORES": str(node.cores),
             "SPARK_WORKER_MEMORY": node.memory,
+            "SPARK_WORKER_WEBUI_PORT": str(node.worker_ui_port),
             "SPARK_WORKER_OPTS": WORKER_OPTS,
         })
     return env

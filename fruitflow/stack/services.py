@@ -134,8 +134,8 @@ class SparkWorker(SparkDaemon):
 
     def start(self, e):
         e = worker_environment(e, spark_node_environment(state_dir(self.s), Config.from_env(e).s3_region))
-        # cores, memory and folders come from the node's spark-env (environment.local_node)
-        self.daemon("start", [self.s.spark_master, "--host", self.s.host, "--webui-port", str(self.port)], e)
+        # cores, memory, folders and web UI port: the node's spark-env (environment.local_node)
+        self.daemon("start", [self.s.spark_master, "--host", self.s.host], e)
         wait_until(self.healthy, 60, "Spark worker", self.logfile)
 
 

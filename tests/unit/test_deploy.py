@@ -333,6 +333,9 @@ def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tm
             assert line + "\n" in conf
         assert oct((cluster.home(host) / "conf" / "spark-defaults.conf").stat().st_mode & 0o777) == "0o600"
         assert f"export SPARK_LOCAL_IP={node.ip}\n" in rendered["spark-env.sh"]
+    # Spark's ports, in the nodes' spark-env.sh, not on command lines
+    assert "export SPARK_MASTER_PORT=7077\n" in render_env(nodes["master"]) and cluster.master_url.endswith(":7077")
+    assert "export SPARK_WORKER_WEBUI_PORT=8081\n" in render_env(nodes["worker-1"])
     client = nodes["airflow"]
     assert f"spark.driver.host {client.ip}" in render_defaults(client)
     assert f"spark.eventLog.dir file:{cluster.home('airflow')}/spark-events" in render_defaults(client)
@@ -431,6 +434,7 @@ def test_the_local_stacks_worker_is_rendered_by_node_conf_as_every_other_node(tm
     assert {k: env[k] for k in rendered} == rendered
     assert (env["SPARK_WORKER_CORES"], env["SPARK_WORKER_MEMORY"], env["SPARK_WORKER_OPTS"]) == ("3", "5g", WORKER_OPTS)
     assert env["SPARK_WORKER_DIR"] == str(tmp_path / "work") and env["SPARK_LOCAL_IP"] == s.host
+    assert env["SPARK_WORKER_WEBUI_PORT"] == str(s.spark_worker_ui_port)
     assert not any(tmp_path.iterdir())  # rendering writes nothing
 
 
