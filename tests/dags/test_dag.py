@@ -8,6 +8,7 @@ import sys
 import jinja2
 import pytest
 
+from fruitflow_airflow import DAG_ID
 from tests.helpers import ROOT
 
 DAGS = ROOT / "dags"
@@ -22,7 +23,7 @@ def dagbag():
 
 @pytest.fixture(scope="module")
 def dag(dagbag):
-    return dagbag.dags["fruit_pipeline"]
+    return dagbag.dags[DAG_ID]
 
 
 def test_every_dag_file_imports(dagbag):
@@ -54,7 +55,7 @@ def test_parsing_the_dags_imports_nothing_heavy_and_is_fast():
     assert result.returncode == 0, result.stderr[-3000:]
     parsed = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"DagBag of {DAGS}: {parsed['seconds']:.2f} s, DAGs {parsed['dags']}")
-    assert parsed["errors"] == {} and "fruit_pipeline" in parsed["dags"]
+    assert parsed["errors"] == {} and DAG_ID in parsed["dags"]
     assert parsed["heavy"] == [], f"parsing the DAGs imported {parsed['heavy']}"
     assert parsed["seconds"] < 2.0
 

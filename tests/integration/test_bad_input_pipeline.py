@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from fruitflow.package import build_zip
-from fruitflow_airflow import listing
+from fruitflow_airflow import AWS_CONN_ID, listing
 from fruitflow_airflow.tasks import list_new_images
 from spark_jobs.common import images
 from spark_jobs.common.config import split_s3_uri
@@ -80,7 +80,7 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     prefix, expected, unsafe = upload_bad_tree(s3, cfg, image_tree, real_jpeg)
     run_id = f"bad-{uuid.uuid4().hex[:6]}"
 
-    found = list_new_images(S3Hook(aws_conn_id="aws_default"), cfg, prefix, run_id)
+    found = list_new_images(S3Hook(aws_conn_id=AWS_CONN_ID), cfg, prefix, run_id)
     assert found["n_refused"] == len(unsafe)
     assert {r["key"] for r in found["refused_sample"]} == {f"{prefix}/{k}" for k in unsafe}
     s3.delete_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/Odd/gone.jpg")  # deleted after the listing
@@ -104,7 +104,7 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     assert rejects["Odd/gone.jpg"].startswith("not found")
     assert rejects["Odd/empty.jpg"] == "empty file"
     # a reject that may pass is listed again by the next run: in the listing state once the run succeeds
-    hook = S3Hook(aws_conn_id="aws_default")
+    hook = S3Hook(aws_conn_id=AWS_CONN_ID)
     assert counts["n_retry_next_run"] == 1 and listing.retry_keys(hook, pre["outputs"]["retry"]) == {"Odd/gone.jpg"}
     listing.promote(hook, cfg, found["listing_state"], prefix, listing.retry_keys(hook, pre["outputs"]["retry"]))
     assert listing.read_state(s3, cfg, prefix).retry == {"Odd/gone.jpg": 1}

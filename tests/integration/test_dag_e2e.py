@@ -29,6 +29,7 @@ from fruitflow.demo import run_dag
 from fruitflow.package import build_zip
 from fruitflow.stack.process import http_json, port_open, wait_until
 from fruitflow.stack.services import service
+from fruitflow_airflow import DAG_ID
 from fruitflow_airflow.submit import safe_run_id
 from spark_jobs.common.config import FEATURE_DIM, Config, split_s3_uri
 from spark_jobs.common.models import resnet50_imagenet_available
@@ -157,11 +158,11 @@ def first(ui, stack):
     from airflow.dag_processing.dagbag import DagBag
 
     ui.airflow.stop()
-    run = SimpleNamespace(run_id=ui.run_id, dag_id="fruit_pipeline")
+    run = SimpleNamespace(run_id=ui.run_id, dag_id=DAG_ID)
     manifests = {step: _xcom(run, step) for step in STEP_NAMES}
     summary = _xcom(run, "publish")
     backbone = summary["backbone"]  # the DAG's own choice (checked by the UI test); the later runs name it
-    return SimpleNamespace(run=run, dag=DagBag(dag_folder=str(ROOT / "dags")).dags["fruit_pipeline"],
+    return SimpleNamespace(run=run, dag=DagBag(dag_folder=str(ROOT / "dags")).dags[DAG_ID],
                            conf={"raw_prefix": ui.raw_prefix, "backbone": backbone, "weights": "imagenet"},
                            raw_prefix=ui.raw_prefix, root=ui.root, reals=ui.reals, expected=ui.expected,
                            summary=summary,

@@ -13,6 +13,7 @@ import uuid
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
+from fruitflow_airflow import AWS_CONN_ID, DAG_ID
 from fruitflow_airflow.sensors import NewImagesSensor, NewImagesTrigger
 
 RAW = "fruitflow-raw"
@@ -65,7 +66,7 @@ def test_a_scheduled_run_with_nothing_new_waits_then_is_skipped(stack, s3, prefi
     from fruitflow.paths import DAGS
 
     prefix, since = prefix_with_old_photo
-    configured = DagBag(dag_folder=str(DAGS)).dags["fruit_pipeline"].get_task("wait_for_images")
+    configured = DagBag(dag_folder=str(DAGS)).dags[DAG_ID].get_task("wait_for_images")
     assert isinstance(configured, NewImagesSensor) and configured.deferrable and configured.soft_fail
     sensor = NewImagesSensor(task_id="wait", bucket=RAW, raw_prefix=prefix, deferrable=False, soft_fail=True,
                              poke_interval=0.5, timeout=3)
@@ -104,7 +105,7 @@ def test_list_new_keeps_one_state_per_raw_prefix_and_lists_late_uploads(stack, s
     from fruitflow_airflow.tasks import list_new_images
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"listing-{uuid.uuid4().hex[:8]}"))
-    hook = S3Hook(aws_conn_id="aws_default")
+    hook = S3Hook(aws_conn_id=AWS_CONN_ID)
     a, b = (f"listing-{name}-{uuid.uuid4().hex[:6]}" for name in "ab")
     try:
         for prefix in (a, b):

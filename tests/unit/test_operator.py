@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from fruitflow_airflow import AWS_CONN_ID
 from fruitflow_airflow.operators import SparkStepOperator
 from spark_jobs.common import signing
 from spark_jobs.common.config import Config
@@ -65,7 +66,7 @@ def test_the_connections_endpoint_and_keys_reach_spark_submit_and_the_manifest_c
     monkeypatch.setenv("FRUITFLOW_S3_ENDPOINT", "http://stale.example:1")  # the worker's own value loses
     manifest = {"step": "pca", "counts": {"n_images": 3}, "metrics": {"explained_variance": 0.5}}
     creds = types.SimpleNamespace(access_key="AK", secret_key="SK", token="TOKEN")
-    fake = FakeS3Hook("aws_default", {"endpoint_url": "http://store:8333"}, creds,
+    fake = FakeS3Hook(AWS_CONN_ID, {"endpoint_url": "http://store:8333"}, creds,
                       {_manifest_key("pca", "manual__1"): json.dumps(signing.sign(manifest))}, config_endpoint="http://other:1")
     _use(monkeypatch, fake)
     op = SparkStepOperator(step="pca", application_args=["--k", "5"])
@@ -82,7 +83,7 @@ def test_the_connections_endpoint_and_keys_reach_spark_submit_and_the_manifest_c
 
 def test_real_aws_sets_no_endpoint_and_leaves_credentials_to_the_default_chain(monkeypatch, submitted):
     monkeypatch.setenv("FRUITFLOW_S3_ENDPOINT", "http://stale.example:1")
-    fake = FakeS3Hook("aws_default", {}, None, {_manifest_key("featurize", "r2"): json.dumps(signing.sign({}))})
+    fake = FakeS3Hook(AWS_CONN_ID, {}, None, {_manifest_key("featurize", "r2"): json.dumps(signing.sign({}))})
     _use(monkeypatch, fake)
     SparkStepOperator(step="featurize").execute({"run_id": "r2"})
     assert submitted[0]["env"] == {"FRUITFLOW_S3_ENDPOINT": ""}  # empty: Config reads it as "real AWS"
@@ -90,7 +91,7 @@ def test_real_aws_sets_no_endpoint_and_leaves_credentials_to_the_default_chain(m
 
 
 def test_a_step_that_wrote_no_manifest_fails_the_task(monkeypatch, submitted):
-    _use(monkeypatch, FakeS3Hook("aws_default", {"endpoint_url": "http://store:8333"}))
+    _use(monkeypatch, FakeS3Hook(AWS_CONN_ID, {"endpoint_url": "http://store:8333"}))
     with pytest.raises(RuntimeError, match="without writing"):
         SparkStepOperator(step="cluster").execute({"run_id": "r3"})
     assert len(submitted) == 1
@@ -108,7 +109,7 @@ def test_a_step_after_one_that_made_no_image_is_skipped_without_submitting(monke
 
     made = {"preprocess": {"counts": {"n_images": 0, "n_already_featurized": 3}}}
     ti = types.SimpleNamespace(xcom_pull=lambda task_ids: made.get(task_ids))
-    _use(monkeypatch, FakeS3Hook("aws_default", {}))
+    _use(monkeypatch, FakeS3Hook(AWS_CONN_ID, {}))
     with pytest.raises(AirflowSkipException, match="preprocess made no new image"):
         SparkStepOperator(step="featurize").execute({"run_id": "r4", "ti": ti})
     assert submitted == []
@@ -131,7 +132,7 @@ def test_a_failed_job_names_its_own_error_not_only_its_exit_code(monkeypatch):
         raise AirflowException("Cannot execute: spark-submit ... Error code is: 1.")
 
     monkeypatch.setattr(spark_submit.SparkSubmitHook, "submit", fail)
-    _use(monkeypatch, FakeS3Hook("aws_default", {}))
+    _use(monkeypatch, FakeS3Hook(AWS_CONN_ID, {}))
     with pytest.raises(AirflowException, match=r"pca failed \(exit code 1\): spark_jobs.common.step_cli.SparkError: "
                                                 r"AnalysisException: \[UNABLE_TO_INFER_SCHEMA\]"):
         SparkStepOperator(step="pca").execute({"run_id": "r5"})

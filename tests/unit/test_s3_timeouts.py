@@ -32,13 +32,14 @@ def test_airflows_s3_hooks_get_the_same_timeout(monkeypatch, tmp_path):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from fruitflow.stack.environment import Prepared, environment
+    from fruitflow_airflow import AWS_CONN_ID
     from spark_jobs.common.config import StackSettings
     from tests.helpers import ROOT
 
-    env = environment(StackSettings(state_dir=str(tmp_path)), Prepared("key", "secret", (), spark_secret="spark-secret"),
-                      {"FRUITFLOW_S3_TIMEOUT_S": "25", "PATH": "/usr/bin"})
+    prepared = Prepared("key", "secret", (), spark_secret="spark-secret")
+    env = environment(StackSettings(state_dir=str(tmp_path)), prepared, {"FRUITFLOW_S3_TIMEOUT_S": "25", "PATH": "/usr/bin"})
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", env["AIRFLOW_CONN_AWS_DEFAULT"])
-    boto = S3Hook(aws_conn_id="aws_default").get_conn().meta.config
+    boto = S3Hook(aws_conn_id=AWS_CONN_ID).get_conn().meta.config
     assert (boto.connect_timeout, boto.read_timeout) == (25, 25)
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     extra = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]
