@@ -20,7 +20,7 @@ $(STAMP): constraints.txt constraints-dev.txt pyproject.toml scripts/setup.sh sc
 setup: $(STAMP)  ## create .venv with the pinned set and the project (fast when nothing changed)
 
 test: $(STAMP)  ## the whole suite (unit, DAG, integration on the local stack it starts and stops)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)  # the stack's tests on one worker, the rest beside them (tests/conftest.py)
 
 test-unit: $(STAMP)  ## the fast layer alone: no service, no JVM, no CNN built (under a minute)
 	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)

@@ -3,10 +3,15 @@ local SparkSession with the s3a settings, a fixed-seed random ResNet50 saved to 
 
 Tests live by layer: tests/unit (no service, no spark-submit; `make test-unit`), tests/dags (DagBag),
 tests/integration (the local stack). Each layer's tests get its marker from their folder.
+
+`make test` runs two pytest-xdist workers: every integration test (the stack's, the namespace
+cluster's) in one work unit, in file order, on one worker, since they share one stack; the unit and DAG
+tests beside them on the other, which they leave alone (`pytest_xdist_make_scheduler` below).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -22,6 +27,7 @@ from tests.helpers import SAMPLE_500, real_images
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 LAYERS = ("unit", "dags", "integration")
+STACK_UNIT = "the local stack"  # the pytest-xdist work unit of the tests that share it
 # Fixtures that start a JVM or build a CNN: a test using one is `slow` (`make test-unit` leaves it out).
 SLOW_FIXTURES = {"spark", "model_files", "lite0_files", "stack"}
 
@@ -58,6 +64,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(getattr(pytest.mark, layer))
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if "stack" in getattr(item, "fixturenames", ()) and layer != "integration":
+            raise pytest.UsageError(f"{item.nodeid} uses the local stack: it belongs in tests/integration")
+
+
+if importlib.util.find_spec("xdist") is not None:  # the dev extra's; `make test` runs it with -n 2
+    def pytest_xdist_make_scheduler(config, log):
+        """The integration tests as one work unit (one stack, on one worker, in file order), every other
+        test a unit of its own for whichever worker is free. (pytest-xdist's own `loadgroup` cannot
+        regroup under pytest 9, whose node ids it no longer rewrites.)"""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class StackScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return STACK_UNIT if nodeid.startswith("tests/integration/") else nodeid
+
+        return StackScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
