@@ -69,6 +69,7 @@ def pytest_collection_modifyitems(items):
 
 
 if importlib.util.find_spec("xdist") is not None:  # the dev extra's; `make test` runs it with -n 2
+    @pytest.hookimpl(optionalhook=True)  # xdist installed but not loaded (-p no:xdist): no such hook
     def pytest_xdist_make_scheduler(config, log):
         """The integration tests as one work unit (one stack, on one worker, in file order), every other
         test a unit of its own for whichever worker is free. (pytest-xdist's own `loadgroup` cannot

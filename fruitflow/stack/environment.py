@@ -62,7 +62,8 @@ def prepare(s: StackSettings | None = None) -> Prepared:
     creds = store_credentials(state_dir(s))["pipeline"]
     jars = tuple(hadoop_aws_jars(state_dir(s)))
     spark_secret = local_credentials(state_dir(s), "spark")["secret"]
-    write_spark_defaults(s, spark_secret, class_data.existing(state_dir(s), spark_conf_dir(s), jars))
+    write_spark_defaults(s, secret=spark_secret,
+                         class_data_archive=class_data.existing(state_dir(s), spark_conf_dir(s), jars))
     return Prepared(creds["key"], creds["secret"], jars, local_credentials(state_dir(s), "control")["secret"],
                     spark_secret)
 
@@ -100,7 +101,7 @@ def local_node(s: StackSettings, secret: str, class_data_archive: str = "") -> N
                 class_data_archive=class_data_archive, worker_ui_port=s.spark_worker_ui_port)
 
 
-def write_spark_defaults(s: StackSettings, secret: str, class_data_archive: str = "") -> Path:
+def write_spark_defaults(s: StackSettings, *, secret: str, class_data_archive: str) -> Path:
     """spark-defaults.conf (mode 0600), the `--properties-file` of the master, the worker, the history
     server, spark-submit and pyspark alike; executors get the secret from their worker. Rendered by
     node_conf, as every cluster node's is; the stack passes its spark-env.sh as variables

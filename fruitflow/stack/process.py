@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -125,14 +126,18 @@ def stop_pid(pid: int, name: str, grace: float = 15.0) -> None:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Written with mode 0600 from creation (never readable by others, even for a moment)."""
+    """Written with mode 0600 from creation (never readable by others, even for a moment), through a
+    temporary file of its own: processes that write the same file at once (the test workers each
+    prepare the stack's settings) each replace it whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def spawn(argv: list[str], env: dict[str, str], logfile: Path, pidfile: Path, cwd: Path) -> subprocess.Popen:

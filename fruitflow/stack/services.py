@@ -239,7 +239,8 @@ def _ports(s: StackSettings) -> list[int]:
 
 def up(s: StackSettings | None = None) -> None:
     s = s or settings()
-    e = environment(s, prepare(s))
+    prepared = prepare(s)
+    e = environment(s, prepared)
     for svc in services(s):
         try:
             if svc.healthy():
@@ -255,7 +256,7 @@ def up(s: StackSettings | None = None) -> None:
         svc.start(e)
         log(f"{svc.name}: healthy")
     if archive := class_data.ensure(state_dir(s), spark_conf_dir(s), e):
-        write_spark_defaults(s, archive)
+        write_spark_defaults(s, secret=prepared.spark_secret, class_data_archive=archive)
 
 
 def status(s: StackSettings | None = None) -> bool:

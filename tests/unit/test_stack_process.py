@@ -67,3 +67,22 @@ def test_stopping_a_service_this_process_started_does_not_wait_on_its_zombie(tmp
     stop_pid(proc.pid, "sleeper", grace=10)
     assert "ignored SIGTERM" not in capsys.readouterr().err
     assert proc.poll() is not None or subprocess.run(["ps", "-p", str(proc.pid)]).returncode != 0
+
+
+def test_a_private_file_written_by_several_processes_at_once_is_whole_and_private(tmp_path):
+    # the test workers each prepare the stack's settings at start: the same files, at the same moment
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fruitflow.stack.process import write_private
+
+    path = tmp_path / "spark-defaults.conf"
+
+    def write(i: int) -> None:
+        for _ in range(200):
+            write_private(path, f"writer {i}\n" * 100)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))
+    lines = set(path.read_text().splitlines())
+    assert len(lines) == 1 and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spark-defaults.conf"]  # no temporary file left
