@@ -119,7 +119,10 @@ def color_histogram(rgb: np.ndarray) -> np.ndarray:
     an all-white image). Colour is what tells many Fruits-360 classes apart (apple varieties) and what
     ImageNet features blur."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    mask = (rgb.min(axis=2) < BACKGROUND_MIN).astype(np.uint8)
+    # OpenCV's per-channel minimum: numpy's `rgb.min(axis=2)` gives the same mask at several times the cost
+    red, green, blue = cv2.split(rgb)
+    darkest = cv2.min(cv2.min(red, green), blue)
+    mask = cv2.threshold(darkest, BACKGROUND_MIN - 1, 1, cv2.THRESH_BINARY_INV)[1]  # 1 where < BACKGROUND_MIN
     counts = cv2.calcHist([hsv], [0, 1, 2], mask, list(COLOR_BINS), [0, 180, 0, 256, 0, 256]).ravel()
     total = counts.sum()
     return np.sqrt(counts / total).astype(np.float32) if total else np.zeros(counts.size, np.float32)

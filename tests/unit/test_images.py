@@ -61,6 +61,18 @@ def test_color_histogram_describes_the_fruit_not_the_white_background():
     assert not images.color_histogram(np.full((224, 224, 3), 255, np.uint8)).any()  # all background: zeros
 
 
+def test_color_histogram_counts_a_pixel_whose_darkest_channel_is_below_the_background_level():
+    """The background is a pixel whose every channel is at least BACKGROUND_MIN, in whichever channel
+    the darkest value is."""
+    level = images.BACKGROUND_MIN
+    for channel in range(3):
+        image = np.full((224, 224, 3), 255, np.uint8)
+        image[:10, :, channel] = level - 1  # fruit: one channel just below
+        image[10:30, :, channel] = level  # background: every channel at the level or above
+        counts = images.color_histogram(image) ** 2 * (10 * 224)  # frequencies back to pixel counts
+        assert round(float(counts.sum())) == 10 * 224, channel
+
+
 def test_color_histogram_puts_yellow_fruits_together():
     """A banana's colours are closer to a lemon's than to a strawberry's (real photos of the set)."""
     paths = {p.parent.name: p for p in real_images(SAMPLE_500, 20, 1)}
