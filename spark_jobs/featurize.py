@@ -40,19 +40,19 @@ def resolve_model_file(model_ref: str) -> str:
 
 def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
                      threads_per_worker: int = 1, *, backbone: str) -> DataFrame:
-    """key, category, etag, image (raw 224x224 RGB bytes) -> key, category, etag, features (float[]),
+    """key, category, etag, image (224x224, `images.STORED_FORMAT`) -> key, category, etag, features (float[]),
     color (float[], the colour histogram of `images.color_histogram`)."""
 
-    # One UDF for both outputs, so that the 150 KB of pixels per image cross to Python once.
+    # One UDF for both outputs, so that each image crosses to Python and is decoded once.
     @pandas_udf(StructType([StructField("features", ArrayType(FloatType())),
                             StructField("color", ArrayType(FloatType()))]))
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        from spark_jobs.common.images import color_histogram, rgb_from_bytes
+        from spark_jobs.common.images import color_histogram, from_stored
         from spark_jobs.common.models import load_featurizer
 
         model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker, backbone=backbone)
         for images_batch in batches:
-            pixels = [rgb_from_bytes(b) for b in images_batch]
+            pixels = [from_stored(b) for b in images_batch]
             rgb = np.stack(pixels).astype(np.float32)
             features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
             yield pd.DataFrame({"features": list(np.concatenate(features).astype(np.float32)),

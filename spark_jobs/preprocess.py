@@ -5,8 +5,8 @@ executors; or, without `--keys`, every object under the raw prefix (`binaryFile`
 `category`/`key` from the path; each image read, decoded, preprocessed and written to S3 as a JPEG
 under its key in one pass through Python on the executors (`prepare_batches`); files that cannot be
 used, and keys that are unsafe to read ('..', '.', empty segments), become rejects with a reason.
-Load: a Parquet table (raw RGB bytes, for the featurizer), the rejects, the ignored files and the
-step's manifest.
+Load: a Parquet table (each image as `images.STORED_FORMAT`, for the featurizer), the rejects, the
+ignored files and the step's manifest.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
 from spark_jobs.common import sandbox, step_cli, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
+from spark_jobs.common.images import STORED_FORMAT
 from spark_jobs.common.keys import check_location, too_long_column, unsafe_key_column
 from spark_jobs.common.table import committed_featurize_steps, feature_table, made_with
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
@@ -139,7 +140,7 @@ def decode_reason(outcome) -> str | None:
 
 def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | None = None,
                       jpeg_uri: str | None = None) -> DataFrame:
-    """Candidates -> key, category, etag, status, reason, image (raw RGB bytes).
+    """Candidates -> key, category, etag, status, reason, image (`images.STORED_FORMAT`).
 
     Files over the byte limit are rejected without reading them (with `binaryFile` the length filter is
     pushed down to the reader). Each other image makes one trip through Python (`prepare_batches`):
@@ -164,52 +165,69 @@ def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | N
     )
 
 
+# Requests to S3 in flight per Python worker: a GET or a PUT mostly waits on the store, and one at a time
+# left the worker's core idle for most of each request.
+S3_REQUESTS_IN_FLIGHT = 8
+
+
 def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: str | None):
     """On the executors: each batch's images read (or taken from `content`), decoded and preprocessed
-    in one sandboxed child, and uploaded as JPEGs; `pre_reject` rows are passed on with their reason."""
+    in one sandboxed child, stored as JPEGs (`images.stored`) and uploaded; `pre_reject` rows are passed
+    on with their reason."""
     import hashlib
+    from concurrent.futures import ThreadPoolExecutor
 
-    from spark_jobs.common import images
-    from spark_jobs.common import sandbox as isolated
     from spark_jobs.common import storage as st
 
-    max_pixels, max_bytes = cfg.max_image_pixels, cfg.max_image_bytes
     s3 = source = target = None
+    with ThreadPoolExecutor(S3_REQUESTS_IN_FLIGHT) as pool:
+        for batch in batches:
+            if s3 is None and (fetch_from or jpeg_uri):  # on the first batch: an empty partition needs no client
+                s3 = st.client_for(cfg)
+                source = split_s3_uri(fetch_from) if fetch_from else None
+                target = split_s3_uri(jpeg_uri) if jpeg_uri else None
+            reasons = list(batch["pre_reject"])
+            if source:
+                keys, contents = list(batch["key"]), [None] * len(batch)
+                todo = [i for i, reason in enumerate(reasons) if reason is None]
+                fetched = pool.map(lambda i: fetch_object(s3, *source, keys[i], cfg.max_image_bytes), todo)
+                for i, (content, reason) in zip(todo, fetched):
+                    contents[i], reasons[i] = content, reason
+            else:
+                contents = list(batch["content"])
+            stored = decode_all(contents, reasons, cfg)
+            if target:
+                bucket, prefix = target
+                list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=f"{prefix}/{item[0]}", Body=item[1],
+                                                         ContentType="image/jpeg"),
+                              [(key, image) for key, image in zip(batch["key"], stored) if image is not None]))
+            yield batch.drop(columns=["content", "pre_reject"]).assign(
+                # S3's ETag for single-part uploads
+                etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
+                reason=reasons, image=stored)
+
+
+def decode_all(contents: list, reasons: list, cfg: Config) -> list[bytes | None]:
+    """The stored image of each content whose reason is None, decoded and preprocessed in one sandboxed
+    child; `reasons` gets each failure's reason."""
+    from spark_jobs.common import images
+    from spark_jobs.common import sandbox as isolated
+
+    max_pixels = cfg.max_image_pixels
 
     def decode_one(data):
         return images.preprocess(images.decode(data, max_pixels)).tobytes()
 
-    for batch in batches:
-        if s3 is None and (fetch_from or jpeg_uri):  # on the first batch: an empty partition needs no client
-            s3 = st.client_for(cfg)
-            source = split_s3_uri(fetch_from) if fetch_from else None
-            target = split_s3_uri(jpeg_uri) if jpeg_uri else None
-        reasons = list(batch["pre_reject"])
-        if source:
-            contents = [None] * len(batch)
-            for i, key in enumerate(batch["key"]):
-                if reasons[i] is None:
-                    contents[i], reasons[i] = fetch_object(s3, *source, key, max_bytes)
-        else:
-            contents = list(batch["content"])
-        todo = [i for i, reason in enumerate(reasons) if reason is None]
-        outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo], **cfg.decoder_limits)
-        pixels = [None] * len(batch)
-        for i, outcome in zip(todo, outcomes):
-            reasons[i] = decode_reason(outcome)
-            pixels[i] = outcome.value if outcome.ok else None
-            if pixels[i] is not None and not images.is_preprocessed(pixels[i]):  # a child gone wrong
-                reasons[i], pixels[i] = "decoder returned malformed output", None
-        if target:
-            bucket, prefix = target
-            for key, image in zip(batch["key"], pixels):
-                if image is not None:
-                    body = images.to_jpeg(images.rgb_from_bytes(image))
-                    s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=body, ContentType="image/jpeg")
-        yield batch.drop(columns=["content", "pre_reject"]).assign(
-            # S3's ETag for single-part uploads
-            etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
-            reason=reasons, image=pixels)
+    todo = [i for i, reason in enumerate(reasons) if reason is None]
+    outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo], **cfg.decoder_limits)
+    stored = [None] * len(contents)
+    for i, outcome in zip(todo, outcomes):
+        reasons[i] = decode_reason(outcome)
+        if outcome.ok and not images.is_preprocessed(outcome.value):  # a child gone wrong
+            reasons[i] = "decoder returned malformed output"
+        elif outcome.ok:
+            stored[i] = images.stored(images.rgb_from_bytes(outcome.value))
+    return stored
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
@@ -382,7 +400,7 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
                 "n_already_featurized": n_already,
             },
             "samples": {"ignored": ignored_sample},
-            "params": {"image_size": 224, "max_image_bytes": cfg.max_image_bytes,
+            "params": {"image_size": 224, "image_format": STORED_FORMAT, "max_image_bytes": cfg.max_image_bytes,
                        "max_image_pixels": cfg.max_image_pixels},
             "timings_s": dict(timings),
         },

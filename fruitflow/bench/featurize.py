@@ -181,10 +181,11 @@ def openvino_fidelity(features: dict) -> dict:
 
 
 def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
-    import pandas as pd
+    """The images as the preprocess step stores them."""
+    from spark_jobs.common import images
 
     frame = pd.DataFrame({"key": keys, "category": [k.split("/")[0] for k in keys],
-                          "etag": ["-"] * len(keys), "image": [img.tobytes() for img in batch]})
+                          "etag": ["-"] * len(keys), "image": [images.stored(img) for img in batch]})
     chunks = [frame.iloc[i:i + 256] for i in range(0, len(frame), 256)]
     for i, chunk in enumerate(chunks):
         spark.createDataFrame(chunk).write.mode("overwrite" if i == 0 else "append").parquet(path)
@@ -214,13 +215,14 @@ def bench_original(spark, table: str, keras_path: str, n: int, backbone: str) ->
     def featurize_series(content: pd.Series) -> pd.Series:
         import keras as k
 
+        from spark_jobs.common.images import from_stored
         from spark_jobs.common.models import build_keras_model
 
         rebuilt = build_keras_model(backbone, "random", 0)  # the architecture; the weights come next
         rebuilt.set_weights(weights.value)
         rows = []
         for raw in content:
-            img = np.frombuffer(raw, np.uint8).reshape(1, 224, 224, 3).astype(np.float32)
+            img = from_stored(raw)[np.newaxis].astype(np.float32)
             rows.append(rebuilt.predict(img, verbose=0)[0])
         k.backend.clear_session()
         return pd.Series(rows)

@@ -160,7 +160,7 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     """Each file's preprocessed pixels, or why not: decoded in the decoder sandbox the executors use (its
     own process, memory cap and time limit per photo), so that a file that crashes or exhausts the
     decoder costs its own result, never the caller (the Airflow api-server, for the Recognise page)."""
-    from spark_jobs.common.images import is_preprocessed, rgb_from_bytes
+    from spark_jobs.common.images import as_stored, is_preprocessed, rgb_from_bytes
     from spark_jobs.common.sandbox import map_isolated
 
     outcomes: list[np.ndarray | str | None] = [None] * len(paths)
@@ -177,7 +177,7 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
                            **cfg.decoder_limits)
     for i, outcome in zip(todo, decoded):
         if outcome.ok and is_preprocessed(outcome.value):
-            outcomes[i] = rgb_from_bytes(outcome.value)
+            outcomes[i] = as_stored(rgb_from_bytes(outcome.value))  # the pixels the pipeline featurizes
         elif outcome.ok:  # a child gone wrong
             outcomes[i] = "decoder returned malformed output"
         elif outcome.died:

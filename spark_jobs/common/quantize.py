@@ -163,13 +163,13 @@ def calibration_sample(images, n: int = CALIBRATION_IMAGES) -> tuple[list[str], 
     are read and collected: the driver never holds more than n images, whatever the table's size."""
     from pyspark.sql import functions as F
 
-    from .images import rgb_from_bytes
+    from .images import from_stored
 
     chosen = images.select("key").orderBy(F.xxhash64("key"), "key").limit(n)
     rows = sorted(images.join(F.broadcast(chosen), "key").select("key", "etag", "image").collect(),
                   key=lambda r: r["key"])
     keys = [f"{r['key']}@{r['etag']}" for r in rows]
-    rgb = np.stack([rgb_from_bytes(r["image"]) for r in rows]) if rows else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    rgb = np.stack([from_stored(r["image"]) for r in rows]) if rows else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     return keys, rgb
 
 

@@ -46,12 +46,13 @@ def test_featurize_udf_gives_the_models_features(spark, image_tree, model_files,
     rows = {r["key"]: np.asarray(r["features"], np.float32) for r in collected}
     colours = {r["key"]: np.asarray(r["color"], np.float32) for r in collected}
     assert len(rows) == len(paths)
-    direct = models.OnnxFeaturizer(model_files["onnx"])(real_batch)
+    stored = np.stack([images.as_stored(rgb) for rgb in real_batch])  # the pixels the table gives back
+    direct = models.OnnxFeaturizer(model_files["onnx"])(stored)
     for i, p in enumerate(paths):
         got = rows[f"{p.parent.name}/{p.name}"]
         assert got.shape == (2048,)
         np.testing.assert_allclose(got, direct[i], atol=1e-4, rtol=1e-5)
-        expected_colour = images.color_histogram(real_batch[i].astype(np.uint8))
+        expected_colour = images.color_histogram(stored[i])
         np.testing.assert_allclose(colours[f"{p.parent.name}/{p.name}"], expected_colour, atol=1e-6)
 
 

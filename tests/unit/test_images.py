@@ -27,6 +27,21 @@ def test_jpeg_round_trip_stays_close():
     assert np.abs(back.astype(int) - rgb.astype(int)).mean() < 3
 
 
+def test_a_stored_image_gives_back_its_pixels_and_a_planted_row_is_refused_before_decoding():
+    rgb = images.preprocess(images.decode(real_images(SAMPLE_500, 1, 1)[0].read_bytes(), 10**7))
+    data = images.stored(rgb)
+    assert len(data) < len(rgb.tobytes()) / 5
+    back = images.from_stored(data)
+    assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb.astype(int)).mean() < 3
+    assert np.array_equal(images.as_stored(rgb), back)
+    other_size = cv2.imencode(".jpg", np.zeros((225, 224, 3), np.uint8))[1].tobytes()
+    png = cv2.imencode(".png", rgb)[1].tobytes()
+    truncated = data[:200]
+    for planted in (rgb.tobytes(), other_size, png, truncated, b"", None):
+        with pytest.raises(ValueError, match="not a stored preprocessed image"):
+            images.from_stored(planted)
+
+
 def test_bad_and_unusual_files(tmp_path):
     real = real_images(SAMPLE_500, 1, 1)[0].read_bytes()
     expected = write_bad_files(tmp_path, real)
