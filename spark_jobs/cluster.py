@@ -164,8 +164,8 @@ def jpeg_fetcher(spark: SparkSession, pca_manifest: dict, cfg: Config, threads: 
     preprocess steps behind the table (newest first; a key is in the run that first saw it).
 
     A few hundred small reads (the report's thumbnails), each a round trip or two to S3 that leaves the
-    driver idle: run one after the other they took 35 s of the step on 1179 images, side by side on
-    `threads` threads (py4j gives each Python thread its own JVM thread) 1-2 s."""
+    driver idle: they run side by side on `threads` threads (py4j gives each Python thread its own JVM
+    thread)."""
     folders = jpeg_folders(pca_manifest, lambda uri: read_manifest(spark, uri, cfg))
 
     def locate(key: str):

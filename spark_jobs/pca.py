@@ -53,8 +53,8 @@ def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: 
     Spark computes the covariance matrix (an aggregate over the executors: d x d numbers, whatever the
     number of images); its eigendecomposition, d <= 2048 + 192, is numpy's on the driver. Spark ML's own
     PCA.fit decomposes it with LAPACK, and on machines without a native LAPACK (libblas3/liblapack3)
-    its pure-Java fallback returned wrong components beyond the second one (measured on 1280-d CNN
-    features; tests/test_pca_cluster.py compares with scikit-learn)."""
+    its pure-Java fallback gives wrong components beyond the second one on CNN features
+    (tests/unit/test_pca_cluster.py compares with scikit-learn)."""
     vectors = _input_vectors(features)
     stages: list = []
     column = "vector"

@@ -11,7 +11,7 @@ its tests) and the local stack's single host. A node has one or more roles:
 
 A client on a small host (a laptop, the namespaces cluster: two cores shared by every JVM) sets
 `quick_start_jvm`: its drivers and their executors live for one step, and on two cores the C2 JIT and
-G1's threads took a third of a trivial application's wall time (`docs/benchmarks.md`). A real cluster
+G1's threads weigh on a short application's wall time (`docs/benchmarks.md`). A real cluster
 keeps the JVM's defaults: its executors run long enough for C2 to pay. Such a client may also name a
 class-data archive (`fruitflow.stack.class_data`) that its drivers and executors map at start.
 
