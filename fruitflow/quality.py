@@ -5,7 +5,7 @@ local SparkSession.
 For each backbone and set it prints the PCA explained variance, and ARI, NMI, silhouette and purity of
 the pipeline's KMeans against the folder labels, beside scikit-learn's KMeans (n_init=10) on the very
 same reduced vectors, so that Spark ML's KMeans is shown not to be the weak link, and the held-out
-accuracy and macro F1 of the train step's classifier (targets with the default backbone: accuracy
+accuracy and macro F1 of the train step's classifier (targets with EfficientNet-Lite0, ImageNet weights: accuracy
 >= 0.97 on s500 and >= 0.90 on s1179). The last stdout line is
 one JSON object: {"<backbone>": {"s500": {...}, "s1179": {...}}}. `--variants` adds the table of
 feature / reduction / clustering choices `docs/quality.md` records; `--int8` the same scores with the static
@@ -86,7 +86,7 @@ def preprocessed(spark, cfg, data: Path):
 def int8_model(fp32_path: str, images) -> str:
     """The static INT8 model the pipeline's `--precision int8` would make from this FP32 model, calibrated
     on the same sample of these images (quantize.calibration_sample); built once per sample."""
-    from spark_jobs.common import quantize
+    from spark_jobs import quantize
 
     keys, rgb = quantize.calibration_sample(images)
     path = Path(fp32_path).with_name(f"model-int8-{quantize.calibration_hash(fp32_path, keys)}.onnx")
@@ -123,7 +123,7 @@ def int8_fidelity(fp32, int8) -> dict:
     evaluation of the shared sets, a few MB)."""
     import numpy as np
 
-    from spark_jobs.common.quantize import cosine_per_row
+    from spark_jobs.quantize import cosine_per_row
 
     pairs = fp32.select("key", "features").join(int8.selectExpr("key", "features AS int8"), "key").toPandas()
     cosine = cosine_per_row(np.stack(pairs["features"].to_numpy()), np.stack(pairs["int8"].to_numpy()))
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     # Local-mode Python workers: this interpreter (the project is installed in it).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from spark_jobs.common.config import Config
-    from spark_jobs.common.session import build_session, stop_session
+    from spark_jobs.session import build_session, stop_session
 
     sets = {path.name: path for path in args.data} if args.data else {
         name: path for name, path in SETS.items() if path.is_dir()}

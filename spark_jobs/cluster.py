@@ -26,7 +26,8 @@ from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_jobs.common import cluster_report, report_page, step_cli, storage
+from spark_jobs import step_cli
+from spark_jobs.common import cluster_report, report_page, storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, jpeg_folders, read_manifest, write_manifest
 

@@ -23,12 +23,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-from spark_jobs.common import step_cli
+from spark_jobs import step_cli
 from spark_jobs.common.config import FEATURE_DIM, Config
 from spark_jobs.common.images import COLOR_DESCRIPTOR
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.common.models import materialize
-from spark_jobs.common.quantize import materialize_int8
+from spark_jobs.quantize import materialize_int8
 
 STEP = "featurize"
 

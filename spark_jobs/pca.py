@@ -14,16 +14,17 @@ import sys
 import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import ElementwiseProduct, Normalizer, PCAModel, StandardScalerModel, VectorAssembler
-from pyspark.ml.linalg import DenseVector
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.linalg import DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_jobs.common import step_cli, storage
-from spark_jobs.common.table import committed_featurize_steps, feature_table, model_of, same_model
+from spark_jobs import step_cli
+from spark_jobs.columns import csv_column
+from spark_jobs.common import storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.untrusted import csv_column
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+from spark_jobs.feature_table import committed_featurize_steps, feature_table, model_of, same_model
 
 STEP = "pca"
 

@@ -20,12 +20,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StringType, StructField, StructType
 
-from spark_jobs.common import sandbox, step_cli, storage
+from spark_jobs import step_cli
+from spark_jobs.columns import too_long_column, unsafe_key_column
+from spark_jobs.common import sandbox, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.images import STORED_FORMAT
-from spark_jobs.common.keys import check_location, too_long_column, unsafe_key_column
-from spark_jobs.common.table import committed_featurize_steps, feature_table, made_with
+from spark_jobs.common.keys import check_location
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
+from spark_jobs.feature_table import committed_featurize_steps, feature_table, made_with
 
 STEP = "preprocess"
 OK, REJECTED = "ok", "rejected"

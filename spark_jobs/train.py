@@ -30,7 +30,8 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_jobs.common import step_cli, storage
+from spark_jobs import step_cli
+from spark_jobs.common import storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, store_order, write_manifest
 from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold

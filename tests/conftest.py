@@ -124,7 +124,7 @@ def cfg():
 
 @pytest.fixture(scope="session")
 def spark(cfg):
-    from spark_jobs.common.session import build_session, stop_session
+    from spark_jobs.session import build_session, stop_session
 
     session = build_session("fruitflow-tests", cfg, master="local[2]")
     yield session

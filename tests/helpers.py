@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from fruitflow_airflow import SPARK_CONN_ID
+from fruitflow_airflow.submit import step_args, submit_kwargs
 
 from fruitflow.paths import ROOT, SAMPLE_500, SAMPLE_1179  # noqa: F401  (re-exported for the tests)
-from fruitflow_airflow.submit import step_args, submit_kwargs
 from spark_jobs.common.config import split_s3_uri
 from spark_jobs.common.manifest import manifest_uri
 
@@ -65,7 +66,7 @@ def submit_step(step, cfg, run_id, *extra):
 
     kwargs = submit_kwargs(step, cfg)
     application = kwargs.pop("application")
-    hook = SparkSubmitHook(conn_id="spark_default", application_args=[*step_args(step, cfg, run_id), *extra],
+    hook = SparkSubmitHook(conn_id=SPARK_CONN_ID, application_args=[*step_args(step, cfg, run_id), *extra],
                            **kwargs)
     hook.submit(application)
 

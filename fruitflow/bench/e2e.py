@@ -130,7 +130,7 @@ def prime_model(weights: str) -> tuple[float, str]:
     from spark_jobs.common import storage
     from spark_jobs.common.config import Config
     from spark_jobs.common.models import materialize
-    from spark_jobs.common.session import build_session, stop_session
+    from spark_jobs.session import build_session, stop_session
 
     started = time.perf_counter()
     cfg = Config.from_env(weights=weights)

@@ -1,10 +1,10 @@
 """`make bench [N=...] [DATA=...]`: featurization side by side, on the same real images, for both
-backbones: EfficientNet-Lite0 (the default where ResNet50's ImageNet weights cannot be had) and ResNet50
+backbones: EfficientNet-Lite0 (what `auto` runs where ResNet50's ImageNet weights cannot be had) and ResNet50
 (the reference). Random weights for the speed figures (the same FLOPs as ImageNet's).
 
 Contenders:
   bare        ONNX Runtime in this process on numpy batches (the ceiling for our engine)
-  bare-int8   the same with the opt-in static INT8 model (`spark_jobs.common.quantize`), alternated
+  bare-int8   the same with the opt-in static INT8 model (`spark_jobs.quantize`), alternated
               with `bare` in rounds so that both see the same machine load
   openvino, openvino-int8
               OpenVINO's CPU plugin on the same two ONNX files (FP32 held at f32; the INT8 QDQ model
@@ -19,7 +19,7 @@ Contenders:
 and the machine's FP32 matmul rate (numpy sgemm), so each rate is also a share of the practical limit
 (GFLOP_PER_IMAGE). INT8 quality against FP32 on the same images: per-image cosine similarity, and
 KMeans (scikit-learn, k = number of classes) assignment agreement (ARI).
-The last stdout line is one JSON object: the default backbone's figures under today's top-level names
+The last stdout line is one JSON object: EfficientNet-Lite0's figures under the top-level names
 (`img_per_s`, `ratio_ours_vs_bare`, `ratio_ours_vs_original`, `int8_speedup`, ...), and every
 backbone's under `backbones`.
 """
@@ -44,7 +44,7 @@ from fruitflow.paths import SAMPLE_1179
 DEFAULT_DATA = SAMPLE_1179
 # FLOPs of one 224x224 image (2 x the published multiply-adds): ResNet50 4.1 G, EfficientNet-Lite0 0.4 G
 GFLOP_PER_IMAGE = {"resnet50": 8.2, "efficientnet_lite0": 0.8}
-BACKBONES = ("efficientnet_lite0", "resnet50")  # the default first: its figures are the top-level ones
+BACKBONES = ("efficientnet_lite0", "resnet50")  # the first one's figures are the top-level ones
 
 
 def log(msg: str) -> None:
@@ -142,7 +142,7 @@ def int8_quality(fp32: np.ndarray, int8: np.ndarray, labels: list[str], held_out
     from sklearn.cluster import KMeans, kmeans_plusplus
     from sklearn.metrics import adjusted_rand_score as ari
 
-    from spark_jobs.common.quantize import cosine_per_row
+    from spark_jobs.quantize import cosine_per_row
 
     cos = cosine_per_row(fp32, int8)
     k = len(set(labels))
@@ -172,7 +172,7 @@ def int8_quality(fp32: np.ndarray, int8: np.ndarray, labels: list[str], held_out
 
 def openvino_fidelity(features: dict) -> dict:
     """Cosine of OpenVINO's features to ONNX Runtime's on the same model file (min over images)."""
-    from spark_jobs.common.quantize import cosine_per_row
+    from spark_jobs.quantize import cosine_per_row
 
     if "openvino" not in features:
         return {}
@@ -268,7 +268,7 @@ def spark_contenders(cfg, keys: list[str], batch: np.ndarray, files: dict, table
                      rounds: int, results: dict, rss: dict) -> dict:
     """The Spark contenders of each backbone on the stack's master, over the images written as a Parquet
     `table`: their rates go into `results`, their peak RSS into `rss`; returns the Spark settings used."""
-    from spark_jobs.common.session import build_session, stop_session
+    from spark_jobs.session import build_session, stop_session
 
     spark = build_session("fruitflow-bench", cfg, master=stack.settings().spark_master)
     try:
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     print(f"load average (1/5/15 min): {load_avg}")
     summary = {
         "n_images": n,
-        "backbone": BACKBONES[0],  # the top-level figures are this backbone's (the pipeline's default here)
+        "backbone": BACKBONES[0],  # the top-level figures are this backbone's (what `auto` runs offline)
         **per_backbone[BACKBONES[0]],
         "backbones": per_backbone,
         "sgemm_gflops": round(gflops, 1),
@@ -362,7 +362,8 @@ def main(argv=None) -> int:
 
 def model_files(backbone: str, folder: str, calibration: np.ndarray, seed: int) -> dict:
     """The backbone (random weights) as the pipeline ships it: Keras file, ONNX export, static INT8 model."""
-    from spark_jobs.common import models, quantize
+    from spark_jobs import quantize
+    from spark_jobs.common import models
 
     os.makedirs(folder)
     model = models.build_keras_model(backbone, "random", seed)

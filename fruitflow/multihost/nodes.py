@@ -25,13 +25,22 @@ from pathlib import Path
 from fruitflow.multihost import network, node_env
 from fruitflow.paths import ROOT
 from fruitflow.stack import seaweed
-from fruitflow.stack.environment import (Prepared, environment, hadoop_aws_jars, local_credentials, prepare,
-                                         settings, spark_home, spark_node_environment, store_credentials,
-                                         worker_environment)
-from fruitflow.stack.node_conf import HISTORY_PORT, MASTER_PORT, MASTER_UI_PORT, Node, write
+from fruitflow.stack.environment import (
+    Prepared,
+    environment,
+    hadoop_aws_jars,
+    local_credentials,
+    prepare,
+    settings,
+    spark_home,
+    spark_node_environment,
+    store_credentials,
+    worker_environment,
+)
+from fruitflow.stack.node_conf import HISTORY_PORT, MASTER_PORT, MASTER_UI_PORT, Node, master_url, write
 from fruitflow.stack.process import log
 from fruitflow.stack.services import HISTORY_CLASS, MASTER_CLASS, WORKER_CLASS
-from spark_jobs.common.config import StackSettings
+from fruitflow.stack.settings import StackSettings
 
 NET = network.Network(prefix="ff-", subnet="10.231.7",
                       hosts={"storage": 2, "master": 3, "worker-1": 11, "worker-2": 12, "airflow": 20})
@@ -71,7 +80,7 @@ class Cluster:
 
     @property
     def master_url(self) -> str:
-        return f"spark://{self.net.ip('master')}:{MASTER_PORT}"
+        return master_url(self.net.ip("master"))
 
     @property
     def history_url(self) -> str:

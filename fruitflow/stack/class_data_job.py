@@ -16,7 +16,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, FloatType
 
 from spark_jobs.common.config import Config
-from spark_jobs.common.session import build_session, stop_session
+from spark_jobs.session import build_session, stop_session
 
 
 @pandas_udf(ArrayType(FloatType()))  # a type object: no session exists yet

@@ -7,6 +7,8 @@ import shlex
 import subprocess
 import sys
 
+from fruitflow_airflow import AWS_CONN_ID
+
 from fruitflow.stack import down, environment, prepare, settings, status, up
 from fruitflow.stack.process import log
 from spark_jobs.common import signing
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in sorted(environment(s, prepare(s), base={}).items()):
             if k.startswith(SHOWN) and k != signing.KEY_VARIABLE:
                 print(f"export {k}={shlex.quote(v)}")
-        print(f"# credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, the aws_default connection): "
+        print(f"# credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, the {AWS_CONN_ID} connection): "
               f"{s.state_dir}/credentials/pipeline.json; {signing.KEY_VARIABLE}: "
               f"{s.state_dir}/credentials/control.json")
         return 0

@@ -17,12 +17,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fruitflow_airflow import AWS_CONN_ID, SPARK_CONN_ID, connection_variable
+
 from fruitflow.paths import DAGS, spark_home
 from fruitflow.stack import class_data, node_conf
 from fruitflow.stack.node_conf import HISTORY_PORT, Node, folders, render_defaults, spark_env
 from fruitflow.stack.process import log, write_private
+from fruitflow.stack.settings import StackSettings
 from spark_jobs.common import signing
-from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config, StackSettings
+from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -229,7 +232,8 @@ def environment(s: StackSettings, prepared: Prepared, base: dict[str, str] | Non
 
 
 def airflow_connections(s: StackSettings, prepared: Prepared, cfg: Config) -> dict[str, str]:
-    """`aws_default`, where the operator and the hooks take the S3 endpoint from, and `spark_default`."""
+    """The S3 connection (AWS_CONN_ID), where the operator and the hooks take the S3 endpoint from, and
+    the Spark master's (SPARK_CONN_ID)."""
     aws = {
         "conn_type": "aws", "login": prepared.access_key, "password": prepared.secret_key,
         # the S3 timeouts of every other client (Config.s3_timeout_s) for the sensor's and the tasks'
@@ -240,7 +244,7 @@ def airflow_connections(s: StackSettings, prepared: Prepared, cfg: Config) -> di
     }
     spark = {"conn_type": "spark", "host": f"spark://{s.spark_host or s.host}", "port": s.spark_port,
              "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
-    return {"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws), "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark)}
+    return {connection_variable(AWS_CONN_ID): json.dumps(aws), connection_variable(SPARK_CONN_ID): json.dumps(spark)}
 
 
 def airflow_environment(s: StackSettings) -> dict[str, str]:

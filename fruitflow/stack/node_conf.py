@@ -57,8 +57,6 @@ class Node:
     # client with quick_start_jvm: a JVM class-data archive (CDS) made on the class path its drivers and
     # executors share, at this path on every node; empty: none
     class_data_archive: str = ""
-    master_port: int = MASTER_PORT
-    master_ui_port: int = MASTER_UI_PORT
     worker_ui_port: int = WORKER_UI_PORT
 
     def __post_init__(self) -> None:
@@ -119,6 +117,11 @@ def pid_dir(home: str | Path) -> Path:
     return Path(home) / "pids"
 
 
+def master_url(host: str, port: int = MASTER_PORT) -> str:
+    """What workers and spark-submit are given to reach the master."""
+    return f"spark://{host}:{port}"
+
+
 def worker_dir(home: str | Path) -> Path:
     """A worker's applications' folders: executors' logs and the files shipped to them."""
     return Path(home) / "work"
@@ -137,7 +140,7 @@ def spark_env(node: Node) -> dict[str, str]:
         "PYSPARK_PYTHON": node.python,
     }
     if "master" in node.roles:
-        env.update({"SPARK_MASTER_PORT": str(node.master_port), "SPARK_MASTER_WEBUI_PORT": str(node.master_ui_port),
+        env.update({"SPARK_MASTER_PORT": str(MASTER_PORT), "SPARK_MASTER_WEBUI_PORT": str(MASTER_UI_PORT),
                     "SPARK_MASTER_OPTS": f"-Dspark.worker.timeout={node.failure_timeout_s}"})
     if "worker" in node.roles:
         env.update({

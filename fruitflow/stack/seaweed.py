@@ -30,7 +30,8 @@ import sysconfig
 from pathlib import Path
 
 from fruitflow.stack.process import write_private
-from spark_jobs.common.config import Config, StackSettings
+from fruitflow.stack.settings import StackSettings
+from spark_jobs.common.config import Config
 
 # The S3 service's other ports, from the stack's `s3_port_base` (S3 itself is `s3_port`).
 PORT_OFFSETS = {"s3.port.grpc": 2, "master.port": 333, "master.port.grpc": 334, "volume.port": 340,

@@ -16,13 +16,27 @@ from pathlib import Path
 
 from fruitflow.paths import ROOT
 from fruitflow.stack import class_data
-from fruitflow.stack.environment import (VENV_BIN, airflow_environment, environment, log_dir, pid_dir,
-                                         prepare, settings, spark_conf_dir, spark_defaults_file, spark_home,
-                                         spark_node_environment, state_dir, store_credentials, worker_environment,
-                                         write_spark_defaults)
+from fruitflow.stack.environment import (
+    VENV_BIN,
+    airflow_environment,
+    environment,
+    log_dir,
+    pid_dir,
+    prepare,
+    settings,
+    spark_conf_dir,
+    spark_defaults_file,
+    spark_home,
+    spark_node_environment,
+    state_dir,
+    store_credentials,
+    worker_environment,
+    write_spark_defaults,
+)
 from fruitflow.stack.node_conf import HISTORY_PORT, worker_dir
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
-from spark_jobs.common.config import Config, StackSettings
+from fruitflow.stack.settings import StackSettings
+from spark_jobs.common.config import Config
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"

@@ -17,7 +17,7 @@ from typing import Mapping
 from .steps import step as registered_step
 
 ENV_PREFIX = "FRUITFLOW_"
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+_JOBS_DIR = Path(__file__).resolve().parent.parent
 
 # Spark 4.2 ships Hadoop 3.5.0 client jars; hadoop-aws must be the very same version.
 HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
@@ -60,8 +60,8 @@ class Config:
 
     # Spark (the master is the Airflow connection `spark_default`). jobs_dir and py_files default to this
     # checkout (spark_jobs/ and dist/fruitflow_jobs.zip): the driver runs beside Airflow (client mode).
-    jobs_dir: str = str(_PROJECT_ROOT / "spark_jobs")
-    py_files: str = str(_PROJECT_ROOT / "dist" / "fruitflow_jobs.zip")
+    jobs_dir: str = str(_JOBS_DIR)
+    py_files: str = str(_JOBS_DIR.parent / "dist" / "fruitflow_jobs.zip")
     ivy_dir: str = ""  # empty: Spark's default (~/.ivy2.5.2)
     # hadoop-aws and its dependencies as jar files present at the same paths on every Spark node
     # (comma-separated); they go on the driver's and executors' class path. Empty: spark-submit
@@ -226,41 +226,6 @@ class Config:
             raise ValueError(f"backbone {AUTO!r} has no models folder: the DAG's list_new task chooses one "
                              f"for the run; a step or a tool is given one of {sorted(FEATURE_DIM)}")
         return s3a_uri(self.models_bucket, self.backbone)
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """The local stack (`fruitflow stack up`): where its services listen and keep their state.
-    Field names map to ``FRUITFLOW_<NAME>`` environment variables, like Config's."""
-
-    state_dir: str = str(_PROJECT_ROOT / ".state")
-    host: str = "127.0.0.1"
-    # Where the S3 service and the Spark master are reached when they run on other hosts than this one
-    # (the multi-host cluster); empty: on `host`.
-    s3_host: str = ""
-    spark_host: str = ""
-    s3_port: int = 9000
-    s3_port_base: int = 18000  # the S3 service's internal ports: base + 2, 333, 334, 340, 341, 646, 733, 888, 889
-    spark_port: int = 7077
-    spark_master_ui_port: int = 8081
-    spark_worker_ui_port: int = 8082
-    airflow_port: int = 8080
-    # Sized for a 2-core, 24 GiB machine: the worker offers every core and leaves room for the driver,
-    # the Python workers running the model, Airflow and the S3 server.
-    worker_cores: int = os.cpu_count() or 2
-    worker_memory: str = "8g"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "StackSettings":
-        return cls(**env_values(cls, environ))
-
-    @property
-    def s3_endpoint(self) -> str:
-        return f"http://{self.s3_host or self.host}:{self.s3_port}"
-
-    @property
-    def spark_master(self) -> str:
-        return f"spark://{self.spark_host or self.host}:{self.spark_port}"
 
 
 def env_values(cls, environ: Mapping[str, str] | None = None) -> dict:

@@ -29,26 +29,6 @@ def unsafe_key_reason(key: str, prefix: str) -> str | None:
     return None
 
 
-def unsafe_key_column(relative):
-    """The same rules as a Spark column over a key relative to the raw prefix (null: safe)."""
-    from pyspark.sql import functions as F
-
-    parts = F.split(relative, "/")
-    return (
-        F.when(F.exists(parts, lambda p: p.isin(*UNSAFE_SEGMENTS)), F.lit(UNSAFE_SEGMENT))
-        .when(relative.rlike(CONTROL_CHARACTERS), F.lit(CONTROL_CHARACTER))
-    )
-
-
-def too_long_column(key, out_prefix: str):
-    """KEY_TOO_LONG where `<out_prefix>/<key>` (an object the step writes per image) would be refused by
-    the store: one such key must be a reject, not a task failing on every attempt and every later run."""
-    from pyspark.sql import functions as F
-
-    return F.when(F.octet_length(F.concat(F.lit(out_prefix.rstrip("/") + "/"), key)) > S3_MAX_KEY_BYTES,
-                  F.lit(KEY_TOO_LONG))
-
-
 def check_location(uri: str) -> None:
     """A raw location (URI or prefix) must not climb out of where it points or hide a segment."""
     _, sep, rest = uri.partition("://")

@@ -36,9 +36,10 @@ def manifest_uri(step_uri: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    import pyspark
+    """The versions a manifest records (read from the installed distributions: no import of pyspark)."""
+    from importlib.metadata import version
 
-    return {"python": platform.python_version(), "pyspark": pyspark.__version__}
+    return {"python": platform.python_version(), "pyspark": version("pyspark")}
 
 
 def s3a_uris(value) -> list[str]:

@@ -24,13 +24,5 @@ def csv_cell(text) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def csv_column(column):
-    """The same rule as `csv_cell`, as a Spark column expression (for CSVs that Spark writes)."""
-    from pyspark.sql import functions as F
-
-    column = F.regexp_replace(column, AFTER_SEPARATOR, "$1'")
-    return F.when(column.rlike(FORMULA_PATTERN), F.concat(F.lit("'"), column)).otherwise(column)
-
-
 def plot_label(text) -> str:
     return str(text).replace("$", r"\$")

@@ -10,7 +10,7 @@ import os
 import sys
 
 from spark_jobs.common.config import Config
-from spark_jobs.common.session import build_session, stop_session
+from spark_jobs.session import build_session, stop_session
 
 
 def main(argv: list[str]) -> int:

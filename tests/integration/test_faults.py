@@ -259,7 +259,7 @@ def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeyp
 
 
 def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, prepared, tmp_path):
-    from spark_jobs.common.table import committed_featurize_steps
+    from spark_jobs.feature_table import committed_featurize_steps
 
     cfg, pre = prepared["cfg"], prepared["pre"]
     run_id = prepared["run_id"]

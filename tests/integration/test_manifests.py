@@ -22,7 +22,7 @@ def _featurize_manifest(step_uri: str, **outputs) -> dict:
 def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg, s3):
     from spark_jobs.common import storage
     from spark_jobs.common.manifest import BadManifest, manifest_uri, read_manifest
-    from spark_jobs.common.table import committed_featurize_steps
+    from spark_jobs.feature_table import committed_featurize_steps
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
     good = cfg.step_uri("run-good", "featurize")
@@ -58,7 +58,7 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
     the feature table's model nor win its rows over a step the store saw later."""
     from spark_jobs.common import storage
     from spark_jobs.common.manifest import manifest_uri
-    from spark_jobs.common.table import committed_featurize_steps, feature_table, same_model
+    from spark_jobs.feature_table import committed_featurize_steps, feature_table, same_model
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
 

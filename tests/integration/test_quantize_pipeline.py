@@ -3,7 +3,7 @@
 import types
 import uuid
 
-from spark_jobs.common import quantize
+from spark_jobs import quantize
 
 
 def test_pipeline_int8_model_is_stored_once_then_reused(stack, spark, cfg, model_files, calibration_and_held_out):

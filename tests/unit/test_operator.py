@@ -123,7 +123,7 @@ def test_a_failed_job_names_its_own_error_not_only_its_exit_code(monkeypatch):
 
     output = ["25/12/06 WARN NativeCodeLoader: Unable to load native-hadoop library",
               "Traceback (most recent call last):", '  File "pca.py", line 3, in <module>',
-              "spark_jobs.common.step_cli.SparkError: AnalysisException: [UNABLE_TO_INFER_SCHEMA] Unable to infer "
+              "spark_jobs.step_cli.SparkError: AnalysisException: [UNABLE_TO_INFER_SCHEMA] Unable to infer "
               "schema for Parquet.", "25/12/06 INFO ShutdownHookManager: Shutdown hook called"]
 
     def fail(hook, application):
@@ -133,6 +133,6 @@ def test_a_failed_job_names_its_own_error_not_only_its_exit_code(monkeypatch):
 
     monkeypatch.setattr(spark_submit.SparkSubmitHook, "submit", fail)
     _use(monkeypatch, FakeS3Hook(AWS_CONN_ID, {}))
-    with pytest.raises(AirflowException, match=r"pca failed \(exit code 1\): spark_jobs.common.step_cli.SparkError: "
+    with pytest.raises(AirflowException, match=r"pca failed \(exit code 1\): spark_jobs.step_cli.SparkError: "
                                                 r"AnalysisException: \[UNABLE_TO_INFER_SCHEMA\]"):
         SparkStepOperator(step="pca").execute({"run_id": "r5"})

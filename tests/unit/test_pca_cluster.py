@@ -145,7 +145,7 @@ def test_pca_model_saves_and_loads(spark, tmp_path):
 
 
 def test_feature_table_never_mixes_models():
-    from spark_jobs.common.table import same_model
+    from spark_jobs.feature_table import same_model
 
     def step(uri, stored_ms, backbone, tag):
         return {"step_uri": uri, "stored_ms": stored_ms,

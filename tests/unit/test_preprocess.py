@@ -74,7 +74,7 @@ def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
 
     from spark_jobs.common.config import Config
     from spark_jobs.common.images import COLOR_DESCRIPTOR
-    from spark_jobs.common.table import made_with
+    from spark_jobs.feature_table import made_with
 
     features = str(tmp_path / "features")
     spark.createDataFrame([("Apple/a.jpg", "e1", [0.0]), ("Apple/b.jpg", "e2", [1.0])],

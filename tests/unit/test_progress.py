@@ -6,7 +6,7 @@ import time
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType
 
-from spark_jobs.common.progress import ProgressLog
+from spark_jobs.progress import ProgressLog
 
 
 def test_active_stages_are_logged_while_a_job_runs(spark):

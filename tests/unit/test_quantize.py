@@ -6,7 +6,7 @@ reuses it."""
 import numpy as np
 import pytest
 
-from spark_jobs.common import quantize
+from spark_jobs import quantize
 from spark_jobs.common.config import Config
 from spark_jobs.common.models import OnnxFeaturizer
 

@@ -8,7 +8,7 @@ import pytest
 # A step whose work raises one of Spark's errors: reading a folder with no Parquet file in it.
 FAILING_STEP = """
 import sys
-from spark_jobs.common import step_cli
+from spark_jobs import step_cli
 
 def runner(spark, cfg, args, out):
     spark.read.parquet(sys.argv[1]).count()
@@ -25,4 +25,4 @@ def test_sparks_error_message_reaches_the_log_after_the_session_stops(tmp_path):
     assert done.returncode != 0
     assert "str() failed" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("spark_jobs.common.step_cli.SparkError: AnalysisException: [UNABLE_TO_INFER_SCHEMA]"), last
+    assert last.startswith("spark_jobs.step_cli.SparkError: AnalysisException: [UNABLE_TO_INFER_SCHEMA]"), last

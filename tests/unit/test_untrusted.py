@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spark_jobs.common import cluster_report, report_page, step_cli
+from spark_jobs import step_cli
+from spark_jobs.common import cluster_report, report_page
 from spark_jobs.common.config import Config
 from spark_jobs.common.untrusted import csv_cell, plot_label
 
@@ -120,7 +121,7 @@ def test_a_formula_after_a_separator_inside_a_cell_is_neutralised():
 def test_csvs_that_spark_writes_follow_the_same_rule(spark):
     from pyspark.sql import functions as F
 
-    from spark_jobs.common.untrusted import csv_column
+    from spark_jobs.columns import csv_column
 
     texts = [*HOSTILE, *SPLIT]
     frame = spark.createDataFrame([(c,) for c in texts], "category string")

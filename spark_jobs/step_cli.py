@@ -10,9 +10,9 @@ import sys
 import traceback
 from contextlib import contextmanager
 
-from .config import Config, check_run_id, check_weights, s3a_uri
-from .progress import ProgressLog
-from .session import build_session, stop_session
+from spark_jobs.common.config import Config, check_run_id, check_weights, s3a_uri
+from spark_jobs.progress import ProgressLog
+from spark_jobs.session import build_session, stop_session
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -82,9 +82,9 @@ def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None,
     a message, a missing input manifest, unavailable weights) exits with NOT_RETRYABLE after printing
     why; anything else (a lost executor, the store unreachable) is an error a retry may fix.
     """
-    from .manifest import BadManifest, MissingInput
-    from .models import ModelUnavailable
-    from .steps import NOT_RETRYABLE
+    from spark_jobs.common.manifest import BadManifest, MissingInput
+    from spark_jobs.common.models import ModelUnavailable
+    from spark_jobs.common.steps import NOT_RETRYABLE
 
     try:
         return _run_step(step, parser, argv, runner)

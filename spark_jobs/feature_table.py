@@ -7,9 +7,9 @@ import sys
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from . import storage
-from .config import Config
-from .manifest import parse_manifest, store_order, untrusted_reason
+from spark_jobs.common import storage
+from spark_jobs.common.config import Config
+from spark_jobs.common.manifest import parse_manifest, store_order, untrusted_reason
 
 
 def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
@@ -44,7 +44,7 @@ def made_with(manifests: list[dict], cfg: Config) -> list[dict]:
     """The featurize steps made with the model this run featurizes with (backbone, weights, precision,
     colour descriptor): "already featurized" means featurized by it. An image seen under another model
     (before a backbone switch) is featurized again, or the new model's table would lack it."""
-    from .images import COLOR_DESCRIPTOR
+    from spark_jobs.common.images import COLOR_DESCRIPTOR
 
     want = {"backbone": cfg.backbone, "weights": cfg.weights, "precision": cfg.precision,
             "color_descriptor": COLOR_DESCRIPTOR}

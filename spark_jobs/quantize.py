@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import IMAGE_SIZE
+from spark_jobs.common.config import IMAGE_SIZE
 
 ONNX_INPUT = "rgb"
 CALIBRATION_IMAGES = 256  # a few hundred real images; more changes little for min/max ranges
@@ -163,7 +163,7 @@ def calibration_sample(images, n: int = CALIBRATION_IMAGES) -> tuple[list[str], 
     are read and collected: the driver never holds more than n images, whatever the table's size."""
     from pyspark.sql import functions as F
 
-    from .images import from_stored
+    from spark_jobs.common.images import from_stored
 
     chosen = images.select("key").orderBy(F.xxhash64("key"), "key").limit(n)
     rows = sorted(images.join(F.broadcast(chosen), "key").select("key", "etag", "image").collect(),
@@ -182,7 +182,7 @@ def int8_folder(cfg, model) -> str:
 def materialize_int8(spark, cfg, model, images, n: int = CALIBRATION_IMAGES) -> Int8Model:
     """The run's INT8 model: reused when the same FP32 model and calibration images made one before;
     otherwise quantized here on the driver and stored (model first, then its marker)."""
-    from . import storage
+    from spark_jobs.common import storage
 
     started = time.perf_counter()
     keys, rgb = calibration_sample(images, n)

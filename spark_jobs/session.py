@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
-from .config import Config
-from .spark_conf import hadoop_aws_packages, session_conf, spark_conf
+from spark_jobs.common.config import Config
+from spark_jobs.common.spark_conf import hadoop_aws_packages, session_conf, spark_conf
 
 
 def build_session(app_name: str, cfg: Config, master: str | None = None) -> SparkSession:
