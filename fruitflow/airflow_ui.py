@@ -91,9 +91,9 @@ def first_run_note(token: str, since: dt.datetime, wait_s: float = 60) -> str:
     from spark_jobs.common.config import Config
 
     if Config.from_env().dag_schedule is None:
-        return "fruit_pipeline is unpaused (FRUITFLOW_SCHEDULE=none): press Trigger on its page to run it."
-    runs_path = "/api/v2/dags/fruit_pipeline/dagRuns?order_by=-run_after&limit=5"
-    dag = api("GET", "/api/v2/dags/fruit_pipeline", token)
+        return f"{DAG_ID} is unpaused (FRUITFLOW_SCHEDULE=none): press Trigger on its page to run it."
+    runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=5"
+    dag = api("GET", f"/api/v2/dags/{DAG_ID}", token)
     deadline = time.monotonic() + wait_s
     runs = []
     while not runs and time.monotonic() < deadline:
@@ -102,12 +102,12 @@ def first_run_note(token: str, since: dt.datetime, wait_s: float = 60) -> str:
         if not runs:
             time.sleep(2)
     if not runs:
-        return (f"fruit_pipeline is unpaused: its next scheduled run ({dag.get('next_dagrun_run_after')}) waits "
+        return (f"{DAG_ID} is unpaused: its next scheduled run ({dag.get('next_dagrun_run_after')}) waits "
                 "for photos newer than the last good run; press Trigger to run it now.")
     from fruitflow_airflow.run_report import report_url
 
     run_id = runs[0]["dag_run_id"]
-    return (f"fruit_pipeline is unpaused: its scheduled run {run_id} is processing the photos (Fruit report: "
+    return (f"{DAG_ID} is unpaused: its scheduled run {run_id} is processing the photos (Fruit report: "
             f"{report_url(run_id)} once it succeeds). A Trigger now runs on whatever is newer than that run.")
 
 

@@ -115,7 +115,7 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
         log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{raw_prefix}/")
     conf = {"raw_prefix": raw_prefix, **{k: v for k, v in (("backbone", backbone), ("weights", weights)) if v}}
     build_zip()
-    log(f"running DAG fruit_pipeline ({conf}); the model is chosen by the DAG's rule (docs/models.md); "
+    log(f"running DAG {DAG_ID} ({conf}); the model is chosen by the DAG's rule (docs/models.md); "
         f"Spark master {stack.settings().spark_master}")
     failures: dict[str, str] = {}
     dag_run = run_dag(conf, failures)

@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from fruitflow_airflow import DAG_ID
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
@@ -73,7 +74,7 @@ def _set_field(driver, name, value):
 def trigger_from_the_form(driver, screens, raw_prefix, n_clusters) -> str:
     """The DAG's Trigger button, its Params form (the trigger form Airflow draws from the Params' JSON
     schema), then the run page it opens: returns that run's id."""
-    driver.get(BASE + "/dags/fruit_pipeline")
+    driver.get(f"{BASE}/dags/{DAG_ID}")
     WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))
                                     ).click()
     WebDriverWait(driver, 60).until(ec.visibility_of_element_located((By.NAME, "element_raw_prefix")))
@@ -82,14 +83,14 @@ def trigger_from_the_form(driver, screens, raw_prefix, n_clusters) -> str:
     _set_field(driver, "element_n_clusters", str(n_clusters))
     screens.shot("trigger-form")
     driver.find_element(By.XPATH, "(//button[normalize-space()='Trigger'])[last()]").click()
-    WebDriverWait(driver, 60).until(lambda d: "/dags/fruit_pipeline/runs/" in d.current_url)
+    WebDriverWait(driver, 60).until(lambda d: f"/dags/{DAG_ID}/runs/" in d.current_url)
     screens.shot("run-triggered")
     return urllib.parse.unquote(driver.current_url.split("/runs/", 1)[1].split("/", 1)[0])
 
 
 def report_tab(driver, screens, run_id, n_clusters):
     """The run page's "Fruit report" tab: the plugin's page in Airflow's frame, as a person sees it."""
-    driver.get(f"{BASE}/dags/fruit_pipeline/runs/{urllib.parse.quote(run_id, safe='')}")
+    driver.get(f"{BASE}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}")
     WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.XPATH, "//*[normalize-space()='Fruit report']"))
                                     ).click()
     frame = WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.TAG_NAME, "iframe")))

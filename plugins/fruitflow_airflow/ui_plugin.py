@@ -40,7 +40,7 @@ SECURITY_HEADERS = {
 
 # No /docs, /redoc or /openapi.json: FastAPI serves them without the app's dependencies (unauthenticated),
 # and its Swagger page would load a script from a CDN into Airflow's origin.
-app = FastAPI(title="fruitflow", description="fruit_pipeline's reports and fruit recognition",
+app = FastAPI(title="fruitflow", description=f"{DAG_ID}'s reports and fruit recognition",
               dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
               docs_url=None, redoc_url=None, openapi_url=None)
 # Headroom for the multipart envelope around one photo of at most Config.max_image_bytes.
@@ -232,7 +232,7 @@ def _recognise(photo: UploadFile) -> HTMLResponse:
     except NoModel as exc:
         return _page(render(result={"error": str(exc)}, thumbnails={}, source=None), 503)
     if classifier is None:
-        return _page(render(result={"error": "no trained run yet: run fruit_pipeline first"}, thumbnails={},
+        return _page(render(result={"error": f"no trained run yet: run {DAG_ID} first"}, thumbnails={},
                             source=None), 503)
     with tempfile.TemporaryDirectory(prefix="fruitflow-upload-") as tmp:
         path = Path(tmp) / "photo"

@@ -32,7 +32,7 @@ def test_featurization_benchmark_smoke(stack, image_tree):
     assert all(rate > 0 for rate in figures["img_per_s"].values())
     for key in ("ratio_ours_vs_original", "ratio_ours_vs_bare", "int8_speedup", "int8_cosine_min", "load_avg"):
         assert key in figures
-    # both backbones, the default's figures at the top level
+    # both backbones, Lite0's figures at the top level
     assert set(figures["backbones"]) == {"efficientnet_lite0", "resnet50"}
     assert figures["backbone"] == "efficientnet_lite0"
     assert figures["img_per_s"] == figures["backbones"]["efficientnet_lite0"]["img_per_s"]

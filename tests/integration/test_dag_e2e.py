@@ -108,7 +108,7 @@ def _trigger(airflow, raw_prefix) -> str:
     """The first run, from the trigger form in the browser (through the REST API where there is no browser:
     the UI test then skips, the others read the same run)."""
     if browser.missing() is not None:
-        return airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", airflow.token,
+        return airflow_ui.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", airflow.token,
                               {"logical_date": None, "conf": {"raw_prefix": raw_prefix, "n_clusters": N_CLUSTERS}}
                               )["dag_run_id"]
     password = pages.wait("generated password", lambda: json.loads(airflow_ui.password_file().read_text())["admin"],
@@ -135,10 +135,10 @@ def ui(stack, s3, tmp_path_factory):
         airflow.token = airflow_ui.admin_token()
         airflow_ui.unpause(airflow.token)  # as `make airflow-ui` does
         with pytest.raises(urllib.error.HTTPError):  # a bad Param is refused before anything runs
-            airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", airflow.token,
+            airflow_ui.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", airflow.token,
                            {"logical_date": None, "conf": {"pca_k": 0}})
         run_id = _trigger(airflow, raw_prefix)
-        run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{quote(run_id, safe='')}"
+        run_path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
         final = pages.wait("run finished", lambda: (s := airflow_ui.api("GET", run_path, airflow.token)["state"])
                            in ("success", "failed") and s, 1500, every=5)
         assert final == "success", final
@@ -185,7 +185,7 @@ def test_a_first_run_from_the_airflow_ui(ui, s3):
     assert summary["backbone"] == expected and summary["weights"] == "imagenet"
     assert summary["model_choice"].startswith("auto: ")
 
-    events = airflow_ui.api("GET", "/api/v2/assets/events?source_dag_id=fruit_pipeline&source_run_id="
+    events = airflow_ui.api("GET", f"/api/v2/assets/events?source_dag_id={DAG_ID}&source_run_id="
                             + quote(ui.run_id, safe=""), token)["asset_events"]
     extras = {e["uri"]: e["extra"] for e in events}  # what the Assets view shows beside each event
     report = extras[f"s3://fruitflow-reports/{ui.runs_prefix}/report"]
@@ -229,9 +229,9 @@ def _plugin_refuses_strangers(token, run_id, summary, photo):
 def _a_run_with_nothing_new_shows_the_latest_report(token, raw_prefix, trained_run_id):
     """A second Trigger on the same photos (what a person meets after the scheduled run took the upload)
     finds nothing new; its Fruit report tab shows the latest trained run's page under a line saying so."""
-    run_id = airflow_ui.api("POST", "/api/v2/dags/fruit_pipeline/dagRuns", token,
+    run_id = airflow_ui.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token,
                             {"logical_date": None, "conf": {"raw_prefix": raw_prefix}})["dag_run_id"]
-    run_path = f"/api/v2/dags/fruit_pipeline/dagRuns/{quote(run_id, safe='')}"
+    run_path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
     assert pages.wait("the second run finished", lambda: (s := airflow_ui.api("GET", run_path, token)["state"])
                       in ("success", "failed") and s, 600, every=5) == "success"
     status, _, page = pages.page("GET", f"/fruitflow/runs/{quote(run_id, safe='')}/report", token)
@@ -330,12 +330,8 @@ def test_classify_gives_the_pipelines_own_features_without_spark(first, s3, tmp_
     _classify_without_spark(first.summary["summary"], reals, tmp_path)
 
 
-def test_later_runs_take_only_what_is_new(first, s3):
-    """Nothing new; the same photos uploaded again; the store restarted and a new fruit folder; weights
-    that do not exist (an error no retry can fix)."""
-    dag, conf, raw_prefix, reals = first.dag, first.conf, first.raw_prefix, first.reals
-
-    second = dag.test(run_conf=conf)
+def _a_run_with_nothing_new_shows_the_latest_report(first, s3):
+    second = first.dag.test(run_conf=first.conf)
     states = _states(second)
     assert str(second.state) == "success", states
     for step in STEP_NAMES:
@@ -348,6 +344,13 @@ def test_later_runs_take_only_what_is_new(first, s3):
     page = _read_text(s3, again["report_html"])
     assert f"Run {second.run_id} found nothing new" in page and f"the report of run {first.run.run_id}" in page
     assert 'id="clusters"' in page
+
+
+def test_later_runs_take_only_what_is_new(first, s3):
+    """Nothing new; the same photos uploaded again; the store restarted and a new fruit folder; weights
+    that do not exist (an error no retry can fix)."""
+    dag, conf, raw_prefix, reals = first.dag, first.conf, first.raw_prefix, first.reals
+    _a_run_with_nothing_new_shows_the_latest_report(first, s3)
 
     # The same photos uploaded again (same keys and bytes, a newer LastModified): listed as new, every one
     # already featurized by this model. The run succeeds without featurizing anything and says so (it

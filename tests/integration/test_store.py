@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from fruitflow import stack as local_stack
 from fruitflow.stack.environment import local_credentials, state_dir
 from fruitflow.stack.process import http_json
+from fruitflow_airflow import SPARK_CONN_ID
 from fruitflow.stack.services import service
 from spark_jobs.common.config import FEATURE_DIM
 
@@ -126,12 +127,12 @@ def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
 
     build_zip()
     allowed = f"{cfg.features_bucket}/{cfg.runs_prefix}/node-check/part-0"
-    backbone = f"{cfg.models_bucket}/efficientnet_lite0/node-check/model.onnx"  # the offline default's folder
+    backbone = f"{cfg.models_bucket}/efficientnet_lite0/node-check/model.onnx"  # Lite0's folder (what `auto` runs offline)
     kwargs = submit_kwargs("preprocess", cfg)
     kwargs.pop("application")
     kwargs["name"] = "fruitflow-node-writes"
     out = tmp_path / "answers.json"
-    SparkSubmitHook(conn_id="spark_default", application_args=[str(out), allowed, backbone], **kwargs).submit(
+    SparkSubmitHook(conn_id=SPARK_CONN_ID, application_args=[str(out), allowed, backbone], **kwargs).submit(
         str(ROOT / "tests" / "integration" / "node_writes_app.py"))
     assert json.loads(out.read_text()) == {"_holding_pipeline_key": [], "_holding_control_key": [], allowed: "ok",
                                            backbone: "AccessDenied"}
