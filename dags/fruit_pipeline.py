@@ -151,8 +151,8 @@ with DAG(
         # never gets here: all it listed is listed again next time). No listing (the sensor gave up after
         # hours of nothing new, skipping list_new): nothing to promote.
         if new:
-            pre = manifests["preprocess"]
-            retry = listing.retry_keys(hook, pre["outputs"]["retry"]) if pre else set()
+            preprocessed = manifests["preprocess"]
+            retry = listing.retry_keys(hook, preprocessed["outputs"]["retry"]) if preprocessed else set()
             listing.promote(hook, CFG, new["listing_state"], params["raw_prefix"], retry)
         outlet_events[REPORT].extra.update(run_asset_extra(summary))
         return summary

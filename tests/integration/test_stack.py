@@ -68,12 +68,13 @@ def test_drivers_and_executors_start_from_the_stacks_class_data_archive(stack, c
     from fruitflow_airflow.submit import submit_kwargs
     from spark_jobs.common.config import s3a_uri
 
-    s = local_stack.settings()
-    defaults = spark_defaults_file(s).read_text()
+    stack_settings = local_stack.settings()
+    defaults = spark_defaults_file(stack_settings).read_text()
     for role in ("driver", "executor"):
         archive = re.search(rf"^spark\.{role}\.defaultJavaOptions .*-XX:SharedArchiveFile=(\S+)$", defaults, re.M)
         assert archive and Path(archive.group(1)).is_file(), defaults
-    assert not list(spark_conf_dir(s).iterdir())  # on every JVM's class path: a non-empty folder voids the archive
+    # on every JVM's class path: a non-empty folder voids the archive
+    assert not list(spark_conf_dir(stack_settings).iterdir())
     kwargs = submit_kwargs("pca", cfg)
     kwargs.pop("application")
     kwargs["conf"] = {**kwargs["conf"], "spark.driver.extraJavaOptions": "-Xshare:on",
@@ -100,11 +101,11 @@ def test_a_client_without_the_clusters_secret_is_refused(stack, tmp_path):
 
     from fruitflow.stack.services import service
 
-    s = local_stack.settings()
+    stack_settings = local_stack.settings()
     master = psutil.Process(service("spark-master").pid())
     listening = {c.laddr.port for p in (master, *master.children(recursive=True))
                  for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
-    assert s.spark_port in listening and 6066 not in listening, listening
+    assert stack_settings.spark_port in listening and 6066 not in listening, listening
     # an empty conf folder and no properties file: no secret
     env = {k: v for k, v in os.environ.items() if k != "PYSPARK_SUBMIT_ARGS"} | {"SPARK_CONF_DIR": str(tmp_path)}
     code = ("import sys; from pyspark.sql import SparkSession;"
@@ -112,7 +113,7 @@ def test_a_client_without_the_clusters_secret_is_refused(stack, tmp_path):
             ".sparkContext.parallelize([1]).sum()")
     log = tmp_path / "client.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, s.spark_master], env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-c", code, stack_settings.spark_master], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

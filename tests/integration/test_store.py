@@ -23,8 +23,8 @@ def _client(key, secret):
     import boto3
     from botocore.config import Config as BotoConfig
 
-    s = local_stack.settings()
-    return boto3.client("s3", endpoint_url=s.s3_endpoint, region_name="us-east-1", aws_access_key_id=key,
+    stack_settings = local_stack.settings()
+    return boto3.client("s3", endpoint_url=stack_settings.s3_endpoint, region_name="us-east-1", aws_access_key_id=key,
                         aws_secret_access_key=secret,
                         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 
@@ -63,10 +63,10 @@ def test_the_stores_internal_ports_refuse_anonymous_reads_and_writes(stack, s3, 
 
     key = f"{cfg.runs_prefix}/internal-ports-check.txt"
     s3.put_object(Bucket=cfg.raw_bucket, Key=key, Body=b"private")
-    s = local_stack.settings()
-    found = seaweed.ports(s)
-    filer = f"http://{s.host}:{found['filer.port']}"
-    master = http_json(f"http://{s.host}:{found['master.port']}/dir/assign")  # a file id, and no token
+    stack_settings = local_stack.settings()
+    found = seaweed.ports(stack_settings)
+    filer = f"http://{stack_settings.host}:{found['filer.port']}"
+    master = http_json(f"http://{stack_settings.host}:{found['master.port']}/dir/assign")  # a file id, and no token
     for request in (urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/{key}"),
                     urllib.request.Request(f"{filer}/buckets/", headers={"Accept": "application/json"}),
                     urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/planted.txt", data=b"x", method="PUT"),
@@ -127,7 +127,7 @@ def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
 
     build_zip()
     allowed = f"{cfg.features_bucket}/{cfg.runs_prefix}/node-check/part-0"
-    backbone = f"{cfg.models_bucket}/efficientnet_lite0/node-check/model.onnx"  # Lite0's folder (what `auto` runs offline)
+    backbone = f"{cfg.models_bucket}/efficientnet_lite0/node-check/model.onnx"  # Lite0's (auto's offline choice)
     kwargs = submit_kwargs("preprocess", cfg)
     kwargs.pop("application")
     kwargs["name"] = "fruitflow-node-writes"

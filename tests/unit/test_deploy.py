@@ -428,13 +428,13 @@ def test_the_local_stacks_worker_is_rendered_by_node_conf_as_every_other_node(tm
     from fruitflow.stack.node_conf import WORKER_OPTS, spark_env
     from fruitflow.stack.settings import StackSettings
 
-    s = StackSettings(state_dir=str(tmp_path), worker_cores=3, worker_memory="5g")
-    env = environment(s, Prepared("key", "secret", (), spark_secret="spark-secret"), {"PATH": "/usr/bin"})
-    rendered = spark_env(local_node(s, "spark-secret"))
+    stack_settings = StackSettings(state_dir=str(tmp_path), worker_cores=3, worker_memory="5g")
+    env = environment(stack_settings, Prepared("key", "secret", (), spark_secret="spark-secret"), {"PATH": "/usr/bin"})
+    rendered = spark_env(local_node(stack_settings, "spark-secret"))
     assert {k: env[k] for k in rendered} == rendered
     assert (env["SPARK_WORKER_CORES"], env["SPARK_WORKER_MEMORY"], env["SPARK_WORKER_OPTS"]) == ("3", "5g", WORKER_OPTS)
-    assert env["SPARK_WORKER_DIR"] == str(tmp_path / "work") and env["SPARK_LOCAL_IP"] == s.host
-    assert env["SPARK_WORKER_WEBUI_PORT"] == str(s.spark_worker_ui_port)
+    assert env["SPARK_WORKER_DIR"] == str(tmp_path / "work") and env["SPARK_LOCAL_IP"] == stack_settings.host
+    assert env["SPARK_WORKER_WEBUI_PORT"] == str(stack_settings.spark_worker_ui_port)
     assert not any(tmp_path.iterdir())  # rendering writes nothing
 
 
@@ -456,8 +456,9 @@ def test_the_stores_internal_ports_get_signing_keys_of_their_own_at_each_start()
     from fruitflow.stack.seaweed import JWT_KEYS, environment
     from fruitflow.stack.settings import StackSettings
 
-    s = StackSettings(state_dir="/srv/stack")
-    first, second = environment({"WEED_JWT_SIGNING_KEY": "old", "PATH": "/bin"}, s), environment({}, s)
+    stack_settings = StackSettings(state_dir="/srv/stack")
+    first = environment({"WEED_JWT_SIGNING_KEY": "old", "PATH": "/bin"}, stack_settings)
+    second = environment({}, stack_settings)
     keys = {first[name] for name in JWT_KEYS}
     assert len(keys) == 4 and all(len(k) == 64 for k in keys) and not keys & {second[n] for n in JWT_KEYS}
     assert first["PATH"] == "/bin"

@@ -47,12 +47,12 @@ def test_split_holds_out_a_share_of_each_class_and_never_a_lone_image(spark):
 def test_scores_from_confusion_counts():
     counts = pd.DataFrame([("a", "a", 8), ("a", "b", 2), ("b", "b", 5), ("c", "c", 4), ("c", "a", 1)],
                           columns=["category", "predicted", "count"])
-    s = train.scores(counts)
-    assert s["accuracy"] == pytest.approx(17 / 20)
-    assert s["per_class_recall"] == {"a": 0.8, "b": 1.0, "c": 0.8}
+    scores = train.scores(counts)
+    assert scores["accuracy"] == pytest.approx(17 / 20)
+    assert scores["per_class_recall"] == {"a": 0.8, "b": 1.0, "c": 0.8}
     f1 = [2 * (8 / 9) * 0.8 / (8 / 9 + 0.8), 2 * (5 / 7) * 1.0 / (5 / 7 + 1.0), 2 * 1.0 * 0.8 / 1.8]
-    assert s["macro_f1"] == pytest.approx(np.mean(f1))
-    assert s["confused_pairs"][0] == {"category": "a", "predicted": "b", "count": 2}
+    assert scores["macro_f1"] == pytest.approx(np.mean(f1))
+    assert scores["confused_pairs"][0] == {"category": "a", "predicted": "b", "count": 2}
     assert train.scores(counts.iloc[:0])["accuracy"] is None
 
 
@@ -62,8 +62,8 @@ def test_classifier_separates_classes_and_numpy_mirrors_spark(spark):
     cfg = Config()
     model = train.fit_classifier(split.filter(~F.col("held_out")), cfg.reg_param, cfg.classifier_max_iter)
     predictions = train.predict(model, split.filter("held_out"))
-    s = train.scores(train.confusion(predictions))
-    assert s["accuracy"] == 1.0 and s["macro_f1"] == 1.0
+    scores = train.scores(train.confusion(predictions))
+    assert scores["accuracy"] == 1.0 and scores["macro_f1"] == 1.0
 
     # classify's numpy path: PCA preparation, then the regression's probabilities, as Spark ML computes them
     prep = train.pca_preparation(pca_model)
