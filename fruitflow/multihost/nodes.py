@@ -40,7 +40,7 @@ from fruitflow.stack.environment import (
 from fruitflow.stack.node_conf import HISTORY_PORT, MASTER_PORT, MASTER_UI_PORT, Node, master_url, write
 from fruitflow.stack.process import log
 from fruitflow.stack.services import HISTORY_CLASS, MASTER_CLASS, WORKER_CLASS
-from fruitflow.stack.settings import StackSettings
+from fruitflow.stack.stack_settings import StackSettings
 
 NET = network.Network(prefix="ff-", subnet="10.231.7",
                       hosts={"storage": 2, "master": 3, "worker-1": 11, "worker-2": 12, "airflow": 20})

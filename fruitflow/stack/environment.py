@@ -23,7 +23,7 @@ from fruitflow.paths import DAGS, spark_home
 from fruitflow.stack import class_data, node_conf
 from fruitflow.stack.node_conf import HISTORY_PORT, Node, folders, render_defaults, spark_env
 from fruitflow.stack.process import log, write_private
-from fruitflow.stack.settings import StackSettings
+from fruitflow.stack.stack_settings import StackSettings
 from spark_jobs.common import signing
 from spark_jobs.common.config import HADOOP_AWS_PACKAGE, HADOOP_CLOUD_PACKAGE, Config
 

@@ -30,7 +30,7 @@ import sysconfig
 from pathlib import Path
 
 from fruitflow.stack.process import write_private
-from fruitflow.stack.settings import StackSettings
+from fruitflow.stack.stack_settings import StackSettings
 from spark_jobs.common.config import Config
 
 # The S3 service's other ports, from the stack's `s3_port_base` (S3 itself is `s3_port`).

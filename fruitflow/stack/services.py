@@ -35,7 +35,7 @@ from fruitflow.stack.environment import (
 )
 from fruitflow.stack.node_conf import HISTORY_PORT, worker_dir
 from fruitflow.stack.process import http_json, log, port_open, read_pid, spawn, stop_pid, wait_until
-from fruitflow.stack.settings import StackSettings
+from fruitflow.stack.stack_settings import StackSettings
 from spark_jobs.common.config import Config
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"

@@ -426,7 +426,7 @@ def test_shell_scripts_pass_shellcheck():
 def test_the_local_stacks_worker_is_rendered_by_node_conf_as_every_other_node(tmp_path):
     from fruitflow.stack.environment import Prepared, environment, local_node
     from fruitflow.stack.node_conf import WORKER_OPTS, spark_env
-    from fruitflow.stack.settings import StackSettings
+    from fruitflow.stack.stack_settings import StackSettings
 
     stack_settings = StackSettings(state_dir=str(tmp_path), worker_cores=3, worker_memory="5g")
     env = environment(stack_settings, Prepared("key", "secret", (), spark_secret="spark-secret"), {"PATH": "/usr/bin"})
@@ -454,7 +454,7 @@ def test_the_stores_internal_ports_get_signing_keys_of_their_own_at_each_start()
     """SeaweedFS's filer and volume servers take anonymous HTTP reads and writes without JWT keys; the
     stack and the cluster start it with fresh ones, and compose passes its own from the environment."""
     from fruitflow.stack.seaweed import JWT_KEYS, environment
-    from fruitflow.stack.settings import StackSettings
+    from fruitflow.stack.stack_settings import StackSettings
 
     stack_settings = StackSettings(state_dir="/srv/stack")
     first = environment({"WEED_JWT_SIGNING_KEY": "old", "PATH": "/bin"}, stack_settings)

@@ -33,7 +33,7 @@ def test_airflows_s3_hooks_get_the_same_timeout(monkeypatch, tmp_path):
 
     from fruitflow.stack.environment import Prepared, environment
     from fruitflow_airflow import AWS_CONN_ID
-    from fruitflow.stack.settings import StackSettings
+    from fruitflow.stack.stack_settings import StackSettings
     from tests.helpers import ROOT
 
     prepared = Prepared("key", "secret", (), spark_secret="spark-secret")
