@@ -172,6 +172,9 @@ def vouched_page(s3_hook, cfg: Config, run_id: str, folder: str, page: str) -> s
     except signing.Unsigned as exc:
         log.warning("report of %s not shown: %s", run_id, exc)
         return None
+    if summary.get("run_id") != run_id:  # another run's signed summary (and page) copied here
+        log.warning("report of %s not shown: its summary is run %r's", run_id, summary.get("run_id"))
+        return None
     if summary.get("report_sha256") != hashlib.sha256(page.encode("utf-8")).hexdigest():
         log.warning("report of %s not shown: not the page its publish task wrote", run_id)
         return None

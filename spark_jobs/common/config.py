@@ -241,18 +241,22 @@ def env_values(cls, environ: Mapping[str, str] | None = None) -> dict:
 
 def check_weights(weights: str, cfg: "Config") -> str:
     """Weights a run may ask for (a DAG Param, a job argument): imagenet, random, or a model file in the
-    models bucket with a known extension. A local path only when it is the one the operator configured
-    (FRUITFLOW_WEIGHTS, i.e. `cfg.weights` from the environment): a Param never names a driver's file."""
+    models bucket with a known extension, outside the runs prefix (where the Spark nodes may write: a
+    node could plant a model there that the next runs would ship to every executor). A local path only
+    when it is the one the operator configured (FRUITFLOW_WEIGHTS, i.e. `cfg.weights` from the
+    environment): a Param never names a driver's file."""
     if weights in ("imagenet", "random") or (weights == cfg.weights and weights.startswith("/")):
         known = weights in ("imagenet", "random") or weights.rsplit(".", 1)[-1] in WEIGHTS_EXTENSIONS
         if known:
             return weights
     if weights.startswith(("s3://", "s3a://")) and weights.rsplit(".", 1)[-1] in WEIGHTS_EXTENSIONS:
         bucket, key = split_s3_uri(weights)
-        if bucket == cfg.models_bucket and all(part not in ("", ".", "..") for part in key.split("/")):
+        if bucket == cfg.models_bucket and not key.startswith(cfg.runs_prefix) and \
+                all(part not in ("", ".", "..") for part in key.split("/")):
             return weights
     raise ValueError(f"weights {weights!r} refused: imagenet, random, or a .keras, .onnx or .pth file in "
-                     f"s3a://{cfg.models_bucket}/ (a local file only as the operator's FRUITFLOW_WEIGHTS)")
+                     f"s3a://{cfg.models_bucket}/ outside {cfg.runs_prefix}* (a local file only as the "
+                     "operator's FRUITFLOW_WEIGHTS)")
 
 
 def weights_param_pattern(cfg: "Config") -> str:
@@ -264,8 +268,8 @@ def weights_param_pattern(cfg: "Config") -> str:
         return re.sub(r"([.*+?^${}()|\[\]\\/])", r"\\\1", text)
 
     extensions = "|".join(WEIGHTS_EXTENSIONS)
-    # no empty, '.' or '..' segment after the bucket
-    key = r"(?!(\S*/)?\.{0,2}(/|$))\S+\." + f"({extensions})"
+    # not under the runs prefix (the Spark nodes write there); no empty, '.' or '..' segment
+    key = f"(?!{escape(cfg.runs_prefix)})" + r"(?!(\S*/)?\.{0,2}(/|$))\S+\." + f"({extensions})"
     choices = ["imagenet", "random", rf"s3a?://{escape(cfg.models_bucket)}/{key}"]
     if cfg.weights.startswith("/"):
         choices.append(escape(cfg.weights))

@@ -117,6 +117,7 @@ def test_chain_order_and_operators(dag):
     {"weights": "s3a://someone-elses-bucket/evil.pth"}, {"weights": "/etc/passwd"}, {"weights": "/tmp/evil.pth"},
     {"weights": "s3a://fruitflow-models/a/../../other/evil.pth"}, {"weights": "s3a://fruitflow-models/../x.onnx"},
     {"weights": "s3a://fruitflow-models//x.onnx"}, {"weights": "s3a://fruitflow-models/model.pkl"},
+    {"weights": "s3a://fruitflow-models/runs/r1/train/planted.onnx"}, {"weights": "s3a://fruitflow-models/runs-x/m.onnx"},
     {"backbone": "vgg16"}, {"l2_normalize": "yes"}, {"color_weight": -1}, {"color_weight": "lots"},
 ])
 def test_bad_params_are_refused(dag, bad):

@@ -64,7 +64,8 @@ def _manifest_key(step, run_id):
 
 def test_the_connections_endpoint_and_keys_reach_spark_submit_and_the_manifest_comes_back(monkeypatch, submitted):
     monkeypatch.setenv("FRUITFLOW_S3_ENDPOINT", "http://stale.example:1")  # the worker's own value loses
-    manifest = {"step": "pca", "counts": {"n_images": 3}, "metrics": {"explained_variance": 0.5}}
+    manifest = {"step": "pca", "step_uri": Config.from_env().step_uri("manual__1", "pca"), "counts": {"n_images": 3},
+                "metrics": {"explained_variance": 0.5}}
     creds = types.SimpleNamespace(access_key="AK", secret_key="SK", token="TOKEN")
     fake = FakeS3Hook(AWS_CONN_ID, {"endpoint_url": "http://store:8333"}, creds,
                       {_manifest_key("pca", "manual__1"): json.dumps(signing.sign(manifest))}, config_endpoint="http://other:1")
@@ -83,7 +84,8 @@ def test_the_connections_endpoint_and_keys_reach_spark_submit_and_the_manifest_c
 
 def test_real_aws_sets_no_endpoint_and_leaves_credentials_to_the_default_chain(monkeypatch, submitted):
     monkeypatch.setenv("FRUITFLOW_S3_ENDPOINT", "http://stale.example:1")
-    fake = FakeS3Hook(AWS_CONN_ID, {}, None, {_manifest_key("featurize", "r2"): json.dumps(signing.sign({}))})
+    fake = FakeS3Hook(AWS_CONN_ID, {}, None, {_manifest_key("featurize", "r2"): json.dumps(signing.sign(
+        {"step_uri": Config.from_env().step_uri("r2", "featurize")}))})
     _use(monkeypatch, fake)
     SparkStepOperator(step="featurize").execute({"run_id": "r2"})
     assert submitted[0]["env"] == {"FRUITFLOW_S3_ENDPOINT": ""}  # empty: Config reads it as "real AWS"
@@ -95,6 +97,14 @@ def test_a_step_that_wrote_no_manifest_fails_the_task(monkeypatch, submitted):
     with pytest.raises(RuntimeError, match="without writing"):
         SparkStepOperator(step="cluster").execute({"run_id": "r3"})
     assert len(submitted) == 1
+
+
+def test_another_runs_signed_manifest_copied_into_the_steps_folder_is_refused(monkeypatch, submitted):
+    """Signed by the Airflow host, but written for another run: a Spark node may copy it there."""
+    other = {"step": "pca", "step_uri": Config.from_env().step_uri("r-other", "pca"), "counts": {"n_images": 9}}
+    _use(monkeypatch, FakeS3Hook(AWS_CONN_ID, {}, None, {_manifest_key("pca", "r6"): json.dumps(signing.sign(other))}))
+    with pytest.raises(RuntimeError, match="names another folder"):
+        SparkStepOperator(step="pca").execute({"run_id": "r6"})
 
 
 def test_an_unknown_step_is_refused_when_the_dag_is_parsed():

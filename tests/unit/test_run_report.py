@@ -56,6 +56,18 @@ def test_a_page_replaced_after_its_run_published_it_is_not_served():
     assert run_report.read(_Pages(planted), cfg, "r1") is None
 
 
+def test_another_runs_signed_summary_and_page_copied_under_this_run_are_not_served():
+    """Both objects are signed, byte for byte the other run's: a Spark node may copy them (the reports'
+    runs prefix is writable by its identity), but they do not describe this run."""
+    cfg = Config.from_env()
+    other = _published(cfg, "r-other", None, "<html>another run's page</html>")
+    copied = {split_s3_uri(run_report.report_html_uri(cfg, "r1")):
+              other[split_s3_uri(run_report.report_html_uri(cfg, "r-other"))],
+              split_s3_uri(run_report.summary_uri(cfg, "r1")): other[split_s3_uri(run_report.summary_uri(cfg, "r-other"))]}
+    assert run_report.read(_Pages(other), cfg, "r-other") == "<html>another run's page</html>"
+    assert run_report.read(_Pages(copied), cfg, "r1") is None
+
+
 def test_the_nothing_new_line_says_below_only_when_a_page_is_there():
     summary = {"n_new": 2, "n_already_featurized": 2}
     assert "Below: the report of run r1" in run_report.nothing_new_notice("r2", summary, "r1", True)

@@ -129,7 +129,10 @@ def test_csvs_that_spark_writes_follow_the_same_rule(spark):
 
 
 @pytest.mark.parametrize("weights", ["/tmp/evil.pth", "s3a://someone-elses/evil.pth", "s3a://fruitflow-models/x.pkl",
-                                     "s3a://fruitflow-models/a/../../b/evil.pth"])
+                                     "s3a://fruitflow-models/a/../../b/evil.pth",
+                                     # where the Spark nodes may write: a model planted there is refused
+                                     "s3a://fruitflow-models/runs/r1/train/planted.onnx",
+                                     "s3a://fruitflow-models/runs-label/planted.pth"])
 def test_a_job_refuses_weights_a_param_may_not_name(weights, monkeypatch):
     from spark_jobs import featurize
 
