@@ -330,7 +330,7 @@ def test_classify_gives_the_pipelines_own_features_without_spark(first, s3, tmp_
     _classify_without_spark(first.summary["summary"], reals, tmp_path)
 
 
-def _a_run_with_nothing_new_shows_the_latest_report(first, s3):
+def _a_later_run_with_nothing_new_shows_the_first_runs_report(first, s3):
     second = first.dag.test(run_conf=first.conf)
     states = _states(second)
     assert str(second.state) == "success", states
@@ -350,7 +350,7 @@ def test_later_runs_take_only_what_is_new(first, s3):
     """Nothing new; the same photos uploaded again; the store restarted and a new fruit folder; weights
     that do not exist (an error no retry can fix)."""
     dag, conf, raw_prefix, reals = first.dag, first.conf, first.raw_prefix, first.reals
-    _a_run_with_nothing_new_shows_the_latest_report(first, s3)
+    _a_later_run_with_nothing_new_shows_the_first_runs_report(first, s3)
 
     # The same photos uploaded again (same keys and bytes, a newer LastModified): listed as new, every one
     # already featurized by this model. The run succeeds without featurizing anything and says so (it
