@@ -35,8 +35,11 @@ OK, REJECTED = "ok", "rejected"
 # written to the step's `retry` output, and the next run lists it again whatever its LastModified.
 RETRY_NEXT_RUN = "left for the next run"
 # S3 error codes that refuse one object, not every read: AccessDenied (a policy or ACL on it),
-# InvalidObjectState (archived), InvalidRequest (an SSE-C object read without its key: 400).
-OBJECT_REFUSALS = ("AccessDenied", "403", "InvalidObjectState", "InvalidRequest")
+# InvalidObjectState (archived), InvalidRequest and InvalidArgument (an SSE-C object read without its key,
+# or an argument that object does not take: 400). Any other error (the credentials, the bucket, the
+# store) fails the task: it would refuse every key alike. A plain GET sends no condition and no range,
+# so 412 and 416 cannot come back.
+OBJECT_REFUSALS = ("AccessDenied", "403", "InvalidObjectState", "InvalidRequest", "InvalidArgument")
 
 
 # --------------------------------------------------------------------------- extract

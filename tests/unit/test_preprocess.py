@@ -142,6 +142,8 @@ class _CountingS3(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # boto3 sends PutObject with `Expect: 100-continue`
     objects: dict[str, bytes] = {}
     requests: Counter = Counter()
+    # another refusal of one object: an argument it does not take (400)
+    REFUSED = {"other-key.jpg": (400, "InvalidArgument")}
 
     def _reply(self, status: int, body: bytes = b"", **headers: str) -> None:
         self.send_response(status)
@@ -155,6 +157,9 @@ class _CountingS3(BaseHTTPRequestHandler):
         self.requests["GET", path] += 1
         if path.endswith("/sse-c.jpg"):  # an object encrypted with a customer key: AWS answers 400
             self._reply(400, b"<Error><Code>InvalidRequest</Code><Message>SSE-C key needed</Message></Error>")
+        elif path.rsplit("/", 1)[-1] in self.REFUSED:  # other refusals of one object
+            status, code = self.REFUSED[path.rsplit("/", 1)[-1]]
+            self._reply(status, f"<Error><Code>{code}</Code><Message>refused</Message></Error>".encode())
         elif path.endswith("/expired.jpg"):  # the credentials, not the object: every read would get it
             self._reply(400, b"<Error><Code>ExpiredToken</Code><Message>expired</Message></Error>")
         elif path in self.objects:
@@ -186,7 +191,8 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
         fake = cfg.with_overrides(s3_endpoint=f"http://127.0.0.1:{server.server_port}", max_image_bytes=10**6)
         rows = [(k, None, len(_CountingS3.objects[f"/raw/in/{k}"]), None, False) for k in keys]
         rows += [("Pear/big.jpg", None, 10**7, None, False), ("Pear/gone.jpg", None, 100, None, False),
-                 ("Pear/sse-c.jpg", None, 100, None, False)]
+                 ("Pear/sse-c.jpg", None, 100, None, False),
+                 *((f"Pear/{name}", None, 100, None, False) for name in _CountingS3.REFUSED)]
         wanted = spark.createDataFrame(rows, "key string, etag string, size long, refused string, already boolean")
         raw = "s3a://raw/in"
         listing = preprocess.with_keys(preprocess.listed_files(wanted, raw), raw)
@@ -200,9 +206,12 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
     assert found["Pear/gone.jpg"]["reason"].endswith(f"({preprocess.RETRY_NEXT_RUN})")
     # another refusal of one key (a 400 here) is that key's reject, not the run's failure
     assert found["Pear/sse-c.jpg"]["reason"] == f"unreadable: InvalidRequest ({preprocess.RETRY_NEXT_RUN})"
+    for name, (_, code) in _CountingS3.REFUSED.items():
+        assert found[f"Pear/{name}"]["reason"] == f"unreadable: {code} ({preprocess.RETRY_NEXT_RUN})", name
     assert all(found[k]["etag"] == hashlib.md5(_CountingS3.objects[f"/raw/in/{k}"]).hexdigest() for k in keys)
     reads = {path: n for (method, path), n in _CountingS3.requests.items() if method == "GET"}
-    assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1, "/raw/in/Pear/sse-c.jpg": 1}
+    assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1, "/raw/in/Pear/sse-c.jpg": 1,
+                     **{f"/raw/in/Pear/{name}": 1 for name in _CountingS3.REFUSED}}
     writes = {path: n for (method, path), n in _CountingS3.requests.items() if method == "PUT"}
     assert writes == {f"/out/run/jpeg/{k}": 1 for k in keys}
 
