@@ -137,12 +137,20 @@ def test_children_of_a_process_whose_opencv_threads_ran_decode_without_deadlock(
     def decode(data):
         return images.preprocess(images.decode(data, 10**7)).shape
 
-    from tests.helpers import SAMPLE_500, real_images
+    import cv2
+    import numpy as np
 
-    for path in real_images(SAMPLE_500, 4, 8):
-        decode(path.read_bytes())  # the parent's pool threads have run
-    outcomes = map_isolated(decode, [real_jpeg] * 4, memory_bytes=1024 * MB, timeout_s=5)
-    assert [o.value for o in outcomes] == [[224, 224, 3]] * 4, [o.died for o in outcomes]  # plain data: a list
+    # The parent's pool threads have just run, on large pixels: a 100x100 photo stays under OpenCV's
+    # threshold for going parallel, and a child calling cv2.setNumThreads never hung after it. After
+    # large ones it hangs when the fork catches the pool's lock held (a race: 1 to 4 forks in 10, tried),
+    # so ten forks, each right after the pool ran.
+    pixels = np.random.default_rng(0).integers(0, 255, (3000, 3000, 3), np.uint8)
+    big = cv2.imencode(".jpg", pixels)[1].tobytes()
+    for _ in range(10):
+        images.decode(big, 10**8)
+        images.preprocess(pixels)
+        (outcome,) = map_isolated(decode, [real_jpeg], memory_bytes=1024 * MB, timeout_s=5)
+        assert outcome.value == [224, 224, 3], outcome.died  # plain data: a list
 
 
 class _RunsWhenUnpickled:
