@@ -26,6 +26,19 @@ def test_choose_k():
     assert pca.choose_k(explained, 3, 1.0) == 5
 
 
+def test_the_number_of_clusters_is_capped_and_the_wanted_number_kept():
+    """Thousands of one-image folders must not make thousands of clusters: k stops at max_clusters (and
+    at one per image), and the number wanted goes on to the summary."""
+    from spark_jobs.common.config import Config
+
+    cfg = Config.from_env().with_overrides(max_clusters=50)
+    assert cluster.choose_k(cfg, 10**6, 5000) == (50, 5000)
+    assert cluster.choose_k(cfg.with_overrides(n_clusters=7), 10**6, 5000) == (7, 7)
+    assert cluster.choose_k(cfg, 3, 20) == (3, 20)
+    with pytest.raises(SystemExit, match="at least 2"):
+        cluster.choose_k(cfg, 1, 20)
+
+
 def test_pca_k_and_target_variance(spark):
     features = _features(spark)
     model = pca.fit_pca(features, 5, None, n_rows=48)
