@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-dags demo cluster-demo classify quality stack-up stack-status stack-down airflow-ui zip lock clean bench
+.PHONY: help setup test test-unit test-dags demo multihost-demo classify quality stack-up stack-status stack-down airflow-ui zip lock clean bench
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
@@ -31,8 +31,8 @@ test-dags: $(STAMP)  ## DAG integrity, structure, Params and templates over DagB
 demo: $(STAMP)  ## stack up, upload DATA, run the DAG end to end, stack down; the summary is the last stdout line
 	$(FRUITFLOW) demo $(if $(DATA),--data "$(DATA)")
 
-cluster-demo: $(STAMP)  ## the same on a five-host cluster of network namespaces (root); prints `hosts` too
-	$(FRUITFLOW) cluster-demo $(if $(DATA),--data "$(DATA)")
+multihost-demo: $(STAMP)  ## the same on a five-host cluster of network namespaces (root); prints `hosts` too
+	$(FRUITFLOW) multihost-demo $(if $(DATA),--data "$(DATA)")
 
 IMAGES ?=
 classify: $(STAMP)  ## which fruit is in each photo of IMAGES (a file or folder), by the latest demo's models; no Spark

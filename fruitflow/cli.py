@@ -2,7 +2,7 @@
 
     fruitflow stack up|status|down|env   the local stack
     fruitflow demo [--data DIR]          the pipeline end to end on the local stack
-    fruitflow cluster-demo [--data DIR]  the same on five hosts (network namespaces; root)
+    fruitflow multihost-demo [--data DIR]  the same on five hosts (network namespaces; root)
     fruitflow airflow-ui                 Airflow's UI on the local stack
     fruitflow classify PATH              which fruit is in a photo (no Spark), from the latest demo
     fruitflow quality [--variants]       clustering and classifier quality on the shared sets
@@ -22,7 +22,7 @@ import sys
 COMMANDS = {
     "stack": "fruitflow.stack.commands",
     "demo": "fruitflow.demo",
-    "cluster-demo": "fruitflow.multihost.demo",
+    "multihost-demo": "fruitflow.multihost.demo",
     "airflow-ui": "fruitflow.airflow_ui",
     "classify": "fruitflow.classify",
     "quality": "fruitflow.quality",

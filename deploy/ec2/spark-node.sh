@@ -6,7 +6,7 @@
 #   sudo ROLE=client SPARK_AUTH_SECRET_FILE=/path/to/secret bash spark-node.sh   # the Airflow host: spark-submit's
 #        configuration (client mode) and the Spark history server over its event logs
 # The node's spark-defaults.conf and spark-env.sh come from fruitflow.stack.node_conf, the renderer the
-# multi-host test cluster (`make cluster-demo`) uses too. RENDER_ONLY=1 writes them and nothing else (no
+# multi-host test cluster (`make multihost-demo`) uses too. RENDER_ONLY=1 writes them and nothing else (no
 # package, no service): NODE_PYTHON names an interpreter with the project installed.
 # Every node and the Airflow host share one RPC secret (spark.authenticate), e.g. from AWS Secrets Manager
 # written to a root-only file by the instance's own bootstrap; this script copies it into the conf (0600;

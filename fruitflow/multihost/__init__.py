@@ -1,1 +1,1 @@
-"""A multi-host Spark cluster on one machine (network namespaces): `make cluster-demo` and its tests."""
+"""A multi-host Spark cluster on one machine (network namespaces): `make multihost-demo` and its tests."""

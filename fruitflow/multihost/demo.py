@@ -1,4 +1,4 @@
-"""`make cluster-demo [DATA=folder]`: the pipeline end to end on a five-host cluster built on this machine
+"""`make multihost-demo [DATA=folder]`: the pipeline end to end on a five-host cluster built on this machine
 (network namespaces, see `fruitflow.multihost.nodes`), run from the `airflow` host as the DAG runs in a
 deployment: spark-submit in client mode against the master by address, executors on two other hosts that
 cannot see the driver's files, SeaweedFS on a fourth.
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fruitflow.multihost import network, node_env
-from fruitflow.multihost.nodes import Cluster
+from fruitflow.multihost.nodes import MultiHost
 from fruitflow.paths import OUT, ROOT
 
 
@@ -48,8 +48,8 @@ def featurize_hosts(history_url: str, run_id: str, names: dict[str, str], timeou
     return sorted(hosts)
 
 
-def venv_sizes(cluster: Cluster) -> dict[str, int]:
-    return {"node_env_mb": node_env.size_mb(cluster.node_venv), "driver_env_mb": node_env.size_mb(Path(sys.prefix))}
+def venv_sizes(multihost: MultiHost) -> dict[str, int]:
+    return {"node_env_mb": node_env.size_mb(multihost.node_venv), "driver_env_mb": node_env.size_mb(Path(sys.prefix))}
 
 
 def inside(data: Path | None, summary_out: Path | None, out: Path) -> int:
@@ -57,14 +57,14 @@ def inside(data: Path | None, summary_out: Path | None, out: Path) -> int:
     from fruitflow.demo import run_demo
     from fruitflow.stack.services import create_buckets
     from fruitflow_airflow.submit import safe_run_id
-    cluster = Cluster.default()
-    create_buckets(dict(os.environ), cluster.credentials("admin"))
+    multihost = MultiHost.default()
+    create_buckets(dict(os.environ), multihost.credentials("admin"))
     summary = run_demo(data, out=out)
     if summary is None:
         return 1
-    names = {cluster.net.ip(h): h for h in cluster.net.hosts}
-    summary["hosts"] = featurize_hosts(cluster.history_url, safe_run_id(summary["run_id"]), names)
-    summary["spark_history"] = cluster.history_url
+    names = {multihost.net.ip(h): h for h in multihost.net.hosts}
+    summary["hosts"] = featurize_hosts(multihost.history_url, safe_run_id(summary["run_id"]), names)
+    summary["spark_history"] = multihost.history_url
     text = json.dumps(summary, default=str)
     if summary_out:
         summary_out.write_text(text)
@@ -77,10 +77,10 @@ def inside_command(data: Path | None, summary_out: Path, out: Path = OUT) -> lis
             "--out", str(out), *(["--data", str(data)] if data else [])]
 
 
-def run_on_airflow_host(cluster: Cluster, argv: list[str], extra_env: dict[str, str] | None = None,
+def run_on_airflow_host(multihost: MultiHost, argv: list[str], extra_env: dict[str, str] | None = None,
                         **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", cluster.net.ns("airflow"), *argv],
-                            env={**cluster.airflow_env(), **(extra_env or {})}, cwd=ROOT, **kwargs)
+    return subprocess.Popen(["ip", "netns", "exec", multihost.net.ns("airflow"), *argv],
+                            env={**multihost.airflow_env(), **(extra_env or {})}, cwd=ROOT, **kwargs)
 
 
 def _interrupt(signum, frame):
@@ -88,7 +88,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fruitflow cluster-demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fruitflow multihost-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="folder of <fruit>/<image> files (default: the 500-image sample)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the airflow host's part
@@ -102,24 +102,24 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         log(f"cannot build the cluster here: {reason}")
         return 2
-    cluster = Cluster.default()
+    multihost = MultiHost.default()
     # SIGTERM (a CI timeout, `kill`) tears down like Ctrl-C does
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
-        cluster.up()
-        summary_out = cluster.home("airflow") / "summary.json"
+        multihost.up()
+        summary_out = multihost.home("airflow") / "summary.json"
         summary_out.unlink(missing_ok=True)
         # the run's logs (the DAG's task logs among them) to stderr; the summary comes back in a file
-        proc = run_on_airflow_host(cluster, inside_command(data, summary_out, args.out.resolve()), stdout=sys.stderr)
+        proc = run_on_airflow_host(multihost, inside_command(data, summary_out, args.out.resolve()), stdout=sys.stderr)
         if proc.wait() != 0 or not summary_out.exists():
-            log(f"the run failed (exit {proc.returncode}); logs under {cluster.base}")
+            log(f"the run failed (exit {proc.returncode}); logs under {multihost.base}")
             return 1
-        summary = {**json.loads(summary_out.read_text()), **venv_sizes(cluster)}
+        summary = {**json.loads(summary_out.read_text()), **venv_sizes(multihost)}
         log(f"featurize ran on {', '.join(summary['hosts'])}; the nodes' venv {summary['node_env_mb']} MB, "
             f"the driver's {summary['driver_env_mb']} MB")
     finally:
-        cluster.down()
+        multihost.down()
         log(f"done in {time.monotonic() - started:.0f}s")
     sys.stdout.write(json.dumps(summary, default=str) + "\n")
     return 0

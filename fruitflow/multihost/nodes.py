@@ -50,20 +50,20 @@ STAGE = Path("/run/fruitflow-stage")  # an empty mount point outside every hidde
 
 
 @dataclass(frozen=True)
-class Cluster:
+class MultiHost:
     net: network.Network
     base: Path  # <state>/cluster
     local_state: Path  # the local stack's state folder: hadoop-aws is resolved there once
     failure_timeout_s: int = 15  # how fast a lost worker is written off (node_conf)
 
     @classmethod
-    def default(cls) -> "Cluster":
-        """The cluster beside the local stack's state. FRUITFLOW_CLUSTER_DIR, _PREFIX and _SUBNET name
+    def default(cls) -> "MultiHost":
+        """The cluster beside the local stack's state. FRUITFLOW_MULTIHOST_DIR, _PREFIX and _SUBNET name
         another one (the tests' own), and tell the airflow host which cluster it is part of."""
         local = Path(settings().state_dir)
-        net = network.Network(prefix=os.environ.get("FRUITFLOW_CLUSTER_PREFIX") or NET.prefix,
-                              subnet=os.environ.get("FRUITFLOW_CLUSTER_SUBNET") or NET.subnet, hosts=NET.hosts)
-        return cls(net, Path(os.environ.get("FRUITFLOW_CLUSTER_DIR") or local / "cluster"), local)
+        net = network.Network(prefix=os.environ.get("FRUITFLOW_MULTIHOST_PREFIX") or NET.prefix,
+                              subnet=os.environ.get("FRUITFLOW_MULTIHOST_SUBNET") or NET.subnet, hosts=NET.hosts)
+        return cls(net, Path(os.environ.get("FRUITFLOW_MULTIHOST_DIR") or local / "multihost"), local)
 
     def home(self, host: str) -> Path:
         return self.base / host
@@ -131,8 +131,8 @@ class Cluster:
                                     self.credentials("control")["secret"], self.credentials("spark")["secret"]), base)
         env.update({
             "FRUITFLOW_STATE_DIR": str(self.home("airflow")),
-            "FRUITFLOW_CLUSTER_DIR": str(self.base),
-            "FRUITFLOW_CLUSTER_PREFIX": self.net.prefix, "FRUITFLOW_CLUSTER_SUBNET": self.net.subnet,
+            "FRUITFLOW_MULTIHOST_DIR": str(self.base),
+            "FRUITFLOW_MULTIHOST_PREFIX": self.net.prefix, "FRUITFLOW_MULTIHOST_SUBNET": self.net.subnet,
             "FRUITFLOW_HOST": stack.host, "FRUITFLOW_S3_HOST": stack.s3_host, "FRUITFLOW_SPARK_HOST": stack.spark_host,
             "FRUITFLOW_SPARK_HISTORY_URL": self.history_url,
             "FRUITFLOW_PYSPARK_PYTHON": str(node_env.python(self.node_venv)),  # the executors'

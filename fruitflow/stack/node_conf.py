@@ -1,7 +1,7 @@
 """The configuration of one Spark standalone node: its `spark-defaults.conf` and `spark-env.sh`.
 
 One renderer for every place a node is set up: the EC2 node script (`deploy/ec2/spark-node.sh` runs
-`python -m fruitflow.stack.node_conf`), the multi-host cluster on network namespaces (`make cluster-demo`,
+`python -m fruitflow.stack.node_conf`), the multi-host cluster on network namespaces (`make multihost-demo`,
 its tests) and the local stack's single host. A node has one or more roles:
 - `master`: the standalone master (worker loss noticed after `failure_timeout_s`);
 - `worker`: a worker offering `cores` and `memory`, its work and scratch folders under `home`;

@@ -155,7 +155,7 @@ def _features(s3, step_uri):
     for key in list_keys(s3, step_uri + "/features"):
         if key.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()),
-                                  use_threads=False, pre_buffer=False)  # as in test_cluster's FEATURE_KEYS
+                                  use_threads=False, pre_buffer=False)  # as in test_multihost's FEATURE_KEYS
             for k, f in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
                 keys.append(k)
                 rows[k] = f

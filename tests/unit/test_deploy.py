@@ -316,29 +316,29 @@ def render_node_script(tmp_path: Path, role: str, prefix: Path, ip: str, secret:
 
 
 def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tmp_path):
-    from fruitflow.multihost.nodes import NET, Cluster
+    from fruitflow.multihost.nodes import NET, MultiHost
     from fruitflow.stack.node_conf import render_defaults, render_env
 
-    cluster = Cluster(NET, base=tmp_path / "cluster", local_state=tmp_path / "state")
-    assert cluster.failure_timeout_s == 15
-    nodes = cluster.nodes()
+    multihost = MultiHost(NET, base=tmp_path / "cluster", local_state=tmp_path / "state")
+    assert multihost.failure_timeout_s == 15
+    nodes = multihost.nodes()
     for host, role in (("master", "master"), ("worker-1", "worker"), ("airflow", "client")):
         # the script's node Python is the one it runs node_conf with: here this venv's, not the cluster's
         node = dataclasses.replace(nodes[host], python=sys.executable)
-        rendered = render_node_script(tmp_path, role, cluster.home(host), node.ip, node.secret)
+        rendered = render_node_script(tmp_path, role, multihost.home(host), node.ip, node.secret)
         assert rendered == {"spark-defaults.conf": render_defaults(node), "spark-env.sh": render_env(node)}, host
         conf = rendered["spark-defaults.conf"]
         for line in ("spark.authenticate true", "spark.network.crypto.enabled true", "spark.master.rest.enabled false",
                      "spark.ui.killEnabled false", f"spark.authenticate.secret {node.secret}"):
             assert line + "\n" in conf
-        assert oct((cluster.home(host) / "conf" / "spark-defaults.conf").stat().st_mode & 0o777) == "0o600"
+        assert oct((multihost.home(host) / "conf" / "spark-defaults.conf").stat().st_mode & 0o777) == "0o600"
         assert f"export SPARK_LOCAL_IP={node.ip}\n" in rendered["spark-env.sh"]
     # Spark's ports, in the nodes' spark-env.sh, not on command lines
-    assert "export SPARK_MASTER_PORT=7077\n" in render_env(nodes["master"]) and cluster.master_url.endswith(":7077")
+    assert "export SPARK_MASTER_PORT=7077\n" in render_env(nodes["master"]) and multihost.master_url.endswith(":7077")
     assert "export SPARK_WORKER_WEBUI_PORT=8081\n" in render_env(nodes["worker-1"])
     client = nodes["airflow"]
     assert f"spark.driver.host {client.ip}" in render_defaults(client)
-    assert f"spark.eventLog.dir file:{cluster.home('airflow')}/spark-events" in render_defaults(client)
+    assert f"spark.eventLog.dir file:{multihost.home('airflow')}/spark-events" in render_defaults(client)
     # two shared cores: the drivers and executors start the quick way; a real cluster's keep C2
     assert "spark.executor.defaultJavaOptions -XX:TieredStopAtLevel=1" in render_defaults(client)
     real = render_node_script(tmp_path, "client", tmp_path / "ec2", client.ip, client.secret,

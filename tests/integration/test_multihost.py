@@ -1,12 +1,12 @@
 """The pipeline on five hosts (network namespaces, `fruitflow.multihost`), with faults: one DAG run, from the
-`airflow` host, by the code `make cluster-demo` runs, on a cluster of the tests' own (its own namespaces,
+`airflow` host, by the code `make multihost-demo` runs, on a cluster of the tests' own (its own namespaces,
 subnet and state, apart from a user's).
 
 While it runs: `worker-2`'s link goes down in the middle of featurize, once it has finished a task of it
 (the run must complete on `worker-1`); the S3 service is SIGKILLed in the middle of preprocess and started
 again 5 s later (the run must complete, nothing stored before the kill lost, no partial output read).
 
-Needs root (namespaces): skipped with the reason elsewhere, except where FRUITFLOW_REQUIRE_CLUSTER is set
+Needs root (namespaces): skipped with the reason elsewhere, except where FRUITFLOW_REQUIRE_NAMESPACES is set
 (CI), where a cluster that cannot be built fails.
 """
 
@@ -25,24 +25,24 @@ import pytest
 
 from fruitflow.multihost import network
 from fruitflow.multihost.demo import inside_command, run_on_airflow_host, venv_sizes
-from fruitflow.multihost.nodes import Cluster, http_from
+from fruitflow.multihost.nodes import MultiHost, http_from
 from tests.helpers import SAMPLE_500, real_images
 
 REASON = network.unavailable_reason()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(REASON) and not os.environ.get("FRUITFLOW_REQUIRE_CLUSTER"),
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(REASON) and not os.environ.get("FRUITFLOW_REQUIRE_NAMESPACES"),
                                                    reason=f"no multi-host cluster here: {REASON}")]
 RUN_TIMEOUT_S = 1800
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def multihost(tmp_path_factory):
     # Its state under /tmp, which the storage host mounts a /tmp of its own over: the hosts must find what
     # they run from wherever the checkout and its state live (a checkout under /tmp failed to start).
-    names = {"FRUITFLOW_CLUSTER_DIR": tempfile.mkdtemp(prefix="fruitflow-test-cluster-", dir="/tmp"),
-             "FRUITFLOW_CLUSTER_PREFIX": "fft-", "FRUITFLOW_CLUSTER_SUBNET": "10.231.8"}
+    names = {"FRUITFLOW_MULTIHOST_DIR": tempfile.mkdtemp(prefix="fruitflow-test-cluster-", dir="/tmp"),
+             "FRUITFLOW_MULTIHOST_PREFIX": "fft-", "FRUITFLOW_MULTIHOST_SUBNET": "10.231.8"}
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(names)
-    built = Cluster.default()
+    built = MultiHost.default()
     try:
         built.up()
         yield built
@@ -57,9 +57,9 @@ def cluster(tmp_path_factory):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def on_airflow_host(cluster: Cluster, code: str, *args: str) -> str:
+def on_airflow_host(multihost: MultiHost, code: str, *args: str) -> str:
     """Python run on the airflow host with its environment (the pipeline's S3 identity); its stdout."""
-    done = network.run_in(cluster.net, "airflow", [sys.executable, "-c", code, *args], env=cluster.airflow_env(),
+    done = network.run_in(multihost.net, "airflow", [sys.executable, "-c", code, *args], env=multihost.airflow_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -98,18 +98,18 @@ print(json.dumps(keys))
 """
 
 
-def driver_app(cluster: Cluster, step: str) -> str | None:
+def driver_app(multihost: MultiHost, step: str) -> str | None:
     """The id of the running application of `step` (its driver's UI on the airflow host), if any."""
     for port in (4040, 4041):
-        for app in driver_json(cluster, f"{port}/api/v1/applications") or []:
+        for app in driver_json(multihost, f"{port}/api/v1/applications") or []:
             if app["name"].startswith(f"fruitflow-{step}-"):
                 return f"{port}/api/v1/applications/{app['id']}"
     return None
 
 
-def driver_json(cluster: Cluster, path: str):
+def driver_json(multihost: MultiHost, path: str):
     """The driver UI's answer, None until it is up (it says "Spark is starting up" meanwhile)."""
-    status, body = http_from(cluster.net, "airflow", f"http://{cluster.net.ip('airflow')}:{path}")
+    status, body = http_from(multihost.net, "airflow", f"http://{multihost.net.ip('airflow')}:{path}")
     try:
         return json.loads(body) if status == 200 else None
     except ValueError:
@@ -128,90 +128,90 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen):
 
 
 @pytest.fixture(scope="module")
-def faulty_run(cluster, tmp_path_factory):
+def faulty_run(multihost, tmp_path_factory):
     data = tmp_path_factory.mktemp("cluster-data")
     for p in real_images(SAMPLE_500, 4, 10):
         (data / p.parent.name).mkdir(exist_ok=True)
         shutil.copy(p, data / p.parent.name / p.name)
-    summary_out, out = cluster.home("airflow") / "summary.json", cluster.home("airflow") / "out"
-    log = cluster.home("airflow") / "logs" / "run.log"
+    summary_out, out = multihost.home("airflow") / "summary.json", multihost.home("airflow") / "out"
+    log = multihost.home("airflow") / "logs" / "run.log"
     with open(log, "wb") as log_file:
         # Small model batches: featurize gets 6 tasks for its 2 cores, so that worker-2 finishes one before
         # its link is cut, with work left for worker-1.
-        proc = run_on_airflow_host(cluster, inside_command(data, summary_out, out), {"FRUITFLOW_BATCH_SIZE": "2"},
+        proc = run_on_airflow_host(multihost, inside_command(data, summary_out, out), {"FRUITFLOW_BATCH_SIZE": "2"},
                                    stdout=log_file, stderr=subprocess.STDOUT)
     events = {}
     try:
         # 1. The S3 service SIGKILLed while preprocess reads and writes, back 5 s later.
-        app = wait_for(lambda: driver_app(cluster, "preprocess"), 900, "preprocess application", proc)
-        wait_for(lambda: (driver_json(cluster, app + "/jobs") or [None])[0], 300, "preprocess job", proc)
-        before = json.loads(on_airflow_host(cluster, LIST_OBJECTS))
-        cluster.restart_storage(pause_s=5)
+        app = wait_for(lambda: driver_app(multihost, "preprocess"), 900, "preprocess application", proc)
+        wait_for(lambda: (driver_json(multihost, app + "/jobs") or [None])[0], 300, "preprocess job", proc)
+        before = json.loads(on_airflow_host(multihost, LIST_OBJECTS))
+        multihost.restart_storage(pause_s=5)
         events["stored_before_kill"] = {k: v for k, v in before.items() if "/preprocess/" not in k}
         # 2. worker-2's link down once it has finished a featurize task, with tasks left.
-        worker2 = cluster.net.ip("worker-2")
+        worker2 = multihost.net.ip("worker-2")
 
         def worker2_done_one():
-            app = driver_app(cluster, "featurize")
-            executors = driver_json(cluster, app + "/executors") if app else None
+            app = driver_app(multihost, "featurize")
+            executors = driver_json(multihost, app + "/executors") if app else None
             return any(e["hostPort"].startswith(worker2 + ":") and e["completedTasks"] >= 1 for e in executors or [])
 
         wait_for(worker2_done_one, 900, "a featurize task done on worker-2", proc)
-        network.set_link(cluster.net, "worker-2", up=False)
+        network.set_link(multihost.net, "worker-2", up=False)
         events["link_cut_at"] = time.monotonic()
         proc.wait(timeout=RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
-        network.set_link(cluster.net, "worker-2", up=True) if network.existing(cluster.net) else None
+        network.set_link(multihost.net, "worker-2", up=True) if network.existing(multihost.net) else None
     assert proc.returncode == 0, log.read_text(errors="replace")[-6000:]
     events["summary"] = json.loads(summary_out.read_text())
     return events
 
 
-def test_run_completes_on_worker_1_after_worker_2_is_cut_off(cluster, faulty_run):
+def test_run_completes_on_worker_1_after_worker_2_is_cut_off(multihost, faulty_run):
     summary = faulty_run["summary"]
     assert summary["status"] == "ok" and summary["n_images"] == 40 and summary["n_rejected"] == 0
-    keys = json.loads(on_airflow_host(cluster, FEATURE_KEYS, summary["outputs"]["featurize"] + "/features"))
+    keys = json.loads(on_airflow_host(multihost, FEATURE_KEYS, summary["outputs"]["featurize"] + "/features"))
     assert len(keys) == len(set(keys)) == summary["n_images"]
     # both workers ran featurize tasks (worker-2 before its cut), as read from the history server
     assert summary["hosts"] == ["worker-1", "worker-2"]
 
 
-def test_s3_service_killed_mid_step_loses_nothing(cluster, faulty_run):
-    after = json.loads(on_airflow_host(cluster, LIST_OBJECTS))
+def test_s3_service_killed_mid_step_loses_nothing(multihost, faulty_run):
+    after = json.loads(on_airflow_host(multihost, LIST_OBJECTS))
     before = faulty_run["stored_before_kill"]
     assert before, "nothing was stored before the kill"
     lost = {k for k, etag in before.items() if after.get(k) != etag}
     assert not lost, sorted(lost)[:10]
     # still authenticating after its restart
-    status, _ = http_from(cluster.net, "airflow", f"http://{cluster.net.ip('storage')}:9000/")
+    status, _ = http_from(multihost.net, "airflow", f"http://{multihost.net.ip('storage')}:9000/")
     assert status == 403
 
 
-def test_no_service_listens_on_loopback(cluster, faulty_run):
+def test_no_service_listens_on_loopback(multihost, faulty_run):
     """Every Spark service binds its host's cluster address (a loopback default anywhere would show)."""
     for host in ("master", "worker-1", "worker-2", "airflow"):
-        listening = network.run_in(cluster.net, host, ["ss", "-ltnH"], capture_output=True, text=True,
+        listening = network.run_in(multihost.net, host, ["ss", "-ltnH"], capture_output=True, text=True,
                                    timeout=30).stdout
         local = [line.split()[3] for line in listening.splitlines() if line.split()]
         assert not [a for a in local if a.startswith(("127.", "[::1]", "*:", "0.0.0.0:", "[::]:"))], (host, local)
 
 
-def test_workers_run_from_the_node_venv_and_cannot_see_the_drivers_files(cluster):
+def test_workers_run_from_the_node_venv_and_cannot_see_the_drivers_files(multihost):
     """An executor's view: its own venv (the spark-node extra) read-only; the driver's venv, work tree and
     state hidden. The worker daemon runs the node venv's Spark."""
     from fruitflow.multihost import node_env
     from fruitflow.paths import ROOT
 
-    worker = next(p for p in network.pids_in(cluster.net.ns("worker-1"))
+    worker = next(p for p in network.pids_in(multihost.net.ns("worker-1"))
                   if b"Worker" in Path(f"/proc/{p}/cmdline").read_bytes())
-    assert str(node_env.spark_home(cluster.node_venv)) in Path(f"/proc/{worker}/cmdline").read_text()
+    assert str(node_env.spark_home(multihost.node_venv)) in Path(f"/proc/{worker}/cmdline").read_text()
     probe = ("import importlib.util as u, os, sys; print(*(os.path.exists(p) for p in sys.argv[1:4]), "
              "os.access(sys.prefix, os.W_OK), *(u.find_spec(m) is not None for m in ('airflow', 'tensorflow')))")
-    done = subprocess.run(["nsenter", "-t", str(worker), "-m", "-n", str(node_env.python(cluster.node_venv)), "-c",
+    done = subprocess.run(["nsenter", "-t", str(worker), "-m", "-n", str(node_env.python(multihost.node_venv)), "-c",
                            probe, str(ROOT / "dags"), str(ROOT / ".state" / "credentials"), sys.executable],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False"] * 6, done.stderr
-    sizes = venv_sizes(cluster)  # as the cluster demo's summary gives them
+    sizes = venv_sizes(multihost)  # as the cluster demo's summary gives them
     assert sizes["node_env_mb"] <= 1200 < sizes["driver_env_mb"], sizes
