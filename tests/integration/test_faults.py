@@ -18,6 +18,7 @@ import uuid
 import psutil
 import pytest
 
+from fruitflow_airflow import SPARK_CONN_ID
 from fruitflow_airflow.submit import step_args, submit_kwargs
 from fruitflow import stack as local_stack
 from fruitflow.stack.environment import pid_dir
@@ -46,7 +47,7 @@ def _start(step, cfg, run_id, *extra, log, conf=None):
     kwargs = submit_kwargs(step, cfg)
     application = kwargs.pop("application")
     kwargs["conf"] = {**kwargs["conf"], **(conf or {})}
-    hook = SparkSubmitHook(conn_id="spark_default", application_args=[*step_args(step, cfg, run_id), *extra],
+    hook = SparkSubmitHook(conn_id=SPARK_CONN_ID, application_args=[*step_args(step, cfg, run_id), *extra],
                            **kwargs)
     with open(log, "w") as out:
         proc = subprocess.Popen(hook._build_spark_submit_command(application), stdout=out,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fruitflow import stack as local_stack
 from fruitflow.stack.services import master_state
+from fruitflow_airflow import SPARK_CONN_ID
 from tests.helpers import ROOT
 
 
@@ -80,7 +81,7 @@ def test_drivers_and_executors_start_from_the_stacks_class_data_archive(stack, c
     kwargs["conf"] = {**kwargs["conf"], "spark.driver.extraJavaOptions": "-Xshare:on",
                       "spark.executor.extraJavaOptions": "-Xshare:on"}
     output = s3a_uri(cfg.reports_bucket, cfg.runs_prefix, "class-data-check")
-    hook = SparkSubmitHook(conn_id="spark_default", application_args=[output], **{**kwargs, "name": "fruitflow-cds"})
+    hook = SparkSubmitHook(conn_id=SPARK_CONN_ID, application_args=[output], **{**kwargs, "name": "fruitflow-cds"})
     # an executor that cannot map it exits at once, and Spark asks for another for ever: a deadline
     deadline = threading.Timer(300, hook.on_kill)
     deadline.start()

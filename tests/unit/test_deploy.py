@@ -22,6 +22,7 @@ from packaging.utils import canonicalize_name
 from fruitflow.multihost import node_env
 from spark_jobs.common.config import FEATURE_DIM, Config
 from tests.helpers import ROOT
+from fruitflow_airflow import AWS_CONN_ID, SPARK_CONN_ID, connection_variable
 
 COMPOSE = ROOT / "docker-compose.yaml"
 
@@ -199,8 +200,8 @@ def test_every_variable_is_in_env_example():
 def test_connections_name_services_that_exist(compose):
     services = compose["services"]
     env = compose["x-airflow-common"]["environment"]
-    aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
-    spark = json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
+    aws = json.loads(env[connection_variable(AWS_CONN_ID)])
+    spark = json.loads(env[connection_variable(SPARK_CONN_ID)])
     assert aws["extra"]["endpoint_url"].split("//")[1].split(":")[0] in services
     assert spark["host"].split("//")[1] in services
 
@@ -213,7 +214,7 @@ def test_ports_are_published_on_loopback_only(compose):
 def test_the_pipeline_uses_its_scoped_identity_not_the_admin_key(compose):
     """Airflow's connection holds the pipeline's keys, the Spark workers their own; the admin's reach
     only the store and the job that creates the buckets."""
-    aws = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
+    aws = json.loads(compose["x-airflow-common"]["environment"][connection_variable(AWS_CONN_ID)])
     assert (aws["login"], aws["password"]) == ("${S3_PIPELINE_ACCESS_KEY}", "${S3_PIPELINE_SECRET_KEY}")
     worker = compose["services"]["spark-worker"]["environment"]
     assert (worker["AWS_ACCESS_KEY_ID"], worker["AWS_SECRET_ACCESS_KEY"]) == (

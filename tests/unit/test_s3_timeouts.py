@@ -24,7 +24,7 @@ def test_a_timeout_under_s3as_floor_is_refused():
 
 
 def test_airflows_s3_hooks_get_the_same_timeout(monkeypatch, tmp_path):
-    """The sensor and the tasks use S3Hook over the `aws_default` connection: the local stack's carries
+    """The sensor and the tasks use S3Hook over the AWS_CONN_ID connection: the local stack's carries
     the Config's timeout in its botocore settings, and so does docker-compose's (the default)."""
     import json
 
@@ -32,16 +32,16 @@ def test_airflows_s3_hooks_get_the_same_timeout(monkeypatch, tmp_path):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from fruitflow.stack.environment import Prepared, environment
-    from fruitflow_airflow import AWS_CONN_ID
+    from fruitflow_airflow import AWS_CONN_ID, connection_variable
     from fruitflow.stack.stack_settings import StackSettings
     from tests.helpers import ROOT
 
     prepared = Prepared("key", "secret", (), spark_secret="spark-secret")
     env = environment(StackSettings(state_dir=str(tmp_path)), prepared, {"FRUITFLOW_S3_TIMEOUT_S": "25", "PATH": "/usr/bin"})
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", env["AIRFLOW_CONN_AWS_DEFAULT"])
+    monkeypatch.setenv(connection_variable(AWS_CONN_ID), env[connection_variable(AWS_CONN_ID)])
     boto = S3Hook(aws_conn_id=AWS_CONN_ID).get_conn().meta.config
     assert (boto.connect_timeout, boto.read_timeout) == (25, 25)
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
-    extra = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]
+    extra = json.loads(compose["x-airflow-common"]["environment"][connection_variable(AWS_CONN_ID)])["extra"]
     timeouts = {k: extra["config_kwargs"][k] for k in ("connect_timeout", "read_timeout")}
     assert timeouts == {"connect_timeout": Config().s3_timeout_s, "read_timeout": Config().s3_timeout_s}
