@@ -70,15 +70,17 @@ def preprocessed(spark, cfg, data: Path):
     from pyspark.sql import functions as F
 
     from spark_jobs import preprocess
+    from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
 
-    # one cache per folder, by its path: two folders of one name are two sets
+    # one cache per folder, by its path (two folders of one name are two sets), and per form of the
+    # preprocessed table (a cache of another form would not read back)
     folder_id = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
-    out = quality_dir() / "preprocessed" / f"{data.name}-{folder_id}.parquet"
+    out = quality_dir() / "preprocessed" / f"{data.name}-{folder_id}-{STORED_FORMAT}-{COLOR_DESCRIPTOR}.parquet"
     if not out.exists():
         uri = data.resolve().as_uri()
         frame = preprocess.with_keys(preprocess.extract(spark, uri), uri).filter(F.col("ignored_reason").isNull())
         prepared = preprocess.preprocess_images(frame, cfg).filter(F.col("status") == preprocess.OK)
-        prepared.select("key", "category", "etag", "image").write.parquet(str(out.with_suffix(".tmp")))
+        prepared.select("key", "category", "etag", "image", "color").write.parquet(str(out.with_suffix(".tmp")))
         os.replace(out.with_suffix(".tmp"), out)
     return spark.read.parquet(str(out))
 

@@ -21,7 +21,7 @@ from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+from pyspark.sql.types import ArrayType, FloatType
 
 from spark_jobs import step_cli
 from spark_jobs.common.config import FEATURE_DIM, Config
@@ -40,26 +40,21 @@ def resolve_model_file(model_ref: str) -> str:
 
 def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
                      threads_per_worker: int = 1, *, backbone: str) -> DataFrame:
-    """key, category, etag, image (224x224, `images.STORED_FORMAT`) -> key, category, etag, features (float[]),
-    color (float[], the colour histogram of `images.color_histogram`)."""
+    """key, category, etag, image (224x224, `images.STORED_FORMAT`), color -> key, category, etag, features
+    (float[]), color (float[]: preprocess's colour histogram of the exact pixels, passed on)."""
 
-    # One UDF for both outputs, so that each image crosses to Python and is decoded once.
-    @pandas_udf(StructType([StructField("features", ArrayType(FloatType())),
-                            StructField("color", ArrayType(FloatType()))]))
-    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        from spark_jobs.common.images import color_histogram, from_stored
+    @pandas_udf(ArrayType(FloatType()))
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        from spark_jobs.common.images import from_stored
         from spark_jobs.common.models import load_featurizer
 
         model = load_featurizer(resolve_model_file(model_ref), engine, threads_per_worker, backbone=backbone)
         for images_batch in batches:
-            pixels = [from_stored(b) for b in images_batch]
-            rgb = np.stack(pixels).astype(np.float32)
+            rgb = np.stack([from_stored(b) for b in images_batch]).astype(np.float32)
             features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
-            yield pd.DataFrame({"features": list(np.concatenate(features).astype(np.float32)),
-                                "color": [color_histogram(p) for p in pixels]})
+            yield pd.Series(list(np.concatenate(features).astype(np.float32)))
 
-    return images.select("key", "category", "etag", embed("image").alias("embedded")).select(
-        "key", "category", "etag", "embedded.features", "embedded.color")
+    return images.select("key", "category", "etag", embed("image").alias("features"), "color")
 
 
 def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:

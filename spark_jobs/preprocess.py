@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
 from spark_jobs import step_cli
 from spark_jobs.columns import too_long_column, unsafe_key_column
@@ -145,7 +145,9 @@ def decode_reason(outcome) -> str | None:
 
 def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | None = None,
                       jpeg_uri: str | None = None) -> DataFrame:
-    """Candidates -> key, category, etag, status, reason, image (`images.STORED_FORMAT`).
+    """Candidates -> key, category, etag, status, reason, image (`images.STORED_FORMAT`), color (the colour
+    histogram of `images.color_histogram`, made here from the exact pixels: the stored JPEG's would
+    differ by a little in every bin).
 
     Files over the byte limit are rejected without reading them (with `binaryFile` the length filter is
     pushed down to the reader). Each other image makes one trip through Python (`prepare_batches`):
@@ -158,11 +160,12 @@ def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | N
         candidates.filter(F.col("length") > cfg.max_image_bytes)
         .select(*columns, F.lit(None).cast("string").alias("etag"),
                 F.lit(f"file too large: over {cfg.max_image_bytes} bytes").alias("reason"),
-                F.lit(None).cast("binary").alias("image"))
+                F.lit(None).cast("binary").alias("image"), F.lit(None).cast("array<float>").alias("color"))
     )
     readable = candidates.filter(F.col("length") <= cfg.max_image_bytes).select(*columns, "content", "pre_reject")
     schema = StructType([*(readable.schema[c] for c in columns), StructField("etag", StringType()),
-                         StructField("reason", StringType()), StructField("image", BinaryType())])
+                         StructField("reason", StringType()), StructField("image", BinaryType()),
+                         StructField("color", ArrayType(FloatType()))])
     prepare = partial(prepare_batches, cfg=cfg, fetch_from=fetch_from, jpeg_uri=jpeg_uri)
     decoded = readable.mapInPandas(prepare, schema=schema)
     return too_big.unionByName(decoded).withColumn(
@@ -200,7 +203,7 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
                     contents[i], reasons[i] = content, reason
             else:
                 contents = list(batch["content"])
-            stored = decode_all(contents, reasons, cfg)
+            stored, colors = decode_all(contents, reasons, cfg)
             if target:
                 bucket, prefix = target
                 list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=f"{prefix}/{item[0]}", Body=item[1],
@@ -209,12 +212,12 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
             yield batch.drop(columns=["content", "pre_reject"]).assign(
                 # S3's ETag for single-part uploads
                 etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
-                reason=reasons, image=stored)
+                reason=reasons, image=stored, color=colors)
 
 
-def decode_all(contents: list, reasons: list, cfg: Config) -> list[bytes | None]:
-    """The stored image of each content whose reason is None, decoded and preprocessed in one sandboxed
-    child; `reasons` gets each failure's reason."""
+def decode_all(contents: list, reasons: list, cfg: Config) -> tuple[list, list]:
+    """The stored image and the colour histogram of each content whose reason is None, decoded and
+    preprocessed in one sandboxed child; `reasons` gets each failure's reason."""
     from spark_jobs.common import images
     from spark_jobs.common import sandbox as isolated
 
@@ -225,14 +228,15 @@ def decode_all(contents: list, reasons: list, cfg: Config) -> list[bytes | None]
 
     todo = [i for i, reason in enumerate(reasons) if reason is None]
     outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo], **cfg.decoder_limits)
-    stored = [None] * len(contents)
+    stored, colors = [None] * len(contents), [None] * len(contents)
     for i, outcome in zip(todo, outcomes):
         reasons[i] = decode_reason(outcome)
         if outcome.ok and not images.is_preprocessed(outcome.value):  # a child gone wrong
             reasons[i] = "decoder returned malformed output"
         elif outcome.ok:
-            stored[i] = images.stored(images.rgb_from_bytes(outcome.value))
-    return stored
+            rgb = images.rgb_from_bytes(outcome.value)
+            stored[i], colors[i] = images.stored(rgb), images.color_histogram(rgb)
+    return stored, colors
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:

@@ -184,8 +184,9 @@ def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
     """The images as the preprocess step stores them."""
     from spark_jobs.common import images
 
-    frame = pd.DataFrame({"key": keys, "category": [k.split("/")[0] for k in keys],
-                          "etag": ["-"] * len(keys), "image": [images.stored(img) for img in batch]})
+    frame = pd.DataFrame({"key": keys, "category": [k.split("/")[0] for k in keys], "etag": ["-"] * len(keys),
+                          "image": [images.stored(img) for img in batch],
+                          "color": [images.color_histogram(img).tolist() for img in batch]})
     chunks = [frame.iloc[i:i + 256] for i in range(0, len(frame), 256)]
     for i, chunk in enumerate(chunks):
         spark.createDataFrame(chunk).write.mode("overwrite" if i == 0 else "append").parquet(path)

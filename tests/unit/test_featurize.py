@@ -52,7 +52,7 @@ def test_featurize_udf_gives_the_models_features(spark, image_tree, model_files,
         got = rows[f"{p.parent.name}/{p.name}"]
         assert got.shape == (2048,)
         np.testing.assert_allclose(got, direct[i], atol=1e-4, rtol=1e-5)
-        expected_colour = images.color_histogram(stored[i])
+        expected_colour = images.color_histogram(real_batch[i].astype(np.uint8))  # of the exact pixels
         np.testing.assert_allclose(colours[f"{p.parent.name}/{p.name}"], expected_colour, atol=1e-6)
 
 

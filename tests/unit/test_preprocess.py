@@ -51,6 +51,8 @@ def test_preprocess_accepts_images_and_rejects_bad_files(spark, image_tree, cfg)
         assert row["status"] == "ok" and row["reason"] is None
         want = images.preprocess(images.decode(path.read_bytes(), 10**7))
         assert row["image"] == images.stored(want)
+        # the colour histogram of the exact pixels, not of the stored JPEG's
+        assert np.array_equal(np.asarray(row["color"], np.float32), images.color_histogram(want))
         assert row["etag"] and len(row["etag"]) == 32
     for key, outcome in expected.items():
         assert out[key]["status"] == ("ok" if outcome == "ok" else "rejected"), key
