@@ -99,10 +99,13 @@ class Classifier:
     # ------------------------------------------------------------------ the pipeline's features
 
     def features(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(CNN features, colour histograms) of preprocessed 224x224 RGB images, as featurize computes them."""
-        from spark_jobs.common.images import color_histogram
+        """(CNN features, colour histograms) of preprocessed 224x224 RGB images, as the pipeline makes them:
+        the CNN's of the stored JPEG (what featurize decodes), the histogram of the exact pixels (made by
+        preprocess)."""
+        from spark_jobs.common.images import as_stored, color_histogram
 
-        return self.featurizer(rgb.astype(np.float32)), np.stack([color_histogram(p) for p in rgb])
+        stored = np.stack([as_stored(p) for p in rgb])
+        return self.featurizer(stored.astype(np.float32)), np.stack([color_histogram(p) for p in rgb])
 
     def reduce(self, features: np.ndarray, color: np.ndarray) -> np.ndarray:
         """The PCA step's transform (unit length, weighted colour appended, centred, projected)."""
@@ -160,7 +163,7 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     """Each file's preprocessed pixels, or why not: decoded in the decoder sandbox the executors use (its
     own process, memory cap and time limit per photo), so that a file that crashes or exhausts the
     decoder costs its own result, never the caller (the Airflow api-server, for the Recognise page)."""
-    from spark_jobs.common.images import as_stored, is_preprocessed, rgb_from_bytes
+    from spark_jobs.common.images import is_preprocessed, rgb_from_bytes
     from spark_jobs.common.sandbox import map_isolated
 
     outcomes: list[np.ndarray | str | None] = [None] * len(paths)
@@ -177,7 +180,7 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
                            **cfg.decoder_limits)
     for i, outcome in zip(todo, decoded):
         if outcome.ok and is_preprocessed(outcome.value):
-            outcomes[i] = as_stored(rgb_from_bytes(outcome.value))  # the pixels the pipeline featurizes
+            outcomes[i] = rgb_from_bytes(outcome.value)
         elif outcome.ok:  # a child gone wrong
             outcomes[i] = "decoder returned malformed output"
         elif outcome.died:
