@@ -6,7 +6,7 @@ cannot see the driver's files, SeaweedFS on a fourth.
 Prints the usual run summary as the last stdout line, plus `hosts`: the hosts whose executors ran the
 featurize step's tasks, read from the Spark history server's REST API; and `node_env_mb`, `driver_env_mb`:
 the sizes of the Spark nodes' venv and of the airflow host's (the driver's). The cluster is torn down
-(processes, namespaces, bridge) whatever happens; its logs stay under <state>/cluster/<host>/logs.
+(processes, namespaces, bridge) whatever happens; its logs stay under <state>/multihost/<host>/logs.
 """
 
 from __future__ import annotations

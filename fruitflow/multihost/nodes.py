@@ -10,7 +10,7 @@ what its EC2 counterpart runs, configured by the same renderer as the EC2 node s
 The master and the workers run from the Spark nodes' venv (`node_env`: the `spark-node` extra alone), which is
 also their executors' Python; the airflow host runs the driver's. Every service binds its host's cluster
 address; nothing is reached through 127.0.0.1. The cluster's state
-(SeaweedFS data, credentials, logs, event logs) lives under `<state>/cluster/`, apart from the local stack's.
+(SeaweedFS data, credentials, logs, event logs) lives under `<state>/multihost/`, apart from the local stack's.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ STAGE = Path("/run/fruitflow-stage")  # an empty mount point outside every hidde
 @dataclass(frozen=True)
 class MultiHost:
     net: network.Network
-    base: Path  # <state>/cluster
+    base: Path  # <state>/multihost
     local_state: Path  # the local stack's state folder: hadoop-aws is resolved there once
     failure_timeout_s: int = 15  # how fast a lost worker is written off (node_conf)
 
