@@ -25,7 +25,7 @@ from pyspark.sql.types import ArrayType, FloatType
 
 from spark_jobs import step_cli
 from spark_jobs.common.config import FEATURE_DIM, Config
-from spark_jobs.common.images import COLOR_DESCRIPTOR
+from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.common.models import materialize
 from spark_jobs.quantize import materialize_int8
@@ -64,9 +64,22 @@ def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:
     return parallelism * waves
 
 
+def incompatible_reason(preprocess_params: dict) -> str | None:
+    """Why a preprocessed table cannot be featurized by this code, or None: its images stored in another
+    form (a table from an older version would fail on every row) or its colour histogram made another way
+    (its features would not be comparable with the rest of the feature table)."""
+    for name, ours in (("image_format", STORED_FORMAT), ("color_descriptor", COLOR_DESCRIPTOR)):
+        if preprocess_params.get(name) != ours:
+            return (f"the preprocessed table has {name} {preprocess_params.get(name)!r}, this version reads "
+                    f"{ours!r}: rerun preprocess for this run")
+    return None
+
+
 def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> dict:
     timings = Timings(spark, STEP)
     upstream = read_manifest(spark, input_uri, cfg)
+    if reason := incompatible_reason(upstream.get("params", {})):
+        raise SystemExit(reason)  # a refusal: no retry of this step changes the table it reads
     begin_step(spark, out_uri)
     features_uri = f"{out_uri}/features"
     n_expected = upstream["counts"]["n_images"]

@@ -24,7 +24,7 @@ from spark_jobs import step_cli
 from spark_jobs.columns import too_long_column, unsafe_key_column
 from spark_jobs.common import sandbox, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
-from spark_jobs.common.images import STORED_FORMAT
+from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
 from spark_jobs.common.keys import check_location
 from spark_jobs.common.manifest import Timings, begin_step, write_manifest
 from spark_jobs.feature_table import committed_featurize_steps, feature_table, made_with
@@ -409,7 +409,8 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
                 "n_already_featurized": n_already,
             },
             "samples": {"ignored": ignored_sample},
-            "params": {"image_size": 224, "image_format": STORED_FORMAT, "max_image_bytes": cfg.max_image_bytes,
+            "params": {"image_size": 224, "image_format": STORED_FORMAT, "color_descriptor": COLOR_DESCRIPTOR,
+                       "max_image_bytes": cfg.max_image_bytes,
                        "max_image_pixels": cfg.max_image_pixels},
             "timings_s": dict(timings),
         },

@@ -21,7 +21,7 @@ from spark_jobs.common.steps import NOT_RETRYABLE_EXIT_CODES
 from spark_jobs.common.steps import step as registered_step
 from spark_jobs.common import signing
 from spark_jobs.common.config import Config, split_s3_uri
-from spark_jobs.common.manifest import manifest_uri
+from spark_jobs.common.manifest import manifest_uri, other_folder_reason
 
 
 class SparkStepOperator(SparkSubmitOperator):
@@ -72,11 +72,10 @@ class SparkStepOperator(SparkSubmitOperator):
         if not s3.check_for_key(key, bucket):
             raise RuntimeError(f"{self.step} finished without writing {manifest_uri(step_uri)}")
         manifest = signing.loads(s3.read_key(key, bucket), f"{self.step}'s manifest")
-        # signed, but this step's? A Spark node may copy another run's signed manifest here (retried: the
-        # job writes its own again). What it points to is checked where it is followed.
-        if str(manifest.get("step_uri", "")).rstrip("/") != step_uri.rstrip("/"):
-            raise RuntimeError(f"{self.step}'s manifest {manifest_uri(step_uri)} refused: it names another "
-                               f"folder ({manifest.get('step_uri')!r}) than its own")
+        # signed, but this step's? (retried: the job writes its own again). What it points to is checked
+        # where it is followed.
+        if reason := other_folder_reason(manifest, step_uri):
+            raise RuntimeError(f"{self.step}'s manifest {manifest_uri(step_uri)} refused: {reason}")
         extra = asset_extra(manifest)
         self.log.info("%s manifest: %s", self.step, extra)
         for outlet in self.outlets or []:  # shown with the asset event in Airflow's Assets view

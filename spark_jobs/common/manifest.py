@@ -96,6 +96,15 @@ def read_manifest(spark: SparkSession, step_uri: str, cfg: Config) -> dict:
     return manifest
 
 
+def other_folder_reason(manifest: dict, step_uri: str) -> str | None:
+    """Why a manifest read from `step_uri` is not that folder's own, or None. Signing proves who wrote a
+    manifest, not where: a Spark node may copy another run's signed manifest into its own folder."""
+    named = str(manifest.get("step_uri", "")).rstrip("/")
+    if named != step_uri.rstrip("/"):
+        return f"it names another folder ({manifest.get('step_uri')!r}) than its own"
+    return None
+
+
 def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
     """Why a manifest read from `step_uri` must not be followed, or None. A step's outputs are where it
     wrote them: inside its own folder, `<configured bucket>/<runs prefix>/<run>/<step>/`; a model it
@@ -103,8 +112,8 @@ def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
     run's or bucket's data, a manifest copied from elsewhere) would let whoever can write one object
     point the pipeline at data it never made."""
     step_uri = step_uri.rstrip("/")
-    if str(manifest.get("step_uri", "")).rstrip("/") != step_uri:
-        return f"it names another folder ({manifest.get('step_uri')!r}) than its own"
+    if reason := other_folder_reason(manifest, step_uri):
+        return reason
     if not any(step_uri.startswith(s3a_uri(bucket, cfg.runs_prefix) + "/") for bucket in cfg.buckets):
         return f"its folder is not under {cfg.runs_prefix}/ of a configured bucket"
     models = s3a_uri(cfg.models_bucket, str(manifest.get("params", {}).get("backbone") or "")) + "/"

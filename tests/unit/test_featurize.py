@@ -112,3 +112,13 @@ def test_lite0_loading_is_strict():
         efficientnet_lite.load({k: v for k, v in state.items() if k != "_blocks.3._depthwise_conv.weight"})
     with pytest.raises(ValueError, match="not used"):
         efficientnet_lite.load({**state, "_extra.weight": np.zeros(3, np.float32)})
+
+
+def test_featurize_refuses_a_preprocessed_table_of_another_stored_form_or_histogram():
+    from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
+    from spark_jobs.featurize import incompatible_reason
+
+    ours = {"image_format": STORED_FORMAT, "color_descriptor": COLOR_DESCRIPTOR}
+    assert incompatible_reason(ours) is None
+    assert "image_format 'raw-rgb'" in incompatible_reason({**ours, "image_format": "raw-rgb"})
+    assert "color_descriptor None" in incompatible_reason({"image_format": STORED_FORMAT})
