@@ -113,11 +113,11 @@ def first_run_note(token: str, since: dt.datetime, wait_s: float = 60) -> str:
 
 def upload(data: Path) -> str:
     """DATA's files under the raw prefix the DAG watches by default; returns where they went."""
-    from fruitflow import store
+    from fruitflow import buckets
     from spark_jobs.common.config import Config
 
     cfg = Config.from_env()
-    n = store.upload_folder(data, cfg.raw_bucket, cfg.raw_prefix)
+    n = buckets.upload_folder(data, cfg.raw_bucket, cfg.raw_prefix)
     return f"{n} files from {data} to s3://{cfg.raw_bucket}/{cfg.raw_prefix}/"
 
 

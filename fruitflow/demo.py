@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fruitflow import stack, store
+from fruitflow import buckets, stack
 from fruitflow.paths import DAGS, OUT, SAMPLE_500
 from fruitflow_airflow import DAG_ID
 from spark_jobs.common import signing
@@ -111,7 +111,7 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
         if not data.is_dir():
             log(f"error: {data} is not a folder")
             return None
-        n_files = store.upload_folder(data, cfg.raw_bucket, raw_prefix)
+        n_files = buckets.upload_folder(data, cfg.raw_bucket, raw_prefix)
         log(f"uploaded {n_files} files from {data} to s3://{cfg.raw_bucket}/{raw_prefix}/")
     conf = {"raw_prefix": raw_prefix, **{k: v for k, v in (("backbone", backbone), ("weights", weights)) if v}}
     build_zip()
@@ -128,13 +128,13 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
         return None
     summary = read_summary(cfg, dag_run.run_id)
     log(f"model: {summary.get('backbone')} ({summary.get('weights')}); {summary.get('model_choice')}")
-    store.write_json(latest_demo_uri(base), signing.sign({"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
+    buckets.write_json(latest_demo_uri(base), signing.sign({"raw_prefix": raw_prefix, "runs_prefix": runs_prefix,
                                                           "run_id": dag_run.run_id, "summary": summary["summary"]}))
     if summary.get("report"):  # the cluster step's figures and tables
-        store.download_prefix(summary["report"].rsplit("/", 1)[0], out / "report")
+        buckets.download_prefix(summary["report"].rsplit("/", 1)[0], out / "report")
     if summary.get("report_html"):  # the run's page (everything inline), as the Airflow plugin serves it
         local = out / "report.html"
-        local.write_text(store.read_text(summary["report_html"]), encoding="utf-8")
+        local.write_text(buckets.read_text(summary["report_html"]), encoding="utf-8")
         summary["report_local"] = str(local)
         log(f"report: open {local} in a browser (in Airflow: {summary['report_url']})")
     return summary
@@ -143,7 +143,7 @@ def run_demo(data: Path | None, backbone: str | None = None, weights: str | None
 def read_summary(cfg, run_id: str) -> dict:
     from fruitflow_airflow.run_report import summary_uri
 
-    return signing.loads(store.read_text(summary_uri(cfg, run_id)), "run summary")
+    return signing.loads(buckets.read_text(summary_uri(cfg, run_id)), "run summary")
 
 
 if __name__ == "__main__":

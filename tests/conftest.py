@@ -134,9 +134,9 @@ def spark(cfg):
 @pytest.fixture(scope="session")
 def s3(stack):
     """boto3 with the pipeline's identity (scoped to its buckets), as the demo uses it."""
-    from fruitflow import store
+    from fruitflow import buckets
 
-    return store.client()
+    return buckets.client()
 
 
 @pytest.fixture(scope="session")

@@ -33,10 +33,10 @@ class UserData:
                "runs-demo-00000000T000000/planted/featurize/_manifest.json")
 
     def __init__(self):
-        from fruitflow import store
+        from fruitflow import buckets
         from spark_jobs.common.config import Config
 
-        self.s3, self.cfg, self.before = store.client(), Config.from_env(), {}
+        self.s3, self.cfg, self.before = buckets.client(), Config.from_env(), {}
 
     def snapshot(self):
         self.s3.put_object(Bucket=self.cfg.raw_bucket, Key=self.PLANTED[0], Body=b"a user's photo")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitflow import stack, store
+from fruitflow import buckets, stack
 from fruitflow.bench.sampler import ProcessSampler
 from fruitflow.paths import SAMPLE_1179
 from spark_jobs.common.steps import STEP_NAMES, STEPS
@@ -83,7 +83,7 @@ def upload_copies(folder: Path, bucket: str, prefix: str, copies: int, first_cop
     from `first_copy`."""
     fruits = sorted(p for p in folder.iterdir() if p.is_dir())[::every]
     files = [p for fruit in fruits for p in sorted(fruit.iterdir()) if p.is_file()]
-    return store.upload_files([(p, f"{prefix}/{p.parent.name}/{'' if c == 0 else f'c{c}_'}{p.name}")
+    return buckets.upload_files([(p, f"{prefix}/{p.parent.name}/{'' if c == 0 else f'c{c}_'}{p.name}")
                                for c in range(first_copy, first_copy + copies) for p in files], bucket)
 
 
@@ -278,7 +278,7 @@ def engine_core_ms_per_image(onnx_uri: str, data: Path, max_images: int = 512, b
     _, batch = load_images(data, n)
     with tempfile.TemporaryDirectory(prefix="fruitflow-bench-engine-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        store.client().download_file(*split_s3_uri(onnx_uri), path)
+        buckets.client().download_file(*split_s3_uri(onnx_uri), path)
         img_per_s, _ = bench_bare(path, batch, batch_size)
     cores = os.cpu_count() or 2
     return {"engine_images": n, "engine_img_per_s": round(img_per_s, 1),

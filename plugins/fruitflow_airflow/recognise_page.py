@@ -43,18 +43,18 @@ def render(*, result: dict | None, thumbnails: dict[str, str], source: dict | No
 def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, str]:
     """key -> base64 JPEG thumbnail of each neighbour found among the preprocessed JPEGs behind the
     classifier's table."""
-    from spark_jobs.common.classifier import Store
+    from spark_jobs.common.classifier import BucketReader
     from spark_jobs.common.config import split_s3_uri
     from spark_jobs.common.manifest import jpeg_folders
 
-    store = Store(cfg, s3_hook.get_conn())
-    folders = jpeg_folders(store.manifest(classifier.meta["pca_step"]), store.manifest)
+    reader = BucketReader(cfg, s3_hook.get_conn())
+    folders = jpeg_folders(reader.manifest(classifier.meta["pca_step"]), reader.manifest)
     found: dict[str, bytes] = {}
     for neighbour in result.get("neighbours", []):
         for folder in folders:
             bucket, key = split_s3_uri(f"{folder}/{neighbour['key']}")
             if s3_hook.check_for_key(key, bucket):
-                found[neighbour["key"]] = store.get(f"s3a://{bucket}/{key}")
+                found[neighbour["key"]] = reader.get(f"s3a://{bucket}/{key}")
                 break
     # the preprocessed JPEGs are the Spark nodes' writing: decoded in the sandbox, not the api-server
     made = report_page.thumbnails(found, **cfg.decoder_limits)

@@ -145,18 +145,18 @@ _CLASSIFIERS_LOCK = threading.Lock()  # recognitions run on several threads: one
 
 def _classifier():
     from spark_jobs.common import signing
-    from spark_jobs.common.classifier import Classifier, Store, latest_pointer
+    from spark_jobs.common.classifier import Classifier, BucketReader, latest_pointer
 
     cfg = _config()
-    store = Store(cfg, _s3_hook().get_conn())
-    pointer = latest_pointer(store)
+    reader = BucketReader(cfg, _s3_hook().get_conn())
+    pointer = latest_pointer(reader)
     if pointer is None:
         return None
-    summary = signing.loads(store.get(pointer), "latest-run pointer")["summary"]
+    summary = signing.loads(reader.get(pointer), "latest-run pointer")["summary"]
     with _CLASSIFIERS_LOCK:
         if summary not in _CLASSIFIERS:
             _CLASSIFIERS.clear()
-            _CLASSIFIERS[summary] = Classifier.load(summary, cfg, threads=1, client=store.client)
+            _CLASSIFIERS[summary] = Classifier.load(summary, cfg, threads=1, client=reader.client)
         return _CLASSIFIERS[summary]
 
 

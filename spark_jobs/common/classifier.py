@@ -52,13 +52,13 @@ class Classifier:
         from spark_jobs.common.config import Config
 
         started = time.perf_counter()
-        store = Store(cfg or Config.from_env(), client)
-        summary_doc = read_summary(store, summary)
+        reader = BucketReader(cfg or Config.from_env(), client)
+        summary_doc = read_summary(reader, summary)
         outputs = summary_doc.get("outputs", {})
         if "train" not in outputs:
             raise NoModel(f"the run {summary_doc.get('run_id')} has no trained classifier (it predates the train "
                           "step, or trained nothing): run `make demo` again")
-        classifier = cls.from_steps(outputs["train"], outputs.get("cluster"), store.cfg, threads, store.client)
+        classifier = cls.from_steps(outputs["train"], outputs.get("cluster"), reader.cfg, threads, reader.client)
         classifier.source["run_id"] = summary_doc.get("run_id")
         classifier.load_s = round(time.perf_counter() - started, 3)
         return classifier
@@ -68,30 +68,30 @@ class Classifier:
                    client=None) -> Classifier:
         """The classifier a train step exported, with the centres of a cluster step on the same PCA."""
         started = time.perf_counter()
-        store = Store(cfg, client)
-        train = read_manifest(store, train_uri)
+        reader = BucketReader(cfg, client)
+        train = read_manifest(reader, train_uri)
         export = train["outputs"]["export"]
         # inside the folder the manifest was read from, not the folder it names: a planted manifest
         # could name any other
         require_inside(export, train_uri, "the classifier's export")
         digests = train.get("export_sha256") or {}
-        meta = json.loads(vouched(store.get(f"{export}/{EXPORT_JSON}"), digests.get(EXPORT_JSON), EXPORT_JSON))
+        meta = json.loads(vouched(reader.get(f"{export}/{EXPORT_JSON}"), digests.get(EXPORT_JSON), EXPORT_JSON))
         if meta.get("format") != EXPORT_FORMAT:
             raise NoModel(f"{export} was exported in format {meta.get('format')}, this version reads {EXPORT_FORMAT}: "
                           "run the pipeline again")
-        arrays_file = vouched(store.get(f"{export}/{EXPORT_ARRAYS}"), digests.get(EXPORT_ARRAYS), EXPORT_ARRAYS)
+        arrays_file = vouched(reader.get(f"{export}/{EXPORT_ARRAYS}"), digests.get(EXPORT_ARRAYS), EXPORT_ARRAYS)
         with np.load(io.BytesIO(arrays_file), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         centres = None
         if cluster_uri:
-            cluster = read_manifest(store, cluster_uri)
+            cluster = read_manifest(reader, cluster_uri)
             # the clusters only mean something in the space of the same PCA
             if cluster["inputs"]["pca"] == train["inputs"]["pca"] and "centroids" in cluster["outputs"]:
                 require_inside(cluster["outputs"]["centroids"], cluster_uri, "the KMeans centres")
-                body = vouched(store.get(cluster["outputs"]["centroids"]), cluster.get("centroids_sha256"),
+                body = vouched(reader.get(cluster["outputs"]["centroids"]), cluster.get("centroids_sha256"),
                                "KMeans centres")
                 centres = np.array(json.loads(body)["centres"])
-        featurizer = load_backbone(store, meta["backbone_model"], threads or os.cpu_count() or 1)
+        featurizer = load_backbone(reader, meta["backbone_model"], threads or os.cpu_count() or 1)
         source = {"train": train["step_uri"], "backbone": meta["backbone"], "weights": meta["weights"],
                   "accuracy_held_out": train["metrics"].get("accuracy")}
         return cls(meta, arrays, centres, featurizer, source, round(time.perf_counter() - started, 3))
@@ -202,7 +202,7 @@ def _preprocessed_bytes(path: Path, max_pixels: int) -> bytes:
 
 
 @dataclass
-class Store:
+class BucketReader:
     """Reads objects of the pipeline's buckets (and of no other) with one S3 client: the pipeline's own
     (storage.client_for: endpoint, region and timeout from the Config) unless one is given (the Airflow
     plugin's S3Hook connection)."""
@@ -254,50 +254,50 @@ def require_inside(uri: str, step_uri: str, what: str) -> None:
         raise ValueError(f"{what} {uri!r} is not inside its step {step_uri!r}")
 
 
-def read_manifest(store: Store, step_uri: str) -> dict:
+def read_manifest(reader: BucketReader, step_uri: str) -> dict:
     from spark_jobs.common.manifest import manifest_uri
 
     try:
-        return signing.loads(store.get(manifest_uri(step_uri)), "manifest")
+        return signing.loads(reader.get(manifest_uri(step_uri)), "manifest")
     except Exception as exc:
         if "NoSuchKey" in str(exc):
             raise NoModel(f"no manifest at {manifest_uri(step_uri)}: that step did not finish") from exc
         raise
 
 
-def latest_pointer(store: Store) -> str | None:
+def latest_pointer(reader: BucketReader) -> str | None:
     """The newer of the two "latest trained run" pointers: the pipeline's (publish writes it under the
     configured runs prefix) and the latest `make demo`'s (each demo has a runs prefix of its own)."""
     from spark_jobs.common.config import split_s3_uri
     from spark_jobs.common.pointers import latest_demo_uri, latest_run_uri
 
     found = []
-    for uri in (latest_run_uri(store.cfg), latest_demo_uri(store.cfg)):
+    for uri in (latest_run_uri(reader.cfg), latest_demo_uri(reader.cfg)):
         bucket, key = split_s3_uri(uri)
         try:
-            found.append((store.client.head_object(Bucket=bucket, Key=key)["LastModified"], uri))
+            found.append((reader.client.head_object(Bucket=bucket, Key=key)["LastModified"], uri))
         except Exception as exc:  # noqa: BLE001 - absent (404) is the common case
             if "404" not in str(exc) and "Not Found" not in str(exc):
                 raise
     return max(found)[1] if found else None
 
 
-def read_summary(store: Store, summary: str | None) -> dict:
+def read_summary(reader: BucketReader, summary: str | None) -> dict:
     """The given run summary, or the latest trained run's."""
     if summary is None:
-        pointer = latest_pointer(store)
+        pointer = latest_pointer(reader)
         if pointer is None:
             raise NoModel("no finished pipeline run in the store: run `make demo` first (or the DAG in Airflow)")
-        summary = signing.loads(store.get(pointer), "latest-run pointer")["summary"]
+        summary = signing.loads(reader.get(pointer), "latest-run pointer")["summary"]
     try:
-        return signing.loads(store.get(summary), "run summary")
+        return signing.loads(reader.get(summary), "run summary")
     except Exception as exc:
         if "NoSuchKey" in str(exc) or "NoSuchBucket" in str(exc):
             raise NoModel(f"no run summary at {summary}: run `make demo` first") from exc
         raise
 
 
-def load_backbone(store: Store, uri: str, threads: int):
+def load_backbone(reader: BucketReader, uri: str, threads: int):
     """The ONNX backbone the table's vectors were made with, from a backbone's folder of the models bucket:
     the drivers write there, the Spark nodes' identity cannot (the runs prefixes, which it can, are refused)."""
     from spark_jobs.common.config import FEATURE_DIM, split_s3_uri
@@ -305,12 +305,12 @@ def load_backbone(store: Store, uri: str, threads: int):
 
     bucket, key = split_s3_uri(uri)
     parts = key.split("/")
-    if bucket != store.cfg.models_bucket or parts[0] not in FEATURE_DIM or not uri.endswith(".onnx") \
+    if bucket != reader.cfg.models_bucket or parts[0] not in FEATURE_DIM or not uri.endswith(".onnx") \
             or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"backbone model {uri!r} refused: an .onnx file under a backbone's folder of "
-                         f"s3a://{store.cfg.models_bucket}/ ({', '.join(sorted(FEATURE_DIM))}) is expected")
+                         f"s3a://{reader.cfg.models_bucket}/ ({', '.join(sorted(FEATURE_DIM))}) is expected")
     with tempfile.TemporaryDirectory(prefix="fruitflow-classify-") as tmp:
         local = os.path.join(tmp, "model.onnx")
         with open(local, "wb") as fh:
-            fh.write(store.get(uri))
+            fh.write(reader.get(uri))
         return OnnxFeaturizer(local, threads)  # the session holds the graph: the file may go

@@ -67,9 +67,9 @@ def on_airflow_host(multihost: MultiHost, code: str, *args: str) -> str:
 
 LIST_OBJECTS = """
 import json
-from fruitflow import store
+from fruitflow import buckets
 from spark_jobs.common.config import Config
-s3 = store.client()
+s3 = buckets.client()
 found = {}
 for bucket in Config.from_env().buckets:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -81,10 +81,10 @@ print(json.dumps(found))
 FEATURE_KEYS = """
 import io, json, sys
 import pyarrow.parquet as pq
-from fruitflow import store
+from fruitflow import buckets
 from spark_jobs.common.config import split_s3_uri
 bucket, prefix = split_s3_uri(sys.argv[1])
-s3 = store.client()
+s3 = buckets.client()
 keys = []
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
     for o in page.get("Contents", []):

@@ -167,7 +167,7 @@ def test_control_objects_a_spark_node_plants_are_refused(stack, s3, cfg):
 
     from fruitflow_airflow import listing
     from spark_jobs.common import signing
-    from spark_jobs.common.classifier import Store, read_summary
+    from spark_jobs.common.classifier import BucketReader, read_summary
     from spark_jobs.common.config import split_s3_uri
     from spark_jobs.common.manifest import BadManifest, parse_manifest
     from spark_jobs.common.pointers import latest_run_uri
@@ -189,9 +189,9 @@ def test_control_objects_a_spark_node_plants_are_refused(stack, s3, cfg):
             bucket, key = split_s3_uri(uri)
             node.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())  # allowed: a runs prefix
         with pytest.raises(signing.Unsigned, match="latest-run pointer"):
-            read_summary(Store(cfg, s3), None)
+            read_summary(BucketReader(cfg, s3), None)
         with pytest.raises(signing.Unsigned, match="run summary"):
-            read_summary(Store(cfg, s3), forged_summary)
+            read_summary(BucketReader(cfg, s3), forged_summary)
         assert listing.read_state(s3, cfg, "images").watermark is None  # listed from the start instead
         manifest = cfg.step_uri("forged", "featurize") + "/_manifest.json"
         with pytest.raises(BadManifest, match="unsigned"):

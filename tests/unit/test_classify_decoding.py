@@ -105,13 +105,13 @@ def test_an_export_file_the_spark_nodes_replaced_is_refused():
 @pytest.mark.parametrize("where", ["{runs}/r1/train/evil.onnx", "resnet50/../{runs}/evil.onnx", "other/model.onnx"])
 def test_the_backbone_model_comes_only_from_a_backbones_folder(where):
     """Where the Spark nodes cannot write: never the models bucket's runs prefix."""
-    from spark_jobs.common.classifier import Store, load_backbone
+    from spark_jobs.common.classifier import BucketReader, load_backbone
 
     cfg = Config.from_env()
     objects = _Objects({})
     uri = f"s3a://{cfg.models_bucket}/" + where.format(runs=cfg.runs_prefix)
     with pytest.raises(ValueError, match="refused"):
-        load_backbone(Store(cfg, objects), uri, 1)
+        load_backbone(BucketReader(cfg, objects), uri, 1)
     assert objects.asked == []
 
 

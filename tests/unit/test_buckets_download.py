@@ -1,8 +1,8 @@
-"""`store.download_prefix` (make demo's copy of the report folder) writes inside its folder only."""
+"""`buckets.download_prefix` (make demo's copy of the report folder) writes inside its folder only."""
 
 import pytest
 
-from fruitflow import store
+from fruitflow import buckets
 
 
 class _Bucket:
@@ -27,16 +27,16 @@ class _Bucket:
 @pytest.mark.parametrize("key", ["run/report/../../escaped.txt", "run/report//etc/escaped.txt"])
 def test_a_key_that_climbs_out_is_refused(tmp_path, monkeypatch, key):
     bucket = _Bucket(["run/report/ok.png", key])
-    monkeypatch.setattr(store, "client", lambda: bucket)
+    monkeypatch.setattr(buckets, "client", lambda: bucket)
     dest = tmp_path / "out" / "report"
     with pytest.raises(ValueError, match="outside"):
-        store.download_prefix("s3a://fruitflow-reports/run/report", dest)
+        buckets.download_prefix("s3a://fruitflow-reports/run/report", dest)
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out" / "escaped.txt").exists()
     assert all(str(dest) in target for target in bucket.downloaded)
 
 
 def test_the_folder_is_copied(tmp_path, monkeypatch):
     bucket = _Bucket(["run/report/a.png", "run/report/tables/b.csv", "run/other.txt"])
-    monkeypatch.setattr(store, "client", lambda: bucket)
-    dest = store.download_prefix("s3a://fruitflow-reports/run/report", tmp_path / "report")
+    monkeypatch.setattr(buckets, "client", lambda: bucket)
+    dest = buckets.download_prefix("s3a://fruitflow-reports/run/report", tmp_path / "report")
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == ["a.png", "tables/b.csv"]
