@@ -24,7 +24,7 @@ from fruitflow_airflow import AWS_CONN_ID, DAG_ID
 from fruitflow_airflow.operators import SparkStepOperator
 from fruitflow_airflow.sensors import NewImagesSensor
 from spark_jobs.common.config import AUTO, FEATURE_DIM, Config, weights_param_pattern
-from spark_jobs.common.steps import FINAL_STEPS, STEP_NAMES, STEPS
+from spark_jobs.common.steps import FINAL_STEPS, STEP_NAMES, STEPS, Step
 
 CFG = Config.from_env()
 FEATURE_TABLE = Asset(f"s3://{CFG.features_bucket}/{CFG.runs_prefix}/feature-table")
@@ -44,18 +44,24 @@ def xcom(task_id: str, field: str) -> str:
 
 
 # Each Spark step's own arguments, rendered from the run's Params and upstream XComs (the operator adds
-# where the step writes, under which run).
+# where the step writes, under which run; `arguments` adds the upstream step's output it reads).
 STEP_ARGUMENTS = {
     "preprocess": ["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
                    "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
                    "--backbone", BACKBONE, "--weights", WEIGHTS],
-    "featurize": ["--input", xcom("preprocess", "step_uri"), "--backbone", BACKBONE, "--weights", WEIGHTS,
+    "featurize": ["--backbone", BACKBONE, "--weights", WEIGHTS,
                   "--batch-size", "{{ params.batch_size }}"],
     "pca": ["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
             "--color-weight", "{{ params.color_weight }}", L2_NORMALIZE],
-    "cluster": ["--input", xcom("pca", "step_uri"), "--n-clusters", "{{ params.n_clusters or '' }}", L2_NORMALIZE],
-    "train": ["--input", xcom("pca", "step_uri"), L2_NORMALIZE],
+    "cluster": ["--n-clusters", "{{ params.n_clusters or '' }}", L2_NORMALIZE],
+    "train": [L2_NORMALIZE],
 }
+
+
+def arguments(step: Step) -> list[str]:
+    return (["--input", xcom(step.after, "step_uri")] if step.takes_input else []) + STEP_ARGUMENTS[step.name]
+
+
 STEP_OUTLETS = {"featurize": [FEATURE_TABLE], "pca": [PCA_OUTPUT], "train": [CLASSIFIER]}
 
 
@@ -128,7 +134,7 @@ with DAG(
 
     new_images = list_new()
     # One task per step of the step list, after the step whose output it reads (spark_jobs.common.steps)
-    spark_steps = {s.name: SparkStepOperator(step=s.name, application_args=STEP_ARGUMENTS[s.name],
+    spark_steps = {s.name: SparkStepOperator(step=s.name, application_args=arguments(s),
                                              outlets=STEP_OUTLETS.get(s.name, []), doc_md=s.description)
                    for s in STEPS}
     for s in STEPS:

@@ -13,6 +13,8 @@ class Step:
     module: str  # the entry module under spark_jobs/ that spark-submit runs
     after: str | None  # the step whose output it reads (None: the DAG's listing of new images)
     description: str = ""  # what it does, in a sentence (its task's documentation in the Airflow UI)
+    # reads `after`'s output, given as `--input <its step URI>` (pca reads the whole feature table instead)
+    takes_input: bool = True
 
     @property
     def application(self) -> str:
@@ -22,12 +24,12 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("preprocess", "preprocessed_bucket", "preprocess", None,
          "Decodes each new image (bounded), 3x3 blur, 224x224 RGB JPEG; undecodable ones go to the rejects "
-         "list with their reason."),
+         "list with their reason.", takes_input=False),
     Step("featurize", "features_bucket", "featurize", "preprocess",
          "CNN features of the preprocessed images (ONNX Runtime in a pandas UDF over Arrow), appended to the "
          "feature table of this model."),
     Step("pca", "features_bucket", "pca", "featurize",
-         "Spark ML PCA on the whole feature table of this model, with its explained variance."),
+         "Spark ML PCA on the whole feature table of this model, with its explained variance.", takes_input=False),
     Step("cluster", "reports_bucket", "cluster", "pca",
          "Spark ML KMeans on the PCA vectors; quality against the folder labels, figures, categories CSV, the "
          "report page."),

@@ -88,6 +88,7 @@ def test_chain_order_and_operators(dag):
     assert dag.get_task("list_new").upstream_task_ids == {"wait_for_images"}
     for step in STEPS:  # each step after the one whose output it reads, as the registry says
         assert dag.get_task(step.name).upstream_task_ids == {step.after or "list_new"}, step.name
+        assert step.after or not step.takes_input, f"{step.name} takes the output of no step"
     assert FINAL_STEPS == ("cluster", "train")
     assert dag.get_task("publish").upstream_task_ids == set(FINAL_STEPS)
     sensor = dag.get_task("wait_for_images")
