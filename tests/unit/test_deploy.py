@@ -465,9 +465,11 @@ def test_the_stores_internal_ports_get_signing_keys_of_their_own_at_each_start()
     assert first["PATH"] == "/bin"
 
 
-def test_compose_gives_the_store_its_signing_keys(compose):
-    from fruitflow.stack.seaweed import JWT_KEYS
+def test_compose_gives_the_store_its_signing_keys_and_the_stacks_flags(compose):
+    from fruitflow.stack.seaweed import JWT_KEYS, SERVICE_FLAGS
 
+    started = compose["services"]["seaweedfs"]["command"][-1].split("exec weed mini", 1)[1].split()
+    assert set(SERVICE_FLAGS) <= set(started), set(SERVICE_FLAGS) - set(started)
     env = compose["services"]["seaweedfs"]["environment"]
     assert {name: env.get(name) for name in JWT_KEYS} == {name: f"${{{name}}}" for name in JWT_KEYS}
     assert set(JWT_KEYS) <= set(_env_example())
