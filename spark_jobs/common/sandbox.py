@@ -10,7 +10,7 @@ per bad item. Exceptions `fn` raises come back as their type's name and message.
 
 Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
 dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
-(RLIMIT_FSIZE 0), and its os.environ holds none of the parent's secrets (it is a fork: its memory is
+(RLIMIT_FSIZE 0), starts no process (RLIMIT_NPROC 0; root is exempt), and its os.environ holds none of the parent's secrets (it is a fork: its memory is
 still the parent's). The memory cap is on the address space: a child reaches at most what it inherited
 plus its budget (free heap memory it inherited is reused without being counted, up to that bound).
 POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
@@ -83,6 +83,9 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
     for name in [n for n in os.environ if not _kept(n)]:
         del os.environ[name]
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file written (the results go through the pipe)
+    # No process or thread started (decoding needs none: test_sandbox). It binds every user but root, whom
+    # the kernel exempts: the executors and Airflow's tasks run as users of their own outside this machine.
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     if memory_bytes:
         # The parent's objects stay out of the child's collections: what the child freed of them would
         # be room for its items beyond the budget (reusing free heap it inherited is not counted either:

@@ -124,6 +124,43 @@ def test_a_memory_limit_already_set_on_the_worker_is_kept(tmp_path):
     assert resource  # the parent's own limits are untouched
 
 
+NO_PROCESS_CHECK = """
+import encodings.ascii, encodings.latin_1, encodings.utf_8, json, os, sys
+from PIL import Image
+Image.init()  # the plugins loaded before the switch of user (the interpreter's files may be root's only)
+from spark_jobs.common import images
+from spark_jobs.common.sandbox import map_isolated
+photo = sys.stdin.buffer.read()
+if os.getuid() == 0:  # root is exempt from RLIMIT_NPROC: the check runs as nobody
+    os.setgid(65534)
+    os.setuid(65534)
+
+def start_a_process(_):
+    if os.fork() == 0:
+        os._exit(0)
+    return "started"
+
+def decode(data):
+    return list(images.preprocess(images.decode(data, 10**8)).shape)
+
+started = map_isolated(start_a_process, [1], memory_bytes=2**30, timeout_s=20)[0]
+decoded = map_isolated(decode, [photo], memory_bytes=2**30, timeout_s=20)[0]
+print(json.dumps([started.value, started.error_type, decoded.value, decoded.error]))
+"""
+
+
+def test_a_child_starts_no_process_and_still_decodes(real_jpeg):
+    """A decoder turned into running code cannot start processes (RLIMIT_NPROC 0, which binds any user but
+    root), and decoding needs none."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NO_PROCESS_CHECK], input=real_jpeg, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert json.loads(done.stdout) == [None, "BlockingIOError", [224, 224, 3], None], done.stdout
+
+
 def test_an_empty_batch_forks_nothing():
     assert map_isolated(_work, [], memory_bytes=MB, timeout_s=1) == []
 
