@@ -176,8 +176,9 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
         if size > cfg.max_image_bytes:
             outcomes[i] = f"file too large: {size} bytes exceeds {cfg.max_image_bytes}"
     todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-    decoded = map_isolated(partial(_preprocessed_bytes, max_pixels=cfg.max_image_pixels), [paths[i] for i in todo],
-                           **cfg.decoder_limits)
+    # fresh: the caller may be the api-server, whose memory holds the keys a decoder turned into code would want
+    decoded = map_isolated(partial(_preprocessed_bytes, max_pixels=cfg.max_image_pixels),
+                           [str(paths[i]) for i in todo], **cfg.decoder_limits, fresh=True)
     for i, outcome in zip(todo, decoded):
         if outcome.ok and is_preprocessed(outcome.value):
             outcomes[i] = rgb_from_bytes(outcome.value)
@@ -191,11 +192,11 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     return outcomes
 
 
-def _preprocessed_bytes(path: Path, max_pixels: int) -> bytes:
+def _preprocessed_bytes(path: str, max_pixels: int) -> bytes:
     """In the sandbox's child: the file read, decoded and preprocessed, as raw RGB bytes."""
     from spark_jobs.common.images import decode, preprocess
 
-    return preprocess(decode(path.read_bytes(), max_pixels)).tobytes()
+    return preprocess(decode(Path(path).read_bytes(), max_pixels)).tobytes()
 
 
 # ---------------------------------------------------------------------- the store

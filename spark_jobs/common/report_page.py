@@ -74,13 +74,15 @@ def thumbnail(jpeg: bytes, px: int = THUMBNAIL_PX) -> bytes:
 
 def thumbnails(jpegs: dict[str, bytes], *, memory_bytes: int, timeout_s: float) -> dict[str, bytes]:
     """`thumbnail` of each photo, made in the decoder sandbox (the photos are the preprocessed JPEGs, which
-    the Spark nodes write, and whoever calls this holds the control key): a photo that does not decode,
+    the Spark nodes write, and whoever calls this holds the control key: its children come from a fresh
+    interpreter, not a fork of the caller): a photo that does not decode,
     or crashes or exhausts the decoder, is left out."""
     from spark_jobs.common.sandbox import map_isolated
 
     keys = list(jpegs)
     try:
-        made = map_isolated(thumbnail, [jpegs[k] for k in keys], memory_bytes=memory_bytes, timeout_s=timeout_s)
+        made = map_isolated(thumbnail, [jpegs[k] for k in keys], memory_bytes=memory_bytes, timeout_s=timeout_s,
+                            fresh=True)
     except OSError:  # no child could be forked: a page without thumbnails
         return {}
     return {key: outcome.value for key, outcome in zip(keys, made) if outcome.ok}

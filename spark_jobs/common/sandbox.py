@@ -10,9 +10,12 @@ per bad item. Exceptions `fn` raises come back as their type's name and message.
 
 Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
 dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
-(RLIMIT_FSIZE 0), starts no process (RLIMIT_NPROC 0; root is exempt), and its os.environ holds none of the parent's secrets (it is a fork: its memory is
-still the parent's). The memory cap is on the address space: a child reaches at most what it inherited
-plus its budget (free heap memory it inherited is reused without being counted, up to that bound).
+(RLIMIT_FSIZE 0), starts no process (RLIMIT_NPROC 0; root is exempt), and its os.environ holds none of
+the parent's secrets. A fork's memory is still the parent's: where the caller holds keys (the Airflow
+host: the api-server, the publish task, a driver), `fresh=True` forks the children from a new
+interpreter started with the kept environment only (~0.15 s more per call). The memory cap is on the
+address space: a child reaches at most what it inherited plus its budget (free heap memory it inherited
+is reused without being counted, up to that bound).
 POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
 """
 
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import functools
 import gc
+import importlib
 import json
 import math
 import os
@@ -28,6 +33,9 @@ import resource
 import select
 import signal
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -273,13 +281,120 @@ def _run_from(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float
     return outcomes, stopped
 
 
-def map_isolated(fn: Callable, items: Sequence, *, memory_bytes: int, timeout_s: float) -> list[Outcome]:
+def map_isolated(fn: Callable, items: Sequence, *, memory_bytes: int, timeout_s: float,
+                 fresh: bool = False) -> list[Outcome]:
     """fn over every item, each outcome in order. `memory_bytes`: what a child may map beyond what it
-    inherits (0: no cap); `timeout_s`: per item."""
+    inherits (0: no cap); `timeout_s`: per item. `fresh`: the children are forked from a new interpreter
+    started with the kept environment only, not from this process, so that none of this process's memory
+    (a key it holds, its connections' secrets) is theirs; `fn` is then loaded there by name (a module-level
+    function, or a partial of one with plain-data arguments) and each item must be bytes or plain data."""
+    if fresh:
+        return _map_in_fresh_process(fn, items, memory_bytes, timeout_s)
     outcomes: list[Outcome] = []
     while len(outcomes) < len(items):
         done, stopped = _run_from(fn, items[len(outcomes):], memory_bytes, timeout_s)
         outcomes.extend(done)
         if stopped is not None and len(outcomes) < len(items):
             outcomes.append(Outcome(died=stopped))  # the item the child was on
+    return outcomes
+
+
+# ---------------------------------------------------------------------- children of a fresh interpreter
+
+_SERVE = ("import json, sys\n"
+          "sys.path[:0] = json.loads(sys.argv[1])\n"
+          "from spark_jobs.common.sandbox import serve\n"
+          "serve()\n")
+
+
+def _function_spec(fn: Callable) -> dict:
+    """`fn` by name, as a fresh interpreter loads it (`_load_function`)."""
+    args, kwargs = (), {}
+    if isinstance(fn, functools.partial):
+        fn, args, kwargs = fn.func, fn.args, fn.keywords
+    if fn.__module__ == "__main__" or "<" in fn.__qualname__:
+        raise ValueError(f"{fn!r} cannot be loaded by name in a fresh interpreter: use a module-level function")
+    return {"module": fn.__module__, "name": fn.__qualname__, "args": list(args), "kwargs": dict(kwargs)}
+
+
+def _load_function(spec: dict) -> Callable:
+    found = importlib.import_module(spec["module"])
+    for part in spec["name"].split("."):
+        found = getattr(found, part)
+    return functools.partial(found, *spec["args"], **spec["kwargs"])
+
+
+def _read_exact(stream, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError("the request ended early")
+    return data
+
+
+def _read_record(stream) -> tuple:
+    (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    return _decode(_read_exact(stream, size))
+
+
+def serve() -> None:
+    """The fresh interpreter's side: one request on stdin (the function, the limits, the items), each
+    outcome on stdout as it comes, then exit. Its children are forked from it."""
+    stdin, out = sys.stdin.buffer, sys.stdout.fileno()
+    _, request = _read_record(stdin)
+    items = [_read_record(stdin)[1] for _ in range(request["n"])]
+    fn = _load_function(request["function"])
+    # the decoders (OpenCV, Pillow) loaded before the children fork: a child's budget is for its items
+    importlib.import_module("spark_jobs.common.images")
+    for outcome in map_isolated(fn, items, memory_bytes=request["memory_bytes"], timeout_s=request["timeout_s"]):
+        if outcome.died is not None:
+            _send(out, ("died", outcome.died))
+        elif outcome.error_type is not None:
+            _send(out, ("error", outcome.error_type, outcome.error))
+        else:
+            _send(out, ("value", outcome.value))
+
+
+def _map_in_fresh_process(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float) -> list[Outcome]:
+    if not items:
+        return []
+    request = {"function": _function_spec(fn), "memory_bytes": memory_bytes, "timeout_s": timeout_s, "n": len(items)}
+    payload = b"".join(_HEADER.pack(len(p)) + p for p in map(_encode, [("value", request)] +
+                                                            [("value", item) for item in items]))
+    env = {name: value for name, value in os.environ.items() if _kept(name)}
+    with tempfile.TemporaryFile() as errors:
+        server = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(sys.path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=errors, env=env, close_fds=True)
+        try:
+            outcomes = _outcomes_of(server, payload, len(items), STARTUP_S + timeout_s)
+        finally:
+            server.kill()
+            server.wait()
+            server.stdout.close()
+        if len(outcomes) < len(items):
+            errors.seek(0)
+            last = (errors.read()[-2000:].decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+            outcomes += [Outcome(died=f"crashed (the decoder's interpreter ended: {last[:300]})")] * \
+                (len(items) - len(outcomes))
+    return outcomes
+
+
+def _outcomes_of(server: subprocess.Popen, payload: bytes, n: int, deadline_s: float) -> list[Outcome]:
+    """What the fresh interpreter sends back: its own children keep each item's deadline, `deadline_s`
+    only bounds an interpreter gone wrong."""
+    outcomes: list[Outcome] = []
+    try:
+        server.stdin.write(payload)
+        server.stdin.close()
+    except BrokenPipeError:
+        return outcomes
+    reader = _Reader(server.stdout.fileno())
+    try:
+        while len(outcomes) < n:
+            record = reader.record(time.monotonic() + deadline_s)
+            if record is None or record == "late":
+                break
+            outcomes.append(_outcome(record) if record[0] != "ready" else
+                            Outcome(error_type="TypeError", error="malformed record"))
+    except Exception:  # noqa: BLE001 - a record that does not load: the interpreter misbehaved
+        pass
     return outcomes

@@ -115,6 +115,11 @@ def test_the_backbone_model_comes_only_from_a_backbones_folder(where):
     assert objects.asked == []
 
 
+def malformed_answer(path: str, max_pixels: int):
+    """What a child gone wrong may send (loaded by name in the sandbox's fresh interpreter)."""
+    return b"short" if path.endswith("a.png") else {"not": "bytes"}
+
+
 def test_what_a_decoder_child_sends_back_is_checked_before_use(tmp_path, monkeypatch):
     """A child gone wrong (its decoder exploited) may send any bytes or plain value: an error line for that
     photo, never an exception in the caller (a 500 on the Recognise page, a failed Spark task)."""
@@ -123,6 +128,5 @@ def test_what_a_decoder_child_sends_back_is_checked_before_use(tmp_path, monkeyp
     photos = [tmp_path / "a.png", tmp_path / "b.png"]
     for photo in photos:
         photo.write_bytes(cv2.imencode(".png", np.full((30, 30, 3), 9, np.uint8))[1].tobytes())
-    answers = iter([b"short", {"not": "bytes"}])
-    monkeypatch.setattr(classifier, "_preprocessed_bytes", lambda path, max_pixels: next(answers))
+    monkeypatch.setattr(classifier, "_preprocessed_bytes", malformed_answer)
     assert load_images(photos, Config.from_env()) == ["decoder returned malformed output"] * 2

@@ -139,16 +139,19 @@ def test_the_page_shows_the_cluster_steps_files_as_it_wrote_them():
     assert page.count("data:image/jpeg;base64,") == 1
 
 
+REAL_THUMBNAIL = report_page.thumbnail
+
+
+def crashing_thumbnail(jpeg: bytes) -> bytes:
+    """A decoder that crashes on one photo (loaded by name in the sandbox's fresh interpreter)."""
+    if jpeg.startswith(b"\xff\xd8 not"):
+        os.kill(os.getpid(), signal.SIGSEGV)  # what a decoder's invalid read ends in
+    return REAL_THUMBNAIL(jpeg)
+
+
 def test_thumbnails_are_made_in_the_decoder_sandbox(monkeypatch):
     """A member photo that crashes the decoder costs its thumbnail, not the publish task."""
-    real = report_page.thumbnail
-
-    def crashing(jpeg):
-        if jpeg.startswith(b"\xff\xd8 not"):
-            os.kill(os.getpid(), signal.SIGSEGV)  # what a decoder's invalid read ends in
-        return real(jpeg)
-
-    monkeypatch.setattr(report_page, "thumbnail", crashing)
+    monkeypatch.setattr(report_page, "thumbnail", crashing_thumbnail)
     cfg = Config.from_env()
     objects, manifest, _ = _cluster_step(cfg)
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})

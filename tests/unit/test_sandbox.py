@@ -161,6 +161,51 @@ def test_a_child_starts_no_process_and_still_decodes(real_jpeg):
     assert json.loads(done.stdout) == [None, "BlockingIOError", [224, 224, 3], None], done.stdout
 
 
+def holds(halves: list[str]) -> bool:
+    """In the child: whether its memory holds the two halves side by side, searched for without making the
+    whole (which would then be in memory because of the search)."""
+    first, second = (half.encode() for half in halves)
+    with open("/proc/self/maps", encoding="ascii") as maps:
+        regions = [line.split() for line in maps]
+    with open("/proc/self/mem", "rb", buffering=0) as mem:
+        for region in regions:
+            start, end = (int(x, 16) for x in region[0].split("-"))
+            if not region[1].startswith("rw") or end - start > 1 << 30:
+                continue
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except OSError:
+                continue
+            at = data.find(first)
+            while at >= 0:
+                if data[at + len(first):at + len(first) + len(second)] == second:
+                    return True
+                at = data.find(first, at + 1)
+    return False
+
+
+def test_a_fresh_child_holds_nothing_of_its_callers_memory(monkeypatch):
+    """The api-server and the publish task hold the control key: a child forked from them holds it too
+    (in memory, whatever its os.environ says); one forked from a fresh interpreter does not."""
+    import secrets
+
+    key = secrets.token_hex(24)
+    monkeypatch.setenv("FRUITFLOW_CONTROL_KEY", key)
+    halves = [key[:24], key[24:]]
+    forked = map_isolated(holds, [halves], memory_bytes=0, timeout_s=60)
+    fresh = map_isolated(holds, [halves], memory_bytes=0, timeout_s=60, fresh=True)
+    assert [forked[0].value, fresh[0].value] == [True, False], (forked, fresh)
+
+
+def test_a_fresh_childs_outcomes_are_a_forked_ones():
+    items = [3, "bad", "segfault", 5]
+    forked = map_isolated(_work, items, memory_bytes=BUDGET, timeout_s=20)
+    fresh = map_isolated(_work, items, memory_bytes=BUDGET, timeout_s=20, fresh=True)
+    assert fresh == forked and [o.value for o in fresh] == [6, None, None, 10]
+    assert map_isolated(_work, [], memory_bytes=MB, timeout_s=1, fresh=True) == []
+
+
 def test_an_empty_batch_forks_nothing():
     assert map_isolated(_work, [], memory_bytes=MB, timeout_s=1) == []
 
