@@ -45,10 +45,11 @@ class Network:
 
 
 def unavailable_reason() -> str | None:
-    """Why namespaces cannot be made here (None when they can): root and `ip`/`unshare` are needed."""
+    """Why namespaces cannot be made here (None when they can): root, `ip`, `unshare`, `mount` and `nft`
+    (the store host's firewall) are needed."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "unshare", "mount"):
+    for tool in ("ip", "unshare", "mount", "nft"):
         if not shutil.which(tool):
             return f"`{tool}` is not installed"
     return None
@@ -83,6 +84,20 @@ def build(net: Network) -> None:
         etc = NETNS_ETC / ns
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{net.ip(host)} {socket.gethostname()}\n{names}")
+
+
+def accept_only(net: Network, host: str, tcp_ports: list[int]) -> None:
+    """Other hosts reach `host` on `tcp_ports` only: any other TCP connection from them is reset. The
+    host's own traffic (to its cluster address too) goes through its loopback and is not filtered."""
+    ports = ", ".join(str(p) for p in sorted(tcp_ports))
+    rules = ("table inet fruitflow\ndelete table inet fruitflow\n"
+             "table inet fruitflow {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
+             '  iif "lo" accept\n  ct state established,related accept\n'
+             f"  tcp dport != {{ {ports} }} reject with tcp reset\n }}\n}}\n")
+    done = subprocess.run(["ip", "netns", "exec", net.ns(host), "nft", "-f", "-"], input=rules, capture_output=True,
+                          text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"nft in {host}: {done.stderr.strip()}")
 
 
 def set_link(net: Network, host: str, up: bool) -> None:

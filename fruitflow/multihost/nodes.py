@@ -206,6 +206,9 @@ class MultiHost:
         STAGE.mkdir(parents=True, exist_ok=True)
         self.write_configuration()
         network.build(self.net)
+        # the store's filer, volume and master ports (gRPC among them, which has no authentication without
+        # mutual TLS) serve the store itself: the other hosts reach its S3 port only
+        network.accept_only(self.net, "storage", [S3_PORT])
         self.start_storage()
         self.start_master()
         for worker in WORKERS:

@@ -198,6 +198,34 @@ def test_no_service_listens_on_loopback(multihost, faulty_run):
         assert not [a for a in local if a.startswith(("127.", "[::1]", "*:", "0.0.0.0:", "[::]:"))], (host, local)
 
 
+PORT_PROBE = ("import socket, sys\n"
+              "for port in sys.argv[2:]:\n"
+              "    try:\n"
+              "        socket.create_connection((sys.argv[1], int(port)), timeout=5).close()\n"
+              "        print(port, 'open')\n"
+              "    except OSError as exc:\n"
+              "        print(port, type(exc).__name__)\n")
+
+
+def test_other_hosts_reach_the_stores_s3_port_alone(multihost):
+    """The store's filer, volume and master ports (HTTP and gRPC, which takes no authentication without
+    mutual TLS) answer the store itself; from a worker only the S3 port connects."""
+    from fruitflow.multihost.nodes import S3_PORT
+    from fruitflow.stack import seaweed
+
+    internal = sorted(set(seaweed.ports(multihost.storage_settings()).values()) - {S3_PORT})
+    store = multihost.net.ip("storage")
+    seen = {}
+    for host in ("worker-1", "storage"):
+        probe = [sys.executable, "-c", PORT_PROBE, store, str(S3_PORT), *map(str, internal)]
+        out = network.run_in(multihost.net, host, probe, capture_output=True, text=True, timeout=120).stdout
+        seen[host] = dict(line.split() for line in out.splitlines())
+    assert seen["worker-1"][str(S3_PORT)] == "open"
+    assert {p for p, state in seen["worker-1"].items() if state == "open"} == {str(S3_PORT)}, seen["worker-1"]
+    # the store's own services still reach each other (those that listen: webdav and admin are off)
+    assert seen["storage"][str(seaweed.ports(multihost.storage_settings())["filer.port.grpc"])] == "open", seen
+
+
 def test_workers_run_from_the_node_venv_and_cannot_see_the_drivers_files(multihost):
     """An executor's view: its own venv (the spark-node extra) read-only; the driver's venv, work tree and
     state hidden. The worker daemon runs the node venv's Spark."""
