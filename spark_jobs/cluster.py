@@ -27,9 +27,9 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_jobs import step_cli
-from spark_jobs.common import cluster_report, report_page, storage
+from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import Timings, begin_step, jpeg_folders, read_manifest, write_manifest
+from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 
 STEP = "cluster"
 
@@ -142,7 +142,8 @@ def capped_sample(frame: DataFrame, max_points: int, seed: int, n_rows: int) -> 
 
 def sample(assigned: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
     """The rows the driver-side views draw."""
-    return capped_sample(assigned.select("key", "category", "cluster", "pc1", "pc2", "pca"), max_points, seed, n_rows)
+    return capped_sample(assigned.select("key", "category", "cluster", "pc1", "pc2", "pca", "jpeg"), max_points, seed,
+                         n_rows)
 
 
 def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool = True) -> pd.DataFrame:
@@ -160,29 +161,27 @@ def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool
     return subset.assign(tsne1=embedded[:, 0], tsne2=embedded[:, 1])
 
 
-def jpeg_fetcher(spark: SparkSession, pca_manifest: dict, cfg: Config, threads: int = 16):
-    """keys -> {key: (uri, bytes)} of the preprocessed JPEGs found, looked for in the JPEG folders of the
-    preprocess steps behind the table (newest first; a key is in the run that first saw it).
+def jpeg_fetcher(spark: SparkSession, cfg: Config, threads: int = 16):
+    """{key: locator} -> {key: (locator, bytes)} of the preprocessed JPEGs read (`jpeg_packs`: one ranged
+    read each; a locator refused or a read failed is left out, with a line in the log).
 
-    A few hundred small reads (the report's thumbnails), each a round trip or two to S3 that leaves the
-    driver idle: they run side by side on `threads` threads (py4j gives each Python thread its own JVM
-    thread)."""
-    folders = jpeg_folders(pca_manifest, lambda uri: read_manifest(spark, uri, cfg))
+    A few hundred small reads (the report's thumbnails), each a round trip to S3 that leaves the driver
+    idle: they run side by side on `threads` threads (py4j gives each Python thread its own JVM thread)."""
 
-    def locate(key: str):
-        for folder in folders:
-            uri = f"{folder}/{key}"
-            try:
-                if storage.exists(spark, uri):
-                    return uri, storage.read_bytes(spark, uri)
-            except Exception as exc:  # noqa: BLE001 - a thumbnail is never worth failing the step
-                print(f"cluster: no thumbnail for {key!r}: {exc}", file=sys.stderr)
-                return None
-        return None
+    def get_range(bucket: str, key: str, offset: int, length: int) -> bytes:
+        return storage.read_range(spark, f"s3a://{bucket}/{key}", offset, length)
 
-    def fetch(keys: list[str]) -> dict:
+    def locate(item: tuple[str, str]):
+        key, locator = item
+        try:
+            return key, (locator, jpeg_packs.read(locator, cfg.preprocessed_bucket, get_range))
+        except Exception as exc:  # noqa: BLE001 - a thumbnail is never worth failing the step
+            print(f"cluster: no thumbnail for {key!r}: {exc}", file=sys.stderr)
+            return key, None
+
+    def fetch(locators: dict[str, str]) -> dict:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            return {key: found for key, found in zip(keys, pool.map(locate, keys)) if found is not None}
+            return {key: found for key, found in pool.map(locate, locators.items()) if found is not None}
 
     return fetch
 
@@ -214,7 +213,7 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: Dat
                              metrics={name: round(v, 4) for name, v in metrics.items()},
                              context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
                              explained=upstream["metrics"]["explained_variance_per_component"],
-                             fetch_jpegs=jpeg_fetcher(spark, upstream, cfg), seed=cfg.seed,
+                             fetch_jpegs=jpeg_fetcher(spark, cfg), seed=cfg.seed,
                              make_thumbnails=partial(report_page.thumbnails, **cfg.decoder_limits))
         digests = {}
         for name in sorted(os.listdir(tmp)):

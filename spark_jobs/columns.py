@@ -8,8 +8,6 @@ from pyspark.sql import functions as F
 from spark_jobs.common.keys import (
     CONTROL_CHARACTER,
     CONTROL_CHARACTERS,
-    KEY_TOO_LONG,
-    S3_MAX_KEY_BYTES,
     UNSAFE_SEGMENT,
     UNSAFE_SEGMENTS,
 )
@@ -23,13 +21,6 @@ def unsafe_key_column(relative):
         F.when(F.exists(parts, lambda p: p.isin(*UNSAFE_SEGMENTS)), F.lit(UNSAFE_SEGMENT))
         .when(relative.rlike(CONTROL_CHARACTERS), F.lit(CONTROL_CHARACTER))
     )
-
-
-def too_long_column(key, out_prefix: str):
-    """KEY_TOO_LONG where `<out_prefix>/<key>` (an object the step writes per image) would be refused by
-    the store: one such key must be a reject, not a task failing on every attempt and every later run."""
-    return F.when(F.octet_length(F.concat(F.lit(out_prefix.rstrip("/") + "/"), key)) > S3_MAX_KEY_BYTES,
-                  F.lit(KEY_TOO_LONG))
 
 
 def csv_column(column):

@@ -72,7 +72,7 @@ def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
         for m in manifests
     ]
     table = frames[0]
-    for frame in frames[1:]:
-        table = table.unionByName(frame)
+    for frame in frames[1:]:  # a table made before a column existed (jpeg) has it null
+        table = table.unionByName(frame, allowMissingColumns=True)
     newest = Window.partitionBy("key").orderBy(F.col("_stored_ms").desc(), F.col("_step").desc())
     return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "_stored_ms", "_step")

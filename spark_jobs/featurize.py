@@ -40,8 +40,9 @@ def resolve_model_file(model_ref: str) -> str:
 
 def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size: int,
                      threads_per_worker: int = 1, *, backbone: str) -> DataFrame:
-    """key, category, etag, image (224x224, `images.STORED_FORMAT`), color -> key, category, etag, features
-    (float[]), color (float[]: preprocess's colour histogram of the exact pixels, passed on)."""
+    """key, category, etag, image (224x224, `images.STORED_FORMAT`), color, jpeg -> key, category, etag,
+    features (float[]), color (float[]: preprocess's colour histogram of the exact pixels) and jpeg (the
+    locator of its thumbnail's JPEG, `jpeg_packs`; null in a table made before packs), passed on."""
 
     @pandas_udf(ArrayType(FloatType()))
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
@@ -54,7 +55,8 @@ def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size:
             features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
             yield pd.Series(list(np.concatenate(features).astype(np.float32)))
 
-    return images.select("key", "category", "etag", embed("image").alias("features"), "color")
+    jpeg = F.col("jpeg") if "jpeg" in images.columns else F.lit(None).cast("string").alias("jpeg")
+    return images.select("key", "category", "etag", embed("image").alias("features"), "color", jpeg)
 
 
 def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:

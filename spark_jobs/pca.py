@@ -185,13 +185,15 @@ def explained_variance(model: PipelineModel) -> np.ndarray:
 
 
 def project(model: PipelineModel, features: DataFrame) -> DataFrame:
-    """key, category, features -> key, category, pca (double[k]), pc1, pc2."""
+    """key, category, features, jpeg -> key, category, pca (double[k]), pc1, pc2, jpeg (the thumbnail's
+    locator, for the report and the classifier's bank: `jpeg_packs`)."""
     reduced = model.transform(_input_vectors(features))
     pca = vector_to_array("pca")
     return reduced.select(
         "key", "category", pca.alias("pca"),
         pca.getItem(0).alias("pc1"),
         F.coalesce(pca.getItem(1), F.lit(0.0)).alias("pc2"),
+        F.col("jpeg") if "jpeg" in features.columns else F.lit(None).cast("string").alias("jpeg"),
     )
 
 

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
 from spark_jobs import step_cli
-from spark_jobs.columns import too_long_column, unsafe_key_column
+from spark_jobs.columns import unsafe_key_column
 from spark_jobs.common import sandbox, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
@@ -147,25 +147,27 @@ def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | N
                       jpeg_uri: str | None = None) -> DataFrame:
     """Candidates -> key, category, etag, status, reason, image (`images.STORED_FORMAT`), color (the colour
     histogram of `images.color_histogram`, made here from the exact pixels: the stored JPEG's would
-    differ by a little in every bin).
+    differ by a little in every bin), jpeg (the locator of the image's copy in a pack under `jpeg_uri`,
+    `jpeg_packs`: the report's and the Recognise page's thumbnails).
 
     Files over the byte limit are rejected without reading them (with `binaryFile` the length filter is
     pushed down to the reader). Each other image makes one trip through Python (`prepare_batches`):
     its bytes fetched by key from `fetch_from` (the raw prefix; None: the frame's `content`), decoded and
-    preprocessed in the sandbox, and, with `jpeg_uri`, written there as a JPEG; so every object is read
-    once and its pixels cross from Python to the JVM once.
+    preprocessed in the sandbox, and, with `jpeg_uri`, written there in its batch's pack; so every object
+    is read once and its pixels cross from Python to the JVM once.
     """
     columns = ["key", "category", "path", "length", "modificationTime"]
     too_big = (
         candidates.filter(F.col("length") > cfg.max_image_bytes)
         .select(*columns, F.lit(None).cast("string").alias("etag"),
                 F.lit(f"file too large: over {cfg.max_image_bytes} bytes").alias("reason"),
-                F.lit(None).cast("binary").alias("image"), F.lit(None).cast("array<float>").alias("color"))
+                F.lit(None).cast("binary").alias("image"), F.lit(None).cast("array<float>").alias("color"),
+                F.lit(None).cast("string").alias("jpeg"))
     )
     readable = candidates.filter(F.col("length") <= cfg.max_image_bytes).select(*columns, "content", "pre_reject")
     schema = StructType([*(readable.schema[c] for c in columns), StructField("etag", StringType()),
                          StructField("reason", StringType()), StructField("image", BinaryType()),
-                         StructField("color", ArrayType(FloatType()))])
+                         StructField("color", ArrayType(FloatType())), StructField("jpeg", StringType())])
     prepare = partial(prepare_batches, cfg=cfg, fetch_from=fetch_from, jpeg_uri=jpeg_uri)
     decoded = readable.mapInPandas(prepare, schema=schema)
     return too_big.unionByName(decoded).withColumn(
@@ -180,8 +182,8 @@ S3_REQUESTS_IN_FLIGHT = 8
 
 def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: str | None):
     """On the executors: each batch's images read (or taken from `content`), decoded and preprocessed
-    in one sandboxed child, stored as JPEGs (`images.stored`) and uploaded; `pre_reject` rows are passed
-    on with their reason."""
+    in one sandboxed child, stored as JPEGs (`images.stored`) and uploaded as one pack; `pre_reject`
+    rows are passed on with their reason."""
     import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
@@ -204,15 +206,27 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
             else:
                 contents = list(batch["content"])
             stored, colors = decode_all(contents, reasons, cfg)
-            if target:
-                bucket, prefix = target
-                list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=f"{prefix}/{item[0]}", Body=item[1],
-                                                         ContentType="image/jpeg"),
-                              [(key, image) for key, image in zip(batch["key"], stored) if image is not None]))
+            locators = upload_pack(s3, jpeg_uri, stored) if target else [None] * len(stored)
             yield batch.drop(columns=["content", "pre_reject"]).assign(
                 # S3's ETag for single-part uploads
                 etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
-                reason=reasons, image=stored, color=colors)
+                reason=reasons, image=stored, color=colors, jpeg=locators)
+
+
+def upload_pack(s3, jpeg_uri: str, stored: list[bytes | None]) -> list[str | None]:
+    """The batch's stored JPEGs as one object under `jpeg_uri` (a name of its own: a retried task writes
+    another, and only the rows it yields point there); each image's locator."""
+    import uuid
+
+    from spark_jobs.common import jpeg_packs
+
+    if all(image is None for image in stored):
+        return [None] * len(stored)
+    body, spans = jpeg_packs.pack(stored)
+    bucket, prefix = split_s3_uri(jpeg_uri)
+    key = f"{prefix.strip('/')}/{uuid.uuid4().hex}{jpeg_packs.SUFFIX}"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/octet-stream")
+    return [jpeg_packs.locator(f"s3a://{bucket}/{key}", span) for span in spans]
 
 
 def decode_all(contents: list, reasons: list, cfg: Config) -> tuple[list, list]:
@@ -280,13 +294,6 @@ def new_keys(spark: SparkSession, keys_uri: str, featurized: list[dict]) -> Data
 
 
 # --------------------------------------------------------------------------- load
-
-
-def reject_long_keys(candidates: DataFrame, jpeg_uri: str) -> DataFrame:
-    """A candidate whose JPEG's key would be over S3's limit is rejected with the reason."""
-    out_prefix = split_s3_uri(jpeg_uri)[1] if jpeg_uri.startswith(("s3://", "s3a://")) else jpeg_uri
-    too_long = too_long_column(F.col("key"), out_prefix)
-    return candidates.withColumn("pre_reject", F.coalesce(F.col("pre_reject"), too_long))
 
 
 def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
@@ -377,7 +384,6 @@ def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_ur
     if n_files == 0:
         raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
     with timings.measure("preprocess"):
-        candidates = reject_long_keys(candidates, jpeg_uri)
         processed = preprocess_images(candidates, cfg, fetch_from=found.fetch_from, jpeg_uri=jpeg_uri)
         processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
 

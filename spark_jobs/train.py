@@ -158,7 +158,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     with timings.measure("export"):
         model.write().overwrite().save(model_uri)
         l2 = cfg.l2_normalize
-        bank = capped_sample(train.select("key", "category", "pca"), cfg.neighbour_bank_max, cfg.seed,
+        bank = capped_sample(train.select("key", "category", "pca", "jpeg"), cfg.neighbour_bank_max, cfg.seed,
                              n_images - int(counts["n_test"] or 0))
         held = capped_sample(test.select("pca"), cfg.neighbour_bank_max, cfg.seed, int(counts["n_test"] or 0))
         bank_vectors = to_unit_if(np.stack(bank["pca"].to_numpy()).astype(np.float64), l2)
@@ -216,6 +216,8 @@ def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, mode
         "classes": np.array(classes_of(model), dtype=str),
         "bank_vectors": bank_vectors.astype(np.float32),
         "bank_keys": np.array(bank["key"].tolist(), dtype=str), "bank_fruit": np.array(bank["category"].tolist(), dtype=str),
+        # where each bank photo's thumbnail is (`jpeg_packs`; "" when it has none)
+        "bank_jpegs": np.array([j if isinstance(j, str) else "" for j in bank["jpeg"]], dtype=str),
     }
     params = pca_manifest["params"]
     meta = {

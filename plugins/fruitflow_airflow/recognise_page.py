@@ -4,9 +4,13 @@ keys come from object keys, the file name from the uploader)."""
 
 from __future__ import annotations
 
+import logging
+
 import jinja2
 
 from spark_jobs.common import report_page
+
+log = logging.getLogger(__name__)
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Recognise a fruit</title>
@@ -41,21 +45,18 @@ def render(*, result: dict | None, thumbnails: dict[str, str], source: dict | No
 
 
 def neighbour_thumbnails(classifier, result: dict, cfg, s3_hook) -> dict[str, str]:
-    """key -> base64 JPEG thumbnail of each neighbour found among the preprocessed JPEGs behind the
-    classifier's table."""
-    from spark_jobs.common.classifier import BucketReader
-    from spark_jobs.common.config import split_s3_uri
-    from spark_jobs.common.manifest import jpeg_folders
+    """key -> base64 JPEG thumbnail of each neighbour whose preprocessed JPEG could be read (its locator
+    from the classifier's bank, `jpeg_packs`; a bank exported before packs has none)."""
+    from spark_jobs.common import jpeg_packs
 
-    reader = BucketReader(cfg, s3_hook.get_conn())
-    folders = jpeg_folders(reader.manifest(classifier.meta["pca_step"]), reader.manifest)
+    get_range = jpeg_packs.s3_range(s3_hook.get_conn())
     found: dict[str, bytes] = {}
     for neighbour in result.get("neighbours", []):
-        for folder in folders:
-            bucket, key = split_s3_uri(f"{folder}/{neighbour['key']}")
-            if s3_hook.check_for_key(key, bucket):
-                found[neighbour["key"]] = reader.get(f"s3a://{bucket}/{key}")
-                break
+        try:
+            if locator := classifier.jpeg_of(neighbour["key"]):
+                found[neighbour["key"]] = jpeg_packs.read(locator, cfg.preprocessed_bucket, get_range)
+        except Exception as exc:  # noqa: BLE001 - gone, refused or unreadable: shown without its photo
+            log.warning("thumbnail of %s left out: %s", neighbour["key"], exc)
     # the preprocessed JPEGs are the Spark nodes' writing: decoded in the sandbox, not the api-server
     made = report_page.thumbnails(found, **cfg.decoder_limits)
     return {key: report_page.encode(data) for key, data in made.items()}

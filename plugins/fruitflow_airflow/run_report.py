@@ -10,7 +10,7 @@ import logging
 from urllib.parse import quote
 
 from fruitflow_airflow.submit import legacy_run_folder, safe_run_id
-from spark_jobs.common import report_page, signing
+from spark_jobs.common import jpeg_packs, report_page, signing
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 from spark_jobs.common.pointers import latest_run_uri
 
@@ -49,7 +49,7 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
         return None
     folder, digests = cluster["outputs"]["report_folder"], cluster.get("report_sha256") or {}
     clusters_json = vouched_file(s3_hook, cfg, folder, "clusters.json", digests)
-    document = json.loads(clusters_json) if clusters_json else {"clusters": [], "figures": [], "thumbnail_uris": {}}
+    document = json.loads(clusters_json) if clusters_json else {"clusters": [], "figures": []}
     figures = [(caption, data) for name, caption in document["figures"]
                if (data := vouched_file(s3_hook, cfg, folder, name, digests))]
     train = manifests.get("train")
@@ -66,7 +66,7 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
         "rejects": summary.get("rejects"), "summary": summary.get("summary"),
     }
     return report_page.render(quality=quality, clusters=document["clusters"], figures=figures, context=context,
-                              thumbnails=thumbnails(s3_hook, cfg, document["thumbnail_uris"]),
+                              thumbnails=thumbnails(s3_hook, cfg, document.get("thumbnail_locators") or {}),
                               classifier=(train or {}).get("metrics"),
                               run_id=summary.get("run_id"))
 
@@ -86,16 +86,16 @@ def vouched_file(s3_hook, cfg: Config, folder: str, name: str, digests: dict[str
     return data
 
 
-def thumbnails(s3_hook, cfg: Config, uris: dict[str, str]) -> dict[str, bytes]:
-    """Small JPEGs of the clusters' member photos (the preprocessed bucket's, which the Spark nodes write),
-    made in the decoder sandbox with the executors' limits; a photo gone or not decoded is left out."""
+def thumbnails(s3_hook, cfg: Config, locators: dict[str, str]) -> dict[str, bytes]:
+    """Small JPEGs of the clusters' member photos (their locators into the preprocessed bucket's packs,
+    which the Spark nodes write: `jpeg_packs.read` refuses any other), made in the decoder sandbox with
+    the executors' limits; a photo gone, refused or not decoded is left out."""
+    get_range = jpeg_packs.s3_range(s3_hook.get_conn())
     jpegs = {}
-    for key, uri in uris.items():
-        if split_s3_uri(uri)[0] != cfg.preprocessed_bucket:
-            continue
+    for key, locator in locators.items():
         try:
-            jpegs[key] = read_bytes(s3_hook, cfg, uri)
-        except Exception as exc:  # noqa: BLE001 - gone or unreadable: left out
+            jpegs[key] = jpeg_packs.read(locator, cfg.preprocessed_bucket, get_range)
+        except Exception as exc:  # noqa: BLE001 - gone, refused or unreadable: left out
             log.warning("thumbnail of %s left out: %s", key, exc)
     return report_page.thumbnails(jpegs, **cfg.decoder_limits)
 

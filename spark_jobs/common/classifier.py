@@ -113,6 +113,16 @@ class Classifier:
                       color_weight=self.meta["color_weight"], mean=self.arrays["pca_mean"],
                       components=self.arrays["pca_components"])
 
+    def jpeg_of(self, key: str) -> str | None:
+        """The locator of a bank photo's preprocessed JPEG (`jpeg_packs`), or None (a bank exported before
+        packs, a photo without one)."""
+        if "bank_jpegs" not in self.arrays:
+            return None
+        found = np.flatnonzero(self.arrays["bank_keys"] == key)
+        if not len(found):
+            return None
+        return str(self.arrays["bank_jpegs"][found[0]]) or None
+
     # ------------------------------------------------------------------ prediction
 
     def predict_reduced(self, reduced: np.ndarray) -> list[dict]:

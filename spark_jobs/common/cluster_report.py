@@ -35,9 +35,10 @@ def figure_files() -> list[tuple[str, str]]:
 
 def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: pd.DataFrame, metrics: dict,
           context: dict, explained: list[float], fetch_jpegs, make_thumbnails, seed: int = 42) -> str:
-    """Every report file into `folder`; returns the HTML page's path. `fetch_jpegs(keys)` gives the
-    preprocessed JPEGs of those keys it found, as {key: (uri, bytes)}; `make_thumbnails({key: bytes})`
-    the thumbnails of those it could decode (`report_page.thumbnails`, in the decoder sandbox)."""
+    """Every report file into `folder`; returns the HTML page's path. `fetch_jpegs({key: locator})` gives
+    the preprocessed JPEGs it could read, as {key: (locator, bytes)} (`points`' `jpeg` column holds each
+    photo's locator, `jpeg_packs`); `make_thumbnails({key: bytes})` the thumbnails of those it could
+    decode (`report_page.thumbnails`, in the decoder sandbox)."""
     frames = {"points": points, "embedded": embedded}
     for name, caption, frame, x, y, colour in FIGURES:
         scatter(frames[frame], x, y, colour, caption, os.path.join(folder, name))
@@ -51,10 +52,12 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     views.assign(key=views["key"].map(csv_cell), category=views["category"].map(csv_cell)).to_csv(
         os.path.join(folder, "views_2d.csv"), index=False, sep=";")
     members = thumbnail_keys(points, THUMBNAILS_PER_CLUSTER, seed)
-    found = fetch_jpegs(sorted({k for keys in members.values() for k in keys}))
+    locators = dict(zip(points["key"], points["jpeg"])) if "jpeg" in points else {}
+    found = fetch_jpegs({k: locators[k] for k in sorted({k for keys in members.values() for k in keys})
+                         if isinstance(locators.get(k), str)})
     clusters = [{**row, "thumbnails": [k for k in members.get(row["cluster"], []) if k in found]}
                 for row in summary.to_dict("records")]
-    document = {"clusters": clusters, "thumbnail_uris": {k: uri for k, (uri, _) in found.items()},
+    document = {"clusters": clusters, "thumbnail_locators": {k: locator for k, (locator, _) in found.items()},
                 "figures": figure_files()}
     with open(os.path.join(folder, "clusters.json"), "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=1)

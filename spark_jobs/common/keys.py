@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 
 UNSAFE_SEGMENTS = ("", ".", "..")
-S3_MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes (SeaweedFS's too)
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
 OUTSIDE_PREFIX = "unsafe key: outside the raw prefix"
 UNSAFE_SEGMENT = "unsafe key: empty, '.' or '..' segment"
 CONTROL_CHARACTER = "unsafe key: control character"
-KEY_TOO_LONG = f"unsafe key: its output key would pass S3's {S3_MAX_KEY_BYTES}-byte limit"
 
 
 def unsafe_key_reason(key: str, prefix: str) -> str | None:

@@ -7,7 +7,6 @@ import json
 import platform
 import time
 from contextlib import contextmanager
-from typing import Callable
 
 from typing import TYPE_CHECKING
 
@@ -153,13 +152,3 @@ class Timings(dict):
         finally:
             self[name] = round(time.perf_counter() - start, 3)
             self._context.setJobDescription(None)
-
-
-def jpeg_folders(pca_manifest: dict, read: Callable[[str], dict]) -> list[str]:
-    """The preprocessed-JPEG folders of the preprocess steps behind a PCA step's table, newest first (a
-    key's JPEG is in the run that first saw it). `read(step_uri)` returns a step's manifest, as
-    `parse_manifest` makes it."""
-    featurize_steps = [read(uri.rsplit("/", 1)[0]) for uri in pca_manifest["inputs"]["features"]]
-    newest_first = sorted(featurize_steps, key=store_order, reverse=True)
-    preprocess_steps = [read(m["inputs"]["preprocess"]) for m in newest_first]
-    return [m["outputs"]["jpeg"] for m in preprocess_steps if "jpeg" in m.get("outputs", {})]

@@ -16,7 +16,7 @@ from fruitflow_airflow.tasks import list_new_images
 from spark_jobs.common import images
 from spark_jobs.common.config import split_s3_uri
 from tests.badfiles import SINGLE_CLASS, UNSAFE_KEYS, write_bad_files, write_more_bad_files
-from tests.helpers import SAMPLE_500, list_keys, read_manifest, real_images, submit_step
+from tests.helpers import SAMPLE_500, list_keys, read_manifest, real_images, stored_jpegs, submit_step
 
 
 def _json_lines(s3, uri):
@@ -110,10 +110,9 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     listing.promote(hook, cfg, found["listing_state"], prefix, retry)
     assert listing.read_state(s3, cfg, prefix).retry == {"Odd/gone.jpg": 1}
 
-    jpeg_bucket, jpeg_prefix = split_s3_uri(preprocessed["outputs"]["jpeg"])
-    assert set(list_keys(s3, preprocessed["outputs"]["jpeg"])) == {f"{jpeg_prefix}/{k}" for k in ok}  # UTF-8 keys back
-    stored = s3.get_object(Bucket=jpeg_bucket, Key=f"{jpeg_prefix}/Odd/huge 6000x4000.jpg")["Body"].read()
-    assert images.decode(stored, 10**7).shape == (224, 224, 3)
+    stored = stored_jpegs(s3, preprocessed)
+    assert set(stored) == set(ok)  # UTF-8 keys back, each with its JPEG in a pack
+    assert images.decode(stored["Odd/huge 6000x4000.jpg"][1], 10**7).shape == (224, 224, 3)
 
     submit_step("featurize", cfg, run_id, "--input", preprocessed["step_uri"], "--backbone", "resnet50",
                 "--weights", "random", "--batch-size", "8")

@@ -37,7 +37,7 @@ from spark_jobs.common.steps import STEP_NAMES
 from tests import airflow_pages as pages
 from tests import browser
 from tests.badfiles import write_bad_files
-from tests.helpers import ROOT, SAMPLE_500, list_keys, read_parquet, real_images
+from tests.helpers import ROOT, SAMPLE_500, list_keys, read_parquet, real_images, stored_jpegs
 
 pytestmark = pytest.mark.slow
 
@@ -266,9 +266,10 @@ def test_each_step_leaves_its_outputs_and_manifest(first, s3):
     assert preprocess["counts"]["n_input"] == len(first.reals) + len(first.expected)
     assert preprocess["counts"]["n_images"] == len(first.reals) + len(first.expected) - n_bad
     assert preprocess["counts"]["n_rejected"] == n_bad and preprocess["counts"]["n_ignored"] == 1
-    jpegs = list_keys(s3, preprocess["outputs"]["jpeg"])
+    jpegs = stored_jpegs(s3, preprocess)  # each image's JPEG, read back by its locator
     assert len(jpegs) == preprocess["counts"]["n_images"]
-    assert any(k.endswith(f"{first.reals[0].parent.name}/{first.reals[0].name}") for k in jpegs)
+    assert f"{first.reals[0].parent.name}/{first.reals[0].name}" in jpegs
+    assert len(list_keys(s3, preprocess["outputs"]["jpeg"])) < len(jpegs)  # packs, not an object per photo
 
     assert featurize["counts"]["n_images"] == preprocess["counts"]["n_images"]
     assert featurize["params"]["feature_dim"] == FEATURE_DIM[first.backbone]

@@ -27,7 +27,7 @@ from fruitflow.stack.services import master_state, service
 from fruitflow.package import build_zip
 from spark_jobs.common.config import S3_MIN_TIMEOUT_S, split_s3_uri
 from tests.helpers import SAMPLE_500, real_images
-from tests.helpers import list_keys, read_manifest
+from tests.helpers import list_keys, read_manifest, stored_jpegs
 
 pytestmark = pytest.mark.slow
 
@@ -226,9 +226,9 @@ def test_two_runs_at_once_do_not_touch_each_other(s3, prepared, tmp_path):
         assert twin["counts"] == pre["counts"]
         assert twin["step_uri"].endswith(f"/{run_id}/preprocess")
         _, jpeg_prefix = split_s3_uri(twin["outputs"]["jpeg"])
-        jpegs = list_keys(s3, twin["outputs"]["jpeg"])
-        assert len(jpegs) == len(set(jpegs)) == twin["counts"]["n_images"]
-        assert all(k.startswith(jpeg_prefix + "/") for k in jpegs)
+        jpegs = stored_jpegs(s3, twin)  # each in a pack of its own run's folder
+        assert len(jpegs) == twin["counts"]["n_images"]
+        assert all(pack.startswith(jpeg_prefix + "/") for pack, _ in jpegs.values())
 
 
 def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeypatch, healthy_stack_after):
@@ -256,7 +256,7 @@ def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeyp
     frozen = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
     assert frozen["driver_s3"]["retries"] >= 1, frozen["driver_s3"]  # a timed-out request, sent again
     assert frozen["counts"] == pre["counts"]
-    assert len(list_keys(s3, frozen["outputs"]["jpeg"])) == pre["counts"]["n_images"]
+    assert len(stored_jpegs(s3, frozen)) == pre["counts"]["n_images"]
 
 
 def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, prepared, tmp_path):

@@ -98,28 +98,6 @@ def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
     assert already(Config(backbone="resnet50", weights="imagenet")) == set()
 
 
-def test_an_image_whose_output_key_would_pass_s3s_limit_is_rejected(spark, image_tree, cfg):
-    """A raw key S3 accepts can still make the JPEG's key under the run's folder (a long runs prefix, a
-    manual run id of 250 characters) too long for S3 (PutObject: KeyTooLongError): that image is a reject
-    with its reason, where it failed its task on every attempt and every later run; the others go on."""
-    from spark_jobs.common.keys import KEY_TOO_LONG, S3_MAX_KEY_BYTES
-
-    reals = real_images(SAMPLE_500, 1, 2)
-    root = image_tree(reals)
-    category = reals[0].parent.name
-    # 'é' is two bytes in UTF-8: the limit counts bytes, not characters
-    fits, too_long = "é" * 120 + ".jpg", "é" * 125 + ".jpg"  # 244 and 254 bytes
-    (root / category / reals[0].name).rename(root / category / fits)
-    (root / category / reals[1].name).rename(root / category / too_long)
-    tail = f"/{category}/" + "é" * 123 + ".jpg"  # 250 bytes: the boundary
-    run_folder = "r" * (S3_MAX_KEY_BYTES - len(tail.encode()) - len("/preprocess/jpeg"))
-    jpeg_uri = f"s3a://fruitflow-preprocessed/{run_folder}/preprocess/jpeg"
-    frame = preprocess.reject_long_keys(_frame(spark, root).filter(F.col("ignored_reason").isNull()), jpeg_uri)
-    out = {r["key"].split("/")[1]: r for r in preprocess.preprocess_images(frame, cfg).drop("image").collect()}
-    assert out[fits]["status"] == preprocess.OK and out[fits]["reason"] is None
-    assert out[too_long]["status"] == preprocess.REJECTED and out[too_long]["reason"] == KEY_TOO_LONG
-
-
 def test_an_image_whose_decoding_exceeds_the_decoders_memory_is_a_reject(spark, image_tree, cfg):
     """A PNG within the pixel limit that decodes to more than the decoder's budget (here 32 MB: a
     5000x5000 PNG of 9 KB needs 75 MB) is a reject with its reason; the photos beside it are processed
@@ -179,10 +157,13 @@ class _CountingS3(BaseHTTPRequestHandler):
         pass
 
 
-def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
-    """The listed path reads every object by key and writes its JPEG: one GET and one PUT per image (the
-    too-large branch of the step used to read them all a second time), none for a file the listing says
-    is too large, and a key gone since the listing becomes a reject the next run retries."""
+def test_each_listed_image_is_read_once_and_its_batch_written_as_one_pack(spark, cfg):
+    """The listed path reads every object by key: one GET per image (the too-large branch of the step used
+    to read them all a second time), none for a file the listing says is too large, and a key gone since
+    the listing becomes a reject the next run retries. The batch's JPEGs go up as one pack (a PUT per
+    photo cost more than the rest of its preprocessing), and each image's locator reads back its JPEG."""
+    from spark_jobs.common import jpeg_packs
+
     reals = real_images(SAMPLE_500, 2, 2)
     keys = [f"{p.parent.name}/{p.name}" for p in reals]
     _CountingS3.objects = {f"/raw/in/{k}": p.read_bytes() for k, p in zip(keys, reals)}
@@ -200,7 +181,8 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
         listing = preprocess.with_keys(preprocess.listed_files(wanted, raw), raw)
         out = preprocess.preprocess_images(listing.filter(F.col("ignored_reason").isNull()).drop("already"), fake,
                                            fetch_from=raw, jpeg_uri="s3a://out/run/jpeg")
-        found = {r["key"]: r for r in out.drop("image").collect()}
+        found = {r["key"]: r for r in out.collect()}
+        partitions = out.rdd.getNumPartitions()
     finally:
         server.shutdown()
     assert {k for k in keys if found[k]["status"] == "ok"} == set(keys)
@@ -215,7 +197,12 @@ def test_each_listed_image_is_read_once_and_written_once(spark, cfg):
     assert reads == {**{f"/raw/in/{k}": 1 for k in keys}, "/raw/in/Pear/gone.jpg": 1, "/raw/in/Pear/sse-c.jpg": 1,
                      **{f"/raw/in/Pear/{name}": 1 for name in _CountingS3.REFUSED}}
     writes = {path: n for (method, path), n in _CountingS3.requests.items() if method == "PUT"}
-    assert writes == {f"/out/run/jpeg/{k}": 1 for k in keys}
+    assert set(writes.values()) == {1} and len(writes) <= partitions and len(writes) < len(keys), writes
+    assert all(path.startswith("/out/run/jpeg/") and path.endswith(jpeg_packs.SUFFIX) for path in writes)
+    for key in keys:
+        _, pack, offset, length = jpeg_packs.parse(found[key]["jpeg"], "out")
+        assert _CountingS3.objects[f"/out/{pack}"][offset:offset + length] == found[key]["image"]
+    assert found["Pear/big.jpg"]["jpeg"] is None and found["Pear/gone.jpg"]["jpeg"] is None
 
 
 def test_a_run_with_no_image_to_decode_succeeds_and_says_why(spark, tmp_path, cfg):

@@ -9,7 +9,7 @@ import signal
 from PIL import Image
 
 from fruitflow_airflow import run_report
-from spark_jobs.common import report_page, signing
+from spark_jobs.common import jpeg_packs, report_page, signing
 from spark_jobs.common.config import Config, split_s3_uri
 
 
@@ -92,7 +92,8 @@ def test_the_summary_and_the_page_name_ignored_files_with_their_reasons():
 
 
 class _Store:
-    """The S3Hook calls `render` makes: get_key(key, bucket).get()["Body"].read()."""
+    """The S3Hook calls `render` makes: get_key(key, bucket).get()["Body"].read(), and its client's ranged
+    get_object for the thumbnails' packs."""
 
     def __init__(self, objects):
         self.objects = objects
@@ -100,6 +101,13 @@ class _Store:
     def get_key(self, key, bucket):
         data = self.objects[(bucket, key)]
         return type("Object", (), {"get": lambda _self: {"Body": io.BytesIO(data)}})()
+
+    def get_conn(self):
+        return self
+
+    def get_object(self, Bucket, Key, Range):  # noqa: N803 - boto3's names
+        start, end = (int(n) for n in Range.removeprefix("bytes=").split("-"))
+        return {"Body": io.BytesIO(self.objects[(Bucket, Key)][start:end + 1])}
 
 
 def _png(colour) -> bytes:
@@ -114,17 +122,21 @@ def _jpeg() -> bytes:
     return out.getvalue()
 
 
+PACK_KEY = "runs/r1/preprocess/jpeg/0123abcd.pack"
+
+
 def _cluster_step(cfg):
     """A cluster step's report folder and its manifest (with the digests it signs), two member photos."""
     folder = f"s3a://{cfg.features_bucket}/runs/r1/cluster/report"
-    photos = {k: f"s3a://{cfg.preprocessed_bucket}/runs/r1/preprocess/jpeg/{k}" for k in ("Apple/a.jpg", "Kiwi/b.jpg")}
+    body, spans = jpeg_packs.pack([_jpeg(), b"\xff\xd8 not a jpeg"])
+    pack_uri = f"s3a://{cfg.preprocessed_bucket}/{PACK_KEY}"
+    photos = {k: jpeg_packs.locator(pack_uri, span) for k, span in zip(("Apple/a.jpg", "Kiwi/b.jpg"), spans)}
     document = {"clusters": [{"cluster": 0, "size": 2, "purity": 0.5, "top_fruits": [["Apple", 1]],
                               "thumbnails": list(photos)}],
-                "figures": [["scree.png", "explained variance"], ["tsne.png", "t-SNE"]], "thumbnail_uris": photos}
+                "figures": [["scree.png", "explained variance"], ["tsne.png", "t-SNE"]], "thumbnail_locators": photos}
     files = {"clusters.json": json.dumps(document).encode(), "scree.png": _png("blue"), "tsne.png": _png("green")}
     objects = {split_s3_uri(f"{folder}/{name}"): data for name, data in files.items()}
-    objects[split_s3_uri(photos["Apple/a.jpg"])] = _jpeg()
-    objects[split_s3_uri(photos["Kiwi/b.jpg"])] = b"\xff\xd8 not a jpeg"
+    objects[(cfg.preprocessed_bucket, PACK_KEY)] = body
     manifest = {"outputs": {"report_folder": folder},
                 "report_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     return objects, manifest, folder
@@ -162,7 +174,7 @@ def test_report_files_gone_since_are_left_out():
     cfg = Config.from_env()
     objects, manifest, folder = _cluster_step(cfg)
     del objects[split_s3_uri(f"{folder}/scree.png")]
-    del objects[split_s3_uri(f"s3a://{cfg.preprocessed_bucket}/runs/r1/preprocess/jpeg/Apple/a.jpg")]
+    del objects[(cfg.preprocessed_bucket, PACK_KEY)]
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0
 
@@ -176,7 +188,7 @@ def test_report_files_replaced_after_the_cluster_step_are_left_out():
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 1
     planted = {"clusters": [{"cluster": 9, "size": 1, "purity": 1.0, "top_fruits": [["Planted", 1]],
-                             "thumbnails": []}], "figures": [], "thumbnail_uris": {}}
+                             "thumbnails": []}], "figures": [], "thumbnail_locators": {}}
     objects[split_s3_uri(f"{folder}/clusters.json")] = json.dumps(planted).encode()
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert "Planted" not in page and 'class="cluster"' not in page

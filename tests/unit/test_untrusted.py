@@ -33,13 +33,14 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     categories = [HOSTILE[i % len(HOSTILE)] if i % 2 else HOSTILE[-1] for i in range(28)]  # the HTML one leads
     points = pd.DataFrame({"key": [f"{c}/{i}.jpg" for i, c in enumerate(categories)], "category": categories,
                            "cluster": [i % 3 for i in range(28)], "pc1": rng.normal(size=28),
-                           "pc2": rng.normal(size=28), "pca": list(rng.normal(size=(28, 4)))})
+                           "pc2": rng.normal(size=28), "pca": list(rng.normal(size=(28, 4))),
+                           "jpeg": [f"s3a://b/jpeg/p.pack#{i}+1" for i in range(28)]})
     embedded = points.assign(tsne1=points["pc1"], tsne2=points["pc2"])
     table = points.groupby(["category", "cluster"]).size().unstack(fill_value=0)
     jpeg = cv2.imencode(".jpg", np.full((224, 224, 3), 90, np.uint8))[1].tobytes()
     cluster_report.build(str(tmp_path), points=points, embedded=embedded, table=table, metrics={"ari": 0.5},
                  context={"images": 28}, explained=[0.4, 0.2, 0.1, 0.05],
-                 fetch_jpegs=lambda keys: {k: (f"s3a://b/jpeg/{k}", jpeg) for k in keys if not k.startswith("+")},
+                 fetch_jpegs=lambda locators: {k: (loc, jpeg) for k, loc in locators.items() if not k.startswith("+")},
                  make_thumbnails=partial(report_page.thumbnails, memory_bytes=512 * 2**20, timeout_s=30))
     cells = [cell for name in ("clusters.csv", "contingency.csv") for row in csv.reader(open(tmp_path / name))
              for cell in row]
