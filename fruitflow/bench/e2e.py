@@ -6,13 +6,13 @@ prints the time of every task, the in-step timings of the Spark steps, and the o
 featurization (JVM starts, S3 I/O, PCA, KMeans, Airflow): the DAG's wall time minus the featurize
 step's model time.
 
-SCALE: the same at N, 4N and 10N (the same images copied under new keys, each set with its own feature
-table): featurize + PCA + KMeans time at each size, its ratio to N (`scale_ratio_4n`, `scale_ratio_10n`;
-target at most 1.1 x the size ratio), and each step's driver peak RSS (the spark-submit JVM plus the
-step's driver Python process, polled with psutil). Then about N/10 new photos (those of every tenth fruit of DATA,
-under new keys) are added to the 10N run's bucket prefix and feature table, and the same photos run into an empty
-table of their own: `incremental_ratio` is the first run's wall time over the second's (target <= 1.2:
-a run's work should grow with what is new).
+SCALE: the same at N, 4N, 10N and 30N (the same images copied under new keys, each set with its own feature
+table): featurize + PCA + KMeans time at each size, its ratio to N (`scale_ratio_4n`, `scale_ratio_10n`,
+`scale_ratio_30n`; target at most 1.1 x the size ratio), and each step's driver peak RSS (the spark-submit JVM
+plus the step's driver Python process, polled with psutil). Then about N/10 new photos (those of every tenth
+fruit of DATA, under new keys) are added to the 10N run's bucket prefix and feature table, and the same photos
+run into an empty table of their own: `incremental_ratio` is the first run's wall time over the second's
+(target <= 1.2: a run's work should grow with what is new).
 
 Cost per photo (`cost`): the bare engine, ONNX Runtime on the same model over DATA's images decoded and
 preprocessed in memory on every core, gives `engine_core_ms_per_image`; with SCALE, the DAG's marginal
@@ -48,7 +48,8 @@ from spark_jobs.common.steps import STEP_NAMES, STEPS
 
 DEFAULT_DATA = SAMPLE_1179
 SCALED_STEPS = ("featurize", "pca", "cluster")  # what grows with the table (preprocess sees new images only)
-SIZES = (("N", 1), ("4N", 4), ("10N", 10))  # SCALE=1: the same images copied under new keys
+SIZES = (("N", 1), ("4N", 4), ("10N", 10), ("30N", 30))  # SCALE=1: the same images copied under new keys
+COST_SIZES = ("N", "4N", "10N")  # the marginal cost's line (30N checks that the scale stays flat)
 
 
 def log(msg: str) -> None:
@@ -286,8 +287,8 @@ def engine_core_ms_per_image(onnx_uri: str, data: Path, max_images: int = 512, b
 
 
 def incremental_runs(after: dict, args) -> dict:
-    """About N/10 new photos (those of every tenth fruit of DATA, under keys no copy used) added to
-    `after`'s bucket prefix and feature table, then the same photos into an empty table of their own."""
+    """About N/10 new photos (those of every tenth fruit of DATA, under keys no copy of any size uses) added
+    to `after`'s bucket prefix and feature table, then the same photos into an empty table of their own."""
     new = {"copies": 1, "first_copy": SIZES[-1][1], "every": 10}
     return {"+N/10": run_in_child("+N/10 after 10N", args=args, label=after["label"], **new),
             "N/10": run_in_child("N/10 alone", args=args, **new)}
@@ -307,7 +308,7 @@ def incremental_figures(runs: dict) -> dict:
 def cost_figures(runs: dict, worker_cores: int, engine: dict) -> dict:
     """The DAG's marginal cost per image, the least-squares slope of its wall time over the runs' sizes
     times the worker's cores (None with a single size), against the bare engine's."""
-    sized = [runs[name] for name, _ in SIZES if name in runs]
+    sized = [runs[name] for name in COST_SIZES if name in runs]
     pipeline = None
     if len({run["n_images"] for run in sized}) > 1:
         slope_s = float(np.polyfit([r["n_images"] for r in sized], [r["wall_s"] for r in sized], 1)[0])
@@ -346,9 +347,10 @@ def measure(args) -> dict:
     try:
         build_zip()
         prime_s, onnx_uri = prime_model(args.weights)
-        runs = {name: run_in_child(name, copies, args) for name, copies in (SIZES if args.scale else SIZES[:1])}
-        if args.scale:
+        runs = {name: run_in_child(name, copies, args) for name, copies in (SIZES[:3] if args.scale else SIZES[:1])}
+        if args.scale:  # N/10 added to the 10N table, then 30N in a table of its own
             runs.update(incremental_runs(runs["10N"], args))
+            runs.update({name: run_in_child(name, copies, args) for name, copies in SIZES[3:]})
         base = Config.from_env()
         trivial_cfg = base.with_overrides(runs_prefix=base.table_prefix(f"trivial-{uuid.uuid4().hex[:6]}"))
         trivial_s = trivial_submit_s(trivial_cfg, args.floor_rounds)
