@@ -78,7 +78,7 @@ N ?=
 E2E ?=
 SCALE ?=
 PRECISION ?=
-bench: $(STAMP)  ## featurization benchmark (E2E=1: the whole DAG timed; SCALE=1: N, 4N, 10N); last line JSON
+bench: $(STAMP)  ## featurization benchmark (E2E=1: the whole DAG timed; SCALE=1: N, 4N, 10N, 30N); last line JSON
 ifneq ($(E2E)$(SCALE),)
 	$(FRUITFLOW) bench-e2e $(if $(DATA),--data "$(DATA)") $(if $(SCALE),--scale) $(if $(PRECISION),--precision $(PRECISION))
 else
