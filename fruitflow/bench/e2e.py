@@ -44,6 +44,7 @@ import numpy as np
 from fruitflow import buckets, stack
 from fruitflow.bench.sampler import ProcessSampler
 from fruitflow.paths import SAMPLE_1179
+from spark_jobs.common.config import Config
 from spark_jobs.common.steps import STEP_NAMES, STEPS
 
 DEFAULT_DATA = SAMPLE_1179
@@ -94,7 +95,6 @@ def run_pipeline(data: Path, copies: int, weights: str, precision: str, *, label
     or under `label`'s, which an earlier run made (its photos then are the table's old ones); timings
     and RSS."""
     from fruitflow.demo import read_summary, run_dag
-    from spark_jobs.common.config import Config
 
     label = label or f"bench-e2e-{uuid.uuid4().hex[:6]}-x{copies}"
     os.environ["FRUITFLOW_RUNS_PREFIX"] = Config.from_env().table_prefix(label)  # a feature table of its own
@@ -129,7 +129,6 @@ def prime_model(weights: str) -> tuple[float, str]:
     (seconds, the model's ONNX file)."""
     from fruitflow_airflow.tasks import choose_model
     from spark_jobs.common import storage
-    from spark_jobs.common.config import Config
     from spark_jobs.common.models import materialize
     from spark_jobs.session import build_session, stop_session
 
@@ -322,9 +321,10 @@ def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--scale", action="store_true", help="also run 4N and 10N (the same images under new "
-                        "keys), then N/10 new photos added to the 10N table and alone")
+                        "keys), then N/10 new photos added to the 10N table and alone, then 30N")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
-    parser.add_argument("--weights", default="random")
+    # the model a user's run gets (Config: auto with ImageNet weights, EfficientNet-Lite0 offline)
+    parser.add_argument("--weights", default=Config.weights, help="imagenet (default) | random")
     parser.add_argument("--floor-rounds", type=int, default=2,
                         help="trivial submissions timed for the floor (the fastest counts)")
     # one run, in a child process
@@ -338,7 +338,6 @@ def arg_parser() -> argparse.ArgumentParser:
 def measure(args) -> dict:
     """Every run and reference timing, on the local stack (started and stopped here when it was down)."""
     from fruitflow.package import build_zip
-    from spark_jobs.common.config import Config
 
     load_start = os.getloadavg()
     started_stack = not stack.all_healthy()
