@@ -189,13 +189,12 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
 
     from spark_jobs.common import storage as st
 
-    s3 = source = target = None
+    s3 = source = None
     with ThreadPoolExecutor(S3_REQUESTS_IN_FLIGHT) as pool:
         for batch in batches:
             if s3 is None and (fetch_from or jpeg_uri):  # on the first batch: an empty partition needs no client
                 s3 = st.client_for(cfg)
                 source = split_s3_uri(fetch_from) if fetch_from else None
-                target = split_s3_uri(jpeg_uri) if jpeg_uri else None
             reasons = list(batch["pre_reject"])
             if source:
                 keys, contents = list(batch["key"]), [None] * len(batch)
@@ -206,7 +205,7 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
             else:
                 contents = list(batch["content"])
             stored, colors = decode_all(contents, reasons, cfg)
-            locators = upload_pack(s3, jpeg_uri, stored) if target else [None] * len(stored)
+            locators = upload_pack(s3, jpeg_uri, stored) if jpeg_uri else [None] * len(stored)
             yield batch.drop(columns=["content", "pre_reject"]).assign(
                 # S3's ETag for single-part uploads
                 etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
