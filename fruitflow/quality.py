@@ -71,6 +71,7 @@ def preprocessed(spark, cfg, data: Path):
 
     from spark_jobs import preprocess
     from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
+    from spark_jobs.step_outputs import read_output
 
     # one cache per folder, by its path (two folders of one name are two sets), and per form of the
     # preprocessed table (a cache of another form would not read back)
@@ -82,7 +83,7 @@ def preprocessed(spark, cfg, data: Path):
         prepared = preprocess.preprocess_images(frame, cfg).filter(F.col("status") == preprocess.OK)
         prepared.select("key", "category", "etag", "image", "color").write.parquet(str(out.with_suffix(".tmp")))
         os.replace(out.with_suffix(".tmp"), out)
-    return spark.read.parquet(str(out))
+    return read_output(spark, str(out))  # a table of photos without thumbnails (no JPEG packs here)
 
 
 def int8_model(fp32_path: str, images) -> str:
@@ -117,7 +118,7 @@ def featurized(spark, cfg, backbone: str, weights: str, data: Path, precision: s
     features.write.mode("overwrite").parquet(str(out))
     log(f"{backbone} ({weights}, {precision}) on {data.name}: {n} images featurized in "
         f"{time.perf_counter() - started:.0f}s")
-    return spark.read.parquet(str(out)).select("key", "category", "features", "color").cache()
+    return spark.read.parquet(str(out)).select("key", "category", "features", "color", "jpeg").cache()
 
 
 def int8_fidelity(fp32, int8) -> dict:

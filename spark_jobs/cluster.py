@@ -30,6 +30,7 @@ from spark_jobs import step_cli
 from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+from spark_jobs.step_outputs import read_output
 
 STEP = "cluster"
 
@@ -227,7 +228,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     timings = Timings(spark, STEP)
     upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
-    reduced = spark.read.parquet(upstream["outputs"]["reduced"]).cache()
+    reduced = read_output(spark, upstream["outputs"]["reduced"]).cache()
     n_images = reduced.count()
     n_categories = reduced.select("category").distinct().count()
     k, wanted = choose_k(cfg, n_images, n_categories)

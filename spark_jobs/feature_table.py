@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from spark_jobs.common import storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import parse_manifest, store_order, untrusted_reason
+from spark_jobs.step_outputs import read_output
 
 
 def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
@@ -67,12 +68,12 @@ def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
     if not manifests:
         raise SystemExit("no committed featurize output: run the featurize step first")
     frames = [
-        spark.read.parquet(m["outputs"]["features"])
+        read_output(spark, m["outputs"]["features"])
         .withColumn("_stored_ms", F.lit(store_order(m)[0])).withColumn("_step", F.lit(store_order(m)[1]))
         for m in manifests
     ]
     table = frames[0]
-    for frame in frames[1:]:  # a table made before a column existed (jpeg) has it null
-        table = table.unionByName(frame, allowMissingColumns=True)
+    for frame in frames[1:]:
+        table = table.unionByName(frame)
     newest = Window.partitionBy("key").orderBy(F.col("_stored_ms").desc(), F.col("_step").desc())
     return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "_stored_ms", "_step")

@@ -29,6 +29,7 @@ from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.common.models import materialize
 from spark_jobs.quantize import materialize_int8
+from spark_jobs.step_outputs import read_output
 
 STEP = "featurize"
 
@@ -55,8 +56,7 @@ def featurize_images(images: DataFrame, model_ref: str, engine: str, batch_size:
             features = [model(rgb[i:i + batch_size]) for i in range(0, len(rgb), batch_size)]
             yield pd.Series(list(np.concatenate(features).astype(np.float32)))
 
-    jpeg = F.col("jpeg") if "jpeg" in images.columns else F.lit(None).cast("string").alias("jpeg")
-    return images.select("key", "category", "etag", embed("image").alias("features"), "color", jpeg)
+    return images.select("key", "category", "etag", embed("image").alias("features"), "color", "jpeg")
 
 
 def partitions_for(n_images: int, parallelism: int, batch_size: int) -> int:
@@ -88,7 +88,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     with timings.measure("materialize_model"):
         model = materialize(spark, cfg)
         model_uri = model.uri_for(cfg.engine)
-    images = spark.read.parquet(upstream["outputs"]["images"])
+    images = read_output(spark, upstream["outputs"]["images"])
     int8 = None
     if cfg.precision == "int8":  # opt-in: quantized once, calibrated on a bounded sample of these images
         with timings.measure("quantize_int8"):

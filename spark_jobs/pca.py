@@ -193,7 +193,7 @@ def project(model: PipelineModel, features: DataFrame) -> DataFrame:
         "key", "category", pca.alias("pca"),
         pca.getItem(0).alias("pc1"),
         F.coalesce(pca.getItem(1), F.lit(0.0)).alias("pc2"),
-        F.col("jpeg") if "jpeg" in features.columns else F.lit(None).cast("string").alias("jpeg"),
+        "jpeg",
     )
 
 

@@ -35,6 +35,7 @@ from spark_jobs.common import storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, store_order, write_manifest
 from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold
+from spark_jobs.step_outputs import read_output
 
 STEP = "train"
 
@@ -129,12 +130,10 @@ def to_unit_if(vectors: np.ndarray, l2_normalize: bool) -> np.ndarray:
 
 
 def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
-    from spark_jobs.cluster import capped_sample
-
     timings = Timings(spark, STEP)
     upstream = read_manifest(spark, input_uri, cfg)
     begin_step(spark, out_uri)
-    reduced = spark.read.parquet(upstream["outputs"]["reduced"])
+    reduced = read_output(spark, upstream["outputs"]["reduced"])
     # One partition per executor core, not the window's shuffle partitions: every L-BFGS iteration is a
     # Spark job over this table, mostly task scheduling on small tables (bench/RESULTS.md).
     cores = spark.sparkContext.defaultParallelism
@@ -145,6 +144,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     counts = per_class.agg(F.count(F.lit(1)).alias("classes"), F.sum("n_test").alias("n_test"),
                            F.sum(F.when(F.col("n") == 1, 1).otherwise(0)).alias("single")).first()
     train, test = split.filter(~F.col("held_out")), split.filter(F.col("held_out"))
+    n_test = int(counts["n_test"] or 0)
     if counts["classes"] < 2:  # every class keeps at least one training image (split_held_out)
         raise SystemExit(f"cannot train a classifier on {counts['classes']} fruit class(es): need at least 2")
     with timings.measure("fit"):
@@ -157,14 +157,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     model_uri = f"{out_uri}/{name}"
     with timings.measure("export"):
         model.write().overwrite().save(model_uri)
-        l2 = cfg.l2_normalize
-        bank = capped_sample(train.select("key", "category", "pca", "jpeg"), cfg.neighbour_bank_max, cfg.seed,
-                             n_images - int(counts["n_test"] or 0))
-        held = capped_sample(test.select("pca"), cfg.neighbour_bank_max, cfg.seed, int(counts["n_test"] or 0))
-        bank_vectors = to_unit_if(np.stack(bank["pca"].to_numpy()).astype(np.float64), l2)
-        held_vectors = (to_unit_if(np.stack(held["pca"].to_numpy()).astype(np.float64), l2)
-                        if len(held) else np.zeros((0, bank_vectors.shape[1])))
-        threshold = unknown_threshold(held_vectors, bank_vectors, cfg.unknown_quantile)
+        bank, bank_vectors, threshold = neighbour_bank(train, test, n_images - n_test, n_test, cfg)
         export, export_sha256 = export_artifacts(spark, out_uri, upstream, model, bank, bank_vectors, threshold, cfg)
     split.unpersist()
     return write_manifest(
@@ -175,19 +168,33 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
             "outputs": {"model": model_uri, "held_out_predictions": predictions_uri, **export},
             "export_sha256": export_sha256,  # the signed manifest vouches for the files the driver wrote
-            "counts": {"n_images": n_images, "n_train": n_images - int(counts["n_test"] or 0),
-                       "n_held_out": int(counts["n_test"] or 0), "n_classes": int(counts["classes"]),
+            "counts": {"n_images": n_images, "n_train": n_images - n_test,
+                       "n_held_out": n_test, "n_classes": int(counts["classes"]),
                        "n_single_image_classes": int(counts["single"] or 0), "n_neighbour_bank": len(bank)},
             "params": {"classifier": "multinomial logistic regression (Spark ML)", "reg_param": cfg.reg_param,
                        "max_iter": cfg.classifier_max_iter, "test_fraction": cfg.test_fraction, "seed": cfg.seed,
                        "pca_k": upstream["params"]["k"],
-                       "l2_normalize": l2, "unknown_quantile": cfg.unknown_quantile,
+                       "l2_normalize": cfg.l2_normalize, "unknown_quantile": cfg.unknown_quantile,
                        "unknown_threshold": threshold, "model_name": name,
                        **{k: upstream["params"].get(k) for k in ("backbone", "weights", "model_tag", "precision")}},
             "metrics": {**quality, "iterations": model.stages[1].summary.totalIterations},
             "timings_s": dict(timings),
         },
     )
+
+
+def neighbour_bank(train: DataFrame, test: DataFrame, n_train: int, n_test: int, cfg: Config
+                   ) -> tuple[pd.DataFrame, np.ndarray, float]:
+    """The Recognise page's neighbours, a capped sample of the training rows (key, category, pca, jpeg),
+    their vectors, and the distance beyond which a photo is unknown, calibrated on the held-out rows."""
+    from spark_jobs.cluster import capped_sample
+
+    bank = capped_sample(train.select("key", "category", "pca", "jpeg"), cfg.neighbour_bank_max, cfg.seed, n_train)
+    held = capped_sample(test.select("pca"), cfg.neighbour_bank_max, cfg.seed, n_test)
+    bank_vectors = to_unit_if(np.stack(bank["pca"].to_numpy()).astype(np.float64), cfg.l2_normalize)
+    held_vectors = (to_unit_if(np.stack(held["pca"].to_numpy()).astype(np.float64), cfg.l2_normalize)
+                    if len(held) else np.zeros((0, bank_vectors.shape[1])))
+    return bank, bank_vectors, unknown_threshold(held_vectors, bank_vectors, cfg.unknown_quantile)
 
 
 def model_name(pca_manifest: dict) -> str:

@@ -194,8 +194,9 @@ def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
 
 def bench_spark_udf(spark, table: str, model_ref: str, engine: str, cfg, n: int, backbone: str) -> float:
     from spark_jobs.featurize import featurize_images, partitions_for
+    from spark_jobs.step_outputs import read_output
 
-    images = spark.read.parquet(table)
+    images = read_output(spark, table)  # a table of photos, without thumbnails
     partitions = partitions_for(n, spark.sparkContext.defaultParallelism, cfg.batch_size)
     out = featurize_images(images.repartition(partitions), model_ref, engine, cfg.batch_size, backbone=backbone)
     start = time.perf_counter()

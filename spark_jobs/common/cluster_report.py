@@ -48,11 +48,11 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     summary.assign(top_fruits=summary["top_fruits"].map(lambda fruits: csv_cell(
         ", ".join(f"{name} ({n})" for name, n in fruits)))).to_csv(os.path.join(folder, "clusters.csv"), index=False)
     table.rename(index=csv_cell).to_csv(os.path.join(folder, "contingency.csv"))
-    views = embedded.drop(columns=["pca"])
+    views = embedded.drop(columns=["pca", "jpeg"])  # the locators are the store's layout, not a view
     views.assign(key=views["key"].map(csv_cell), category=views["category"].map(csv_cell)).to_csv(
         os.path.join(folder, "views_2d.csv"), index=False, sep=";")
     members = thumbnail_keys(points, THUMBNAILS_PER_CLUSTER, seed)
-    locators = dict(zip(points["key"], points["jpeg"])) if "jpeg" in points else {}
+    locators = dict(zip(points["key"], points["jpeg"]))
     found = fetch_jpegs({k: locators[k] for k in sorted({k for keys in members.values() for k in keys})
                          if isinstance(locators.get(k), str)})
     clusters = [{**row, "thumbnails": [k for k in members.get(row["cluster"], []) if k in found]}

@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from spark_jobs import cluster, pca
+from spark_jobs.step_outputs import with_added_columns
 
 
 def _features(spark, n_per_class=12, classes=4, dim=32, seed=0):
@@ -15,7 +16,7 @@ def _features(spark, n_per_class=12, classes=4, dim=32, seed=0):
     for c in range(classes):
         for i in range(n_per_class):
             rows.append((f"c{c}/{i}.jpg", f"c{c}", (centres[c] + rng.normal(0, 1, dim)).astype(float).tolist()))
-    return spark.createDataFrame(rows, "key string, category string, features array<float>")
+    return with_added_columns(spark.createDataFrame(rows, "key string, category string, features array<float>"))
 
 
 def test_choose_k():
@@ -104,7 +105,7 @@ def _wide_features(spark, n=240, dim=1280, seed=5):
     x = np.maximum(rng.normal(size=(n, 60)) @ basis + rng.normal(0, 0.3, (n, dim)) + 1.0, 0.0)
     x[:, :7] = 0.0
     rows = [(f"c{i % 6}/{i}.jpg", f"c{i % 6}", r.astype(np.float32).tolist()) for i, r in enumerate(x)]
-    return spark.createDataFrame(rows, "key string, category string, features array<float>")
+    return with_added_columns(spark.createDataFrame(rows, "key string, category string, features array<float>"))
 
 
 @pytest.mark.parametrize("l2_normalize", [False, True])
@@ -196,7 +197,8 @@ def test_colour_histogram_joins_the_reduction_with_its_weight(spark):
     colour = normalize(rng.random((n, bins)) ** 3)
     rows = [(f"c{i % 3}/{i}.jpg", f"c{i % 3}", x[i].astype(np.float32).tolist(), colour[i].astype(np.float32).tolist())
             for i in range(n)]
-    frame = spark.createDataFrame(rows, "key string, category string, features array<float>, color array<float>")
+    frame = with_added_columns(spark.createDataFrame(
+        rows, "key string, category string, features array<float>, color array<float>"))
     x32, colour32 = x.astype(np.float32).astype(np.float64), colour.astype(np.float32).astype(np.float64)
     for weight in (0.0, 0.7):
         model = pca.fit_pca(frame, 6, None, n_rows=n, l2_normalize=True, color_weight=weight)

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from spark_jobs import pca, train
 from spark_jobs.common import recognition
 from spark_jobs.common.config import Config
+from spark_jobs.step_outputs import with_added_columns
 
 
 def _table(spark, sizes: dict[str, int], dim=24, colours=8, seed=0):
@@ -23,7 +24,8 @@ def _table(spark, sizes: dict[str, int], dim=24, colours=8, seed=0):
             hist = np.abs(colour + rng.normal(0, 0.1, colours))
             rows.append((f"{name}/{i}.jpg", name, (centre + rng.normal(0, 1, dim)).tolist(),
                          (hist / np.linalg.norm(hist)).tolist()))
-    return spark.createDataFrame(rows, "key string, category string, features array<float>, color array<float>")
+    return with_added_columns(spark.createDataFrame(
+        rows, "key string, category string, features array<float>, color array<float>"))
 
 
 def _reduced(spark, sizes, k=6, **kw):
@@ -111,7 +113,8 @@ def test_a_fruit_the_classifier_never_saw_is_mostly_unknown(spark, lite0_files):
     cnn = OnnxFeaturizer(lite0_files["onnx"], threads=2)(rgb.astype(np.float32))
     rows = [(f"{p.parent.name}/{p.name}", p.parent.name, f.tolist(), color_histogram(x).tolist())
             for p, f, x in zip(paths, cnn, rgb)]
-    features = spark.createDataFrame(rows, "key string, category string, features array<float>, color array<float>")
+    features = with_added_columns(spark.createDataFrame(
+        rows, "key string, category string, features array<float>, color array<float>"))
     reduced = pca.project(pca.fit_pca(features, 20, None, len(rows), True, 1.0), features).cache()
     classes = sorted({p.parent.name for p in paths})
     flagged = []
