@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -177,18 +178,18 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     from spark_jobs.common.sandbox import map_isolated
 
     outcomes: list[np.ndarray | str | None] = [None] * len(paths)
+    files: dict[int, bytes] = {}
     for i, path in enumerate(paths):
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            outcomes[i] = f"{type(exc).__name__}: {exc}"
-            continue
-        if size > cfg.max_image_bytes:
-            outcomes[i] = f"file too large: {size} bytes exceeds {cfg.max_image_bytes}"
-    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-    # fresh: the caller may be the api-server, whose memory holds the keys a decoder turned into code would want
+        read = _read_at_most(path, cfg.max_image_bytes)
+        if isinstance(read, str):
+            outcomes[i] = read
+        else:
+            files[i] = read
+    todo = list(files)
+    # fresh: the caller may be the api-server, whose memory holds the keys a decoder turned into code would
+    # want; the files are read here, by the caller's user (the decoder's namespace has none of its rights)
     decoded = map_isolated(partial(_preprocessed_bytes, max_pixels=cfg.max_image_pixels),
-                           [str(paths[i]) for i in todo], **cfg.decoder_limits, fresh=True)
+                           [files[i] for i in todo], **cfg.decoder_limits, fresh=True)
     for i, outcome in zip(todo, decoded):
         if outcome.ok and is_preprocessed(outcome.value):
             outcomes[i] = rgb_from_bytes(outcome.value)
@@ -202,11 +203,30 @@ def load_images(paths: list[Path], cfg) -> list[np.ndarray | str]:
     return outcomes
 
 
-def _preprocessed_bytes(path: str, max_pixels: int) -> bytes:
-    """In the sandbox's child: the file read, decoded and preprocessed, as raw RGB bytes."""
+def _read_at_most(path: Path, max_bytes: int) -> bytes | str:
+    """The file's bytes, or why not (a file that grows past the limit while read is too large too). Opened
+    without blocking and read only when regular: a FIFO or a device among the photos never holds the caller."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+        try:
+            data = file.read(max_bytes + 1)
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+    if len(data) > max_bytes:
+        return f"file too large: over {max_bytes} bytes"
+    return data
+
+
+def _preprocessed_bytes(data: bytes, max_pixels: int) -> bytes:
+    """In the sandbox's child: the file's bytes decoded and preprocessed, as raw RGB bytes."""
     from spark_jobs.common.images import decode, preprocess
 
-    return preprocess(decode(Path(path).read_bytes(), max_pixels)).tobytes()
+    return preprocess(decode(data, max_pixels)).tobytes()
 
 
 # ---------------------------------------------------------------------- the store

@@ -11,11 +11,13 @@ per bad item. Exceptions `fn` raises come back as their type's name and message.
 Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
 dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
 (RLIMIT_FSIZE 0), starts no process (RLIMIT_NPROC 0; root is exempt), and its os.environ holds none of
-the parent's secrets. A fork's memory is still the parent's: where the caller holds keys (the Airflow
-host: the api-server, the publish task, a driver), `fresh=True` forks the children from a new
-interpreter started with the kept environment only (~0.15 s more per call). The memory cap is on the
-address space: a child reaches at most what it inherited plus its budget (free heap memory it inherited
-is reused without being counted, up to that bound).
+the parent's secrets; its stdin and stdout are /dev/null. A fork's memory is still the parent's: where
+the caller holds keys (the Airflow host: the api-server, the publish task, a driver), `fresh=True` forks
+the children from a new interpreter started with the kept environment only (~0.15 s more per call), in a
+user and a network namespace of its own where the kernel allows (no reach into the caller's /proc files,
+no network), and makes the caller not dumpable. The memory cap is on the address space: a child reaches
+at most what it inherited plus its budget (free heap memory it inherited is reused without being
+counted, up to that bound).
 POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
 """
 
@@ -45,7 +47,8 @@ MEMORY_ERROR = "out of memory"
 # decoders' own settings; not PySpark's worker secrets (PYTHON_WORKER_FACTORY_SECRET) nor any key.
 KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_", "HOME", "TMPDIR", "OPENCV_", "OMP_", "OPENBLAS_", "MKL_")
 _HEADER = struct.Struct("!Q")
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 # How long a new child may take to confine itself before its first item: a fork on a loaded host is
 # not the item's cost, so the per-item deadline starts once the child says it is ready.
 STARTUP_S = 60.0
@@ -86,6 +89,14 @@ def _confine(memory_bytes: int, cpu_s: int, keep_fd: int) -> None:
         signal.signal(number, signal.SIG_DFL)
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, 65536)
+    # Nothing to read on stdin and nowhere to write on stdout: in a fresh interpreter stdout is the stream
+    # of results (stderr stays, for a crash's last words in the worker's or the interpreter's log)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 1:
+        os.close(null)
     # No secret in os.environ for the decoding code to pass on. A fork still holds the parent's memory
     # (and /proc/self/environ): against a decoder turned into running code, only a fresh process helps.
     for name in [n for n in os.environ if not _kept(n)]:
@@ -336,9 +347,29 @@ def _read_record(stream) -> tuple:
     return _decode(_read_exact(stream, size))
 
 
+def _libc_call(name: str, *args: int) -> bool:
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)(*args) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _leave_the_callers_namespaces() -> None:
+    """The fresh interpreter's first act (a new user namespace needs a process of one thread): a user
+    namespace of its own, where it holds no capability over its caller, who may run as the same user or
+    as root (the caller's /proc files, its environ among them, are closed to it), and a network namespace
+    whose only interface is down (no connection to anything, local services included). Where the kernel
+    or a container's seccomp profile refuses user namespaces, the network alone (root), or neither: the
+    caller, made not dumpable, still keeps its /proc files from a user other than root."""
+    if not _libc_call("unshare", _CLONE_NEWUSER | _CLONE_NEWNET) and not _libc_call("unshare", _CLONE_NEWNET):
+        print("sandbox: the decoder's interpreter shares its caller's user and network namespaces: "
+              "unshare was refused", file=sys.stderr)
+
+
 def serve() -> None:
     """The fresh interpreter's side: one request on stdin (the function, the limits, the items), each
     outcome on stdout as it comes, then exit. Its children are forked from it."""
+    _leave_the_callers_namespaces()
     stdin, out = sys.stdin.buffer, sys.stdout.fileno()
     _, request = _read_record(stdin)
     items = [_read_record(stdin)[1] for _ in range(request["n"])]
@@ -357,6 +388,9 @@ def serve() -> None:
 def _map_in_fresh_process(fn: Callable, items: Sequence, memory_bytes: int, timeout_s: float) -> list[Outcome]:
     if not items:
         return []
+    # A child that runs as this process's user cannot read a process that is not dumpable (its environ,
+    # its memory): the keys this process holds, where the child could not leave its user namespace
+    _libc_call("prctl", _PR_SET_DUMPABLE, 0)
     request = {"function": _function_spec(fn), "memory_bytes": memory_bytes, "timeout_s": timeout_s, "n": len(items)}
     payload = b"".join(_HEADER.pack(len(p)) + p for p in map(_encode, [("value", request)] +
                                                             [("value", item) for item in items]))

@@ -2,6 +2,7 @@
 the executors use: a photo that exhausts the decoder is an error line, never the caller's crash."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,14 +36,18 @@ def test_photos_are_decoded_in_the_sandbox_with_the_pipelines_limits(tmp_path):
     text.write_text("not a photo")
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff" * (10**6 + 1))
-    done = subprocess.run([sys.executable, "-c", DECODE, *map(str, [fine, bomb, text, big, tmp_path / "gone.jpg"])],
-                          capture_output=True, text=True, timeout=120)
+    fifo = tmp_path / "pipe.jpg"  # nothing ever writes: reading it would wait for ever
+    os.mkfifo(fifo)
+    files = [fine, bomb, text, big, tmp_path / "gone.jpg", fifo]
+    done = subprocess.run([sys.executable, "-c", DECODE, *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out[0] == [224, 224, 3]
     assert "memory" in out[1].lower(), out[1]
     assert out[2].startswith("unsupported format")
     assert out[3].startswith("file too large") and out[4].startswith("FileNotFoundError")
+    assert out[5] == "not a regular file"
 
 
 class _Objects:
@@ -115,9 +120,9 @@ def test_the_backbone_model_comes_only_from_a_backbones_folder(where):
     assert objects.asked == []
 
 
-def malformed_answer(path: str, max_pixels: int):
+def malformed_answer(data: bytes, max_pixels: int):
     """What a child gone wrong may send (loaded by name in the sandbox's fresh interpreter)."""
-    return b"short" if path.endswith("a.png") else {"not": "bytes"}
+    return b"short" if data.endswith(b"first") else {"not": "bytes"}
 
 
 def test_what_a_decoder_child_sends_back_is_checked_before_use(tmp_path, monkeypatch):
@@ -126,7 +131,7 @@ def test_what_a_decoder_child_sends_back_is_checked_before_use(tmp_path, monkeyp
     from spark_jobs.common import classifier
 
     photos = [tmp_path / "a.png", tmp_path / "b.png"]
-    for photo in photos:
-        photo.write_bytes(cv2.imencode(".png", np.full((30, 30, 3), 9, np.uint8))[1].tobytes())
+    for photo, tail in zip(photos, [b"first", b"second"]):
+        photo.write_bytes(cv2.imencode(".png", np.full((30, 30, 3), 9, np.uint8))[1].tobytes() + tail)
     monkeypatch.setattr(classifier, "_preprocessed_bytes", malformed_answer)
     assert load_images(photos, Config.from_env()) == ["decoder returned malformed output"] * 2

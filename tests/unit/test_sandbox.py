@@ -1,9 +1,11 @@
 """The decoder sandbox (spark_jobs.common.sandbox): one input that crashes, exhausts memory or hangs
 costs its own outcome; the batch's other items keep theirs, and the calling process lives on."""
 
+import json
 import os
 import resource
 import signal
+import struct
 import time
 
 from spark_jobs.common.sandbox import MEMORY_ERROR, map_isolated
@@ -196,6 +198,52 @@ def test_a_fresh_child_holds_nothing_of_its_callers_memory(monkeypatch):
     forked = map_isolated(holds, [halves], memory_bytes=0, timeout_s=60)
     fresh = map_isolated(holds, [halves], memory_bytes=0, timeout_s=60, fresh=True)
     assert [forked[0].value, fresh[0].value] == [True, False], (forked, fresh)
+
+
+def reach(caller: list) -> dict:
+    """In the child: what it gets of its caller's /proc environ (the control key is there) and of a port
+    the caller listens on."""
+    import socket
+
+    pid, port = caller
+    found = {}
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            found["environ"] = "read" if environ.read() else "empty"
+    except OSError as exc:
+        found["environ"] = type(exc).__name__
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        found["network"] = "connected"
+    except OSError as exc:
+        found["network"] = type(exc).__name__
+    return found
+
+
+def test_a_fresh_child_reads_none_of_its_callers_proc_files_and_reaches_no_port():
+    """The child of a fresh interpreter runs as its caller's user (root on the local stack): without a
+    user namespace of its own it read the api-server's /proc/<pid>/environ, and it could connect to
+    any local service (the metadata DB, the store's internal ports)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        caller = [os.getpid(), server.getsockname()[1]]
+        (forked,) = map_isolated(reach, [caller], memory_bytes=0, timeout_s=60)
+        (fresh,) = map_isolated(reach, [caller], memory_bytes=0, timeout_s=60, fresh=True)
+    assert forked.value == {"environ": "read", "network": "connected"}, forked  # the probe can tell
+    assert fresh.value["environ"] == "PermissionError" and fresh.value["network"] != "connected", fresh
+
+
+def write_a_record_to_stdout(item: int) -> int:
+    """In the child: a well-formed record of its own making, written where a fresh interpreter's results go."""
+    payload = b"V" + json.dumps(item * 1000).encode()
+    os.write(1, struct.pack("!Q", len(payload)) + payload)
+    return item
+
+
+def test_what_a_child_writes_to_stdout_is_no_result():
+    outcomes = map_isolated(write_a_record_to_stdout, [1, 2, 3], memory_bytes=0, timeout_s=60, fresh=True)
+    assert [o.value for o in outcomes] == [1, 2, 3], outcomes
 
 
 def test_a_fresh_childs_outcomes_are_a_forked_ones():
