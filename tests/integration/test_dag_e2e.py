@@ -143,8 +143,12 @@ def ui(stack, s3, tmp_path_factory):
                            in ("success", "failed") and s, 1500, every=5)
         assert final == "success", final
         with pytest.MonkeyPatch.context() as patch:
-            # this process's Airflow and Config see the module's table, as the UI's did
+            # this process's Airflow and Config see the module's table, as the UI's did; and no schedule:
+            # dag.test() stores the DAG it parses, and a schedule stored here had the next session's
+            # scheduler start a scheduled run before it parsed the file again (that run, waiting in its
+            # sensor, held every trigger of the next session behind it: max_active_runs is 1)
             patch.setenv("FRUITFLOW_RUNS_PREFIX", runs_prefix)
+            patch.setenv("FRUITFLOW_SCHEDULE", "none")
             yield SimpleNamespace(airflow=airflow, run_id=run_id, run_path=run_path, raw_prefix=raw_prefix,
                                   runs_prefix=runs_prefix, root=root, reals=reals, expected=expected)
     finally:
@@ -381,6 +385,9 @@ def test_later_runs_take_only_what_is_new(first, s3):
     # no n_clusters given: one cluster per category of the table (3 fruits, the bad files' class, the new one)
     assert latest["n_clusters"] == 5
     assert latest["n_table"] == first.summary["n_images"] + 2
+    # PCA added the new featurize step's sums to those the first run kept, instead of passing over the table
+    sums = _xcom(third, "pca")
+    assert sums["sums"]["added_to"] == first.pca["step_uri"] and sums["counts"]["n_featurize_steps_summed"] == 1
 
     # An error no retry can fix (weights that do not exist) fails featurize at its first attempt (the job
     # exits with the code the operator does not retry), and `make demo` names the failed task and the last
