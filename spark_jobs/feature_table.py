@@ -17,7 +17,7 @@ def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
     """Manifests of every finished featurize step; a step without manifest never counts, nor one that
     does not describe its own folder (`untrusted_reason`: said in the log, then left out)."""
     committed = []
-    for uri, modified in sorted(storage.glob_modified(spark, cfg.featurize_manifests_glob).items()):
+    for uri, modified in sorted(storage.glob_modified(spark, cfg.manifests_glob("featurize")).items()):
         try:
             manifest = parse_manifest(storage.read_text(spark, uri), modified)
         except ValueError as exc:  # not JSON (json's error is a ValueError), or not an object

@@ -4,7 +4,9 @@ Reads every committed featurize output (the feature table grows run after run; a
 keeps its newest features), L2-normalises them (`l2_normalize`, on by default), appends the colour
 histogram with weight `color_weight` (1.0 by default), centres them and fits PCA with k components, or
 the smallest k whose cumulative explained variance reaches `--target-variance`, and writes the reduced
-vectors, the fitted model, the 2-D view and the study's `df_categ.csv` (categ;key).
+vectors, the fitted model, the 2-D view and the study's `df_categ.csv` (categ;key). The mean and the
+covariance come from sums the last pca step kept plus those of the new featurize steps (`pca_sums`); the
+projection is still a pass over every row, since a new basis moves them all.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from pyspark.ml.linalg import DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_jobs import step_cli
+from spark_jobs import pca_sums, step_cli
 from spark_jobs.columns import csv_column
 from spark_jobs.common import storage
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
 from spark_jobs.feature_table import committed_featurize_steps, feature_table, model_of, same_model
+from spark_jobs.pca_sums import Sums, sums_of
 
 STEP = "pca"
 
@@ -46,38 +49,57 @@ def _input_vectors(features: DataFrame) -> DataFrame:
     return frame.withColumn("color_vector", array_to_vector("color")) if "color" in features.columns else frame
 
 
-def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: int,
-            l2_normalize: bool = True, color_weight: float = 0.0) -> PipelineModel:
-    """[L2 normalisation], [the colour histogram appended with weight `color_weight`], centring and
-    PCA with k components (or the smallest k reaching `target_variance`) as one Spark ML PipelineModel.
-
-    Spark computes the covariance matrix (an aggregate over the executors: d x d numbers, whatever the
-    number of images); its eigendecomposition, d <= 2048 + 192, is numpy's on the driver. Spark ML's own
-    PCA.fit decomposes it with LAPACK, and on machines without a native LAPACK (libblas3/liblapack3)
-    its pure-Java fallback gives wrong components beyond the second one on CNN features
-    (tests/unit/test_pca_cluster.py compares with scikit-learn)."""
-    vectors = _input_vectors(features)
+def input_stages(features: DataFrame, l2_normalize: bool, color_weight: float) -> tuple[list, str]:
+    """The transformers that make PCA's input from the table's columns, and the input's column: [L2
+    normalisation], [the colour histogram appended with weight `color_weight`]."""
     stages: list = []
     column = "vector"
     if l2_normalize:  # unit-length features: the image's overall activation level stops weighing in
         stages.append(Normalizer(p=2.0, inputCol=column, outputCol="unit"))
         column = "unit"
-    if color_weight > 0 and "color_vector" in vectors.columns:
+    if color_weight > 0 and "color" in features.columns:
         # The histogram has unit length already: the weight sets its share against unit CNN vectors.
         n_bins = len(features.select("color").first()["color"])
         stages.append(ElementwiseProduct(scalingVec=DenseVector([color_weight] * n_bins),
                                          inputCol="color_vector", outputCol="color_weighted"))
         stages.append(VectorAssembler(inputCols=[column, "color_weighted"], outputCol="joined"))
         column = "joined"
-    prepared = PipelineModel(stages=stages).transform(vectors).select(column)  # transformers: no pass yet
-    mean, cov = mean_and_covariance(prepared, column)  # the one pass over the table the fit makes
+    return stages, column
+
+
+def pca_input(features: DataFrame, stages: list) -> DataFrame:
+    """The table with PCA's input column (`input_stages`): transformers only, no pass yet."""
+    return PipelineModel(stages=stages).transform(_input_vectors(features))
+
+
+def fit_pca(features: DataFrame, k: int, target_variance: float | None, n_rows: int,
+            l2_normalize: bool = True, color_weight: float = 0.0) -> PipelineModel:
+    """[L2 normalisation], [the colour histogram appended with weight `color_weight`], centring and
+    PCA with k components (or the smallest k reaching `target_variance`) as one Spark ML PipelineModel,
+    from one pass over the table (`pca_sums.sums_of`)."""
+    stages, column = input_stages(features, l2_normalize, color_weight)
+    sums = sums_of(pca_input(features, stages).select(column), column)
+    if sums is None:
+        raise ValueError(f"no rows in {column!r}: a covariance needs at least one")
+    return model_from_sums(features.sparkSession, stages, column, sums, k, target_variance, n_rows)
+
+
+def model_from_sums(spark: SparkSession, stages: list, column: str, sums: Sums, k: int,
+                    target_variance: float | None, n_rows: int) -> PipelineModel:
+    """The PipelineModel of `fit_pca` from the sums of its input.
+
+    Spark adds up the sums on the executors (d x d numbers, whatever the number of images); the
+    eigendecomposition, d <= 2048 + 192, is numpy's on the driver. Spark ML's own PCA.fit decomposes with
+    LAPACK, and on machines without a native LAPACK (libblas3/liblapack3) its pure-Java fallback gives
+    wrong components beyond the second one on CNN features (tests/unit/test_pca_cluster.py compares with
+    scikit-learn)."""
+    mean, cov = sums.mean_and_covariance()
     eigenvalues, eigenvectors = _eigen(cov)
     total = eigenvalues.sum()
     explained = eigenvalues / total if total > 0 else np.zeros_like(eigenvalues)
     chosen = choose_k(explained, min(k, n_rows), target_variance)
-    spark = features.sparkSession
     # Spark's PCAModel projects rows as they come; centring makes the projection the one the variance
-    # describes. The centring stage is built from the pass's mean (StandardScaler.fit would read the table
+    # describes. The centring stage is built from the sums' mean (StandardScaler.fit would read the table
     # once more for it).
     centring = _centring_model(spark, mean, np.sqrt(np.clip(np.diag(cov), 0.0, None)), column)
     return PipelineModel(stages=[*stages, centring,
@@ -90,57 +112,6 @@ def color_weight_of(model: PipelineModel) -> float:
         if isinstance(stage, ElementwiseProduct):
             return float(stage.getScalingVec()[0])
     return 0.0
-
-
-def mean_and_covariance(frame: DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """The mean and the d x d sample covariance of a vector column, in one pass over it: each Python
-    worker sums its share of the rows and of their outer products with numpy (`partial_moments`: matrix products over
-    Arrow batches), and the partial sums are added up in a tree on the executors, so d x d numbers
-    reach the driver whatever the number of rows.
-
-    One partition per executor core: each partial sum is d x d (17 MB at d = 1472), so more partitions
-    would only move more of them. Spark ML's own route (Summarizer.variance, then Correlation.corr) reads
-    the column twice and adds each row's outer product on the JVM's BLAS, a pure-Java fallback wherever
-    no native libblas is installed: several times slower (bench/RESULTS.md)."""
-    spark = frame.sparkSession
-    arrays = frame.select(vector_to_array(column).alias("v")).coalesce(spark.sparkContext.defaultParallelism)
-    partials = arrays.mapInArrow(partial_moments, "n long, total binary, gram binary")
-    moments = partials.rdd.map(_moments_of).treeAggregate(None, _add_moments, _add_moments)
-    if moments is None:
-        raise ValueError(f"no rows in {column!r}: a covariance needs at least one")
-    n, total, gram = moments
-    mean = total / n
-    return mean, (gram.reshape(len(total), len(total)) - n * np.outer(mean, mean)) / max(n - 1, 1)
-
-
-def partial_moments(batches):
-    """Arrow batches of a `v` array column -> at most one row: the row count, the sum of the rows and the
-    sum of their outer products (d x d), as raw float64 bytes."""
-    import pyarrow as pa
-
-    n, total, gram = 0, None, None
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        x = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
-        if gram is None:
-            total, gram = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
-        n += len(x)
-        total += x.sum(axis=0)
-        gram += x.T @ x
-    if n:
-        yield pa.RecordBatch.from_arrays([pa.array([n], pa.int64()), pa.array([total.tobytes()], pa.binary()),
-                                          pa.array([gram.tobytes()], pa.binary())], names=["n", "total", "gram"])
-
-
-def _moments_of(row) -> tuple[int, np.ndarray, np.ndarray]:
-    return row["n"], np.frombuffer(row["total"]), np.frombuffer(row["gram"])
-
-
-def _add_moments(a, b):
-    if a is None or b is None:
-        return b if a is None else a
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
 def _eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,13 +181,16 @@ def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None
     begin_step(spark, out_uri)
     features = feature_table(spark, manifests).cache()
     n_images = features.count()
+    stages, column = input_stages(features, cfg.l2_normalize, cfg.color_weight)
     with timings.measure("fit"):
-        model = fit_pca(features, cfg.pca_k, cfg.target_variance, n_images, cfg.l2_normalize, cfg.color_weight)
+        sums, summed = fitted_sums(spark, cfg, manifests, features, stages, column, n_images)
+        model = model_from_sums(spark, stages, column, sums, cfg.pca_k, cfg.target_variance, n_images)
     explained = [float(v) for v in explained_variance(model)]
     reduced_uri, model_uri = f"{out_uri}/reduced", f"{out_uri}/model"
     with timings.measure("write"):
         project(model, features).write.mode("overwrite").parquet(reduced_uri)
         model.write().overwrite().save(model_uri)
+        sums_uri, kept = pca_sums.keep(spark, out_uri, sums, manifests, sums_inputs(manifests, stages, column))
         reduced = spark.read.parquet(reduced_uri)
         # category names and keys come from object keys: no cell a spreadsheet would run as a formula
         categ, key = csv_column(F.col("category")), csv_column(F.col("key"))
@@ -235,9 +209,12 @@ def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None
                 "model": model_uri,
                 "categories_csv": f"{out_uri}/df_categ.csv",
                 "pca_2d_csv": f"{out_uri}/pca_2d.csv",
+                "sums": sums_uri,
             },
+            "sums": {**kept, "added_to": summed["from"]},
             "counts": {"n_images": n_images, "n_featurize_steps": len(manifests),
-                       "n_featurize_steps_left_out": len(left_out)},
+                       "n_featurize_steps_left_out": len(left_out),
+                       "n_featurize_steps_summed": summed["featurize_steps_summed"]},
             "params": {"k": len(explained), "k_requested": cfg.pca_k, "target_variance": cfg.target_variance,
                        "l2_normalize": cfg.l2_normalize, "centred": True, "color_weight": color_weight_of(model),
                        **(model_of(manifests[0]) if manifests else {})},
@@ -248,6 +225,30 @@ def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None
             "timings_s": dict(timings),
         },
     )
+
+
+def sums_inputs(manifests: list[dict], stages: list, column: str) -> dict:
+    """What the sums of PCA's input depend on (the model, each input stage with its parameters): kept sums
+    are added to only under the same."""
+    def plain(value):
+        return value.toArray().tolist() if hasattr(value, "toArray") else value
+
+    return {"model": model_of(manifests[0]), "column": column,
+            "stages": [[type(stage).__name__, {p.name: plain(v) for p, v in stage.extractParamMap().items()}]
+                       for stage in stages]}
+
+
+def fitted_sums(spark: SparkSession, cfg: Config, manifests: list[dict], features: DataFrame, stages: list,
+                column: str, n_images: int) -> tuple[Sums, dict]:
+    """The sums of this table's PCA input (`features`, the table of `manifests`): the newest pca step's
+    plus the new featurize steps', or the whole table's (`pca_sums`)."""
+    kept = pca_sums.last_kept(spark, cfg, [pca_sums.step_id(m) for m in manifests],
+                              sums_inputs(manifests, stages, column))
+
+    def table_of(steps: list[dict]) -> DataFrame:
+        return pca_input(features if steps is manifests else feature_table(spark, steps), stages)
+
+    return pca_sums.running_sums(kept, manifests, table_of, column, n_images)
 
 
 def arg_parser():

@@ -214,10 +214,11 @@ class Config:
         bucket = getattr(self, registered_step(step).bucket_field)
         return s3a_uri(bucket, self.runs_prefix, run_id, step)
 
-    @property
-    def featurize_manifests_glob(self) -> str:
-        """Every run's featurize manifest: together they make the feature table."""
-        return s3a_uri(self.features_bucket, self.runs_prefix, "*", "featurize", "_manifest.json")
+    def manifests_glob(self, step: str) -> str:
+        """Every run's manifest of one step: the featurize ones together make the feature table, the
+        newest pca one holds the sums the next pca step adds to."""
+        bucket = getattr(self, registered_step(step).bucket_field)
+        return s3a_uri(bucket, self.runs_prefix, "*", step, "_manifest.json")
 
     @property
     def models_uri(self) -> str:

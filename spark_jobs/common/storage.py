@@ -54,10 +54,14 @@ def driver_requests(spark: SparkSession, uris) -> dict[str, int]:
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    write_bytes(spark, uri, text.encode("utf-8"))
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
     fs, path = _path(spark, uri)
     out = fs.create(path, True)
     try:
-        out.write(bytearray(text.encode("utf-8")))
+        out.write(bytearray(data))
     finally:
         out.close()
 

@@ -85,3 +85,37 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
     finally:
         for obj in s3.list_objects_v2(Bucket="fruitflow-features", Prefix=cfg.runs_prefix + "/").get("Contents", []):
             s3.delete_object(Bucket="fruitflow-features", Key=obj["Key"])
+
+
+def test_kept_pca_sums_are_added_to_only_as_their_signed_manifest_vouches(spark, cfg, s3):
+    """The sums file sits where the Spark nodes can write: one altered after the pca step (or expired, or
+    made under other inputs, or covering a step no longer in the table) is never added to."""
+    import numpy as np
+
+    from spark_jobs.common import storage
+    from spark_jobs.common.manifest import manifest_uri
+    from spark_jobs.pca_sums import Sums, keep, last_kept
+
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"sums-{uuid.uuid4().hex[:8]}"))
+    step_uri = cfg.step_uri("run-a", "pca")
+    featurized = {"step_uri": cfg.step_uri("run-a", "featurize"), "stored_ms": 1_000}
+    inputs = {"model": {"backbone": "efficientnet_lite0"}, "column": "unit", "stages": []}
+    sums = Sums(5, np.arange(3.0), np.eye(3))
+    try:
+        sums_uri, kept = keep(spark, step_uri, sums, [featurized], inputs)
+        manifest = {"step": "pca", "step_uri": step_uri, "outputs": {"sums": sums_uri}, "sums": kept}
+        storage.write_text(spark, manifest_uri(step_uri), json.dumps(signing.sign(manifest)))
+        steps = [[1_000, featurized["step_uri"]], [2_000, cfg.step_uri("run-b", "featurize")]]
+
+        found = last_kept(spark, cfg, steps, inputs)
+        assert found is not None and found.sums.n == 5 and found.pca_step == step_uri
+        assert last_kept(spark, cfg, steps, {**inputs, "column": "joined"}) is None  # other inputs
+        assert last_kept(spark, cfg, steps[1:], inputs) is None  # a step it covers is gone from the table
+        storage.write_bytes(spark, sums_uri, Sums(500, np.arange(3.0), np.eye(3)).to_bytes())  # altered
+        assert last_kept(spark, cfg, steps, inputs) is None
+        storage.delete(spark, sums_uri)  # expired
+        assert last_kept(spark, cfg, steps, inputs) is None
+    finally:
+        for bucket in cfg.buckets:
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])

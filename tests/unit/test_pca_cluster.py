@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from spark_jobs import cluster, pca
+from spark_jobs.pca_sums import sums_of
 from spark_jobs.step_outputs import with_added_columns
 
 
@@ -137,11 +138,11 @@ def test_mean_and_covariance_in_one_pass_match_numpy(spark):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(37, 6)) * [1.0, 2.0, 3.0, 0.0, 1.0, 5.0] + 4.0
     frame = spark.createDataFrame([(row.tolist(),) for row in x], "v array<double>").repartition(50)
-    mean, cov = pca.mean_and_covariance(frame.select(array_to_vector("v").alias("vector")), "vector")
+    mean, cov = sums_of(frame.select(array_to_vector("v").alias("vector")), "vector").mean_and_covariance()
     np.testing.assert_allclose(mean, x.mean(axis=0), atol=1e-12)
     np.testing.assert_allclose(cov, np.cov(x, rowvar=False), atol=1e-10)
     single = spark.createDataFrame([([1.0, 2.0],)], "v array<double>").select(array_to_vector("v").alias("vector"))
-    mean, cov = pca.mean_and_covariance(single, "vector")
+    mean, cov = sums_of(single, "vector").mean_and_covariance()
     np.testing.assert_array_equal(mean, [1.0, 2.0])
     np.testing.assert_array_equal(cov, np.zeros((2, 2)))
 
