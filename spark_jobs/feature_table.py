@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_jobs.common import storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import parse_manifest, store_order, untrusted_reason
+from spark_jobs.common.manifest import store_order
 from spark_jobs.step_outputs import read_output
-
-
-def committed_featurize_steps(spark: SparkSession, cfg: Config) -> list[dict]:
-    """Manifests of every finished featurize step; a step without manifest never counts, nor one that
-    does not describe its own folder (`untrusted_reason`: said in the log, then left out)."""
-    committed = []
-    for uri, modified in sorted(storage.glob_modified(spark, cfg.manifests_glob("featurize")).items()):
-        try:
-            manifest = parse_manifest(storage.read_text(spark, uri), modified)
-        except ValueError as exc:  # not JSON (json's error is a ValueError), or not an object
-            reason = f"not a manifest ({exc})"
-        else:
-            reason = untrusted_reason(manifest, uri.rsplit("/", 1)[0], cfg)
-        if reason:
-            print(f"[table] leaving out {uri}: {reason}", file=sys.stderr)
-        else:
-            committed.append(manifest)
-    return committed
 
 
 def model_of(manifest: dict) -> dict:

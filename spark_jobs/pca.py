@@ -25,8 +25,8 @@ from spark_jobs import pca_sums, step_cli
 from spark_jobs.columns import csv_column
 from spark_jobs.common import storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
-from spark_jobs.feature_table import committed_featurize_steps, feature_table, model_of, same_model
+from spark_jobs.common.manifest import Timings, begin_step, committed_steps, read_manifest, write_manifest
+from spark_jobs.feature_table import feature_table, model_of, same_model
 from spark_jobs.pca_sums import Sums, sums_of
 
 STEP = "pca"
@@ -173,7 +173,8 @@ def project(model: PipelineModel, features: DataFrame) -> DataFrame:
 
 def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None = None) -> dict:
     timings = Timings(spark, STEP)
-    committed = [read_manifest(spark, input_uri, cfg)] if input_uri else committed_featurize_steps(spark, cfg)
+    committed = ([read_manifest(spark, input_uri, cfg)] if input_uri
+                 else committed_steps(spark, cfg, "featurize"))
     manifests, left_out = same_model(committed)
     if left_out:
         print(f"pca: {len(left_out)} featurize step(s) made with another model left out of the table: "

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_jobs.common import storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import STORED_MS, parse_manifest, store_order, untrusted_reason
+from spark_jobs.common.manifest import STORED_MS, committed_steps, store_order
 
 SUMS_FILE = "sums.npz"
 
@@ -128,14 +128,7 @@ def last_kept(spark: SparkSession, cfg: Config, steps: list[list], inputs: dict)
     """The newest pca step's sums that this run can add to: made from the same `inputs`, covering only
     featurize steps still in the table (`steps`), and the file its manifest vouches for."""
     wanted = {tuple(s) for s in steps}
-    manifests = []
-    for uri, modified in storage.glob_modified(spark, cfg.manifests_glob("pca")).items():
-        try:
-            manifest = parse_manifest(storage.read_text(spark, uri), modified)
-        except ValueError:
-            continue
-        if not untrusted_reason(manifest, uri.rsplit("/", 1)[0], cfg) and isinstance(manifest.get("sums"), dict):
-            manifests.append(manifest)
+    manifests = [m for m in committed_steps(spark, cfg, "pca") if isinstance(m.get("sums"), dict)]
     for manifest in sorted(manifests, key=store_order, reverse=True):
         kept = manifest["sums"]
         try:

@@ -26,8 +26,8 @@ from spark_jobs.common import sandbox, storage
 from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
 from spark_jobs.common.keys import check_location
-from spark_jobs.common.manifest import Timings, begin_step, write_manifest
-from spark_jobs.feature_table import committed_featurize_steps, feature_table, made_with
+from spark_jobs.common.manifest import Timings, begin_step, committed_steps, write_manifest
+from spark_jobs.feature_table import feature_table, made_with
 
 STEP = "preprocess"
 OK, REJECTED = "ok", "rejected"
@@ -330,7 +330,7 @@ class Input:
 def read_listed(spark: SparkSession, cfg: Config, raw_uri: str, keys_uri: str) -> Input:
     """Incremental runs: the objects the DAG listed, less the images this run's model featurized with
     that ETag, each read by its exact key."""
-    featurized = made_with(committed_featurize_steps(spark, cfg), cfg)
+    featurized = made_with(committed_steps(spark, cfg, "featurize"), cfg)
     wanted = new_keys(spark, keys_uri, featurized).cache()  # counted, then read
     listing = with_keys(listed_files(wanted, raw_uri), raw_uri)
     n_files = wanted.count()

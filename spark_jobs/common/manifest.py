@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import sys
 import time
 from contextlib import contextmanager
 
@@ -126,6 +127,25 @@ def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
             if any(part in (".", "..") for part in uri.split("://", 1)[-1].split("/")):
                 return f"output {name!r} ({uri}) has a '.' or '..' segment"
     return None
+
+
+def committed_steps(spark: SparkSession, cfg: Config, step: str) -> list[dict]:
+    """Manifests of every finished run of one step under the runs prefix, by URI: a step without
+    manifest never counts, nor one that does not describe its own folder (`untrusted_reason`: said in the
+    log, then left out). The featurize ones make the feature table; the newest pca one's sums are added to."""
+    committed = []
+    for uri, modified in sorted(storage.glob_modified(spark, cfg.manifests_glob(step)).items()):
+        try:
+            manifest = parse_manifest(storage.read_text(spark, uri), modified)
+        except ValueError as exc:  # not JSON (json's error is a ValueError), or not an object
+            reason = f"not a manifest ({exc})"
+        else:
+            reason = untrusted_reason(manifest, uri.rsplit("/", 1)[0], cfg)
+        if reason:
+            print(f"[{step}] leaving out {uri}: {reason}", file=sys.stderr)
+        else:
+            committed.append(manifest)
+    return committed
 
 
 def begin_step(spark: SparkSession, step_uri: str) -> None:

@@ -260,7 +260,7 @@ def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeyp
 
 
 def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, prepared, tmp_path):
-    from spark_jobs.feature_table import committed_featurize_steps
+    from spark_jobs.common.manifest import committed_steps
 
     cfg, pre = prepared["cfg"], prepared["pre"]
     run_id = prepared["run_id"]
@@ -274,7 +274,7 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     bucket, key = split_s3_uri(step_uri + "/_manifest.json")
     assert s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0
     # Readers of the feature table go by manifests: the killed attempt is invisible to them.
-    assert all(run_id not in m["step_uri"] for m in committed_featurize_steps(spark, cfg))
+    assert all(run_id not in m["step_uri"] for m in committed_steps(spark, cfg, "featurize"))
     wait_until(lambda: not _active_apps(), 60, "the killed application to be gone")
 
     # The retry (same run id) starts from a clean prefix and commits complete outputs.
@@ -282,7 +282,7 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     first = read_manifest(s3, step_uri)
     keys, features = _features(s3, step_uri)
     assert first["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
-    assert any(run_id in m["step_uri"] for m in committed_featurize_steps(spark, cfg))
+    assert any(run_id in m["step_uri"] for m in committed_steps(spark, cfg, "featurize"))
 
     # Rerunning the same run id again: the same outputs and counts.
     _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)

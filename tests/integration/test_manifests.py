@@ -21,8 +21,12 @@ def _featurize_manifest(step_uri: str, **outputs) -> dict:
 
 def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg, s3):
     from spark_jobs.common import storage
-    from spark_jobs.common.manifest import BadManifest, manifest_uri, read_manifest
-    from spark_jobs.feature_table import committed_featurize_steps
+    from spark_jobs.common.manifest import (
+        BadManifest,
+        committed_steps,
+        manifest_uri,
+        read_manifest,
+    )
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
     good = cfg.step_uri("run-good", "featurize")
@@ -42,7 +46,7 @@ def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg,
             uri = cfg.step_uri(run, "featurize")
             storage.write_text(spark, manifest_uri(uri), json.dumps(signing.sign(make(uri))))
 
-        assert [m["step_uri"] for m in committed_featurize_steps(spark, cfg)] == [good]
+        assert [m["step_uri"] for m in committed_steps(spark, cfg, "featurize")] == [good]
         assert read_manifest(spark, good, cfg)["outputs"]["model"] == MODEL
         for run in planted:
             with pytest.raises(BadManifest):
@@ -57,8 +61,8 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
     """A manifest that dates itself far in the future (its own folder, valid otherwise) must not define
     the feature table's model nor win its rows over a step the store saw later."""
     from spark_jobs.common import storage
-    from spark_jobs.common.manifest import manifest_uri
-    from spark_jobs.feature_table import committed_featurize_steps, feature_table, same_model
+    from spark_jobs.common.manifest import committed_steps, manifest_uri
+    from spark_jobs.feature_table import feature_table, same_model
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
 
@@ -77,7 +81,7 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
         time.sleep(1.5)  # S3's LastModified counts seconds
         genuine = featurize_step("run-genuine", "efficientnet_lite0", 1.0,
                                  written_at="2026-11-28T00:00:00+00:00")
-        committed = committed_featurize_steps(spark, cfg)
+        committed = committed_steps(spark, cfg, "featurize")
         assert sorted(m["step_uri"] for m in committed) == sorted([planted, genuine])
         kept, left_out = same_model(committed)
         assert [m["step_uri"] for m in kept] == [genuine] and [m["step_uri"] for m in left_out] == [planted]
