@@ -84,6 +84,7 @@ def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None,
     """
     from spark_jobs.common.manifest import BadManifest, MissingInput
     from spark_jobs.common.models import ModelUnavailable
+    from spark_jobs.common.signing import NoKey
     from spark_jobs.common.steps import NOT_RETRYABLE
 
     try:
@@ -93,13 +94,16 @@ def run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None,
             print(f"{step}: {exc.code}", file=sys.stderr)
             raise SystemExit(NOT_RETRYABLE) from None
         raise
-    except (MissingInput, BadManifest, ModelUnavailable) as exc:
+    except (MissingInput, BadManifest, ModelUnavailable, NoKey) as exc:
         print(f"{step}: {exc}", file=sys.stderr)
         raise SystemExit(NOT_RETRYABLE) from None
 
 
 def _run_step(step: str, parser: argparse.ArgumentParser, argv: list[str] | None, runner) -> int:
+    from spark_jobs.common import signing
+
     args = parser.parse_args(argv)
+    signing.require_key()  # its manifest could be neither signed nor its inputs' checked: before any work
     cfg = config(args)
     out_uri = args.output or cfg.step_uri(args.run_id, step)
     check_output(cfg, out_uri, args.run_id)  # a step deletes its output folder first: never another one

@@ -26,10 +26,11 @@ from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessE
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, File, HTTPException, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from fruitflow_airflow import AWS_CONN_ID, DAG_ID
 from fruitflow_airflow.run_report import PLUGIN_PREFIX
+from spark_jobs.common.signing import NoKey
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -107,6 +108,12 @@ async def _refuse(send, status: int, detail: str) -> None:
 
 
 app.add_middleware(BodyGuard)
+
+
+@app.exception_handler(NoKey)
+def _without_the_control_key(request, exc: NoKey) -> JSONResponse:
+    """An api-server without the control key serves nothing the Spark nodes could have planted."""
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:

@@ -242,6 +242,10 @@ def test_the_stores_identities_are_the_grants_of_fruitflow_access(compose):
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|_KEY$", re.I)
 
 
+# a value taken from the environment: `${VAR}`, or `${VAR:?why}` (compose refuses to start without it)
+FROM_ENVIRONMENT = re.compile(r"\$\{[A-Z0-9_]+(:\?[^}]*)?\}")
+
+
 def literal_secrets(compose: dict) -> list[str]:
     """Secret-looking settings of the compose file whose value is written in it instead of taken
     from the environment (`${VAR}`), including the login and password of Airflow connections."""
@@ -254,8 +258,8 @@ def literal_secrets(compose: dict) -> list[str]:
             if name.startswith("AIRFLOW_CONN_") and value.lstrip().startswith("{"):
                 conn = json.loads(value)
                 found += [f"{where}.{name}.{f}" for f in ("login", "password")
-                          if conn.get(f) and not re.fullmatch(r"\$\{[A-Z0-9_]+\}", conn[f])]
-            elif SECRET_NAME.search(name) and not re.fullmatch(r"\$\{[A-Z0-9_]+\}", value):
+                          if conn.get(f) and not FROM_ENVIRONMENT.fullmatch(conn[f])]
+            elif SECRET_NAME.search(name) and not FROM_ENVIRONMENT.fullmatch(value):
                 found.append(f"{where}.{name}")
     return found
 
@@ -478,7 +482,8 @@ def test_compose_gives_the_store_its_signing_keys_and_the_stacks_flags(compose):
 def test_only_the_airflow_containers_hold_the_control_key(compose):
     from spark_jobs.common.signing import KEY_VARIABLE
 
-    assert compose["x-airflow-common"]["environment"][KEY_VARIABLE] == "${FRUITFLOW_CONTROL_KEY}"
+    # required: an unset key stops compose, not a run that would trust unsigned control objects
+    assert compose["x-airflow-common"]["environment"][KEY_VARIABLE].startswith("${FRUITFLOW_CONTROL_KEY:?")
     for name, service in compose["services"].items():
         if name.startswith(("spark-", "seaweedfs")) and name != "seaweedfs-init":
             assert "FRUITFLOW_CONTROL_KEY" not in json.dumps(service), name

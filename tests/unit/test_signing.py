@@ -41,10 +41,34 @@ def test_a_planted_or_edited_document_is_refused(key, tamper):
         signing.loads(json.dumps(document), "summary")
 
 
-def test_without_the_key_nothing_is_signed_or_checked(monkeypatch):
+@pytest.mark.parametrize("value", [None, "", "change-me-control-key", "short-key"],
+                         ids=["unset", "empty", "the example's placeholder", "too short"])
+def test_without_a_usable_key_nothing_is_signed_or_trusted(monkeypatch, value):
+    """A deployment that forgot the key stops at its first control object: it neither writes unsigned ones
+    nor follows what an executor planted (fail-closed, not open)."""
+    if value is None:
+        monkeypatch.delenv(signing.KEY_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(signing.KEY_VARIABLE, value)
+    with pytest.raises(signing.NoKey, match=signing.KEY_VARIABLE):
+        signing.sign({"a": 1})
+    with pytest.raises(signing.NoKey, match="docs/security.md"):
+        signing.loads('{"a": 1}', "summary")
+    with pytest.raises(signing.NoKey):
+        signing.require_key()
+
+
+def test_a_step_without_the_key_stops_before_any_work(monkeypatch, capsys):
+    """The Spark step refuses at once, as a failure no retry changes, before its session starts."""
+    from spark_jobs import step_cli
+    from spark_jobs.common.steps import NOT_RETRYABLE
+
     monkeypatch.delenv(signing.KEY_VARIABLE, raising=False)
-    assert signing.sign({"a": 1}) == {"a": 1}
-    assert signing.loads('{"a": 1}', "summary") == {"a": 1}
+    ran = []
+    with pytest.raises(SystemExit) as stopped:
+        step_cli.run_step("pca", step_cli.parser("pca"), ["--run-id", "r"], lambda *a: ran.append(a))
+    assert stopped.value.code == NOT_RETRYABLE and not ran
+    assert f"{signing.KEY_VARIABLE} is not set" in capsys.readouterr().err
 
 
 def test_a_manifest_an_executor_planted_is_a_bad_manifest(key):

@@ -148,3 +148,37 @@ def test_a_flood_of_uploads_leaves_the_api_server_answering(monkeypatch):
             release.set()
         statuses = sorted(u.result(timeout=120).status_code for u in uploads)
     assert turned_away == [503] * 18 and statuses == [200] * 2 + [503] * 18
+
+
+def test_an_api_server_without_the_control_key_serves_no_report(monkeypatch):
+    """A report page and a summary that vouches for it, neither signed (what a Spark node can write under the
+    runs prefix): an api-server whose key is missing answers 503 naming it, instead of serving the page."""
+    import hashlib
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from fruitflow_airflow import run_report
+    from spark_jobs.common import signing
+    from spark_jobs.common.config import Config, split_s3_uri
+
+    cfg = Config.from_env()
+    page = "<html>planted</html>"
+    objects = {split_s3_uri(run_report.report_html_uri(cfg, "r1")): page,
+               split_s3_uri(run_report.summary_uri(cfg, "r1")): json.dumps(
+                   {"run_id": "r1", "report_sha256": hashlib.sha256(page.encode()).hexdigest()})}
+
+    class Store:  # the reports bucket, as S3Hook reads it
+        def check_for_key(self, key, bucket):
+            return (bucket, key) in objects
+
+        def read_key(self, key, bucket):
+            return objects[(bucket, key)]
+
+    monkeypatch.delenv(signing.KEY_VARIABLE, raising=False)
+    monkeypatch.setattr(ui_plugin, "_s3_hook", Store)
+    access = ui_plugin.app.router.dependencies[0].dependency
+    monkeypatch.setitem(ui_plugin.app.dependency_overrides, access, lambda: None)
+    answer = TestClient(ui_plugin.app).get("/runs/r1/report")
+    assert answer.status_code == 503 and signing.KEY_VARIABLE in answer.json()["detail"]
+    assert "planted" not in answer.text
