@@ -8,6 +8,9 @@ import signal
 import struct
 import time
 
+import pytest
+
+from spark_jobs.common import sandbox
 from spark_jobs.common.sandbox import MEMORY_ERROR, map_isolated
 
 MB = 1024 * 1024
@@ -228,10 +231,61 @@ def test_a_fresh_child_reads_none_of_its_callers_proc_files_and_reaches_no_port(
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         caller = [os.getpid(), server.getsockname()[1]]
+        unconfined = reach(caller)
         (forked,) = map_isolated(reach, [caller], memory_bytes=0, timeout_s=60)
         (fresh,) = map_isolated(reach, [caller], memory_bytes=0, timeout_s=60, fresh=True)
-    assert forked.value == {"environ": "read", "network": "connected"}, forked  # the probe can tell
+    assert unconfined == {"environ": "read", "network": "connected"}  # the probe can tell
+    assert forked.value["environ"] == "read", forked  # a fork's /proc files are its parent's anyway
     assert fresh.value["environ"] == "PermissionError" and fresh.value["network"] != "connected", fresh
+
+
+def tamper(target: str) -> dict:
+    """In the child: what it manages to do to a file it can reach, to its parent, and with a program."""
+    moved = target + ".moved"
+    attempts = {"create": lambda: os.close(os.open(target + ".new", os.O_CREAT | os.O_WRONLY)),
+                "link": lambda: os.symlink(target, target + ".ln"), "make a folder": lambda: os.mkdir(target + ".d"),
+                "rename": lambda: os.rename(target, moved),
+                "delete": lambda: os.unlink(moved if os.path.exists(moved) else target),
+                "signal the parent": lambda: os.kill(os.getppid(), 0)}
+    done = {}
+    for what, attempt in attempts.items():
+        try:
+            attempt()
+            done[what] = "done"
+        except OSError as exc:
+            done[what] = type(exc).__name__
+    try:
+        pid = os.fork()  # root may (RLIMIT_NPROC binds other users only)
+    except OSError as exc:
+        done["run a program"] = type(exc).__name__
+        return done
+    if pid == 0:
+        try:
+            os.execv("/bin/true", ["true"])
+        finally:
+            os._exit(77)
+    done["run a program"] = "ran" if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 else "refused"
+    return done
+
+
+@pytest.mark.skipif(sandbox.landlock_abi() < 6, reason="the kernel's Landlock cannot refuse all of it (Linux >= 6.12)")
+@pytest.mark.parametrize("fresh", [False, True], ids=["forked", "fresh"])
+def test_a_child_changes_no_file_signals_no_process_and_runs_no_program(tmp_path, fresh):
+    """RLIMIT_FSIZE stops writes, not renames, deletes or new empty files; RLIMIT_NPROC does not bind root
+    (the local stack's executors and api-server). A decoder turned into running code, on an executor or
+    on the Airflow host, did all of the probe's attempts before the children restricted themselves with
+    Landlock."""
+    outside, beside = tmp_path / "outside", tmp_path / "beside-the-decoder"
+    outside.mkdir(), beside.mkdir()
+    (outside / "probe").write_bytes(b"x")
+    assert set(tamper(str(outside / "probe")).values()) == {"done", "ran"}  # the probe can tell
+    photo = beside / "a-photo.jpg"
+    photo.write_bytes(b"\xff\xd8 photo")
+    (outcome,) = map_isolated(tamper, [str(photo)], memory_bytes=0, timeout_s=60, fresh=fresh)
+    assert outcome.ok, outcome
+    assert set(outcome.value.values()) <= {"PermissionError", "BlockingIOError", "refused"}, outcome.value
+    assert outcome.value["run a program"] != "ran"
+    assert [p.name for p in beside.iterdir()] == [photo.name] and photo.read_bytes() == b"\xff\xd8 photo"
 
 
 def write_a_record_to_stdout(item: int) -> int:
