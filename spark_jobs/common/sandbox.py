@@ -10,15 +10,15 @@ per bad item. Exceptions `fn` raises come back as their type's name and message.
 
 Nothing the child sends is unpickled: a result is bytes, or plain data as JSON (numbers, strings, lists,
 dicts; a tuple comes back as a list); anything else is that item's error. The child writes no file
-(RLIMIT_FSIZE 0), starts no process (RLIMIT_NPROC 0; root is exempt), and its os.environ holds none of
-the parent's secrets; its stdin and stdout are /dev/null. Last, where the kernel has Landlock, it makes,
-changes, removes or runs no file, reaches no TCP port and signals no process outside itself, root or not. A fork's memory is still the parent's: where
-the caller holds keys (the Airflow host: the api-server, the publish task, a driver), `fresh=True` forks
-the children from a new interpreter started with the kept environment only (~0.15 s more per call), in a
-user and a network namespace of its own where the kernel allows (no reach into the caller's /proc files,
-no network), and makes the caller not dumpable. The memory cap is on the address space: a child reaches
-at most what it inherited plus its budget (free heap memory it inherited is reused without being
-counted, up to that bound).
+(RLIMIT_FSIZE 0), starts no process (RLIMIT_NPROC 0; root is exempt), and its os.environ holds none of the
+parent's secrets; its stdin and stdout are /dev/null. Last, where the kernel has Landlock, it makes,
+changes, removes or runs no file, reaches no TCP port and signals no process outside itself, root or not. A
+fork's memory is still the parent's: where the caller holds keys (the Airflow host: the api-server, the
+publish task, a driver), `fresh=True` forks the children from a new interpreter started with the kept
+environment only (~0.15 s more per call), in a user and a network namespace of its own where the kernel
+allows (no reach into the caller's /proc files, no network), and makes the caller not dumpable. The memory
+cap is on the address space: a child reaches at most what it inherited plus its budget (free heap memory it
+inherited is reused without being counted, up to that bound).
 POSIX only (fork, setrlimit, prctl); the pipeline's executors are Linux.
 """
 
