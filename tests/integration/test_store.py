@@ -97,6 +97,39 @@ def _master_gives_no_write_token(master: str) -> None:
     assert refused.value.code == 401, f"the master's token wrote {assigned['fid']}"
 
 
+def _weed_shell(commands: str, env: dict, cwd) -> str:
+    """What `weed shell` prints for `commands` against the stack's store; nothing when it got no answer (a
+    client the gRPC ports refuse stays in its handshake: stopped after 60 s, which is a refusal too)."""
+    import subprocess
+
+    from fruitflow.stack import seaweed
+
+    stack_settings = local_stack.settings()
+    found, host = seaweed.ports(stack_settings), stack_settings.host
+    argv = [seaweed.weed_binary(), "shell", f"-master={host}:{found['master.port']}.{found['master.port.grpc']}",
+            f"-filer={host}:{found['filer.port']}.{found['filer.port.grpc']}"]
+    try:
+        return subprocess.run(argv, input=commands, capture_output=True, text=True, timeout=60, env=env,
+                              cwd=cwd).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
+
+def test_the_stores_grpc_ports_take_only_its_own_certificate(stack, s3, cfg, tmp_path):
+    """The store's servers talk gRPC to each other, with no identity of S3's: `weed shell` from any process
+    that reached those ports listed every bucket (and could read or delete them). Now they require a
+    certificate signed by the store's own CA, fresh at each start."""
+    from fruitflow.stack import seaweed, store_tls
+
+    # no security.toml where weed looks for one (./, ~/.seaweedfs/) and no WEED_ variables
+    anyone = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    store = {**anyone, **store_tls.environment(seaweed.tls_folder(local_stack.settings()))}
+    assert cfg.raw_bucket in _weed_shell("s3.bucket.list\n", store, tmp_path)  # the probe can tell
+    assert cfg.raw_bucket not in _weed_shell("s3.bucket.list\n", anyone, tmp_path)
+    key = store_tls.environment(seaweed.tls_folder(local_stack.settings()))["WEED_GRPC_CLIENT_KEY"]
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+
+
 def test_the_pipeline_identity_reaches_its_buckets_only(stack, s3, cfg):
     admin = _identity("admin")
     foreign = f"not-fruitflow-{uuid.uuid4().hex[:6]}"

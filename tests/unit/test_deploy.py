@@ -259,7 +259,8 @@ def literal_secrets(compose: dict) -> list[str]:
                 conn = json.loads(value)
                 found += [f"{where}.{name}.{f}" for f in ("login", "password")
                           if conn.get(f) and not FROM_ENVIRONMENT.fullmatch(conn[f])]
-            elif SECRET_NAME.search(name) and not FROM_ENVIRONMENT.fullmatch(value):
+            # a path names the file a secret is in (the store's gRPC key), not the secret
+            elif SECRET_NAME.search(name) and not FROM_ENVIRONMENT.fullmatch(value) and not value.startswith("/"):
                 found.append(f"{where}.{name}")
     return found
 
@@ -477,6 +478,22 @@ def test_compose_gives_the_store_its_signing_keys_and_the_stacks_flags(compose):
     env = compose["services"]["seaweedfs"]["environment"]
     assert {name: env.get(name) for name in JWT_KEYS} == {name: f"${{{name}}}" for name in JWT_KEYS}
     assert set(JWT_KEYS) <= set(_env_example())
+
+
+def test_compose_gives_the_stores_grpc_ports_the_certificate_made_for_its_start(compose):
+    """The same `WEED_GRPC_*` settings as the local stack's store (store_tls.environment), on files a
+    one-shot service writes before each start of the store, which mounts them read-only."""
+    from pathlib import Path
+
+    from fruitflow.stack import store_tls
+
+    store, issuer = compose["services"]["seaweedfs"], compose["services"]["seaweedfs-tls-init"]
+    grpc = {name: value for name, value in store["environment"].items() if name.startswith("WEED_GRPC_")}
+    assert grpc == store_tls.environment(Path("/tls"))
+    assert "seaweedfs-tls:/tls:ro" in store["volumes"]
+    assert store["depends_on"]["seaweedfs-tls-init"]["condition"] == "service_completed_successfully"
+    assert issuer["entrypoint"] == ["python", "-m", "fruitflow.stack.store_tls", "/tls"]
+    assert issuer["volumes"] == ["seaweedfs-tls:/tls"] and issuer["environment"] == {}  # no secret of Airflow's
 
 
 def test_only_the_airflow_containers_hold_the_control_key(compose):
