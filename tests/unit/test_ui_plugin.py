@@ -182,3 +182,38 @@ def test_an_api_server_without_the_control_key_serves_no_report(monkeypatch):
     answer = TestClient(ui_plugin.app).get("/runs/r1/report")
     assert answer.status_code == 503 and signing.KEY_VARIABLE in answer.json()["detail"]
     assert "planted" not in answer.text
+
+
+@pytest.mark.parametrize("role", [None, "viewer"], ids=["a user without access to the DAG's runs", "a viewer"])
+def test_every_page_is_for_users_with_access_to_the_dags_runs(monkeypatch, role):
+    """Airflow's own authorization decides, as in the api-server: its access check on the DAG's runs, asked
+    of Airflow's SimpleAuthManager, for a logged-in user who has no role (the auth manager grants such a
+    user nothing) and for a viewer. Every route of the app, whichever router adds it later."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api import security
+    from airflow.models.dag import DagModel
+    from fastapi.responses import HTMLResponse
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setattr(security, "get_auth_manager", SimpleAuthManager)
+    # without multi-team mode no DAG has a team (what the metadata DB would answer)
+    monkeypatch.setattr(DagModel, "get_team_name", staticmethod(lambda dag_id, **_: None))
+    monkeypatch.setitem(ui_plugin.app.dependency_overrides, security.get_user,
+                        lambda: SimpleAuthManagerUser(username="someone", role=role))
+    monkeypatch.setattr(ui_plugin, "_s3_hook", lambda: type("NoReports", (), {"check_for_key": lambda *a: False})())
+    monkeypatch.setattr(ui_plugin, "_recognise", lambda photo: HTMLResponse("recognised"))
+    client = TestClient(ui_plugin.app)
+    answers = {}
+    for route in ui_plugin.app.routes:
+        for method in sorted(getattr(route, "methods", ()) - {"HEAD"}):
+            path = route.path.replace("{run_id}", "a-run")
+            files = {"photo": ("a.jpg", b"x")} if method == "POST" else None
+            answers[(method, path)] = client.request(method, path, files=files,
+                                                     headers={"Authorization": "Bearer t"}).status_code
+    assert {("GET", "/runs/a-run/report"), ("GET", "/recognise"), ("POST", "/recognise")} <= set(answers)
+    if role is None:
+        assert set(answers.values()) == {403}, answers
+    else:  # through the check: no report for that run, the form, a recognition
+        assert answers == {("GET", "/runs/a-run/report"): 404, ("GET", "/recognise"): 200,
+                           ("POST", "/recognise"): 200}, answers
