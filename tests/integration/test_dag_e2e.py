@@ -84,6 +84,9 @@ def _upload(s3, tmp_path_factory):
     return raw_prefix, root, reals, expected
 
 
+OUTSIDER = "outsider"  # an Airflow user without a role
+
+
 class _Airflow:
     """`airflow standalone` on the stack, with a feature table of this module's own (so other runs on the
     same stack do not leak in); stopped once, by the UI test's end or by the first test that reads the
@@ -128,7 +131,10 @@ def ui(stack, s3, tmp_path_factory):
     raw_prefix, root, reals, expected = _upload(s3, tmp_path_factory)
     env = airflow_ui.airflow_env()
     runs_prefix = Config.from_env(env).table_prefix(raw_prefix)
-    env.update({"FRUITFLOW_RUNS_PREFIX": runs_prefix, "FRUITFLOW_SCHEDULE": "none"})
+    env.update({"FRUITFLOW_RUNS_PREFIX": runs_prefix, "FRUITFLOW_SCHEDULE": "none",
+                # and a user who may log in but has no role: SimpleAuthManager grants such a user nothing
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+                + f",{OUTSIDER}:"})
     airflow = _Airflow(env)
     try:
         airflow_ui.wait_healthy(timeout=300)
@@ -222,6 +228,13 @@ def _plugin_refuses_strangers(token, run_id, summary, photo):
 
     body, content_type = pages.multipart("photo", photo.name, photo.read_bytes())
     assert pages.page("POST", "/fruitflow/recognise", None, body, content_type)[0] in (401, 403)
+    # logged in, without access to the DAG's runs: the token is good (403, not 401) and opens nothing here
+    password = json.loads(airflow_ui.password_file().read_text())[OUTSIDER]
+    outsider = airflow_ui.api("POST", "/auth/token", body={"username": OUTSIDER, "password": password}
+                              )["access_token"]
+    assert pages.page("GET", path, outsider)[0] == 403
+    assert pages.page("GET", "/fruitflow/recognise", outsider)[0] == 403
+    assert pages.page("POST", "/fruitflow/recognise", outsider, body, content_type)[0] == 403
     status, _, page = pages.page("POST", "/fruitflow/recognise", token, body, content_type)
     assert status == 200 and 'id="fruit"' in page and 'id="top"' in page, page[-2000:]
     assert page.count("data:image/jpeg;base64,") >= 1  # thumbnails of the nearest training photos
