@@ -5,10 +5,10 @@ each other over gRPC, which takes no other authentication. Without it, anything 
 
 Each start of the store gets a CA of its own and one certificate it signs, for every component as server
 and as client, accepted by common name only (`[grpc.*]` of SeaweedFS's security.toml, given as
-`WEED_GRPC_*` variables). The private keys are written with mode 0600 into the store's folder and are
-read by the store alone: nothing else of the pipeline speaks gRPC to it.
+`WEED_GRPC_*` variables). Its private key is written with mode 0600 into the store's folder and is read
+by the store alone: nothing else of the pipeline speaks gRPC to it.
 
-    python -m fruitflow.stack.store_tls FOLDER    # what compose's `seaweedfs-tls` runs before the store
+    python -m fruitflow.stack.store_tls FOLDER    # what compose's `seaweedfs-tls-init` runs before the store
 """
 
 from __future__ import annotations
