@@ -161,7 +161,7 @@ def _restrict_with_landlock() -> bool:
     if fd < 0:
         return False
     try:  # no new privileges: what Landlock asks of a process without CAP_SYS_ADMIN
-        return libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 and libc.syscall(
+        return _libc_call("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) and libc.syscall(
             _SYS_LANDLOCK_RESTRICT_SELF, fd, 0) == 0
     finally:
         os.close(fd)

@@ -126,8 +126,7 @@ def test_the_stores_grpc_ports_take_only_its_own_certificate(stack, s3, cfg, tmp
     store = {**anyone, **store_tls.environment(seaweed.tls_folder(local_stack.settings()))}
     assert cfg.raw_bucket in _weed_shell("s3.bucket.list\n", store, tmp_path)  # the probe can tell
     assert cfg.raw_bucket not in _weed_shell("s3.bucket.list\n", anyone, tmp_path)
-    key = store_tls.environment(seaweed.tls_folder(local_stack.settings()))["WEED_GRPC_CLIENT_KEY"]
-    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store["WEED_GRPC_CLIENT_KEY"]).st_mode) == 0o600
 
 
 def test_the_pipeline_identity_reaches_its_buckets_only(stack, s3, cfg):
