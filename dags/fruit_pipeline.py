@@ -1,15 +1,16 @@
 """
 ### fruit_pipeline
 
-New fruit photos in the raw bucket -> preprocessed images -> CNN features (ResNet50 or
-EfficientNet-Lite0) -> PCA -> KMeans report.
+New fruit photos in the raw bucket -> CNN features (ResNet50 or EfficientNet-Lite0) of each photo,
+preprocessed in the same pass -> PCA -> KMeans report and classifier.
 
 `wait_for_images` (deferrable: an image newer than the last successful run listed) -> `list_new`
-(what the raw prefix's listing state does not hold; nothing new skips the Spark steps) -> `preprocess`
--> `featurize` -> `pca` -> `cluster` and `train`
+(what the raw prefix's listing state does not hold; nothing new skips the Spark steps) -> `featurize`
+(read, decode, 3x3 blur, 224x224 RGB and the CNN, one pass a photo) -> `pca` -> `cluster` and `train`
 (Spark jobs on the standalone master, each returning its manifest as XCom) -> `publish` (the run summary).
 
-PCA, KMeans and the classifier refit on the whole feature table; preprocess and featurize see only new images.
+featurize sees only new photos; PCA adds their sums to those it kept; KMeans and the classifier refit on
+the whole feature table.
 Params (validated before anything runs): raw prefix, k or target variance, clusters, batch size, backbone,
 weights, cosine geometry (l2_normalize), the colour histogram's weight (color_weight).
 """
@@ -46,11 +47,9 @@ def xcom(task_id: str, field: str) -> str:
 # Each Spark step's own arguments, rendered from the run's Params and upstream XComs (the operator adds
 # where the step writes, under which run; `arguments` adds the upstream step's output it reads).
 STEP_ARGUMENTS = {
-    "preprocess": ["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
-                   "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
-                   "--backbone", BACKBONE, "--weights", WEIGHTS],
-    "featurize": ["--backbone", BACKBONE, "--weights", WEIGHTS,
-                  "--batch-size", "{{ params.batch_size }}"],
+    "featurize": ["--raw", "{{ ti.xcom_pull(task_ids='list_new', key='new')['raw_uri'] }}",
+                  "--keys", "{{ ti.xcom_pull(task_ids='list_new', key='new')['keys_uri'] }}",
+                  "--backbone", BACKBONE, "--weights", WEIGHTS, "--batch-size", "{{ params.batch_size }}"],
     "pca": ["--k", "{{ params.pca_k }}", "--target-variance", "{{ params.target_variance or '' }}",
             "--color-weight", "{{ params.color_weight }}", L2_NORMALIZE],
     "cluster": ["--n-clusters", "{{ params.n_clusters or '' }}", L2_NORMALIZE],
@@ -157,8 +156,8 @@ with DAG(
         # never gets here: all it listed is listed again next time). No listing (the sensor gave up after
         # hours of nothing new, skipping list_new): nothing to promote.
         if new:
-            preprocessed = manifests["preprocess"]
-            retry = listing.retry_keys(hook, preprocessed["outputs"]["retry"]) if preprocessed else set()
+            featurized = manifests["featurize"]
+            retry = listing.retry_keys(hook, featurized["outputs"]["retry"]) if featurized else set()
             listing.promote(hook, CFG, new["listing_state"], params["raw_prefix"], retry)
         outlet_events[REPORT].extra.update(run_asset_extra(summary))
         return summary

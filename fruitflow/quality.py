@@ -1,5 +1,5 @@
 """`make quality`: clustering quality of each available backbone on both shared sets, with the
-pipeline's own code (preprocess UDF, featurize UDF with ONNX Runtime, Spark ML PCA and KMeans) on a
+pipeline's own code (the featurize step's pass with ONNX Runtime, Spark ML PCA and KMeans) on a
 local SparkSession.
 
 For each backbone and set it prints the PCA explained variance, and ARI, NMI, silhouette and purity of
@@ -19,7 +19,6 @@ pipeline itself never does.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -64,26 +63,12 @@ def onnx_model(backbone: str, weights: str, seed: int) -> str:
     return str(path)
 
 
-def preprocessed(spark, cfg, data: Path):
-    """The pipeline's preprocessing of every image of `data` (key, category, etag, image), kept in
-    .state/quality so that each backbone and precision reads the same images."""
-    from pyspark.sql import functions as F
-
+def candidates(spark, data: Path):
+    """Every image of `data` as the featurize step's candidates (a folder read as a manual run reads its
+    prefix: `preprocess.read_prefix`)."""
     from spark_jobs import preprocess
-    from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
-    from spark_jobs.step_outputs import read_output
 
-    # one cache per folder, by its path (two folders of one name are two sets), and per form of the
-    # preprocessed table (a cache of another form would not read back)
-    folder_id = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
-    out = quality_dir() / "preprocessed" / f"{data.name}-{folder_id}-{STORED_FORMAT}-{COLOR_DESCRIPTOR}.parquet"
-    if not out.exists():
-        uri = data.resolve().as_uri()
-        frame = preprocess.with_keys(preprocess.extract(spark, uri), uri).filter(F.col("ignored_reason").isNull())
-        prepared = preprocess.preprocess_images(frame, cfg).filter(F.col("status") == preprocess.OK)
-        prepared.select("key", "category", "etag", "image", "color").write.parquet(str(out.with_suffix(".tmp")))
-        os.replace(out.with_suffix(".tmp"), out)
-    return read_output(spark, str(out))  # a table of photos without thumbnails (no JPEG packs here)
+    return preprocess.read_prefix(spark, data.resolve().as_uri()).candidates
 
 
 def int8_model(fp32_path: str, images) -> str:
@@ -100,25 +85,26 @@ def int8_model(fp32_path: str, images) -> str:
 
 
 def featurized(spark, cfg, backbone: str, weights: str, data: Path, precision: str = "fp32"):
-    """key, category, features of every image of `data`, through the pipeline's own UDFs."""
-    from spark_jobs import featurize
+    """key, category, features, color of every image of `data`, through the featurize step's own pass."""
+    import dataclasses
 
-    prepared = preprocessed(spark, cfg, data)
-    n = prepared.count()
+    from pyspark.sql import functions as F
+
+    from spark_jobs import featurize, preprocess
+
+    photos = candidates(spark, data)
     model = onnx_model(backbone, weights, cfg.seed)
     if precision == "int8":
-        model = int8_model(model, prepared)
-    parallelism = spark.sparkContext.defaultParallelism
+        model = int8_model(model, featurize.calibration_images(photos, cfg))
+    step_cfg = dataclasses.replace(cfg, backbone=backbone, weights=weights, engine="onnx", precision=precision)
     started = time.perf_counter()
-    features = featurize.featurize_images(
-        prepared.repartition(featurize.partitions_for(n, parallelism, cfg.batch_size)),
-        model, "onnx", cfg.batch_size, backbone=backbone,
-    )
+    made = featurize.featurize_photos(photos, step_cfg, model).filter(F.col("status") == preprocess.OK)
     out = quality_dir() / "features" / f"{backbone}-{weights}-{precision}-{data.name}.parquet"
-    features.write.mode("overwrite").parquet(str(out))
-    log(f"{backbone} ({weights}, {precision}) on {data.name}: {n} images featurized in "
+    made.select("key", "category", "features", "color", "jpeg").write.mode("overwrite").parquet(str(out))
+    features = spark.read.parquet(str(out)).select("key", "category", "features", "color", "jpeg").cache()
+    log(f"{backbone} ({weights}, {precision}) on {data.name}: {features.count()} images featurized in "
         f"{time.perf_counter() - started:.0f}s")
-    return spark.read.parquet(str(out)).select("key", "category", "features", "color", "jpeg").cache()
+    return features
 
 
 def int8_fidelity(fp32, int8) -> dict:

@@ -47,7 +47,8 @@ def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
     if not manifests:
         raise SystemExit("no committed featurize output: run the featurize step first")
     frames = [
-        read_output(spark, m["outputs"]["features"])
+        # a featurize output keeps its rows' (null) reject reason since one pass wrote rows and rejects together
+        read_output(spark, m["outputs"]["features"]).drop("reason")
         .withColumn("_stored_ms", F.lit(store_order(m)[0])).withColumn("_step", F.lit(store_order(m)[1]))
         for m in manifests
     ]

@@ -204,7 +204,8 @@ def run(spark: SparkSession, cfg: Config, *, out_uri: str, input_uri: str | None
         out_uri,
         {
             "step": STEP,
-            "inputs": {"features": [m["outputs"]["features"] for m in manifests]},
+            "inputs": {"features": [m["outputs"]["features"] for m in manifests],
+                       "featurize_steps": [m["step_uri"] for m in manifests]},
             "outputs": {
                 "reduced": reduced_uri,
                 "model": model_uri,

@@ -1,12 +1,12 @@
-"""Step 1 - preprocess: raw fruit photos -> denoised 224x224 RGB images.
+"""The featurize step's photo reading: raw fruit photos -> denoised 224x224 RGB pixels, or a reject.
 
 Extract: the objects the DAG's `list_new` listed (`--keys`), read by exact key with boto3 on the
 executors; or, without `--keys`, every object under the raw prefix (`binaryFile`). Transform:
-`category`/`key` from the path; each image read, decoded, preprocessed and written to S3 as a JPEG
-under its key in one pass through Python on the executors (`prepare_batches`); files that cannot be
-used, and keys that are unsafe to read ('..', '.', empty segments), become rejects with a reason.
-Load: a Parquet table (each image as `images.STORED_FORMAT`, for the featurizer), the rejects, the
-ignored files and the step's manifest.
+`category`/`key` from the path; each image read, decoded and preprocessed in one pass through Python on
+the executors (`prepare_batches`), where the featurize step's model turns the pixels into features and
+the thumbnail is written as a JPEG in its batch's pack; files that cannot be used, and keys that are
+unsafe to read ('..', '.', empty segments), become rejects with a reason. Load: the rejects, the keys
+the next run reads again and the ignored files (`write_side_outputs`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, FloatType, StringType, StructField, StructType
 
-from spark_jobs import step_cli
 from spark_jobs.columns import unsafe_key_column
 from spark_jobs.common import sandbox, storage
-from spark_jobs.common.config import FEATURE_DIM, IMAGE_EXTENSIONS, Config, split_s3_uri
-from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
+from spark_jobs.common.config import IMAGE_EXTENSIONS, Config, split_s3_uri
 from spark_jobs.common.keys import check_location
-from spark_jobs.common.manifest import Timings, begin_step, committed_steps, write_manifest
+from spark_jobs.common.manifest import committed_steps
 from spark_jobs.feature_table import feature_table, made_with
 
-STEP = "preprocess"
 OK, REJECTED = "ok", "rejected"
 # Ends the reason of a reject that may pass (an object unreadable or not found when fetched): the key is
 # written to the step's `retry` output, and the next run lists it again whatever its LastModified.
@@ -143,32 +140,43 @@ def decode_reason(outcome) -> str | None:
     return None
 
 
+class StoredImage:
+    """What `preprocess_images` makes of each photo's stored image by default: the stored JPEG itself
+    (`images.STORED_FORMAT`, the form of the thumbnails and of INT8's calibration images)."""
+
+    name, spark_type = "image", BinaryType()
+
+    def __call__(self, stored: list) -> list:
+        return stored
+
+
 def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | None = None,
-                      jpeg_uri: str | None = None) -> DataFrame:
-    """Candidates -> key, category, etag, status, reason, image (`images.STORED_FORMAT`), color (the colour
-    histogram of `images.color_histogram`, made here from the exact pixels: the stored JPEG's would
-    differ by a little in every bin), jpeg (the locator of the image's copy in a pack under `jpeg_uri`,
-    `jpeg_packs`: the report's and the Recognise page's thumbnails).
+                      jpeg_uri: str | None = None, made=StoredImage()) -> DataFrame:
+    """Candidates -> key, category, etag, status, reason, `made.name` (what `made` makes of the image's
+    stored form, `images.stored`: the JPEG itself, or the featurize step's feature vector of its pixels),
+    color (the colour histogram of `images.color_histogram`, made here from the exact pixels: the stored
+    JPEG's would differ by a little in every bin), jpeg (the locator of the stored JPEG in a pack under
+    `jpeg_uri`, `jpeg_packs`: the report's and the Recognise page's thumbnails).
 
     Files over the byte limit are rejected without reading them (with `binaryFile` the length filter is
     pushed down to the reader). Each other image makes one trip through Python (`prepare_batches`):
     its bytes fetched by key from `fetch_from` (the raw prefix; None: the frame's `content`), decoded and
-    preprocessed in the sandbox, and, with `jpeg_uri`, written there in its batch's pack; so every object
-    is read once and its pixels cross from Python to the JVM once.
+    preprocessed in the sandbox, stored as a JPEG, with `jpeg_uri` written there in its batch's pack, and
+    made into `made`'s value; so every object is read once and its pixels never leave that Python worker.
     """
     columns = ["key", "category", "path", "length", "modificationTime"]
     too_big = (
         candidates.filter(F.col("length") > cfg.max_image_bytes)
         .select(*columns, F.lit(None).cast("string").alias("etag"),
                 F.lit(f"file too large: over {cfg.max_image_bytes} bytes").alias("reason"),
-                F.lit(None).cast("binary").alias("image"), F.lit(None).cast("array<float>").alias("color"),
+                F.lit(None).cast(made.spark_type).alias(made.name), F.lit(None).cast("array<float>").alias("color"),
                 F.lit(None).cast("string").alias("jpeg"))
     )
     readable = candidates.filter(F.col("length") <= cfg.max_image_bytes).select(*columns, "content", "pre_reject")
     schema = StructType([*(readable.schema[c] for c in columns), StructField("etag", StringType()),
-                         StructField("reason", StringType()), StructField("image", BinaryType()),
+                         StructField("reason", StringType()), StructField(made.name, made.spark_type),
                          StructField("color", ArrayType(FloatType())), StructField("jpeg", StringType())])
-    prepare = partial(prepare_batches, cfg=cfg, fetch_from=fetch_from, jpeg_uri=jpeg_uri)
+    prepare = partial(prepare_batches, cfg=cfg, fetch_from=fetch_from, jpeg_uri=jpeg_uri, made=made)
     decoded = readable.mapInPandas(prepare, schema=schema)
     return too_big.unionByName(decoded).withColumn(
         "status", F.when(F.col("reason").isNull(), F.lit(OK)).otherwise(F.lit(REJECTED))
@@ -180,13 +188,14 @@ def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | N
 S3_REQUESTS_IN_FLIGHT = 8
 
 
-def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: str | None):
+def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: str | None, made):
     """On the executors: each batch's images read (or taken from `content`), decoded and preprocessed
-    in one sandboxed child, stored as JPEGs (`images.stored`) and uploaded as one pack; `pre_reject`
-    rows are passed on with their reason."""
+    in one sandboxed child, stored as JPEGs (`images.stored`), uploaded as one pack and made into `made`'s
+    values; `pre_reject` rows are passed on with their reason."""
     import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
+    from spark_jobs.common import images
     from spark_jobs.common import storage as st
 
     s3 = source = None
@@ -204,12 +213,14 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
                     contents[i], reasons[i] = content, reason
             else:
                 contents = list(batch["content"])
-            stored, colors = decode_all(contents, reasons, cfg)
+            pixels = decode_all(contents, reasons, cfg)
+            colors = [images.color_histogram(rgb) if rgb is not None else None for rgb in pixels]
+            stored = [images.stored(rgb) if rgb is not None else None for rgb in pixels]
             locators = upload_pack(s3, jpeg_uri, stored) if jpeg_uri else [None] * len(stored)
             yield batch.drop(columns=["content", "pre_reject"]).assign(
                 # S3's ETag for single-part uploads
                 etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
-                reason=reasons, image=stored, color=colors, jpeg=locators)
+                reason=reasons, color=colors, jpeg=locators, **{made.name: made(stored)})
 
 
 def upload_pack(s3, jpeg_uri: str, stored: list[bytes | None]) -> list[str | None]:
@@ -228,9 +239,9 @@ def upload_pack(s3, jpeg_uri: str, stored: list[bytes | None]) -> list[str | Non
     return [jpeg_packs.locator(f"s3a://{bucket}/{key}", span) for span in spans]
 
 
-def decode_all(contents: list, reasons: list, cfg: Config) -> tuple[list, list]:
-    """The stored image and the colour histogram of each content whose reason is None, decoded and
-    preprocessed in one sandboxed child; `reasons` gets each failure's reason."""
+def decode_all(contents: list, reasons: list, cfg: Config) -> list:
+    """The preprocessed pixels (224x224 RGB) of each content whose reason is None, decoded and
+    preprocessed in one sandboxed child; `reasons` gets each failure's reason (its pixels: None)."""
     from spark_jobs.common import images
     from spark_jobs.common import sandbox as isolated
 
@@ -241,15 +252,14 @@ def decode_all(contents: list, reasons: list, cfg: Config) -> tuple[list, list]:
 
     todo = [i for i, reason in enumerate(reasons) if reason is None]
     outcomes = isolated.map_isolated(decode_one, [contents[i] for i in todo], **cfg.decoder_limits)
-    stored, colors = [None] * len(contents), [None] * len(contents)
+    pixels = [None] * len(contents)
     for i, outcome in zip(todo, outcomes):
         reasons[i] = decode_reason(outcome)
         if outcome.ok and not images.is_preprocessed(outcome.value):  # a child gone wrong
             reasons[i] = "decoder returned malformed output"
         elif outcome.ok:
-            rgb = images.rgb_from_bytes(outcome.value)
-            stored[i], colors[i] = images.stored(rgb), images.color_histogram(rgb)
-    return stored, colors
+            pixels[i] = images.rgb_from_bytes(outcome.value)
+    return pixels
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
@@ -363,79 +373,8 @@ def write_side_outputs(spark: SparkSession, table: DataFrame, listing: DataFrame
     n_ignored = ignored.count()
     sample = [{"key": r["key"], "reason": r["ignored_reason"]} for r in ignored.limit(20).collect()]
     if n_ignored:
-        print(f"[preprocess] ignored {n_ignored} non-candidate files, e.g. {sample}", file=sys.stderr)
+        print(f"[featurize] ignored {n_ignored} non-candidate files, e.g. {sample}", file=sys.stderr)
     counts = {"n_images": counts.get(OK, 0), "n_rejected": counts.get(REJECTED, 0), "n_ignored": n_ignored,
               "n_retry_next_run": spark.read.schema("key string").json(retry_uri).count(),
               "n_categories": table.filter(F.col("status") == OK).select("category").distinct().count()}
     return counts, sample
-
-
-def run(spark: SparkSession, cfg: Config, *, raw_uri: str, out_uri: str, keys_uri: str | None = None) -> dict:
-    timings = Timings(spark, STEP)
-    check_raw_uri(raw_uri)
-    begin_step(spark, out_uri)
-    table_uri, jpeg_uri = f"{out_uri}/images", f"{out_uri}/jpeg"
-    rejects_uri, ignored_uri, retry_uri = f"{out_uri}/rejects", f"{out_uri}/ignored", f"{out_uri}/retry"
-
-    with timings.measure("list"):
-        found = read_listed(spark, cfg, raw_uri, keys_uri) if keys_uri else read_prefix(spark, raw_uri)
-    listing, candidates, n_files, n_already = found.listing, found.candidates, found.n_files, found.n_already
-    if n_files == 0:
-        raise SystemExit(f"no input: nothing under {raw_uri}; upload images as <category>/<file>.jpg first")
-    with timings.measure("preprocess"):
-        processed = preprocess_images(candidates, cfg, fetch_from=found.fetch_from, jpeg_uri=jpeg_uri)
-        processed.write.mode("overwrite").partitionBy("status").parquet(table_uri)
-
-    with timings.measure("summarise"):
-        # With its schema: when nothing was decoded (every listed image already featurized, ignored or
-        # rejected before reading) the table has no file Spark could infer one from.
-        table = spark.read.schema(processed.schema).parquet(table_uri)
-        counts, ignored_sample = write_side_outputs(spark, table, listing, rejects_uri, retry_uri, ignored_uri)
-        if not counts["n_images"]:  # the images output reads as an empty table, as every output does
-            table.filter(F.lit(False)).drop("status").write.mode("overwrite").parquet(f"{table_uri}/status={OK}")
-    n_ok, n_rejected = counts["n_images"], counts["n_rejected"]
-    return write_manifest(
-        spark,
-        out_uri,
-        {
-            "step": STEP,
-            "inputs": {"raw": raw_uri, **({"keys": keys_uri} if keys_uri else {})},
-            "outputs": {
-                "images": f"{table_uri}/status={OK}",
-                "table": table_uri,
-                "jpeg": jpeg_uri,
-                "rejects": rejects_uri,
-                "ignored": ignored_uri,
-                "retry": retry_uri,  # keys the next run lists again (list_new's listing state)
-            },
-            "counts": {
-                "n_input": n_ok + n_rejected,
-                **counts,
-                "n_already_featurized": n_already,
-            },
-            "samples": {"ignored": ignored_sample},
-            "params": {"image_size": 224, "image_format": STORED_FORMAT, "color_descriptor": COLOR_DESCRIPTOR,
-                       "max_image_bytes": cfg.max_image_bytes,
-                       "max_image_pixels": cfg.max_image_pixels},
-            "timings_s": dict(timings),
-        },
-    )
-
-
-def arg_parser():
-    parser = step_cli.parser(__doc__)
-    parser.add_argument("--raw", help="raw images URI (default: from config)")
-    parser.add_argument("--keys", help="JSON-lines URI of the keys to process (incremental runs)")
-    # The model the run featurizes with: images it has not featurized yet are preprocessed again.
-    parser.add_argument("--backbone", choices=sorted(FEATURE_DIM))
-    parser.add_argument("--weights", help="imagenet | random | a model file in the models bucket")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
-        spark, cfg, raw_uri=args.raw or cfg.raw_uri, out_uri=out, keys_uri=args.keys))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -207,7 +207,10 @@ def model_name(pca_manifest: dict) -> str:
 def backbone_model_uri(spark: SparkSession, pca_manifest: dict, cfg: Config) -> str:
     """The ONNX file that made the table's vectors: the newest featurize step's model (all the table's
     steps were made with the same model, `table.same_model`)."""
-    steps = [read_manifest(spark, uri.rsplit("/", 1)[0], cfg) for uri in pca_manifest["inputs"]["features"]]
+    inputs = pca_manifest["inputs"]
+    # a pca manifest from before `featurize_steps` named each step's features as `<step>/features`
+    step_uris = inputs.get("featurize_steps") or [uri.rsplit("/", 1)[0] for uri in inputs["features"]]
+    steps = [read_manifest(spark, uri, cfg) for uri in step_uris]
     return max(steps, key=store_order)["outputs"]["model"]
 
 

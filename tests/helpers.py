@@ -94,13 +94,13 @@ def read_parquet(s3, uri):
                      ignore_index=True)
 
 
-def stored_jpegs(s3, preprocess_manifest: dict) -> dict[str, tuple[str, bytes]]:
-    """key -> (its pack's key, its JPEG) for each image of a preprocess step, read back by the locator in
-    the step's table (`jpeg_packs`), as the report and the Recognise page read them."""
+def stored_jpegs(s3, featurize_manifest: dict) -> dict[str, tuple[str, bytes]]:
+    """key -> (its pack's key, its thumbnail JPEG) for each image of a featurize step, read back by the
+    locator in the step's features (`jpeg_packs`), as the report and the Recognise page read them."""
     from spark_jobs.common import jpeg_packs
 
-    table = read_parquet(s3, preprocess_manifest["outputs"]["images"])
-    bucket, _ = split_s3_uri(preprocess_manifest["outputs"]["jpeg"])
+    table = read_parquet(s3, featurize_manifest["outputs"]["features"])
+    bucket, _ = split_s3_uri(featurize_manifest["outputs"]["jpeg"])
     get_range = jpeg_packs.s3_range(s3)
     return {key: (jpeg_packs.parse(locator, bucket)[1], jpeg_packs.read(locator, bucket, get_range))
             for key, locator in zip(table["key"], table["jpeg"])}

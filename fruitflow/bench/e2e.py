@@ -48,7 +48,7 @@ from spark_jobs.common.config import Config
 from spark_jobs.common.steps import STEP_NAMES, STEPS
 
 DEFAULT_DATA = SAMPLE_1179
-SCALED_STEPS = ("featurize", "pca", "cluster")  # what grows with the table (preprocess sees new images only)
+SCALED_STEPS = ("featurize", "pca", "cluster")  # featurize sees new photos only; pca and cluster see the table
 SIZES = (("N", 1), ("4N", 4), ("10N", 10), ("30N", 30))  # SCALE=1: the same images copied under new keys
 COST_SIZES = ("N", "4N", "10N")  # the marginal cost's line (30N checks that the scale stays flat)
 

@@ -181,7 +181,8 @@ def openvino_fidelity(features: dict) -> dict:
 
 
 def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
-    """The images as the preprocess step stores them."""
+    """The images in their stored form (`images.stored`: the JPEG the featurize step gives the model),
+    the same bytes for each Spark contender."""
     from spark_jobs.common import images
 
     frame = pd.DataFrame({"key": keys, "category": [k.split("/")[0] for k in keys], "etag": ["-"] * len(keys),
@@ -193,12 +194,22 @@ def write_table(spark, keys: list[str], batch: np.ndarray, path: str) -> None:
 
 
 def bench_spark_udf(spark, table: str, model_ref: str, engine: str, cfg, n: int, backbone: str) -> float:
-    from spark_jobs.featurize import featurize_images, partitions_for
-    from spark_jobs.step_outputs import read_output
+    """The featurize pass's model call (`featurize.Features`, the same object the step runs on each batch's
+    stored JPEGs after the sandboxed decode) over Arrow batches of the table's images."""
+    from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-    images = read_output(spark, table)  # a table of photos, without thumbnails
+    from spark_jobs.featurize import Features, partitions_for
+
+    model = Features(model_ref, engine, backbone, cfg.batch_size)
+
+    def featurize(batches):
+        for batch in batches:
+            yield pd.DataFrame({"key": batch["key"], "features": model(list(batch["image"]))})
+
+    schema = StructType([StructField("key", StringType()), StructField("features", ArrayType(FloatType()))])
+    images = spark.read.parquet(table).select("key", "image")
     partitions = partitions_for(n, spark.sparkContext.defaultParallelism, cfg.batch_size)
-    out = featurize_images(images.repartition(partitions), model_ref, engine, cfg.batch_size, backbone=backbone)
+    out = images.repartition(partitions).mapInPandas(featurize, schema=schema)
     start = time.perf_counter()
     out.write.format("noop").mode("overwrite").save()
     return n / (time.perf_counter() - start)

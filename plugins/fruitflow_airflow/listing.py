@@ -6,7 +6,7 @@ ever. So the state of a raw prefix holds the newest LastModified its last succes
 watermark) and the ETag of every object listed within `overlap` below it. An object is new when it is
 newer than the watermark, or inside that window with a key or ETag the state does not hold (an upload
 that landed late, a photo replaced under the same key). Older objects are never listed again, but for
-the keys the last run could not read for a reason that may pass (`retry`: preprocess's RETRY_NEXT_RUN),
+the keys the last run could not read for a reason that may pass (`retry`: the featurize step's RETRY_NEXT_RUN),
 each for at most MAX_RETRIES runs in a row (a file that crashes its decoder every time is given up).
 
 The state lives at `<features bucket>/<runs prefix>/_listing/<digest of the raw prefix>.json`: one per
@@ -100,13 +100,13 @@ def read_state(client, cfg: Config, raw_prefix: str) -> ListingState:
         return ListingState.from_json(body, raw_prefix)
     except signing.Unsigned as exc:
         # planted or edited (a watermark in the future would hide every later upload): list the whole
-        # prefix again; what is already featurized is skipped by preprocess, not redone
+        # prefix again; what is already featurized is skipped by featurize, not redone
         log.warning("%s: listing %s from the start", exc, raw_prefix)
         return ListingState(raw_prefix.strip("/"))
 
 
 def retry_keys(s3_hook, retry_uri: str) -> set[str]:
-    """The keys a preprocess step wrote to its `retry` output (JSON lines in Spark's part files)."""
+    """The keys a featurize step wrote to its `retry` output (JSON lines in Spark's part files)."""
     bucket, prefix = split_s3_uri(retry_uri)
     keys: set[str] = set()
     for part in s3_hook.list_keys(bucket_name=bucket, prefix=prefix.rstrip("/") + "/") or []:

@@ -25,7 +25,7 @@ from spark_jobs.common.manifest import manifest_uri, other_folder_reason
 
 
 class SparkStepOperator(SparkSubmitOperator):
-    """Runs one fruitflow Spark step (preprocess, featurize, pca, cluster) and returns its manifest.
+    """Runs one fruitflow Spark step (featurize, pca, cluster, train) and returns its manifest.
 
     S3 access for the job comes from the AWS connection, the one source of it: its `endpoint_url`
     extra (an S3-compatible server; FRUITFLOW_S3_ENDPOINT for the driver, whose Config hands it to
@@ -92,7 +92,7 @@ class SparkStepOperator(SparkSubmitOperator):
         return hook
 
     def _skip_without_new_images(self, context) -> None:
-        """A step after one that made no image (preprocess, when every listed photo was already featurized,
+        """A step after one that made no image (featurize, when every listed photo was already featurized,
         rejected or ignored) has nothing to add to the table: it and the steps after it are skipped, and
         `publish` says what the run found."""
         upstream, ti = registered_step(self.step).after, context.get("ti")

@@ -36,7 +36,7 @@ def write_new_objects(objects, prefix: str, state: ListingState, following: Next
             n_refused += 1
             if len(refused_sample) < 20:
                 refused_sample.append({"key": obj["Key"], "reason": refused})
-        # Every new object goes to the list: preprocess reads by key (never re-listing) and counts what
+        # Every new object goes to the list: featurize reads by key (never re-listing) and counts what
         # is not a candidate image as ignored.
         out.write(json.dumps(line) + "\n")
         if relative.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
@@ -48,12 +48,12 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
                     state: ListingState | None = None) -> dict:
     """Objects (key, ETag, size) under the raw prefix that its listing state (`listing`: the watermark of
     the last successful run, with an overlap window compared by ETag) does not hold, streamed page by
-    page to a JSON-lines object that the preprocess step reads by key. `n_new` counts the image
+    page to a JSON-lines object that the featurize step reads by key. `n_new` counts the image
     candidates among them (none: the Spark steps are skipped). The listing's own state goes into the
     run's folder; `publish` promotes it when the run succeeds.
 
     Keys that are not safe to read (`unsafe_key_reason`) are written with a `refused` reason instead:
-    the preprocess step records them as rejects, and a few are named here and in the task log.
+    the featurize step records them as rejects, and a few are named here and in the task log.
     Only counts (and the overlap window's ETags) stay in memory: the listing goes to a temporary file,
     then to S3.
     """
@@ -71,7 +71,7 @@ def list_new_images(s3_hook, cfg: Config, raw_prefix: str, run_id: str,
         local = out.name
     n_new, n_listed, n_refused, refused_sample = counts
     if n_refused:
-        log.warning("refusing %d unsafe keys under %s (recorded as rejects by preprocess), e.g. %s",
+        log.warning("refusing %d unsafe keys under %s (recorded as rejects by featurize), e.g. %s",
                     n_refused, prefix, refused_sample)
     try:
         bucket, key = split_s3_uri(keys_uri)
@@ -125,20 +125,19 @@ def _choose_model(backbone: str, weights: str, cfg: Config, in_models_bucket) ->
 
 def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
     """One flat JSON object for the run: counts, variance, quality, and every step's output URI."""
-    preprocess, featurize, pca, cluster, train = (
-        manifests.get(s) for s in ("preprocess", "featurize", "pca", "cluster", "train"))
-    counts = (preprocess or {}).get("counts", {})
+    featurize, pca, cluster, train = (manifests.get(s) for s in ("featurize", "pca", "cluster", "train"))
+    counts = (featurize or {}).get("counts", {})
     found = {"n_new": (new or {}).get("n_new", 0), "n_input": counts.get("n_input", 0),
              "n_rejected": counts.get("n_rejected", 0), "n_ignored": counts.get("n_ignored", 0),
              "n_already_featurized": counts.get("n_already_featurized", 0),
              # which files were not candidates, and why (a folder too deep, a note): a sample and the list
-             "ignored_sample": (preprocess or {}).get("samples", {}).get("ignored", []),
-             **({"ignored": preprocess["outputs"]["ignored"]}
-                if preprocess and "ignored" in preprocess["outputs"] else {})}
-    if not featurize:  # nothing listed, or nothing preprocess made an image of: the steps after it were skipped
+             "ignored_sample": (featurize or {}).get("samples", {}).get("ignored", []),
+             **({"ignored": featurize["outputs"]["ignored"]}
+                if featurize and "ignored" in featurize["outputs"] else {})}
+    if not pca:  # nothing listed, or no new photo featurized: the steps after featurize were skipped
         return {"status": "nothing new", **found, "n_images": 0,
                 "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},
-                **({"rejects": preprocess["outputs"]["rejects"]} if preprocess else {})}
+                **({"rejects": featurize["outputs"]["rejects"]} if featurize else {})}
     metrics = (cluster or {}).get("metrics", {})
     return {
         "status": "ok",
@@ -168,7 +167,7 @@ def build_summary(new: dict | None, manifests: dict[str, dict | None]) -> dict:
         "per_class_recall": (train or {}).get("metrics", {}).get("per_class_recall"),
         "confused_pairs": (train or {}).get("metrics", {}).get("confused_pairs", [])[:5],
         "outputs": {step: m["step_uri"] for step, m in manifests.items() if m},
-        "rejects": preprocess["outputs"]["rejects"],
+        "rejects": featurize["outputs"]["rejects"],
         "report": cluster["outputs"]["report"],
         "timings_s": {step: m.get("timings_s") for step, m in manifests.items() if m},
     }

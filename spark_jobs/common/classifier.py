@@ -100,9 +100,9 @@ class Classifier:
     # ------------------------------------------------------------------ the pipeline's features
 
     def features(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(CNN features, colour histograms) of preprocessed 224x224 RGB images, as the pipeline makes them:
-        the CNN's of the stored JPEG (what featurize decodes), the histogram of the exact pixels (made by
-        preprocess)."""
+        """(CNN features, colour histograms) of preprocessed 224x224 RGB images, as the featurize step
+        makes them: the CNN's of the stored JPEG (the form the model is given), the histogram of the exact
+        pixels."""
         from spark_jobs.common.images import as_stored, color_histogram
 
         stored = np.stack([as_stored(p) for p in rgb])

@@ -106,21 +106,21 @@ def rgb_from_bytes(raw: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)
 
 
-# How the preprocessed table stores an image (the name goes into preprocess's manifest). A JPEG at
-# quality 95 is ~10 KB where the raw pixels are 150 KB: the table is written, stored and read by
-# featurize at a fifteenth of the bytes, and the same bytes are the photo's thumbnail object.
+# A preprocessed image's stored form (the name goes into featurize's manifest): a JPEG at quality 95, ~10 KB
+# where the raw pixels are 150 KB. It is the photo's thumbnail in its batch's pack and, decoded, what the
+# model is given, in the pipeline as in `make classify` and the Recognise page (`as_stored`).
 STORED_FORMAT = "jpeg-q95"
 
 
 def stored(rgb: np.ndarray) -> bytes:
-    """Preprocessed pixels as the table stores them. The JPEG is made by the executor's own encoder from
+    """Preprocessed pixels in their stored form. The JPEG is made by the executor's own encoder from
     pixels whose size it checked, never copied from a decoder child's output."""
     return to_jpeg(rgb, quality=95)
 
 
 def from_stored(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """A stored image's pixels (RGB, size x size). The header is read first: only a size x size JPEG is
-    decoded (the table is written by Spark nodes: a planted row is an error, never a decoder's work)."""
+    decoded (stored images are written by Spark nodes: a planted one is an error, never a decoder's work)."""
     if not isinstance(data, bytes) or not data.startswith(b"\xff\xd8\xff") or \
             image_dimensions(data, "JPEG") != (size, size):
         raise ValueError(f"not a stored preprocessed image ({STORED_FORMAT}, {size}x{size})")

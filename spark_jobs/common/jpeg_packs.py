@@ -1,8 +1,8 @@
 """The preprocessed JPEGs the report and the Recognise page show as thumbnails: packed, one S3 object per
-batch of photos (`<preprocess step>/jpeg/<uuid>.pack`, the JPEGs end to end), not one object per photo,
-whose PUT cost more than the rest of the photo's preprocessing. A photo's JPEG is named by a locator,
-`<pack URI>#<offset>+<length>`, which travels with the photo's row (the preprocessed and feature tables,
-the PCA vectors, the classifier's bank) and is read back with one ranged GET.
+batch of photos (`<featurize step's folder in the preprocessed bucket>/jpeg/<uuid>.pack`, the JPEGs end
+to end), not one object per photo, whose PUT cost more than the rest of the photo's preprocessing. A
+photo's JPEG is named by a locator, `<pack URI>#<offset>+<length>`, which travels with the photo's row
+(the feature table, the PCA vectors, the classifier's bank) and is read back with one ranged GET.
 
 A locator comes from a table the Spark nodes write: readers take it only inside the preprocessed bucket,
 without '.' or '..' segments, and no longer than a stored JPEG can be (`parse`); what it points to is

@@ -1,4 +1,4 @@
-"""Which object keys may be read: one set of rules for list_new (Python) and preprocess (Spark).
+"""Which object keys may be read: one set of rules for list_new (Python) and featurize (Spark).
 
 Hadoop paths normalise '.', '..' and empty segments away, so such a key would be read as another
 object (or a missing one); control characters have no business in a key. Such keys, and keys outside

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the operator reads manifests at DAG-parse import time: no p
     from pyspark.sql import SparkSession
 
 from . import signing, storage
-from .config import Config, s3a_uri
+from .config import Config, s3a_uri, split_s3_uri
 
 MANIFEST_NAME = "_manifest.json"
 # Set by every reader from the store's own modification time (S3's LastModified), never from the file:
@@ -107,22 +107,24 @@ def other_folder_reason(manifest: dict, step_uri: str) -> str | None:
 
 def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
     """Why a manifest read from `step_uri` must not be followed, or None. A step's outputs are where it
-    wrote them: inside its own folder, `<configured bucket>/<runs prefix>/<run>/<step>/`; a model it
-    materialised may also sit in the models bucket under its backbone's folder. Anything else (another
-    run's or bucket's data, a manifest copied from elsewhere) would let whoever can write one object
-    point the pipeline at data it never made."""
+    wrote them: inside its own folder, `<configured bucket>/<runs prefix>/<run>/<step>/`, or the same
+    folder of the preprocessed bucket (featurize's thumbnails, which the report and the Recognise page
+    read from that bucket only); a model it materialised may also sit in the models bucket under its
+    backbone's folder. Anything else (another run's or bucket's data, a manifest copied from elsewhere)
+    would let whoever can write one object point the pipeline at data it never made."""
     step_uri = step_uri.rstrip("/")
     if reason := other_folder_reason(manifest, step_uri):
         return reason
     if not any(step_uri.startswith(s3a_uri(bucket, cfg.runs_prefix) + "/") for bucket in cfg.buckets):
         return f"its folder is not under {cfg.runs_prefix}/ of a configured bucket"
+    folders = (step_uri + "/", s3a_uri(cfg.preprocessed_bucket, split_s3_uri(step_uri)[1]) + "/")
     models = s3a_uri(cfg.models_bucket, str(manifest.get("params", {}).get("backbone") or "")) + "/"
     for name, value in manifest.get("outputs", {}).items():
         for uri in value if isinstance(value, list) else [value]:
             if not isinstance(uri, str):
                 return f"output {name!r} is not a URI"
-            if not (uri.startswith(step_uri + "/") or (name == "model" and uri.startswith(models) and
-                                                       models.count("/") > 3)):
+            if not (uri.startswith(folders) or (name == "model" and uri.startswith(models) and
+                                                models.count("/") > 3)):
                 return f"output {name!r} ({uri}) is outside the step's folder"
             if any(part in (".", "..") for part in uri.split("://", 1)[-1].split("/")):
                 return f"output {name!r} ({uri}) has a '.' or '..' segment"

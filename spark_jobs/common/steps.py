@@ -22,12 +22,11 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("preprocess", "preprocessed_bucket", "preprocess", None,
-         "Decodes each new image (bounded), 3x3 blur, 224x224 RGB JPEG; undecodable ones go to the rejects "
-         "list with their reason.", takes_input=False),
-    Step("featurize", "features_bucket", "featurize", "preprocess",
-         "CNN features of the preprocessed images (ONNX Runtime in a pandas UDF over Arrow), appended to the "
-         "feature table of this model."),
+    Step("featurize", "features_bucket", "featurize", None,
+         "Reads each new photo, decodes it (bounded, sandboxed), 3x3 blur, 224x224 RGB, and gives its pixels "
+         "to the CNN (ONNX Runtime over Arrow batches) in the same pass: its features are appended to the "
+         "feature table of this model, its thumbnail kept; undecodable photos go to the rejects list with "
+         "their reason.", takes_input=False),
     Step("pca", "features_bucket", "pca", "featurize",
          "Spark ML PCA on the whole feature table of this model, with its explained variance.", takes_input=False),
     Step("cluster", "reports_bucket", "cluster", "pca",

@@ -155,7 +155,6 @@ def _render(task, params, model=CHOSEN):
     ti = _TI({
         ("list_new", "new"): {"raw_uri": "s3a://fruitflow-raw/images", "keys_uri": "s3a://f/runs/r/new.jsonl",
                               "model": model},
-        ("preprocess", "return_value"): {"step_uri": "s3a://fruitflow-preprocessed/runs/r/preprocess"},
         ("pca", "return_value"): {"step_uri": "s3a://fruitflow-features/runs/r/pca"},
     })
     return [env.from_string(a).render(params=params, ti=ti) for a in task.application_args]
@@ -164,12 +163,9 @@ def _render(task, params, model=CHOSEN):
 def test_rendered_spark_arguments(dag):
     params = {**{k: dag.params[k] for k in dag.params}, "target_variance": None, "n_clusters": None}
     assert params["backbone"] == "auto"  # decided where the DAG runs, by list_new
-    assert _render(dag.get_task("preprocess"), params) == [
-        "--raw", "s3a://fruitflow-raw/images", "--keys", "s3a://f/runs/r/new.jsonl",
-        "--backbone", "efficientnet_lite0", "--weights", "imagenet"]
     assert _render(dag.get_task("featurize"), params) == [
-        "--input", "s3a://fruitflow-preprocessed/runs/r/preprocess", "--backbone", "efficientnet_lite0",
-        "--weights", "imagenet", "--batch-size", str(params["batch_size"])]
+        "--raw", "s3a://fruitflow-raw/images", "--keys", "s3a://f/runs/r/new.jsonl",
+        "--backbone", "efficientnet_lite0", "--weights", "imagenet", "--batch-size", str(params["batch_size"])]
     assert _render(dag.get_task("pca"), {**params, "target_variance": 0.9, "color_weight": 0.5}) == [
         "--k", str(params["pca_k"]), "--target-variance", "0.9", "--color-weight", "0.5", "--l2-normalize"]
     assert _render(dag.get_task("cluster"), {**params, "l2_normalize": False}) == [
@@ -181,11 +177,11 @@ def test_rendered_arguments_parse_in_the_jobs(dag):
     """What the templates render (plus what the operator adds) is accepted by the jobs' own parsers."""
     from fruitflow_airflow.submit import step_args
     from spark_jobs.common.steps import STEP_NAMES
-    from spark_jobs import cluster, featurize, pca, preprocess, train
+    from spark_jobs import cluster, featurize, pca, train
     from spark_jobs.common.config import Config
 
     params = {**{k: dag.params[k] for k in dag.params}, "target_variance": None, "n_clusters": None}
-    jobs = {"preprocess": preprocess, "featurize": featurize, "pca": pca, "cluster": cluster, "train": train}
+    jobs = {"featurize": featurize, "pca": pca, "cluster": cluster, "train": train}
     assert set(jobs) == set(STEP_NAMES)
     for step, job in jobs.items():
         argv = [*step_args(step, Config.from_env(), "r1"), *_render(dag.get_task(step), params)]

@@ -2,7 +2,7 @@
 JPEG, a 6000x4000 photo, UTF-8 / space / accent keys into S3 and back into the feature table and
 df_categ.csv, a class with a single image, a note and an image at the wrong depth, unsafe keys ('..',
 '.', empty segments, a climb out of the prefix) refused by list_new and recorded as rejects by
-preprocess, and a listed key deleted before preprocess reads it."""
+featurize, and a listed key deleted before featurize reads it."""
 
 import json
 import uuid
@@ -72,7 +72,7 @@ def upload_bad_tree(s3, cfg, image_tree, real_jpeg) -> tuple[str, dict[str, str]
 
 
 @pytest.mark.slow
-def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, image_tree, real_jpeg):
+def test_bad_input_through_list_new_featurize_pca(stack, s3, cfg, image_tree, real_jpeg):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     build_zip()
@@ -85,19 +85,20 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     assert {r["key"] for r in found["refused_sample"]} == {f"{prefix}/{k}" for k in unsafe}
     s3.delete_object(Bucket=cfg.raw_bucket, Key=f"{prefix}/Odd/gone.jpg")  # deleted after the listing
 
-    submit_step("preprocess", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}", "--keys", found["keys_uri"])
-    preprocessed = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    submit_step("featurize", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}", "--keys", found["keys_uri"],
+                "--backbone", "resnet50", "--weights", "random", "--batch-size", "8")
+    featurized = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
     ok = {k for k, v in expected.items() if v == "ok"}
     rejected = {k for k, v in expected.items() if v == "reject"}
-    counts = preprocessed["counts"]
+    counts = featurized["counts"]
     assert counts["n_images"] == len(ok), counts
     assert counts["n_rejected"] == len(rejected), counts
     assert counts["n_input"] == counts["n_images"] + counts["n_rejected"] == len(ok) + len(rejected)
-    ignored = {r["path"].split(f"/{prefix}/")[-1] for r in _json_lines(s3, preprocessed["outputs"]["ignored"])}
+    ignored = {r["path"].split(f"/{prefix}/")[-1] for r in _json_lines(s3, featurized["outputs"]["ignored"])}
     assert ignored == {k for k, v in expected.items() if v == "ignore"} == {"Odd/notes.txt", "Odd/deeper/nested.jpg"}
     assert counts["n_ignored"] == 2, counts
 
-    rejects = {r["key"]: r["reason"] for r in _json_lines(s3, preprocessed["outputs"]["rejects"])}
+    rejects = {r["key"]: r["reason"] for r in _json_lines(s3, featurized["outputs"]["rejects"])}
     assert set(rejects) == rejected, rejects
     for key in unsafe:
         assert rejects[key].startswith("unsafe key"), (key, rejects[key])
@@ -105,19 +106,15 @@ def test_bad_input_through_list_new_preprocess_featurize_pca(stack, s3, cfg, ima
     assert rejects["Odd/empty.jpg"] == "empty file"
     # a reject that may pass is listed again by the next run: in the listing state once the run succeeds
     hook = S3Hook(aws_conn_id=AWS_CONN_ID)
-    retry = listing.retry_keys(hook, preprocessed["outputs"]["retry"])
+    retry = listing.retry_keys(hook, featurized["outputs"]["retry"])
     assert counts["n_retry_next_run"] == 1 and retry == {"Odd/gone.jpg"}
     listing.promote(hook, cfg, found["listing_state"], prefix, retry)
     assert listing.read_state(s3, cfg, prefix).retry == {"Odd/gone.jpg": 1}
 
-    stored = stored_jpegs(s3, preprocessed)
+    stored = stored_jpegs(s3, featurized)
     assert set(stored) == set(ok)  # UTF-8 keys back, each with its JPEG in a pack
     assert images.decode(stored["Odd/huge 6000x4000.jpg"][1], 10**7).shape == (224, 224, 3)
-
-    submit_step("featurize", cfg, run_id, "--input", preprocessed["step_uri"], "--backbone", "resnet50",
-                "--weights", "random", "--batch-size", "8")
-    featurized = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
-    assert featurized["counts"]["n_images"] == len(ok)
+    assert featurized["counts"]["feature_dim"] == 2048
 
     submit_step("pca", cfg, run_id, "--k", "3")
     pca = read_manifest(s3, cfg.step_uri(run_id, "pca"))

@@ -277,18 +277,16 @@ def test_the_run_summary_adds_up(first, s3):
 
 
 def test_each_step_leaves_its_outputs_and_manifest(first, s3):
-    preprocess, featurize, pca, cluster, train = (first.preprocess, first.featurize, first.pca, first.cluster,
-                                                  first.train)
+    featurize, pca, cluster, train = first.featurize, first.pca, first.cluster, first.train
     n_bad = sum(1 for v in first.expected.values() if v == "reject")
-    assert preprocess["counts"]["n_input"] == len(first.reals) + len(first.expected)
-    assert preprocess["counts"]["n_images"] == len(first.reals) + len(first.expected) - n_bad
-    assert preprocess["counts"]["n_rejected"] == n_bad and preprocess["counts"]["n_ignored"] == 1
-    jpegs = stored_jpegs(s3, preprocess)  # each image's JPEG, read back by its locator
-    assert len(jpegs) == preprocess["counts"]["n_images"]
+    assert featurize["counts"]["n_input"] == len(first.reals) + len(first.expected)
+    assert featurize["counts"]["n_images"] == len(first.reals) + len(first.expected) - n_bad
+    assert featurize["counts"]["n_rejected"] == n_bad and featurize["counts"]["n_ignored"] == 1
+    jpegs = stored_jpegs(s3, featurize)  # each image's thumbnail JPEG, read back by its locator
+    assert len(jpegs) == featurize["counts"]["n_images"]
     assert f"{first.reals[0].parent.name}/{first.reals[0].name}" in jpegs
-    assert len(list_keys(s3, preprocess["outputs"]["jpeg"])) < len(jpegs)  # packs, not an object per photo
+    assert len(list_keys(s3, featurize["outputs"]["jpeg"])) < len(jpegs)  # packs, not an object per photo
 
-    assert featurize["counts"]["n_images"] == preprocess["counts"]["n_images"]
     assert featurize["params"]["feature_dim"] == FEATURE_DIM[first.backbone]
     assert featurize["params"]["weights"] == "imagenet"
     assert list_keys(s3, featurize["outputs"]["model"].rsplit("/", 1)[0])
@@ -378,7 +376,7 @@ def test_later_runs_take_only_what_is_new(first, s3):
     reupload = dag.test(run_conf=conf)
     states = _states(reupload)
     assert str(reupload.state) == "success", states
-    assert states["preprocess"] == "success" and all(states[s] == "skipped" for s in STEP_NAMES[1:]), states
+    assert states["featurize"] == "success" and all(states[s] == "skipped" for s in STEP_NAMES[1:]), states
     same = _xcom(reupload, "publish")
     assert same["status"] == "nothing new" and same["n_new"] == 2 and same["n_already_featurized"] == 2
     assert same["n_images"] == 0 and same["latest_trained_run"] == first.run.run_id

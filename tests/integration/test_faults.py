@@ -146,14 +146,14 @@ def _recorded_tasks(log_text):
                                   timeout=10)]
 
 
-def _features(s3, step_uri):
-    """key -> features of a featurize output, read back with pyarrow (not Spark)."""
+def _features(s3, manifest):
+    """key -> features of a featurize step's output, read back with pyarrow (not Spark)."""
     import pyarrow.parquet as pq
 
-    bucket, _ = split_s3_uri(step_uri)
+    bucket, _ = split_s3_uri(manifest["outputs"]["features"])
     rows = {}
     keys = []
-    for key in list_keys(s3, step_uri + "/features"):
+    for key in list_keys(s3, manifest["outputs"]["features"]):
         if key.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()),
                                   use_threads=False, pre_buffer=False)  # as in test_multihost's FEATURE_KEYS
@@ -165,7 +165,7 @@ def _features(s3, step_uri):
 
 @pytest.fixture(scope="module")
 def prepared(stack, s3, cfg, tmp_path_factory):
-    """3 classes x 3 real images under a fresh raw prefix, preprocessed once under a runs prefix of its own."""
+    """3 classes x 3 real images under a fresh raw prefix, featurized once under a runs prefix of its own."""
     build_zip()
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"faults-{uuid.uuid4().hex[:6]}"), batch_size=4)
     prefix = f"faults-raw-{uuid.uuid4().hex[:6]}"
@@ -173,27 +173,23 @@ def prepared(stack, s3, cfg, tmp_path_factory):
         s3.upload_file(str(path), cfg.raw_bucket, f"{prefix}/{path.parent.name}/{path.name}")
     raw_uri = f"s3a://{cfg.raw_bucket}/{prefix}"
     run_id = f"ref-{uuid.uuid4().hex[:6]}"
-    _run("preprocess", cfg, run_id, "--raw", raw_uri, tmp_path=tmp_path_factory.mktemp("ref"))
-    preprocessed = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
-    assert preprocessed["counts"]["n_images"] == 9
-    return {"cfg": cfg, "raw_uri": raw_uri, "run_id": run_id, "pre": preprocessed}
+    _run("featurize", cfg, run_id, "--raw", raw_uri, *RANDOM_RESNET50, tmp_path=tmp_path_factory.mktemp("ref"))
+    featurized = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
+    assert featurized["counts"]["n_images"] == 9
+    return {"cfg": cfg, "raw_uri": raw_uri, "pre": featurized}
 
 
 @pytest.fixture(scope="module")
-def prepared_for_featurize(stack, s3, prepared, tmp_path_factory):
-    """400 real images (20 fruits x 20) preprocessed once: a featurize step that runs for tens of seconds
-    on the local worker, so that a fault aimed at a running task has a window far wider than the REST
-    API's delay in reporting it (9 images gave a few seconds, and the kill sometimes came after them)."""
+def prepared_for_featurize(stack, s3, prepared):
+    """400 real images (20 fruits x 20) under a raw prefix of their own: a featurize step that runs for
+    tens of seconds on the local worker, so that a fault aimed at a running task has a window far wider
+    than the REST API's delay in reporting it (9 images gave a few seconds, and the kill sometimes came
+    after them)."""
     cfg = prepared["cfg"]
     prefix = f"faults-raw-many-{uuid.uuid4().hex[:6]}"
     for path in real_images(SAMPLE_500, 20, 20):
         s3.upload_file(str(path), cfg.raw_bucket, f"{prefix}/{path.parent.name}/{path.name}")
-    run_id = f"ref-many-{uuid.uuid4().hex[:6]}"
-    _run("preprocess", cfg, run_id, "--raw", f"s3a://{cfg.raw_bucket}/{prefix}",
-         tmp_path=tmp_path_factory.mktemp("ref-many"))
-    preprocessed = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
-    assert preprocessed["counts"]["n_images"] == 400
-    return preprocessed
+    return {"raw_uri": f"s3a://{cfg.raw_bucket}/{prefix}", "n_images": 400}
 
 
 @pytest.fixture
@@ -215,16 +211,16 @@ def test_two_runs_at_once_do_not_touch_each_other(s3, prepared, tmp_path):
     cfg, pre = prepared["cfg"], prepared["pre"]
     run_ids = [f"twin{i}-{uuid.uuid4().hex[:6]}" for i in (1, 2)]
     # One core each, so that the two applications really run side by side on the 2-core worker.
-    procs = [(_start("preprocess", cfg, r, "--raw", prepared["raw_uri"], log=tmp_path / f"{r}.log",
+    procs = [(_start("featurize", cfg, r, "--raw", prepared["raw_uri"], *RANDOM_RESNET50, log=tmp_path / f"{r}.log",
                      conf={"spark.cores.max": "1"}), tmp_path / f"{r}.log") for r in run_ids]
     _wait_for(lambda: len(_active_apps()) >= 2, procs[0][0], 120, "both applications to be running")
     for proc, log in procs:
         rc, text = _finish(proc, log)
         assert rc == 0, text[-3000:]
     for run_id in run_ids:
-        twin = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+        twin = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
         assert twin["counts"] == pre["counts"]
-        assert twin["step_uri"].endswith(f"/{run_id}/preprocess")
+        assert twin["step_uri"].endswith(f"/{run_id}/featurize")
         _, jpeg_prefix = split_s3_uri(twin["outputs"]["jpeg"])
         jpegs = stored_jpegs(s3, twin)  # each in a pack of its own run's folder
         assert len(jpegs) == twin["counts"]["n_images"]
@@ -241,7 +237,7 @@ def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeyp
     assert s3_pid
     log = tmp_path / "frozen.log"
     started = time.monotonic()
-    proc = _start("preprocess", cfg, run_id, "--raw", prepared["raw_uri"], log=log)
+    proc = _start("featurize", cfg, run_id, "--raw", prepared["raw_uri"], *RANDOM_RESNET50, log=log)
     # Registered with the master: the driver is up and about to list, read and write S3.
     _wait_for(lambda: bool(_active_apps()), proc, 120, "the application to register")
     os.killpg(s3_pid, signal.SIGSTOP)
@@ -253,7 +249,7 @@ def test_s3_frozen_past_client_timeouts_mid_step(s3, prepared, tmp_path, monkeyp
     rc, text = _finish(proc, log)
     assert rc == 0, text[-3000:]
     assert time.monotonic() - started > PAUSE_S
-    frozen = read_manifest(s3, cfg.step_uri(run_id, "preprocess"))
+    frozen = read_manifest(s3, cfg.step_uri(run_id, "featurize"))
     assert frozen["driver_s3"]["retries"] >= 1, frozen["driver_s3"]  # a timed-out request, sent again
     assert frozen["counts"] == pre["counts"]
     assert len(stored_jpegs(s3, frozen)) == pre["counts"]["n_images"]
@@ -263,10 +259,10 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     from spark_jobs.common.manifest import committed_steps
 
     cfg, pre = prepared["cfg"], prepared["pre"]
-    run_id = prepared["run_id"]
+    run_id = f"killed-{uuid.uuid4().hex[:6]}"
     step_uri = cfg.step_uri(run_id, "featurize")
     log = tmp_path / "killed.log"
-    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, log=log)
+    proc = _start("featurize", cfg, run_id, "--raw", prepared["raw_uri"], *RANDOM_RESNET50, log=log)
     _wait_for(_python_workers_running, proc, 300, "the featurize UDF stage")
     time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and spark-submit, as a lost Airflow worker would
@@ -278,16 +274,16 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
     wait_until(lambda: not _active_apps(), 60, "the killed application to be gone")
 
     # The retry (same run id) starts from a clean prefix and commits complete outputs.
-    _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
+    _run("featurize", cfg, run_id, "--raw", prepared["raw_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
     first = read_manifest(s3, step_uri)
-    keys, features = _features(s3, step_uri)
+    keys, features = _features(s3, first)
     assert first["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
     assert any(run_id in m["step_uri"] for m in committed_steps(spark, cfg, "featurize"))
 
     # Rerunning the same run id again: the same outputs and counts.
-    _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
+    _run("featurize", cfg, run_id, "--raw", prepared["raw_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
     again = read_manifest(s3, step_uri)
-    keys_again, features_again = _features(s3, step_uri)
+    keys_again, features_again = _features(s3, again)
     assert again["counts"] == first["counts"] and sorted(keys_again) == sorted(keys)
     for key in keys:
         assert features_again[key] == pytest.approx(features[key], abs=1e-5)
@@ -295,12 +291,12 @@ def test_step_killed_half_way_leaves_no_manifest_and_reruns_clean(s3, spark, pre
 
 
 def test_worker_killed_during_featurize(s3, prepared, prepared_for_featurize, tmp_path, healthy_stack_after):
-    cfg, pre = prepared["cfg"], prepared_for_featurize
+    cfg, many = prepared["cfg"], prepared_for_featurize
     run_id = f"workerkill-{uuid.uuid4().hex[:6]}"
     step_uri = cfg.step_uri(run_id, "featurize")
     log = tmp_path / "workerkill.log"
     ui_port = _free_port()  # the driver's own UI: which executor runs a task right now
-    proc = _start("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, log=log,
+    proc = _start("featurize", cfg, run_id, "--raw", many["raw_uri"], *RANDOM_RESNET50, log=log,
                   conf={"spark.ui.port": str(ui_port)})
     # Killed while a featurize task runs on it (seen through the driver's REST API), with most of the
     # stage's tasks still to run: the executor is lost with work in hand, not between jobs.
@@ -323,10 +319,10 @@ def test_worker_killed_during_featurize(s3, prepared, prepared_for_featurize, tm
         sorted({(s["stageId"], s["attemptId"], t["attempt"], t["status"]) for s, t in tasks})
     if rc != 0:  # Spark gave up: the Airflow task retry resubmits the same run id
         print("featurize failed after the worker loss; resubmitting the run id as the Airflow retry does")
-        _run("featurize", cfg, run_id, "--input", pre["step_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
+        _run("featurize", cfg, run_id, "--raw", many["raw_uri"], *RANDOM_RESNET50, tmp_path=tmp_path)
     else:  # Spark carried the step: the lost work ran again, as a task's next attempt or its stage's
         print("Spark rescheduled the lost tasks on the restarted worker")
         assert max(max(stage["attemptId"], task["attempt"]) for stage, task in tasks) > 0
     featurized = read_manifest(s3, step_uri)
-    keys, _ = _features(s3, step_uri)
-    assert featurized["counts"]["n_images"] == pre["counts"]["n_images"] == len(keys) == len(set(keys))
+    keys, _ = _features(s3, featurized)
+    assert featurized["counts"]["n_images"] == many["n_images"] == len(keys) == len(set(keys))

@@ -30,6 +30,8 @@ def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg,
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"manifests-{uuid.uuid4().hex[:8]}"))
     good = cfg.step_uri("run-good", "featurize")
+    # its thumbnails in its own folder of the preprocessed bucket, where the report reads them
+    thumbnails = f"s3a://{cfg.preprocessed_bucket}/{cfg.runs_prefix}/run-good/featurize/jpeg"
     planted = {
         # another bucket's data as "features"
         "run-elsewhere": lambda uri: _featurize_manifest(uri, features="s3a://fruitflow-raw/someone/table"),
@@ -39,9 +41,13 @@ def test_a_manifest_that_points_outside_its_folder_is_never_followed(spark, cfg,
         "run-climbing": lambda uri: _featurize_manifest(uri, features=f"{uri}/../../run-good/featurize/features"),
         # a model file (run by the featurize UDFs) outside the models' folder
         "run-model": lambda uri: _featurize_manifest(uri, model="s3a://fruitflow-raw/uploads/evil.onnx"),
+        # thumbnails in another run's folder of the preprocessed bucket
+        "run-thumbnails": lambda uri: _featurize_manifest(
+            uri, jpeg=f"s3a://{cfg.preprocessed_bucket}/{cfg.runs_prefix}/run-good/featurize/jpeg"),
     }
     try:
-        storage.write_text(spark, manifest_uri(good), json.dumps(signing.sign(_featurize_manifest(good))))
+        good_manifest = _featurize_manifest(good, jpeg=thumbnails)
+        storage.write_text(spark, manifest_uri(good), json.dumps(signing.sign(good_manifest)))
         for run, make in planted.items():
             uri = cfg.step_uri(run, "featurize")
             storage.write_text(spark, manifest_uri(uri), json.dumps(signing.sign(make(uri))))

@@ -3,7 +3,7 @@
 subnet and state, apart from a user's).
 
 While it runs: `worker-2`'s link goes down in the middle of featurize, once it has finished a task of it
-(the run must complete on `worker-1`); the S3 service is SIGKILLed in the middle of preprocess and started
+(the run must complete on `worker-1`); the S3 service is SIGKILLed at featurize's first job and started
 again 5 s later (the run must complete, nothing stored before the kill lost, no partial output read).
 
 Needs root (namespaces): skipped with the reason elsewhere, except where FRUITFLOW_REQUIRE_NAMESPACES is set
@@ -142,12 +142,13 @@ def faulty_run(multihost, tmp_path_factory):
                                    stdout=log_file, stderr=subprocess.STDOUT)
     events = {}
     try:
-        # 1. The S3 service SIGKILLed while preprocess reads and writes, back 5 s later.
-        app = wait_for(lambda: driver_app(multihost, "preprocess"), 900, "preprocess application", proc)
-        wait_for(lambda: (driver_json(multihost, app + "/jobs") or [None])[0], 300, "preprocess job", proc)
+        # 1. The S3 service SIGKILLed while featurize lists, reads and writes, back 5 s later.
+        app = wait_for(lambda: driver_app(multihost, "featurize"), 900, "featurize application", proc)
+        wait_for(lambda: (driver_json(multihost, app + "/jobs") or [None])[0], 300, "featurize job", proc)
         before = json.loads(on_airflow_host(multihost, LIST_OBJECTS))
         multihost.restart_storage(pause_s=5)
-        events["stored_before_kill"] = {k: v for k, v in before.items() if "/preprocess/" not in k}
+        # what the step writes meanwhile (its folder, its thumbnails' folder) is its own to redo
+        events["stored_before_kill"] = {k: v for k, v in before.items() if "/featurize/" not in k}
         # 2. worker-2's link down once it has finished a featurize task, with tasks left.
         worker2 = multihost.net.ip("worker-2")
 
@@ -172,7 +173,7 @@ def faulty_run(multihost, tmp_path_factory):
 def test_run_completes_on_worker_1_after_worker_2_is_cut_off(multihost, faulty_run):
     summary = faulty_run["summary"]
     assert summary["status"] == "ok" and summary["n_images"] == 40 and summary["n_rejected"] == 0
-    keys = json.loads(on_airflow_host(multihost, FEATURE_KEYS, summary["outputs"]["featurize"] + "/features"))
+    keys = json.loads(on_airflow_host(multihost, FEATURE_KEYS, summary["outputs"]["featurize"] + "/table/status=ok"))
     assert len(keys) == len(set(keys)) == summary["n_images"]
     # both workers ran featurize tasks (worker-2 before its cut), as read from the history server
     assert summary["hosts"] == ["worker-1", "worker-2"]

@@ -179,7 +179,7 @@ def test_executors_act_with_their_workers_identity(stack, cfg, tmp_path):
     build_zip()
     allowed = f"{cfg.features_bucket}/{cfg.runs_prefix}/node-check/part-0"
     backbone = f"{cfg.models_bucket}/efficientnet_lite0/node-check/model.onnx"  # Lite0's (auto's offline choice)
-    kwargs = submit_kwargs("preprocess", cfg)
+    kwargs = submit_kwargs("featurize", cfg)
     kwargs.pop("application")
     kwargs["name"] = "fruitflow-node-writes"
     out = tmp_path / "answers.json"

@@ -2,7 +2,7 @@
 CMYK JPEG, a 6000x4000 photo (decoded at reduced scale: bounded memory), UTF-8 / space / accent keys
 into S3 and back into the feature table and df_categ.csv, a class with a single image, a note and an
 image at the wrong depth, unsafe keys ('..', '.', empty segments, a climb out of the prefix) refused by
-list_new and recorded as rejects by preprocess, and a listed key deleted before preprocess reads it."""
+list_new and recorded as rejects by featurize, and a listed key deleted before featurize reads it."""
 
 import io
 import json

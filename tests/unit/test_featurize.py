@@ -1,5 +1,5 @@
 """ResNet50 featurization: ONNX Runtime against the TensorFlow reference on real images, and the
-Iterator pandas UDF on a local SparkSession."""
+featurize step's one pass over each photo (read, decode, preprocess, model) on a local SparkSession."""
 
 import numpy as np
 import pytest
@@ -35,25 +35,78 @@ def test_preprocess_input_is_applied(model_files, real_batch):
     assert np.abs(ours - raw).max() > 1e-2
 
 
-def test_featurize_udf_gives_the_models_features(spark, image_tree, model_files, cfg, real_batch):
+def test_the_pass_gives_the_models_features_of_the_stored_image_and_rejects_bad_files(
+        spark, image_tree, model_files, cfg, real_batch):
+    """Each photo goes from the decoder to the model in the same worker: its vector is the model's of its
+    stored image's pixels (what `make classify` gives the model too), its colour histogram of the exact
+    pixels; a file that cannot be decoded is a reject with its reason, beside the others."""
     paths = real_images(SAMPLE_500, 4, 2)
     root = image_tree(paths)
+    (root / "Pear").mkdir()
+    (root / "Pear" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
     frame = preprocess.with_keys(preprocess.extract(spark, root.as_uri()), root.as_uri())
-    prepared = preprocess.preprocess_images(frame.filter("ignored_reason is null"), cfg).filter("status = 'ok'")
-    out = featurize.featurize_images(prepared.repartition(3), model_files["onnx"], "onnx", batch_size=3,
-                                     backbone="resnet50")
-    collected = out.collect()
-    rows = {r["key"]: np.asarray(r["features"], np.float32) for r in collected}
-    colours = {r["key"]: np.asarray(r["color"], np.float32) for r in collected}
-    assert len(rows) == len(paths)
-    stored = np.stack([images.as_stored(rgb) for rgb in real_batch])  # the pixels the table gives back
+    step_cfg = cfg.with_overrides(backbone="resnet50", engine="onnx", batch_size=3)
+    out = featurize.featurize_photos(frame.filter("ignored_reason is null").repartition(3), step_cfg,
+                                     model_files["onnx"])
+    collected = {r["key"]: r for r in out.collect()}
+    assert collected["Pear/broken.jpg"]["status"] == "rejected" and collected["Pear/broken.jpg"]["features"] is None
+    assert collected["Pear/broken.jpg"]["reason"]
+    stored = np.stack([images.as_stored(rgb.astype(np.uint8)) for rgb in real_batch])
     direct = models.OnnxFeaturizer(model_files["onnx"])(stored)
     for i, p in enumerate(paths):
-        got = rows[f"{p.parent.name}/{p.name}"]
+        row = collected[f"{p.parent.name}/{p.name}"]
+        assert row["status"] == "ok" and row["reason"] is None
+        got = np.asarray(row["features"], np.float32)
         assert got.shape == (2048,)
         np.testing.assert_allclose(got, direct[i], atol=1e-4, rtol=1e-5)
-        expected_colour = images.color_histogram(real_batch[i].astype(np.uint8))  # of the exact pixels
-        np.testing.assert_allclose(colours[f"{p.parent.name}/{p.name}"], expected_colour, atol=1e-6)
+        expected_colour = images.color_histogram(real_batch[i].astype(np.uint8))
+        np.testing.assert_allclose(np.asarray(row["color"], np.float32), expected_colour, atol=1e-6)
+    assert len(collected) == len(paths) + 1
+
+
+def test_int8_calibrates_on_a_bounded_sample_of_the_runs_photos_chosen_by_key(spark, image_tree, cfg, monkeypatch):
+    """`--precision int8` quantizes on at most CALIBRATION_IMAGES of the run's photos, preprocessed before
+    the pass: the same photos give the same sample, whatever their order, and a reject is not among them."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs import quantize
+
+    monkeypatch.setattr(quantize, "CALIBRATION_IMAGES", 4)
+    root = image_tree(real_images(SAMPLE_500, 3, 2))
+    (root / "Pear").mkdir()
+    (root / "Pear" / "broken.jpg").write_bytes(b"not an image")
+    frame = preprocess.with_keys(preprocess.extract(spark, root.as_uri()), root.as_uri())
+    candidates = frame.filter("ignored_reason is null")
+    sample = featurize.calibration_images(candidates, cfg).collect()
+    again = featurize.calibration_images(candidates.orderBy(F.desc("key")).repartition(3), cfg).collect()
+    assert 0 < len(sample) <= 4 and sorted(r["key"] for r in sample) == sorted(r["key"] for r in again)
+    chosen = [r["key"] for r in candidates.select("key").orderBy(F.xxhash64("key"), "key").limit(4).collect()]
+    assert {r["key"] for r in sample} == set(chosen) - {"Pear/broken.jpg"}
+    assert all(images.from_stored(r["image"]).shape == (224, 224, 3) for r in sample)
+
+
+def test_a_run_with_no_image_to_decode_succeeds_and_says_why(spark, tmp_path, cfg, model_files):
+    """Every listed file ignored (or, in the DAG, every image already featurized): nothing is decoded, the
+    step's table is empty and partitioned by status, which Spark cannot read back without its schema
+    (UNABLE_TO_INFER_SCHEMA, on every attempt and every later run). The step succeeds, counts what it
+    left, names its model (the table's newest step defines the table's model) and its features output
+    reads as an empty table."""
+    root = tmp_path / "raw"
+    (root / "Apple").mkdir(parents=True)
+    (root / "notes.txt").write_text("not in a fruit folder")
+    (root / "Apple" / "readme.txt").write_text("not an image")
+    step_cfg = cfg.with_overrides(backbone="resnet50", weights=model_files["onnx"], engine="onnx")
+    manifest = featurize.run(spark, step_cfg, raw_uri=root.as_uri(), out_uri=(tmp_path / "out").as_uri())
+    assert manifest["counts"] == {"n_input": 0, "n_images": 0, "n_rejected": 0, "n_ignored": 2,
+                                  "n_retry_next_run": 0, "n_already_featurized": 0, "n_categories": 0}
+    assert manifest["params"]["backbone"] == "resnet50" and manifest["params"]["weights"] == model_files["onnx"]
+    assert manifest["params"]["feature_dim"] is None
+    assert spark.read.parquet(manifest["outputs"]["features"]).count() == 0
+    assert spark.read.json(manifest["outputs"]["rejects"]).count() == 0
+    # what the run summary and the report name: each ignored file with its reason
+    assert sorted(manifest["samples"]["ignored"], key=lambda r: r["key"]) == [
+        {"key": "Apple/readme.txt", "reason": "not an image extension"},
+        {"key": "notes.txt", "reason": "not at <category>/<file> depth"}]
 
 
 def test_imagenet_without_internet_fails_with_a_clear_message(monkeypatch):
@@ -112,13 +165,3 @@ def test_lite0_loading_is_strict():
         efficientnet_lite.load({k: v for k, v in state.items() if k != "_blocks.3._depthwise_conv.weight"})
     with pytest.raises(ValueError, match="not used"):
         efficientnet_lite.load({**state, "_extra.weight": np.zeros(3, np.float32)})
-
-
-def test_featurize_refuses_a_preprocessed_table_of_another_stored_form_or_histogram():
-    from spark_jobs.common.images import COLOR_DESCRIPTOR, STORED_FORMAT
-    from spark_jobs.featurize import incompatible_reason
-
-    ours = {"image_format": STORED_FORMAT, "color_descriptor": COLOR_DESCRIPTOR}
-    assert incompatible_reason(ours) is None
-    assert "image_format 'raw-rgb'" in incompatible_reason({**ours, "image_format": "raw-rgb"})
-    assert "color_descriptor None" in incompatible_reason({"image_format": STORED_FORMAT})

@@ -6,7 +6,7 @@ import pytest
 from spark_jobs.common import jpeg_packs
 
 BUCKET = "fruitflow-preprocessed"
-PACK = f"s3a://{BUCKET}/runs/r1/preprocess/jpeg/00ff.pack"
+PACK = f"s3a://{BUCKET}/runs/r1/featurize/jpeg/00ff.pack"
 
 
 def test_each_jpeg_is_read_back_from_its_pack_by_its_locator():
@@ -21,14 +21,14 @@ def test_each_jpeg_is_read_back_from_its_pack_by_its_locator():
         return body[offset:offset + length]
 
     assert [jpeg_packs.read(loc, BUCKET, get_range) for loc in (locators[0], locators[2])] == [jpegs[0], jpegs[2]]
-    assert asked == [(BUCKET, "runs/r1/preprocess/jpeg/00ff.pack")] * 2
+    assert asked == [(BUCKET, "runs/r1/featurize/jpeg/00ff.pack")] * 2
 
 
 @pytest.mark.parametrize("locator", [
-    "s3a://fruitflow-models/runs/r1/preprocess/jpeg/00ff.pack#0+10",  # another bucket
+    "s3a://fruitflow-models/runs/r1/featurize/jpeg/00ff.pack#0+10",  # another bucket
     f"s3a://{BUCKET}/runs/r1/../r2/jpeg/00ff.pack#0+10",  # climbing
     f"s3a://{BUCKET}/runs//jpeg/00ff.pack#0+10",  # an empty segment
-    f"s3a://{BUCKET}/runs/r1/preprocess/images/part-0.parquet#0+10",  # not a pack
+    f"s3a://{BUCKET}/runs/r1/featurize/table/part-0.parquet#0+10",  # not a pack
     f"{PACK}#0+0", f"{PACK}#0+{jpeg_packs.MAX_LENGTH + 1}",  # nothing, or more than a stored JPEG
     f"{PACK}#-1+10", f"{PACK}#0", "http://example.com/x.pack#0+10", None, 42,
 ])

@@ -39,6 +39,6 @@ def test_auto_is_the_one_default_and_a_step_is_always_given_its_backbone():
     with pytest.raises(ValueError, match="list_new"):
         Config().models_uri  # no models folder named `auto`
     with pytest.raises(SystemExit):  # --backbone is required
-        featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://fruitflow-preprocessed/runs/r/x"])
-    assert featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://b/x", "--backbone",
+        featurize.arg_parser().parse_args(["--run-id", "r", "--keys", "s3a://fruitflow-features/runs/r/new.jsonl"])
+    assert featurize.arg_parser().parse_args(["--run-id", "r", "--keys", "s3a://b/x", "--backbone",
                                               "efficientnet_lite0"]).backbone == "efficientnet_lite0"

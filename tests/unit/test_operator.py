@@ -113,15 +113,15 @@ def test_an_unknown_step_is_refused_when_the_dag_is_parsed():
 
 
 def test_a_step_after_one_that_made_no_image_is_skipped_without_submitting(monkeypatch, submitted):
-    """Every listed photo already featurized (or rejected, or ignored): featurize has nothing to add to the
-    table, so it and the steps after it are skipped, and no application is submitted."""
+    """Every listed photo already featurized (or rejected, or ignored): featurize added nothing to the
+    table, so pca and the steps after it are skipped, and no application is submitted."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    made = {"preprocess": {"counts": {"n_images": 0, "n_already_featurized": 3}}}
+    made = {"featurize": {"counts": {"n_images": 0, "n_already_featurized": 3}}}
     ti = types.SimpleNamespace(xcom_pull=lambda task_ids: made.get(task_ids))
     _use(monkeypatch, FakeS3Hook(AWS_CONN_ID, {}))
-    with pytest.raises(AirflowSkipException, match="preprocess made no new image"):
-        SparkStepOperator(step="featurize").execute({"run_id": "r4", "ti": ti})
+    with pytest.raises(AirflowSkipException, match="featurize made no new image"):
+        SparkStepOperator(step="pca").execute({"run_id": "r4", "ti": ti})
     assert submitted == []
 
 

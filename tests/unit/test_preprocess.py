@@ -1,4 +1,5 @@
-"""The preprocess step's pure transforms on a local SparkSession, real images and generated bad files."""
+"""The featurize step's photo reading (`spark_jobs.preprocess`): its pure transforms on a local
+SparkSession, real images and generated bad files."""
 
 import hashlib
 import threading
@@ -71,7 +72,7 @@ def test_oversized_file_is_rejected_without_decoding(spark, image_tree, cfg):
 
 def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
     """After a backbone switch under the same runs prefix, images featurized by the old model are not
-    'already featurized' for the new one: preprocess hands them on again, or the new table lacks them."""
+    'already featurized' for the new one: featurize reads them again, or the new table lacks them."""
     import json
 
     from spark_jobs.common.config import Config
@@ -79,8 +80,9 @@ def test_already_featurized_means_by_this_runs_model(spark, tmp_path):
     from spark_jobs.feature_table import made_with
 
     features = str(tmp_path / "features")
-    spark.createDataFrame([("Apple/a.jpg", "e1", [0.0]), ("Apple/b.jpg", "e2", [1.0])],
-                          "key string, etag string, features array<float>").write.parquet(features)
+    spark.createDataFrame([("Apple/a.jpg", "Apple", "e1", [0.0], [1.0]), ("Apple/b.jpg", "Apple", "e2", [1.0], [1.0])],
+                          "key string, category string, etag string, features array<float>, color array<float>"
+                          ).write.parquet(features)
     lines = [{"key": "Apple/a.jpg", "etag": "e1", "size": 1}, {"key": "Apple/b.jpg", "etag": "e2", "size": 1},
              {"key": "Pear/c.jpg", "etag": "e3", "size": 1}]
     keys = tmp_path / "new.jsonl"
@@ -203,26 +205,6 @@ def test_each_listed_image_is_read_once_and_its_batch_written_as_one_pack(spark,
         _, pack, offset, length = jpeg_packs.parse(found[key]["jpeg"], "out")
         assert _CountingS3.objects[f"/out/{pack}"][offset:offset + length] == found[key]["image"]
     assert found["Pear/big.jpg"]["jpeg"] is None and found["Pear/gone.jpg"]["jpeg"] is None
-
-
-def test_a_run_with_no_image_to_decode_succeeds_and_says_why(spark, tmp_path, cfg):
-    """Every listed file ignored (or, in the DAG, every image already featurized): nothing is decoded, the
-    step's table is empty and partitioned by status, which Spark cannot read back without its schema
-    (UNABLE_TO_INFER_SCHEMA, on every attempt and every later run). The step succeeds, counts what it
-    left, and its images output reads as an empty table."""
-    root = tmp_path / "raw"
-    (root / "Apple").mkdir(parents=True)
-    (root / "notes.txt").write_text("not in a fruit folder")
-    (root / "Apple" / "readme.txt").write_text("not an image")
-    manifest = preprocess.run(spark, cfg, raw_uri=root.as_uri(), out_uri=(tmp_path / "out").as_uri())
-    assert manifest["counts"] == {"n_input": 0, "n_images": 0, "n_rejected": 0, "n_ignored": 2,
-                                  "n_retry_next_run": 0, "n_already_featurized": 0, "n_categories": 0}
-    assert spark.read.parquet(manifest["outputs"]["images"]).count() == 0
-    assert spark.read.json(manifest["outputs"]["rejects"]).count() == 0
-    # what the run summary and the report name: each ignored file with its reason
-    assert sorted(manifest["samples"]["ignored"], key=lambda r: r["key"]) == [
-        {"key": "Apple/readme.txt", "reason": "not an image extension"},
-        {"key": "notes.txt", "reason": "not at <category>/<file> depth"}]
 
 
 def test_a_credentials_error_fails_the_task_instead_of_rejecting_every_key(spark, cfg):

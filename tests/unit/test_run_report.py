@@ -81,11 +81,13 @@ def test_the_summary_and_the_page_name_ignored_files_with_their_reasons():
     from fruitflow_airflow.tasks import build_summary
 
     sample = [{"key": "$/evil$/a.jpg", "reason": "not at <category>/<file> depth"}]
-    preprocessed = {"step_uri": "s3a://p/runs/r/preprocess", "counts": {"n_input": 0, "n_images": 0, "n_ignored": 1},
-           "outputs": {"rejects": "s3a://p/runs/r/preprocess/rejects", "ignored": "s3a://p/runs/r/preprocess/ignored"},
-           "samples": {"ignored": sample}}
-    summary = build_summary({"n_new": 1}, {"preprocess": preprocessed})
-    assert summary["ignored_sample"] == sample and summary["ignored"] == preprocessed["outputs"]["ignored"]
+    featurized = {"step_uri": "s3a://f/runs/r/featurize", "counts": {"n_input": 0, "n_images": 0, "n_ignored": 1},
+                  "outputs": {"rejects": "s3a://f/runs/r/featurize/rejects",
+                              "ignored": "s3a://f/runs/r/featurize/ignored"},
+                  "samples": {"ignored": sample}}
+    summary = build_summary({"n_new": 1}, {"featurize": featurized, "pca": None})
+    assert summary["status"] == "nothing new"
+    assert summary["ignored_sample"] == sample and summary["ignored"] == featurized["outputs"]["ignored"]
     line = run_report.nothing_new_notice("r2", summary, None, False)
     assert "1 ignored (e.g. $/evil$/a.jpg: not at <category>/<file> depth)" in line
     assert run_report.ignored_line(summary) == "1: $/evil$/a.jpg (not at <category>/<file> depth)"
@@ -122,7 +124,7 @@ def _jpeg() -> bytes:
     return out.getvalue()
 
 
-PACK_KEY = "runs/r1/preprocess/jpeg/0123abcd.pack"
+PACK_KEY = "runs/r1/featurize/jpeg/0123abcd.pack"
 
 
 def _cluster_step(cfg):

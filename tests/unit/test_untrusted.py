@@ -138,7 +138,7 @@ def test_a_job_refuses_weights_a_param_may_not_name(weights, monkeypatch):
     from spark_jobs import featurize
 
     monkeypatch.delenv("FRUITFLOW_WEIGHTS", raising=False)
-    args = featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://x/y", "--backbone", "resnet50",
+    args = featurize.arg_parser().parse_args(["--run-id", "r", "--keys", "s3a://x/y.jsonl", "--backbone", "resnet50",
                                               "--weights", weights])
     with pytest.raises(SystemExit, match="refused"):
         step_cli.config(args)
@@ -149,6 +149,6 @@ def test_the_operators_own_local_weights_stay_usable(monkeypatch):
 
     monkeypatch.setenv("FRUITFLOW_WEIGHTS", "/opt/models/resnet50.onnx")
     for weights in ("/opt/models/resnet50.onnx", "s3a://fruitflow-models/resnet50/x.onnx", "imagenet"):
-        args = featurize.arg_parser().parse_args(["--run-id", "r", "--input", "s3a://x/y", "--backbone", "resnet50",
-                                              "--weights", weights])
+        args = featurize.arg_parser().parse_args(["--run-id", "r", "--keys", "s3a://x/y.jsonl",
+                                                  "--backbone", "resnet50", "--weights", weights])
         assert step_cli.config(args).weights == weights
