@@ -6,9 +6,9 @@ Each listed photo is read by key, decoded and preprocessed in the sandbox (3x3 b
 model is given that JPEG's pixels in the same Python worker: nothing is written between the two, and
 only its vector crosses back to the JVM. Its colour histogram is of the exact pixels. The
 driver materialises the model once for the run in the models location and ships it with
-`SparkContext.addFile`; each Python worker loads it once and runs it on whole batches of
-`batch_size` photos, one intra-op thread per worker so that the workers share the cores instead of
-fighting over them. Outputs: the feature vectors (appended to this model's feature table), the rejects
+`SparkContext.addFile`; each Python worker loads it once and runs it on each Arrow batch of
+`batch_size` photos, `model_batch_size` photos a call, one intra-op thread per worker so that the
+workers share the cores instead of fighting over them. Outputs: the feature vectors (appended to this model's feature table), the rejects
 with their reasons, the keys the next run reads again, the ignored files and the step's manifest, last.
 """
 
@@ -49,13 +49,13 @@ def resolve_model_file(model_ref: str) -> str:
 class Features:
     """What the featurize pass makes of a batch of stored images (`preprocess.preprocess_images`'s `made`):
     the model's feature vectors of their pixels (`images.from_stored`: what `make classify` gives the model
-    too), `batch_size` photos a model call, None for a photo without one (a reject). The model is loaded once
-    per Python worker (`models.load_featurizer`)."""
+    too), `model_batch_size` photos a model call, None for a photo without one (a reject). The model is
+    loaded once per Python worker (`models.load_featurizer`)."""
 
     model_ref: str
     engine: str
     backbone: str
-    batch_size: int
+    model_batch_size: int
     threads_per_worker: int = 1
     name = "features"
     spark_type = ArrayType(FloatType())
@@ -71,7 +71,7 @@ class Features:
         model = load_featurizer(resolve_model_file(self.model_ref), self.engine, self.threads_per_worker,
                                 backbone=self.backbone)
         rgb = np.stack([from_stored(stored[i]) for i in todo]).astype(np.float32)
-        size = self.batch_size
+        size = self.model_batch_size
         features = np.concatenate([model(rgb[j:j + size]) for j in range(0, len(rgb), size)])
         for i, vector in zip(todo, features.astype(np.float32)):
             out[i] = vector
@@ -82,7 +82,7 @@ def featurize_photos(candidates: DataFrame, cfg: Config, model_ref: str, *, fetc
                      jpeg_uri: str | None = None) -> DataFrame:
     """Candidate photos (`preprocess.read_listed` / `read_prefix`) -> key, category, etag, status, reason,
     features, color, jpeg: each photo read, preprocessed and featurized in one pass."""
-    made = Features(model_ref, cfg.engine, cfg.backbone, cfg.batch_size)
+    made = Features(model_ref, cfg.engine, cfg.backbone, cfg.model_batch_size)
     return preprocess.preprocess_images(candidates, cfg, fetch_from=fetch_from, jpeg_uri=jpeg_uri, made=made)
 
 
@@ -186,6 +186,7 @@ def summarise(spark: SparkSession, found: preprocess.Input, table_uri: str, out_
 def params(cfg: Config, model, feature_dim: int | None, int8) -> dict:
     return {"backbone": model.backbone, "weights": model.weights, "weights_source": model.source,
             "model_tag": model.tag, "engine": cfg.engine, "batch_size": cfg.batch_size,
+            "model_batch_size": cfg.model_batch_size,
             "feature_dim": feature_dim, "precision": cfg.precision,
             "color_descriptor": COLOR_DESCRIPTOR, "image_format": STORED_FORMAT,
             "image_size": 224, "max_image_bytes": cfg.max_image_bytes, "max_image_pixels": cfg.max_image_pixels,

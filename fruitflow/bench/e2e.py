@@ -266,9 +266,10 @@ def scale_figures(runs: dict) -> dict:
     return figures
 
 
-def engine_core_ms_per_image(onnx_uri: str, data: Path, max_images: int = 512, batch_size: int = 16) -> dict:
+def engine_core_ms_per_image(onnx_uri: str, data: Path, batch_size: int, max_images: int = 512) -> dict:
     """The bare engine on the runs' model and images: ONNX Runtime over up to `max_images` of DATA,
-    decoded and preprocessed beforehand, in memory, on every core of the machine."""
+    decoded and preprocessed beforehand, in memory, on every core of the machine, in calls of
+    `batch_size` photos (the pipeline's `model_batch_size`)."""
     import tempfile
 
     from fruitflow.bench.featurize import bench_bare, load_images
@@ -354,7 +355,8 @@ def measure(args) -> dict:
         trivial_cfg = base.with_overrides(runs_prefix=base.table_prefix(f"trivial-{uuid.uuid4().hex[:6]}"))
         trivial_s = trivial_submit_s(trivial_cfg, args.floor_rounds)
         # the FP32 engine: an INT8 model is made by each run on its own images
-        engine = engine_core_ms_per_image(onnx_uri, args.data) if args.precision == "fp32" else {}
+        engine = (engine_core_ms_per_image(onnx_uri, args.data, base.model_batch_size)
+                  if args.precision == "fp32" else {})
     finally:
         if started_stack:
             stack.down()

@@ -200,7 +200,7 @@ def bench_spark_udf(spark, table: str, model_ref: str, engine: str, cfg, n: int,
 
     from spark_jobs.featurize import Features, partitions_for
 
-    model = Features(model_ref, engine, backbone, cfg.batch_size)
+    model = Features(model_ref, engine, backbone, cfg.model_batch_size)
 
     def featurize(batches):
         for batch in batches:
@@ -270,7 +270,8 @@ def bare_contenders(files: dict, batch: np.ndarray, cfg, rounds: int, labels: li
     contender -> img/s), INT8's clustering quality against FP32's, OpenVINO's fidelity to ONNX Runtime."""
     results, quality, fidelity = {}, {}, {}
     for backbone in BACKBONES:
-        results[backbone], features = bare_rounds(files[backbone], batch, cfg.batch_size, rounds, backbone)
+        # calls of the size the pipeline's model calls have: the same work for bare and ours
+        results[backbone], features = bare_rounds(files[backbone], batch, cfg.model_batch_size, rounds, backbone)
         quality[backbone] = int8_quality(features["bare"], features["bare-int8"], labels, held_out, cfg.seed)
         fidelity[backbone] = openvino_fidelity(features)
         log(f"{backbone}: INT8 quality {quality[backbone]}")

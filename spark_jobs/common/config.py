@@ -92,7 +92,12 @@ class Config:
     weights: str = "imagenet"  # imagenet | random | path or s3a URI of a saved model
     engine: str = "onnx"  # onnx | tensorflow
     precision: str = "fp32"  # fp32 | int8 (opt-in: ONNX model statically quantized on the run's images)
+    # Photos per Arrow batch: what one call of the featurize pass handles (one sandboxed decoder child,
+    # whose start costs ~10 ms, and one pack of thumbnails)
     batch_size: int = 64
+    # Photos per call of the CNN within a batch: small calls keep its activations in the CPU's caches
+    # (Lite0 costs ~15 % more per photo in calls of 64; bench/RESULTS.md)
+    model_batch_size: int = 16
     seed: int = 42
 
     # Reduction and clustering
@@ -174,8 +179,8 @@ class Config:
             raise ValueError("target_variance must be in (0, 1]")
         if self.s3_timeout_s < S3_MIN_TIMEOUT_S:
             raise ValueError(f"s3_timeout_s must be >= {S3_MIN_TIMEOUT_S} (s3a's minimum)")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if self.batch_size < 1 or self.model_batch_size < 1:
+            raise ValueError("batch_size and model_batch_size must be >= 1")
         if not 0 < self.test_fraction < 1:
             raise ValueError("test_fraction must be in (0, 1)")
         if not 0 < self.unknown_quantile <= 1:

@@ -45,7 +45,7 @@ def test_the_pass_gives_the_models_features_of_the_stored_image_and_rejects_bad_
     (root / "Pear").mkdir()
     (root / "Pear" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
     frame = preprocess.with_keys(preprocess.extract(spark, root.as_uri()), root.as_uri())
-    step_cfg = cfg.with_overrides(backbone="resnet50", engine="onnx", batch_size=3)
+    step_cfg = cfg.with_overrides(backbone="resnet50", engine="onnx", batch_size=3, model_batch_size=2)
     out = featurize.featurize_photos(frame.filter("ignored_reason is null").repartition(3), step_cfg,
                                      model_files["onnx"])
     collected = {r["key"]: r for r in out.collect()}
