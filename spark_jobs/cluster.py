@@ -25,6 +25,7 @@ from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from spark_jobs import step_cli
 from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
@@ -141,10 +142,16 @@ def capped_sample(frame: DataFrame, max_points: int, seed: int, n_rows: int) -> 
     return frame.toPandas()
 
 
-def sample(assigned: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
-    """The rows the driver-side views draw."""
-    return capped_sample(assigned.select("key", "category", "cluster", "pc1", "pc2", "pca", "jpeg"), max_points, seed,
-                         n_rows)
+def sample(reduced: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
+    """The rows the driver-side views draw (their clusters are added once KMeans has assigned them)."""
+    return capped_sample(reduced.select("key", "category", "pc1", "pc2", "pca", "jpeg"), max_points, seed, n_rows)
+
+
+def with_clusters(points: pd.DataFrame, assignments: DataFrame) -> pd.DataFrame:
+    """The sampled rows with their KMeans clusters, read for their keys alone (a broadcast join)."""
+    keys = assignments.sparkSession.createDataFrame(points[["key"]])
+    found = assignments.select("key", "cluster").join(F.broadcast(keys), "key").toPandas()
+    return points.merge(found, on="key", how="inner")
 
 
 def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool = True) -> pd.DataFrame:
@@ -203,13 +210,12 @@ def choose_k(cfg: Config, n_images: int, n_categories: int) -> tuple[int, int]:
     return k, wanted
 
 
-def write_report(spark: SparkSession, cfg: Config, upstream: dict, assigned: DataFrame, table, metrics: dict,
-                 context: dict, report_uri: str) -> dict[str, str]:
-    """The report folder (index.html and its figures) from a bounded sample of the assigned vectors; the
-    SHA-256 of each file written, by name (the manifest vouches for them: the Spark nodes may write there)."""
+def write_report(spark: SparkSession, cfg: Config, upstream: dict, points: pd.DataFrame, embedded: pd.DataFrame,
+                 table, metrics: dict, context: dict, report_uri: str) -> dict[str, str]:
+    """The report folder (index.html and its figures) from a bounded sample of the assigned vectors and
+    its t-SNE; the SHA-256 of each file written, by name (the manifest vouches for them: the Spark nodes
+    may write there)."""
     with tempfile.TemporaryDirectory(prefix="fruitflow-report-") as tmp:
-        points = sample(assigned, cfg.plot_max_points, cfg.seed, context["images"])
-        embedded = tsne_2d(points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
         cluster_report.build(tmp, points=points, embedded=embedded, table=table,
                              metrics={name: round(v, 4) for name, v in metrics.items()},
                              context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
@@ -232,32 +238,27 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     n_images = reduced.count()
     n_categories = reduced.select("category").distinct().count()
     k, wanted = choose_k(cfg, n_images, n_categories)
-    with timings.measure("kmeans"):
-        model, fit = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts, cfg.l2_normalize,
-                                cfg.kmeans_start_max_points, n_images)
-    assignments_uri, model_uri = f"{out_uri}/assignments", f"{out_uri}/model"
-    report_uri = f"{out_uri}/report"
-    with timings.measure("write"):
-        assign(model, reduced, cfg.l2_normalize).drop("pca").write.mode("overwrite").parquet(assignments_uri)
-        model.write().overwrite().save(model_uri)
-        # the centres as plain numbers too, for `fruitflow classify` (no Spark there)
-        centres = json.dumps({"l2_normalize": cfg.l2_normalize,
-                              "centres": [c.tolist() for c in model.clusterCenters()]})
-        storage.write_text(spark, f"{out_uri}/centroids.json", centres)
-    assigned = reduced.join(spark.read.parquet(assignments_uri).select("key", "cluster"), "key")
-    with timings.measure("metrics"):
-        table = contingency(assigned)
-        metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
-    with timings.measure("report"):
-        context = {
-            "images": n_images, "categories": n_categories, "clusters": k,
-            "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
-            "l2_normalize": cfg.l2_normalize, "pca_k": upstream["params"]["k"],
-            "explained_variance": upstream["metrics"]["explained_variance"],
-            "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
-            "kmeans_starts": fit["starts"], "pca_step": input_uri,
-        }
-        report_files = write_report(spark, cfg, upstream, assigned, table, metrics, context, report_uri)
+    with timings.measure("sample"):
+        points = sample(reduced, cfg.plot_max_points, cfg.seed, n_images)
+    # The t-SNE view needs the sampled vectors only: it runs on the driver while the executors fit KMeans
+    with ThreadPoolExecutor(max_workers=1) as background:
+        embedding = background.submit(tsne_2d, points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
+        with timings.measure("kmeans"):
+            model, fit = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts, cfg.l2_normalize,
+                                    cfg.kmeans_start_max_points, n_images)
+        with timings.measure("write"):
+            outputs, centres = write_model(spark, cfg, model, reduced, out_uri)
+        assignments = spark.read.parquet(outputs["assignments"])
+        with timings.measure("metrics"):
+            assigned = reduced.join(assignments.select("key", "cluster"), "key")
+            table = contingency(assigned)
+            metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
+        with timings.measure("report"):
+            context = report_context(upstream, input_uri, cfg, n_images, n_categories, k, fit)
+            points = with_clusters(points, assignments)
+            embedded = embedding.result().merge(points[["key", "cluster"]], on="key")
+            report_files = write_report(spark, cfg, upstream, points, embedded, table, metrics, context,
+                                        outputs["report_folder"])
     reduced.unpersist()
     return write_manifest(
         spark,
@@ -265,8 +266,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
         {
             "step": STEP,
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
-            "outputs": {"assignments": assignments_uri, "model": model_uri, "centroids": f"{out_uri}/centroids.json",
-                        "report": f"{report_uri}/index.html", "report_folder": report_uri},
+            "outputs": outputs,
             # the centres as written: the (signed) manifest vouches for them where the Spark nodes may write
             "centroids_sha256": hashlib.sha256(centres.encode("utf-8")).hexdigest(),
             "report_sha256": report_files,
@@ -281,6 +281,33 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             "timings_s": dict(timings),
         },
     )
+
+
+def write_model(spark: SparkSession, cfg: Config, model: KMeansModel, reduced: DataFrame,
+                out_uri: str) -> tuple[dict, str]:
+    """Every vector's cluster, the Spark ML model and its centres as plain numbers (for `fruitflow
+    classify`: no Spark there); the step's outputs and the centres' JSON."""
+    outputs = {"assignments": f"{out_uri}/assignments", "model": f"{out_uri}/model",
+               "centroids": f"{out_uri}/centroids.json", "report": f"{out_uri}/report/index.html",
+               "report_folder": f"{out_uri}/report"}
+    assign(model, reduced, cfg.l2_normalize).drop("pca").write.mode("overwrite").parquet(outputs["assignments"])
+    model.write().overwrite().save(outputs["model"])
+    centres = json.dumps({"l2_normalize": cfg.l2_normalize, "centres": [c.tolist() for c in model.clusterCenters()]})
+    storage.write_text(spark, outputs["centroids"], centres)
+    return outputs, centres
+
+
+def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n_categories: int, k: int,
+                   fit: dict) -> dict:
+    """What the report says of the run beside its figures."""
+    return {
+        "images": n_images, "categories": n_categories, "clusters": k,
+        "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
+        "l2_normalize": cfg.l2_normalize, "pca_k": upstream["params"]["k"],
+        "explained_variance": upstream["metrics"]["explained_variance"],
+        "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
+        "kmeans_starts": fit["starts"], "pca_step": input_uri,
+    }
 
 
 def arg_parser():

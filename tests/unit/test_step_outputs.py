@@ -29,8 +29,8 @@ def test_a_reduced_table_from_before_packs_is_sampled_by_cluster_and_train(spark
 
     reduced = read_output(spark, uri)
     model, _ = cluster.fit_kmeans(reduced, 3, seed=1, starts=2)
-    points = cluster.sample(cluster.assign(model, reduced), 100, 1, 30)
-    assert len(points) == 30 and points["jpeg"].isna().all()
+    points = cluster.with_clusters(cluster.sample(reduced, 100, 1, 30), cluster.assign(model, reduced))
+    assert len(points) == 30 and points["jpeg"].isna().all() and set(points["cluster"]) <= {0, 1, 2}
 
     split = train.split_held_out(reduced, 0.25, seed=1)
     n_held = split.filter("held_out").count()
