@@ -114,7 +114,7 @@ def test_bad_input_through_list_new_featurize_pca(stack, s3, cfg, image_tree, re
     stored = stored_jpegs(s3, featurized)
     assert set(stored) == set(ok)  # UTF-8 keys back, each with its JPEG in a pack
     assert images.decode(stored["Odd/huge 6000x4000.jpg"][1], 10**7).shape == (224, 224, 3)
-    assert featurized["counts"]["feature_dim"] == 2048
+    assert featurized["params"]["feature_dim"] == 2048
 
     submit_step("pca", cfg, run_id, "--k", "3")
     pca = read_manifest(s3, cfg.step_uri(run_id, "pca"))

@@ -292,7 +292,7 @@ def test_each_step_leaves_its_outputs_and_manifest(first, s3):
     assert list_keys(s3, featurize["outputs"]["model"].rsplit("/", 1)[0])
     # Parquet goes through the S3A magic committer (spark-hadoop-cloud's binding): its _SUCCESS is the
     # committer's JSON report, where the classic committer leaves an empty file.
-    success = json.loads(_read_text(s3, featurize["outputs"]["features"] + "/_SUCCESS") or "{}")
+    success = json.loads(_read_text(s3, featurize["outputs"]["table"] + "/_SUCCESS") or "{}")
     assert success.get("committer") == "magic", success
     assert not [k for k in list_keys(s3, featurize["step_uri"]) if "__magic" in k]  # nothing pending left behind
 
@@ -396,9 +396,10 @@ def test_later_runs_take_only_what_is_new(first, s3):
     # no n_clusters given: one cluster per category of the table (3 fruits, the bad files' class, the new one)
     assert latest["n_clusters"] == 5
     assert latest["n_table"] == first.summary["n_images"] + 2
-    # PCA added the new featurize step's sums to those the first run kept, instead of passing over the table
+    # PCA added the new featurize steps' sums to those the first run kept, instead of passing over the table:
+    # the re-upload run's (it committed an empty output) and this run's
     sums = _xcom(third, "pca")
-    assert sums["sums"]["added_to"] == first.pca["step_uri"] and sums["counts"]["n_featurize_steps_summed"] == 1
+    assert sums["sums"]["added_to"] == first.pca["step_uri"] and sums["counts"]["n_featurize_steps_summed"] == 2
 
     # An error no retry can fix (weights that do not exist) fails featurize at its first attempt (the job
     # exits with the code the operator does not retry), and `make demo` names the failed task and the last
