@@ -4,12 +4,14 @@ ResNet50 (2048 floats, the reference) or EfficientNet-Lite0 (1280 floats, ImageN
 Each listed photo is read by key, decoded and preprocessed in the sandbox (3x3 blur, 224x224 RGB,
 `preprocess`), stored as a JPEG (its thumbnail, in its batch's pack in the preprocessed bucket), and the
 model is given that JPEG's pixels in the same Python worker: nothing is written between the two, and
-only its vector crosses back to the JVM. Its colour histogram is of the exact pixels. The
-driver materialises the model once for the run in the models location and ships it with
-`SparkContext.addFile`; each Python worker loads it once and runs it on each Arrow batch of
-`batch_size` photos, `model_batch_size` photos a call, one intra-op thread per worker so that the
-workers share the cores instead of fighting over them. Outputs: the feature vectors (appended to this model's feature table), the rejects
-with their reasons, the keys the next run reads again, the ignored files and the step's manifest, last.
+only its vector crosses back to the JVM. Its colour histogram is of the exact pixels.
+
+The driver materialises the model once for the run in the models location and ships it with
+`SparkContext.addFile`; each Python worker loads it once and runs it on each Arrow batch of `batch_size`
+photos, `model_batch_size` photos a call, one intra-op thread per worker so that the workers share the
+cores instead of fighting over them. Outputs: the feature vectors (appended to this model's feature
+table), the rejects with their reasons, the keys the next run reads again, the ignored files and the
+step's manifest, last.
 """
 
 from __future__ import annotations
