@@ -26,7 +26,7 @@ NODE_IP=${NODE_IP:-}                # default: the instance's private address
 WORKER_CORES=${WORKER_CORES:-$(nproc)}
 WORKER_MEMORY=${WORKER_MEMORY:-}    # default: the memory less 4 GiB for the OS, the Python workers' models
 FAILURE_TIMEOUT=${FAILURE_TIMEOUT:-60}  # seconds before a silent worker or executor is written off
-QUICK_START_JVM=${QUICK_START_JVM:-0}  # client on a small instance (2 vCPUs): C1 only, serial GC (node_conf)
+QUICK_START_JVM=${QUICK_START_JVM:-0}  # client on a small instance (2 vCPUs): C1-only drivers, serial GC (node_conf)
 HADOOP_AWS_VERSION=3.5.0            # Spark 4.2's Hadoop client version
 SPARK_HADOOP_CLOUD_VERSION=4.0.0    # the S3A committer binding (FRUITFLOW_S3A_COMMITTER=magic)
 SPARK_USER=${SPARK_USER:-spark}     # the daemons' user

@@ -10,9 +10,10 @@ its tests) and the local stack's single host. A node has one or more roles:
 - `history`: the Spark history server, reading those event logs.
 
 A client on a small host (a laptop, the namespaces cluster: two cores shared by every JVM) sets
-`quick_start_jvm`: its drivers and their executors live for one step, and on two cores the C2 JIT and
-G1's threads weigh on a short application's wall time (`docs/benchmarks.md`). A real cluster
-keeps the JVM's defaults: its executors run long enough for C2 to pay. Such a client may also name a
+`quick_start_jvm`: its drivers live for one step and do little work of their own, and on two cores the C2
+JIT and G1's threads weigh on a short application's wall time (`docs/benchmarks.md`): the drivers run C1
+only, drivers and executors the serial collector. Executors keep C2, which pays back within a step once
+the table has tens of thousands of rows. A real cluster keeps the JVM's defaults. Such a client may also name a
 class-data archive (`fruitflow.stack.class_data`) that its drivers and executors map at start.
 
 Every node shares the cluster's RPC secret (spark.authenticate); the REST submission server is off (it
@@ -32,9 +33,16 @@ ROLES = ("master", "worker", "client", "history")
 # Spark's own default ports, kept by every cluster node (each listens on its own address) and rendered
 # into its spark-env.sh; the local stack's one host moves the web UIs off Airflow's 8080 (StackSettings).
 MASTER_PORT, MASTER_UI_PORT, WORKER_UI_PORT, HISTORY_PORT = 7077, 8080, 8081, 18080
-# Short-lived JVMs on few cores: the client compiler only (no C2 compile threads competing with the work)
-# and the serial collector (small heaps, no parallel GC threads).
+# Short-lived drivers on few cores: the client compiler only (no C2 compile threads competing with the
+# start) and the serial collector (small heaps, no parallel GC threads).
 QUICK_START_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# Executors keep C2: the JVM's passes over a table (the classifier's L-BFGS, KMeans, the projections) run
+# several times slower on C1 alone once the table has tens of thousands of rows. C2 waits for ten times
+# the JVM's default counts, so that it compiles those loops and not what a short step runs once
+# (bench/RESULTS.md).
+QUICK_START_EXECUTOR_JAVA_OPTIONS = ("-XX:+UseSerialGC -XX:Tier4InvocationThreshold=50000 "
+                                     "-XX:Tier4MinInvocationThreshold=6000 -XX:Tier4CompileThreshold=150000 "
+                                     "-XX:Tier4BackEdgeThreshold=400000")
 # A worker drops finished applications' folders (executor logs, shipped files) after 10 minutes.
 WORKER_OPTS = ("-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=120 "
                "-Dspark.worker.cleanup.appDataTtl=600")
@@ -53,7 +61,7 @@ class Node:
     # How long a silent worker or executor is given before it is written off: Spark's own defaults
     # (60 s for workers, 120 s for the network) keep a dead worker's tasks waiting for minutes.
     failure_timeout_s: int = 60
-    quick_start_jvm: bool = False  # client: C1 only and the serial GC for its drivers and executors
+    quick_start_jvm: bool = False  # client: C1 only for its drivers, the serial GC for them and their executors
     # client with quick_start_jvm: a JVM class-data archive (CDS) made on the class path its drivers and
     # executors share, at this path on every node; empty: none
     class_data_archive: str = ""
@@ -71,11 +79,11 @@ class Node:
         return self.event_log_dir if "://" in self.event_log_dir else f"file:{self.event_log_dir}"
 
 
-def quick_start_java_options(class_data_archive: str = "") -> str:
-    """The JVM options of a quick-start client's drivers and executors. A JVM that cannot map the archive
-    (another class path, another Java) starts without it (-Xshare:auto, Java's default)."""
-    return f"{QUICK_START_JAVA_OPTIONS} -XX:SharedArchiveFile={class_data_archive}" if class_data_archive \
-        else QUICK_START_JAVA_OPTIONS
+def quick_start_java_options(class_data_archive: str = "", role: str = "driver") -> str:
+    """The JVM options of a quick-start client's drivers or executors (`role`). A JVM that cannot map the
+    archive (another class path, another Java) starts without it (-Xshare:auto, Java's default)."""
+    options = QUICK_START_JAVA_OPTIONS if role == "driver" else QUICK_START_EXECUTOR_JAVA_OPTIONS
+    return f"{options} -XX:SharedArchiveFile={class_data_archive}" if class_data_archive else options
 
 
 def spark_defaults(node: Node) -> dict[str, str]:
@@ -99,8 +107,8 @@ def spark_defaults(node: Node) -> dict[str, str]:
         })
         if node.quick_start_jvm:
             # the site defaults a job's own extraJavaOptions are added to (never replaced by)
-            options = quick_start_java_options(node.class_data_archive)
-            conf.update({"spark.driver.defaultJavaOptions": options, "spark.executor.defaultJavaOptions": options})
+            conf.update({f"spark.{role}.defaultJavaOptions": quick_start_java_options(node.class_data_archive, role)
+                         for role in ("driver", "executor")})
         if node.event_log_dir:
             conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": node.event_log_uri})
     if "history" in node.roles and node.event_log_dir:

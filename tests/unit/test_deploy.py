@@ -345,8 +345,9 @@ def test_ec2_node_script_renders_the_configuration_the_namespace_cluster_uses(tm
     client = nodes["airflow"]
     assert f"spark.driver.host {client.ip}" in render_defaults(client)
     assert f"spark.eventLog.dir file:{multihost.home('airflow')}/spark-events" in render_defaults(client)
-    # two shared cores: the drivers and executors start the quick way; a real cluster's keep C2
-    assert "spark.executor.defaultJavaOptions -XX:TieredStopAtLevel=1" in render_defaults(client)
+    # two shared cores: the drivers start the quick way (C1 only), the executors with the serial collector
+    assert "spark.driver.defaultJavaOptions -XX:TieredStopAtLevel=1" in render_defaults(client)
+    assert "spark.executor.defaultJavaOptions -XX:+UseSerialGC" in render_defaults(client)
     real = render_node_script(tmp_path, "client", tmp_path / "ec2", client.ip, client.secret,
                               quick_start_jvm=False)
     assert "JavaOptions" not in real["spark-defaults.conf"]
@@ -452,8 +453,19 @@ def test_a_quick_start_client_gives_its_drivers_and_executors_its_class_data_arc
     with_archive = spark_defaults(Node(**client, class_data_archive="/srv/node/jvm/spark.jsa"))
     for role in ("driver", "executor"):
         options = with_archive[f"spark.{role}.defaultJavaOptions"].split()
-        assert "-XX:TieredStopAtLevel=1" in options and "-XX:SharedArchiveFile=/srv/node/jvm/spark.jsa" in options
+        assert "-XX:+UseSerialGC" in options and "-XX:SharedArchiveFile=/srv/node/jvm/spark.jsa" in options
     assert "SharedArchiveFile" not in spark_defaults(Node(**client))["spark.executor.defaultJavaOptions"]
+
+
+def test_a_quick_start_client_keeps_c2_for_its_executors_and_stops_its_drivers_at_c1():
+    """The drivers' work is the start; the executors' passes over a table (L-BFGS, KMeans) run several
+    times slower on C1 alone (bench/RESULTS.md)."""
+    from fruitflow.stack.node_conf import Node, spark_defaults
+
+    conf = spark_defaults(Node(roles=("client",), ip="10.0.0.2", home="/srv/node", secret="s",
+                               python=sys.executable, quick_start_jvm=True))
+    assert "-XX:TieredStopAtLevel=1" in conf["spark.driver.defaultJavaOptions"].split()
+    assert not any(o.startswith("-XX:TieredStopAtLevel") for o in conf["spark.executor.defaultJavaOptions"].split())
 
 
 def test_the_stores_internal_ports_get_signing_keys_of_their_own_at_each_start():
