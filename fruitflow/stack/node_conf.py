@@ -79,10 +79,10 @@ class Node:
         return self.event_log_dir if "://" in self.event_log_dir else f"file:{self.event_log_dir}"
 
 
-def quick_start_java_options(class_data_archive: str = "", role: str = "driver") -> str:
+def quick_start_java_options(role: str, class_data_archive: str = "") -> str:
     """The JVM options of a quick-start client's drivers or executors (`role`). A JVM that cannot map the
     archive (another class path, another Java) starts without it (-Xshare:auto, Java's default)."""
-    options = QUICK_START_JAVA_OPTIONS if role == "driver" else QUICK_START_EXECUTOR_JAVA_OPTIONS
+    options = {"driver": QUICK_START_JAVA_OPTIONS, "executor": QUICK_START_EXECUTOR_JAVA_OPTIONS}[role]
     return f"{options} -XX:SharedArchiveFile={class_data_archive}" if class_data_archive else options
 
 
@@ -107,7 +107,7 @@ def spark_defaults(node: Node) -> dict[str, str]:
         })
         if node.quick_start_jvm:
             # the site defaults a job's own extraJavaOptions are added to (never replaced by)
-            conf.update({f"spark.{role}.defaultJavaOptions": quick_start_java_options(node.class_data_archive, role)
+            conf.update({f"spark.{role}.defaultJavaOptions": quick_start_java_options(role, node.class_data_archive)
                          for role in ("driver", "executor")})
         if node.event_log_dir:
             conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": node.event_log_uri})
