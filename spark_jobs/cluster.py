@@ -1,7 +1,9 @@
 """Step 4 - cluster: PCA features -> Spark ML KMeans, quality against the folder labels, and a report.
 
 KMeans (k = number of fruit categories unless set) starts from the best of several seeded greedy
-k-means++ starts on a capped random sample, then iterates over every vector in Spark. Quality:
+k-means++ starts on a capped random sample, then iterates over every vector in Spark. A run whose table
+grew little since the last fresh start starts instead from the last cluster step's clusters (their
+centres in this run's space), as an incremental run should: its cost is then Lloyd's passes alone. Quality:
 silhouette (Spark's ClusteringEvaluator) and, from the category x cluster contingency table (a small
 aggregate, so nothing per image reaches the driver), ARI, NMI and purity. The 2-D views (PCA and
 t-SNE) are drawn from a capped sample; t-SNE runs on the driver on at most `tsne_max_points` reduced
@@ -24,13 +26,21 @@ from pyspark.ml.clustering import KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_jobs import step_cli
 from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import Timings, begin_step, read_manifest, write_manifest
+from spark_jobs.common.manifest import (
+    Timings,
+    begin_step,
+    committed_steps,
+    read_manifest,
+    store_order,
+    write_manifest,
+)
 from spark_jobs.step_outputs import read_output
 
 STEP = "cluster"
@@ -50,21 +60,39 @@ def with_vectors(reduced: DataFrame, l2_normalize: bool) -> DataFrame:
 
 
 def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int, l2_normalize: bool = True,
-               start_max_points: int = 20000, n_rows: int | None = None) -> tuple[KMeansModel, dict]:
-    """KMeans of every vector on the executors, started from a good start found on a bounded sample.
-
-    1. Start: scikit-learn's KMeans (greedy k-means++, best of `starts` seeded starts by inertia) on a
-       random sample of at most `start_max_points` vectors (all of them when there are fewer). This is
-       the role the local k-means++ plays inside Spark's own k-means||, done better: with ~9 images per
-       cluster Spark's initialisation settled in costlier minima (README, "Clustering quality").
-    2. Lloyd iterations over all the vectors in Spark (MLlib's KMeans from that initial model),
-       returned as a Spark ML KMeansModel, so transform, save and load are Spark ML's."""
+               start_max_points: int = 20000, n_rows: int | None = None,
+               initial: np.ndarray | None = None) -> tuple[KMeansModel, dict]:
+    """KMeans of every vector on the executors, from `initial` centres (k x d) or from a good start found
+    on a bounded sample (`sample_start`): Lloyd iterations over all the vectors in Spark (MLlib's KMeans
+    from that initial model), returned as a Spark ML KMeansModel, so transform, save and load are Spark
+    ML's."""
     from pyspark.mllib.clustering import KMeans as LloydKMeans
     from pyspark.mllib.clustering import KMeansModel as Centres
     from pyspark.mllib.linalg import Vectors as MLlibVectors
-    from sklearn.cluster import KMeans as SampleKMeans
 
     vectors = with_vectors(reduced, l2_normalize).select("vector")
+    if initial is None:
+        initial, fit = sample_start(vectors, k, seed, starts, start_max_points, n_rows)
+    else:
+        fit = {"start_points": 0, "starts": 0}
+    rdd = vectors.rdd.map(lambda row: MLlibVectors.fromML(row.vector)).cache()
+    try:
+        refined = LloydKMeans.train(rdd, k, maxIterations=100, epsilon=1e-6, seed=seed,
+                                    initialModel=Centres(list(initial)))
+        cost = float(refined.computeCost(rdd))
+    finally:
+        rdd.unpersist()
+    return _ml_kmeans_model(reduced.sparkSession, refined.clusterCenters, k), {"cost": cost, **fit}
+
+
+def sample_start(vectors: DataFrame, k: int, seed: int, starts: int, start_max_points: int,
+                 n_rows: int | None) -> tuple[np.ndarray, dict]:
+    """Centres to start from: scikit-learn's KMeans (greedy k-means++, best of `starts` seeded starts by
+    inertia) on a random sample of at most `start_max_points` vectors (all of them when there are fewer).
+    This is the role the local k-means++ plays inside Spark's own k-means||, done better: with ~9 images
+    per cluster Spark's initialisation settled in costlier minima (README, "Clustering quality")."""
+    from sklearn.cluster import KMeans as SampleKMeans
+
     n_rows = vectors.count() if n_rows is None else n_rows
     sampled = capped_sample(vectors.select(vector_to_array("vector").alias("v")), max(start_max_points, 2 * k),
                             seed, n_rows)
@@ -72,15 +100,23 @@ def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int, l2_normalize:
     if len(points) < k:
         raise ValueError(f"the KMeans start sample holds {len(points)} vectors, fewer than k={k}")
     start = SampleKMeans(k, n_init=max(1, starts), random_state=seed).fit(points)
-    rdd = vectors.rdd.map(lambda row: MLlibVectors.fromML(row.vector)).cache()
-    try:
-        refined = LloydKMeans.train(rdd, k, maxIterations=100, epsilon=1e-6, seed=seed,
-                                    initialModel=Centres(list(start.cluster_centers_)))
-        cost = float(refined.computeCost(rdd))
-    finally:
-        rdd.unpersist()
-    fit = {"cost": cost, "start_points": len(points), "starts": max(1, starts)}
-    return _ml_kmeans_model(reduced.sparkSession, refined.clusterCenters, k), fit
+    return start.cluster_centers_, {"start_points": len(points), "starts": max(1, starts)}
+
+
+def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normalize: bool = True
+                      ) -> np.ndarray | None:
+    """The centres, in this run's space, of the clusters `clusters` (key, cluster: an earlier run's
+    assignments) gave: the mean of each cluster's vectors as they are now, over the photos both runs saw
+    (k x d numbers reach the driver). None when one of the k clusters has none of them. Cluster numbers
+    outside 0..k-1 are left out: the file was written by Spark nodes."""
+    previous = (clusters.select(F.col("key").cast("string").alias("key"),
+                                F.col("cluster").cast("int").alias("previous"))
+                .where(F.col("previous").between(0, k - 1)).dropDuplicates(["key"]))
+    joined = with_vectors(reduced, l2_normalize).select("key", "vector").join(previous, "key")
+    means = joined.groupBy("previous").agg(Summarizer.mean(F.col("vector")).alias("centre")).collect()
+    if len(means) < k:
+        return None
+    return np.stack([row["centre"].toArray() for row in sorted(means, key=lambda row: row["previous"])])
 
 
 def _ml_kmeans_model(spark: SparkSession, centres, k: int) -> KMeansModel:
@@ -210,6 +246,38 @@ def choose_k(cfg: Config, n_images: int, n_categories: int) -> tuple[int, int]:
     return k, wanted
 
 
+def warm_start(spark: SparkSession, cfg: Config, reduced: DataFrame, k: int, upstream: dict,
+               n_images: int) -> tuple[np.ndarray | None, dict]:
+    """Centres to start KMeans from, and what the manifest says of the start (`start`): those of the newest
+    cluster step with the same k, geometry, backbone and weights (`partition_centres`), while the table has
+    grown by at most `kmeans_warm_start_growth` since the fresh start its clusters go back to; else None
+    (a fresh start on a sample). Refitting from fresh starts past that growth keeps a chain of warm starts
+    from drifting away from what a fresh fit of the whole table finds."""
+    fresh = {"from": None, "fresh_start_rows": n_images}
+    wanted = {"n_clusters": k, "l2_normalize": cfg.l2_normalize, "backbone": upstream["params"].get("backbone"),
+              "weights": upstream["params"].get("weights")}
+    matching = [m for m in committed_steps(spark, cfg, STEP) if isinstance(m.get("start"), dict)
+                and all(m.get("params", {}).get(name) == value for name, value in wanted.items())]
+    if cfg.kmeans_warm_start_growth <= 0 or not matching:
+        return None, fresh
+    last = max(matching, key=store_order)
+    fresh_rows = last["start"].get("fresh_start_rows")
+    if not isinstance(fresh_rows, int) or n_images > fresh_rows * (1 + cfg.kmeans_warm_start_growth):
+        print(f"[cluster] {n_images} photos, {fresh_rows} at the last fresh start ({last['step_uri']}): "
+              f"starting afresh", file=sys.stderr)
+        return None, fresh
+    try:
+        centres = partition_centres(reduced, spark.read.parquet(last["outputs"]["assignments"]), k, cfg.l2_normalize)
+    except Exception as exc:  # noqa: BLE001 - gone (expired), altered or unreadable: a fresh start
+        print(f"[cluster] not starting from {last['step_uri']}: {str(exc)[:300]}", file=sys.stderr)
+        return None, fresh
+    if centres is None:
+        print(f"[cluster] a cluster of {last['step_uri']} has none of this table's photos: starting afresh",
+              file=sys.stderr)
+        return None, fresh
+    return centres, {"from": last["step_uri"], "fresh_start_rows": fresh_rows}
+
+
 def write_report(spark: SparkSession, cfg: Config, upstream: dict, points: pd.DataFrame, embedded: pd.DataFrame,
                  table, metrics: dict, context: dict, report_uri: str) -> dict[str, str]:
     """The report folder (index.html and its figures) from a bounded sample of the assigned vectors and
@@ -244,8 +312,9 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
     with ThreadPoolExecutor(max_workers=1) as background:
         embedding = background.submit(tsne_2d, points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
         with timings.measure("kmeans"):
+            initial, start = warm_start(spark, cfg, reduced, k, upstream, n_images)
             model, fit = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts, cfg.l2_normalize,
-                                    cfg.kmeans_start_max_points, n_images)
+                                    cfg.kmeans_start_max_points, n_images, initial)
         with timings.measure("write"):
             outputs, centres = write_model(spark, cfg, model, reduced, out_uri)
         assignments = spark.read.parquet(outputs["assignments"])
@@ -254,7 +323,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             table = contingency(assigned)
             metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
         with timings.measure("report"):
-            context = report_context(upstream, input_uri, cfg, n_images, n_categories, k, fit)
+            context = report_context(upstream, input_uri, cfg, n_images, n_categories, k, fit, start)
             points = with_clusters(points, assignments)
             embedded = embedding.result().merge(points[["key", "cluster"]], on="key")
             report_files = write_report(spark, cfg, upstream, points, embedded, table, metrics, context,
@@ -270,9 +339,12 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             # the centres as written: the (signed) manifest vouches for them where the Spark nodes may write
             "centroids_sha256": hashlib.sha256(centres.encode("utf-8")).hexdigest(),
             "report_sha256": report_files,
+            # the clusters this run started from (None: a fresh start) and the table at the last fresh start
+            "start": start,
             "counts": {"n_images": n_images, "n_categories": n_categories},
             "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
                        "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
+                       "warm_start_growth": cfg.kmeans_warm_start_growth,
                        "seed": cfg.seed, "l2_normalize": cfg.l2_normalize,
                        "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
                        "tsne_max_points": cfg.tsne_max_points, "plot_max_points": cfg.plot_max_points},
@@ -298,7 +370,7 @@ def write_model(spark: SparkSession, cfg: Config, model: KMeansModel, reduced: D
 
 
 def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n_categories: int, k: int,
-                   fit: dict) -> dict:
+                   fit: dict, start: dict) -> dict:
     """What the report says of the run beside its figures."""
     return {
         "images": n_images, "categories": n_categories, "clusters": k,
@@ -306,7 +378,8 @@ def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n
         "l2_normalize": cfg.l2_normalize, "pca_k": upstream["params"]["k"],
         "explained_variance": upstream["metrics"]["explained_variance"],
         "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
-        "kmeans_starts": fit["starts"], "pca_step": input_uri,
+        "kmeans_starts": fit["starts"], "kmeans_started_from": start["from"] or "a fresh start",
+        "pca_step": input_uri,
     }
 
 

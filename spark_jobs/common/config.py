@@ -116,6 +116,9 @@ class Config:
     # `kmeans_start_max_points` vectors (driver), then iterates over all of them in Spark.
     kmeans_starts: int = 20
     kmeans_start_max_points: int = 20000
+    # A run starts KMeans from the last cluster step's clusters instead (the same k, geometry and model)
+    # while its table has at most this share more photos than at the last fresh start; 0: always afresh.
+    kmeans_warm_start_growth: float = 0.25
     tsne_max_points: int = 3000
     plot_max_points: int = 20000
 
@@ -221,7 +224,8 @@ class Config:
 
     def manifests_glob(self, step: str) -> str:
         """Every run's manifest of one step: the featurize ones together make the feature table, the
-        newest pca one holds the sums the next pca step adds to."""
+        newest pca one holds the sums the next pca step adds to, the newest cluster one the clusters the
+        next cluster step may start from."""
         bucket = getattr(self, registered_step(step).bucket_field)
         return s3a_uri(bucket, self.runs_prefix, "*", step, "_manifest.json")
 

@@ -134,7 +134,8 @@ def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
 def committed_steps(spark: SparkSession, cfg: Config, step: str) -> list[dict]:
     """Manifests of every finished run of one step under the runs prefix, by URI: a step without
     manifest never counts, nor one that does not describe its own folder (`untrusted_reason`: said in the
-    log, then left out). The featurize ones make the feature table; the newest pca one's sums are added to."""
+    log, then left out). The featurize ones make the feature table; the newest pca one's sums are added to;
+    the newest cluster one's clusters may start the next KMeans."""
     committed = []
     for uri, modified in sorted(storage.glob_modified(spark, cfg.manifests_glob(step)).items()):
         try:

@@ -129,3 +129,48 @@ def test_kept_pca_sums_are_added_to_only_as_their_signed_manifest_vouches(spark,
         for bucket in cfg.buckets:
             for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+def test_kmeans_starts_from_the_newest_matching_cluster_step_while_the_table_grew_little(spark, cfg, s3):
+    """The cluster step an incremental run starts from: the newest with the same k, geometry and model,
+    while the table is at most `kmeans_warm_start_growth` larger than at its last fresh start; its
+    assignments, where the Spark nodes write, expired or gone, mean a fresh start."""
+    from spark_jobs import cluster
+    from spark_jobs.common import storage
+    from spark_jobs.common.manifest import manifest_uri
+
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"kmeans-{uuid.uuid4().hex[:8]}"))
+    rows = [(f"c{c}/{i}.jpg", f"c{c}", [float(c == 0), float(c == 1), 0.1 * i]) for c in range(2) for i in range(5)]
+    reduced = spark.createDataFrame(rows, "key string, category string, pca array<double>")
+    upstream = {"params": {"backbone": "efficientnet_lite0", "weights": "imagenet"}}
+    params = {"n_clusters": 2, "l2_normalize": True, **upstream["params"]}
+
+    def plant(run: str, fresh_rows: int, **changed) -> str:
+        step_uri = cfg.step_uri(run, "cluster")
+        assignments = f"{step_uri}/assignments"
+        spark.createDataFrame([(key, int(key[1])) for key, _, _ in rows], "key string, cluster int") \
+            .write.mode("overwrite").parquet(assignments)
+        manifest = {"step": "cluster", "step_uri": step_uri, "outputs": {"assignments": assignments},
+                    "params": {**params, **changed}, "start": {"from": None, "fresh_start_rows": fresh_rows}}
+        storage.write_text(spark, manifest_uri(step_uri), json.dumps(signing.sign(manifest)))
+        time.sleep(1.1)  # the store's time orders the manifests, in whole seconds
+        return step_uri
+
+    afresh = (None, {"from": None, "fresh_start_rows": 10})
+    try:
+        assert cluster.warm_start(spark, cfg, reduced, 2, upstream, 10) == afresh
+        first = plant("run-a", 9)
+        plant("run-b", 9, n_clusters=3)  # newer, another k: not this run's
+        centres, start = cluster.warm_start(spark, cfg, reduced, 2, upstream, 10)
+        assert start == {"from": first, "fresh_start_rows": 9} and centres.shape == (2, 3)
+        assert cluster.warm_start(spark, cfg, reduced, 2, upstream, 12)[1]["from"] is None  # grown by a third
+        assert cluster.warm_start(spark, cfg.with_overrides(kmeans_warm_start_growth=0.0), reduced, 2, upstream,
+                                  10)[1]["from"] is None
+        assert cluster.warm_start(spark, cfg.with_overrides(l2_normalize=False), reduced, 2, upstream,
+                                  10)[1]["from"] is None
+        storage.delete(spark, f"{first}/assignments")  # expired
+        assert cluster.warm_start(spark, cfg, reduced, 2, upstream, 10) == afresh
+    finally:
+        for bucket in cfg.buckets:
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])

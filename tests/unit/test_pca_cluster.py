@@ -210,3 +210,39 @@ def test_colour_histogram_joins_the_reduction_with_its_weight(spark):
         ours = np.stack([r["pca"] for r in pca.project(model, frame).orderBy("key").collect()])
         order = np.argsort([r[0] for r in rows])
         np.testing.assert_allclose(np.abs(ours), np.abs(reference.transform(joined)[order]), atol=1e-5)
+
+
+def test_kmeans_started_from_an_earlier_runs_clusters_keeps_them_and_skips_the_sample_start(spark):
+    """An incremental run starts from the centres, in its own space, of the clusters the last run gave the
+    photos both runs saw: Lloyd's passes alone, the same partition, the new photos in their classes."""
+    features = _features(spark, n_per_class=15)
+    reduced = pca.project(pca.fit_pca(features, 5, None, n_rows=60), features).cache()
+    earlier = reduced.where(~reduced.key.endswith("/14.jpg"))  # the last run had 14 photos of each class
+    model, _ = cluster.fit_kmeans(earlier, 4, seed=1, starts=3)
+    clusters = cluster.assign(model, earlier).select("key", "cluster")
+
+    centres = cluster.partition_centres(reduced, clusters, 4)
+    unit = cluster.with_vectors(earlier, True).join(clusters, "key").toPandas()
+    for c in range(4):
+        members = np.stack([v.toArray() for v in unit[unit["cluster"] == c]["vector"]])
+        assert np.allclose(centres[c], members.mean(axis=0))
+    warm, fit = cluster.fit_kmeans(reduced, 4, seed=1, starts=3, initial=centres)
+    assert fit["start_points"] == 0 and fit["starts"] == 0
+    assigned = cluster.assign(warm, reduced)
+    assert cluster.scores_from_contingency(cluster.contingency(assigned))["ari"] == pytest.approx(1.0)
+    before = dict(clusters.collect())
+    assert all(before[r.key] == r.cluster for r in assigned.collect() if r.key in before)  # the same numbers
+
+
+def test_an_earlier_partition_missing_a_cluster_gives_no_start_and_foreign_numbers_are_left_out(spark):
+    """The assignments file was written by Spark nodes: cluster numbers outside 0..k-1 count for nothing,
+    and a cluster none of this table's photos is in leaves KMeans to a fresh start."""
+    features = _features(spark)
+    reduced = pca.project(pca.fit_pca(features, 5, None, n_rows=48), features)
+    keys = [r.key for r in reduced.select("key").collect()]
+    four = spark.createDataFrame([(key, int(key[1])) for key in keys], "key string, cluster int")
+    assert cluster.partition_centres(reduced, four, 4).shape == (4, 5)
+    three = four.where("cluster < 3")
+    assert cluster.partition_centres(reduced, three, 4) is None
+    foreign = three.union(spark.createDataFrame([(keys[-1], 7), (keys[-2], -1)], "key string, cluster int"))
+    assert cluster.partition_centres(reduced, foreign, 4) is None
