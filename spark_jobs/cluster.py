@@ -63,26 +63,38 @@ def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int, l2_normalize:
                start_max_points: int = 20000, n_rows: int | None = None,
                initial: np.ndarray | None = None) -> tuple[KMeansModel, dict]:
     """KMeans of every vector on the executors, from `initial` centres (k x d) or from a good start found
-    on a bounded sample (`sample_start`): Lloyd iterations over all the vectors in Spark (MLlib's KMeans
-    from that initial model), returned as a Spark ML KMeansModel, so transform, save and load are Spark
-    ML's."""
-    from pyspark.mllib.clustering import KMeans as LloydKMeans
-    from pyspark.mllib.clustering import KMeansModel as Centres
-    from pyspark.mllib.linalg import Vectors as MLlibVectors
-
+    on a bounded sample (`sample_start`): Lloyd iterations over all the vectors in Spark (`lloyd`),
+    returned as a Spark ML KMeansModel, so transform, save and load are Spark ML's."""
     vectors = with_vectors(reduced, l2_normalize).select("vector")
     if initial is None:
         initial, fit = sample_start(vectors, k, seed, starts, start_max_points, n_rows)
     else:
         fit = {"start_points": 0, "starts": 0}
-    rdd = vectors.rdd.map(lambda row: MLlibVectors.fromML(row.vector)).cache()
+    refined, cost = lloyd(vectors, initial, seed)
+    return _ml_kmeans_model(reduced.sparkSession, refined, k), {"cost": cost, **fit}
+
+
+def lloyd(vectors: DataFrame, initial: np.ndarray, seed: int):
+    """MLlib's KMeans from the `initial` centres over the `vector` column (the JVM's
+    org.apache.spark.mllib.clustering.KMeansModel) and its cost. The vectors reach MLlib as the
+    DataFrame's own rows (RowMatrix's RDD, JVM side): PySpark's `KMeans.train` would send every row
+    through a Python worker and back, the step's costliest pass (bench/RESULTS.md)."""
+    from pyspark.mllib.common import _py2java
+    from pyspark.mllib.linalg import DenseVector
+    from pyspark.mllib.linalg.distributed import RowMatrix
+    from pyspark.mllib.util import MLUtils
+
+    sc = vectors.sparkSession.sparkContext
+    mllib = sc._jvm.org.apache.spark.mllib.clustering
+    rows = RowMatrix(MLUtils.convertVectorColumnsFromML(vectors, "vector"))._java_matrix_wrapper._java_model.rows()
+    rows.cache()
     try:
-        refined = LloydKMeans.train(rdd, k, maxIterations=100, epsilon=1e-6, seed=seed,
-                                    initialModel=Centres(list(initial)))
-        cost = float(refined.computeCost(rdd))
+        start = mllib.KMeansModel(_py2java(sc, [DenseVector(c) for c in initial]))
+        refined = (mllib.KMeans().setK(len(initial)).setMaxIterations(100).setEpsilon(1e-6).setSeed(seed)
+                   .setInitialModel(start).run(rows))
+        return refined, float(refined.computeCost(rows))
     finally:
-        rdd.unpersist()
-    return _ml_kmeans_model(reduced.sparkSession, refined.clusterCenters, k), {"cost": cost, **fit}
+        rows.unpersist(False)
 
 
 def sample_start(vectors: DataFrame, k: int, seed: int, starts: int, start_max_points: int,
@@ -119,15 +131,11 @@ def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normal
     return np.stack([row["centre"].toArray() for row in sorted(means, key=lambda row: row["previous"])])
 
 
-def _ml_kmeans_model(spark: SparkSession, centres, k: int) -> KMeansModel:
-    """A Spark ML KMeansModel around given centres (the ML estimator takes no initial model)."""
-    from pyspark.mllib.common import _py2java
-    from pyspark.mllib.linalg import DenseVector
-
-    sc = spark.sparkContext
-    jvm = sc._jvm
-    parent = jvm.org.apache.spark.mllib.clustering.KMeansModel(_py2java(sc, [DenseVector(c) for c in centres]))
-    model = KMeansModel(jvm.org.apache.spark.ml.clustering.KMeansModel(f"KMeansModel_fruitflow_{k}", parent))
+def _ml_kmeans_model(spark: SparkSession, parent, k: int) -> KMeansModel:
+    """A Spark ML KMeansModel around an MLlib one (JVM side: the ML estimator takes no initial model)."""
+    java_model = spark.sparkContext._jvm.org.apache.spark.ml.clustering.KMeansModel(f"KMeansModel_fruitflow_{k}",
+                                                                                   parent)
+    model = KMeansModel(java_model)
     model._set(k=k, featuresCol="vector", predictionCol="cluster")
     return model
 
