@@ -26,7 +26,6 @@ from pyspark.ml.clustering import KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import Normalizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -115,20 +114,26 @@ def sample_start(vectors: DataFrame, k: int, seed: int, starts: int, start_max_p
     return start.cluster_centers_, {"start_points": len(points), "starts": max(1, starts)}
 
 
-def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normalize: bool = True
-                      ) -> np.ndarray | None:
+def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normalize: bool = True,
+                      max_points: int = 20000, seed: int = 0, n_rows: int | None = None) -> np.ndarray | None:
     """The centres, in this run's space, of the clusters `clusters` (key, cluster: an earlier run's
-    assignments) gave: the mean of each cluster's vectors as they are now, over the photos both runs saw
-    (k x d numbers reach the driver). None when one of the k clusters has none of them. Cluster numbers
-    outside 0..k-1 are left out: the file was written by Spark nodes."""
+    assignments) gave: the mean of each cluster's vectors as they are now, over a random sample of at most
+    `max_points` of this table's photos (as the fresh start's sample; all of them when there are fewer),
+    their earlier clusters read for their keys alone (a broadcast join). k x d numbers come out; None when
+    one of the k clusters has none of the sampled photos. Cluster numbers outside 0..k-1 are left out: the
+    file was written by Spark nodes."""
+    n_rows = reduced.count() if n_rows is None else n_rows
+    vectors = with_vectors(reduced, l2_normalize).select("key", vector_to_array("vector").alias("v"))
+    sampled = capped_sample(vectors, max(max_points, 2 * k), seed, n_rows)
+    keys = F.broadcast(reduced.sparkSession.createDataFrame(sampled[["key"]]))
     previous = (clusters.select(F.col("key").cast("string").alias("key"),
                                 F.col("cluster").cast("int").alias("previous"))
-                .where(F.col("previous").between(0, k - 1)).dropDuplicates(["key"]))
-    joined = with_vectors(reduced, l2_normalize).select("key", "vector").join(previous, "key")
-    means = joined.groupBy("previous").agg(Summarizer.mean(F.col("vector")).alias("centre")).collect()
-    if len(means) < k:
+                .where(F.col("previous").between(0, k - 1)).join(keys, "key").dropDuplicates(["key"]).toPandas())
+    both = sampled.merge(previous, on="key", how="inner")
+    if both["previous"].nunique() < k:
         return None
-    return np.stack([row["centre"].toArray() for row in sorted(means, key=lambda row: row["previous"])])
+    x = np.stack(both["v"].to_numpy()).astype(np.float64)
+    return np.stack([x[(both["previous"] == c).to_numpy()].mean(axis=0) for c in range(k)])
 
 
 def _ml_kmeans_model(spark: SparkSession, parent, k: int) -> KMeansModel:
@@ -275,12 +280,13 @@ def warm_start(spark: SparkSession, cfg: Config, reduced: DataFrame, k: int, ups
               f"starting afresh", file=sys.stderr)
         return None, fresh
     try:
-        centres = partition_centres(reduced, spark.read.parquet(last["outputs"]["assignments"]), k, cfg.l2_normalize)
+        centres = partition_centres(reduced, spark.read.parquet(last["outputs"]["assignments"]), k, cfg.l2_normalize,
+                                    cfg.kmeans_start_max_points, cfg.seed, n_images)
     except Exception as exc:  # noqa: BLE001 - gone (expired), altered or unreadable: a fresh start
         print(f"[cluster] not starting from {last['step_uri']}: {str(exc)[:300]}", file=sys.stderr)
         return None, fresh
     if centres is None:
-        print(f"[cluster] a cluster of {last['step_uri']} has none of this table's photos: starting afresh",
+        print(f"[cluster] a cluster of {last['step_uri']} has none of the sampled photos: starting afresh",
               file=sys.stderr)
         return None, fresh
     return centres, {"from": last["step_uri"], "fresh_start_rows": fresh_rows}

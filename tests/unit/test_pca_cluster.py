@@ -221,7 +221,7 @@ def test_kmeans_started_from_an_earlier_runs_clusters_keeps_them_and_skips_the_s
     model, _ = cluster.fit_kmeans(earlier, 4, seed=1, starts=3)
     clusters = cluster.assign(model, earlier).select("key", "cluster")
 
-    centres = cluster.partition_centres(reduced, clusters, 4)
+    centres = cluster.partition_centres(reduced, clusters, 4)  # 60 photos, under the sample's cap: all of them
     unit = cluster.with_vectors(earlier, True).join(clusters, "key").toPandas()
     for c in range(4):
         members = np.stack([v.toArray() for v in unit[unit["cluster"] == c]["vector"]])
@@ -232,6 +232,10 @@ def test_kmeans_started_from_an_earlier_runs_clusters_keeps_them_and_skips_the_s
     assert cluster.scores_from_contingency(cluster.contingency(assigned))["ari"] == pytest.approx(1.0)
     before = dict(clusters.collect())
     assert all(before[r.key] == r.cluster for r in assigned.collect() if r.key in before)  # the same numbers
+    # from a sample of the photos, the centres of the same clusters, near the exact ones
+    sampled = cluster.partition_centres(reduced, clusters, 4, max_points=24, seed=3, n_rows=60)
+    assert sampled.shape == (4, 5) and np.allclose(sampled, centres, atol=0.2)
+    assert not np.allclose(sampled, centres, atol=1e-9)  # a sample indeed, not every photo
 
 
 def test_an_earlier_partition_missing_a_cluster_gives_no_start_and_foreign_numbers_are_left_out(spark):
