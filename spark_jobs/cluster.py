@@ -25,13 +25,14 @@ import pandas as pd
 from pyspark.ml.clustering import KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import Normalizer
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_jobs import step_cli
 from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
 from spark_jobs.common.config import Config
+from spark_jobs.common.recognition import unit_rows
 from spark_jobs.common.manifest import (
     Timings,
     begin_step,
@@ -64,12 +65,11 @@ def fit_kmeans(reduced: DataFrame, k: int, seed: int, starts: int, l2_normalize:
     """KMeans of every vector on the executors, from `initial` centres (k x d) or from a good start found
     on a bounded sample (`sample_start`): Lloyd iterations over all the vectors in Spark (`lloyd`),
     returned as a Spark ML KMeansModel, so transform, save and load are Spark ML's."""
-    vectors = with_vectors(reduced, l2_normalize).select("vector")
     if initial is None:
-        initial, fit = sample_start(vectors, k, seed, starts, start_max_points, n_rows)
+        initial, fit = sample_start(reduced, k, seed, starts, start_max_points, n_rows, l2_normalize)
     else:
         fit = {"start_points": 0, "starts": 0}
-    refined, cost = lloyd(vectors, initial, seed)
+    refined, cost = lloyd(with_vectors(reduced, l2_normalize).select("vector"), initial, seed)
     return _ml_kmeans_model(reduced.sparkSession, refined, k), {"cost": cost, **fit}
 
 
@@ -96,22 +96,32 @@ def lloyd(vectors: DataFrame, initial: np.ndarray, seed: int):
         rows.unpersist(False)
 
 
-def sample_start(vectors: DataFrame, k: int, seed: int, starts: int, start_max_points: int,
-                 n_rows: int | None) -> tuple[np.ndarray, dict]:
+def sample_start(reduced: DataFrame, k: int, seed: int, starts: int, start_max_points: int,
+                 n_rows: int | None, l2_normalize: bool = True) -> tuple[np.ndarray, dict]:
     """Centres to start from: scikit-learn's KMeans (greedy k-means++, best of `starts` seeded starts by
     inertia) on a random sample of at most `start_max_points` vectors (all of them when there are fewer).
     This is the role the local k-means++ plays inside Spark's own k-means||, done better: with ~9 images
     per cluster Spark's initialisation settled in costlier minima (README, "Clustering quality")."""
     from sklearn.cluster import KMeans as SampleKMeans
 
-    n_rows = vectors.count() if n_rows is None else n_rows
-    sampled = capped_sample(vectors.select(vector_to_array("vector").alias("v")), max(start_max_points, 2 * k),
-                            seed, n_rows)
-    points = np.stack(sampled["v"].to_numpy()).astype(np.float64)
+    n_rows = reduced.count() if n_rows is None else n_rows
+    _, points = start_sample(reduced, [], max(start_max_points, 2 * k), seed, n_rows, l2_normalize)
     if len(points) < k:
         raise ValueError(f"the KMeans start sample holds {len(points)} vectors, fewer than k={k}")
     start = SampleKMeans(k, n_init=max(1, starts), random_state=seed).fit(points)
     return start.cluster_centers_, {"start_points": len(points), "starts": max(1, starts)}
+
+
+def start_sample(reduced: DataFrame, columns: list[str], max_points: int, seed: int, n_rows: int,
+                 l2_normalize: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    """A random sample of at most `max_points` rows (`columns` and the PCA vector) and their vectors in the
+    clustering space (`with_vectors`' geometry), made unit length on the driver: Spark's Normalizer and
+    vector-to-array conversion cost the step over a second on cold executors."""
+    sampled = capped_sample(reduced.select(*columns, "pca"), max_points, seed, n_rows)
+    if not len(sampled):
+        return sampled, np.zeros((0, 0))
+    x = np.stack(sampled["pca"].to_numpy()).astype(np.float64)
+    return sampled, unit_rows(x) if l2_normalize else x
 
 
 def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normalize: bool = True,
@@ -123,17 +133,15 @@ def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normal
     one of the k clusters has none of the sampled photos. Cluster numbers outside 0..k-1 are left out: the
     file was written by Spark nodes."""
     n_rows = reduced.count() if n_rows is None else n_rows
-    vectors = with_vectors(reduced, l2_normalize).select("key", vector_to_array("vector").alias("v"))
-    sampled = capped_sample(vectors, max(max_points, 2 * k), seed, n_rows)
+    sampled, x = start_sample(reduced, ["key"], max(max_points, 2 * k), seed, n_rows, l2_normalize)
     keys = F.broadcast(reduced.sparkSession.createDataFrame(sampled[["key"]]))
     previous = (clusters.select(F.col("key").cast("string").alias("key"),
                                 F.col("cluster").cast("int").alias("previous"))
                 .where(F.col("previous").between(0, k - 1)).join(keys, "key").dropDuplicates(["key"]).toPandas())
-    both = sampled.merge(previous, on="key", how="inner")
-    if both["previous"].nunique() < k:
+    found = sampled[["key"]].reset_index(drop=True).merge(previous, on="key", how="left")["previous"]
+    if found.dropna().nunique() < k:
         return None
-    x = np.stack(both["v"].to_numpy()).astype(np.float64)
-    return np.stack([x[(both["previous"] == c).to_numpy()].mean(axis=0) for c in range(k)])
+    return np.stack([x[(found == c).to_numpy()].mean(axis=0) for c in range(k)])
 
 
 def _ml_kmeans_model(spark: SparkSession, parent, k: int) -> KMeansModel:
