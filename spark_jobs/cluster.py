@@ -32,7 +32,6 @@ from pyspark.sql import functions as F
 from spark_jobs import step_cli
 from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.recognition import unit_rows
 from spark_jobs.common.manifest import (
     Timings,
     begin_step,
@@ -41,6 +40,7 @@ from spark_jobs.common.manifest import (
     store_order,
     write_manifest,
 )
+from spark_jobs.common.recognition import unit_rows
 from spark_jobs.step_outputs import read_output
 
 STEP = "cluster"
