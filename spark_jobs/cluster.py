@@ -105,23 +105,26 @@ def sample_start(reduced: DataFrame, k: int, seed: int, starts: int, start_max_p
     from sklearn.cluster import KMeans as SampleKMeans
 
     n_rows = reduced.count() if n_rows is None else n_rows
-    _, points = start_sample(reduced, [], max(start_max_points, 2 * k), seed, n_rows, l2_normalize)
+    points = clustering_vectors(start_sample(reduced, [], max(start_max_points, 2 * k), seed, n_rows), l2_normalize)
     if len(points) < k:
         raise ValueError(f"the KMeans start sample holds {len(points)} vectors, fewer than k={k}")
     start = SampleKMeans(k, n_init=max(1, starts), random_state=seed).fit(points)
     return start.cluster_centers_, {"start_points": len(points), "starts": max(1, starts)}
 
 
-def start_sample(reduced: DataFrame, columns: list[str], max_points: int, seed: int, n_rows: int,
-                 l2_normalize: bool) -> tuple[pd.DataFrame, np.ndarray]:
-    """A random sample of at most `max_points` rows (`columns` and the PCA vector) and their vectors in the
-    clustering space (`with_vectors`' geometry), made unit length on the driver: Spark's Normalizer and
-    vector-to-array conversion cost the step over a second on cold executors."""
-    sampled = capped_sample(reduced.select(*columns, "pca"), max_points, seed, n_rows)
-    if not len(sampled):
-        return sampled, np.zeros((0, 0))
-    x = np.stack(sampled["pca"].to_numpy()).astype(np.float64)
-    return sampled, unit_rows(x) if l2_normalize else x
+def start_sample(reduced: DataFrame, columns: list[str], max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
+    """A random sample of at most `max_points` rows for a KMeans start: `columns` and the PCA vector (made
+    unit length on the driver, `clustering_vectors`: Spark's Normalizer and vector-to-array conversion
+    cost the step over a second on cold executors)."""
+    return capped_sample(reduced.select(*columns, "pca"), max_points, seed, n_rows)
+
+
+def clustering_vectors(points: pd.DataFrame, l2_normalize: bool) -> np.ndarray:
+    """Sampled rows' PCA vectors in the space KMeans works in (`with_vectors`' geometry, with numpy)."""
+    if not len(points):
+        return np.zeros((0, 0))
+    x = np.stack(points["pca"].to_numpy()).astype(np.float64)
+    return unit_rows(x) if l2_normalize else x
 
 
 def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normalize: bool = True,
@@ -133,15 +136,14 @@ def partition_centres(reduced: DataFrame, clusters: DataFrame, k: int, l2_normal
     one of the k clusters has none of the sampled photos. Cluster numbers outside 0..k-1 are left out: the
     file was written by Spark nodes."""
     n_rows = reduced.count() if n_rows is None else n_rows
-    sampled, x = start_sample(reduced, ["key"], max(max_points, 2 * k), seed, n_rows, l2_normalize)
-    keys = F.broadcast(reduced.sparkSession.createDataFrame(sampled[["key"]]))
-    previous = (clusters.select(F.col("key").cast("string").alias("key"),
-                                F.col("cluster").cast("int").alias("previous"))
-                .where(F.col("previous").between(0, k - 1)).join(keys, "key").dropDuplicates(["key"]).toPandas())
-    found = sampled[["key"]].reset_index(drop=True).merge(previous, on="key", how="left")["previous"]
-    if found.dropna().nunique() < k:
+    sampled = start_sample(reduced, ["key"], max(max_points, 2 * k), seed, n_rows)
+    earlier = (clusters.select(F.col("key").cast("string").alias("key"), F.col("cluster").cast("int").alias("cluster"))
+               .where(F.col("cluster").between(0, k - 1)).dropDuplicates(["key"]))
+    both = with_clusters(sampled, earlier)
+    if both["cluster"].nunique() < k:
         return None
-    return np.stack([x[(found == c).to_numpy()].mean(axis=0) for c in range(k)])
+    x = clustering_vectors(both, l2_normalize)
+    return np.stack([x[(both["cluster"] == c).to_numpy()].mean(axis=0) for c in range(k)])
 
 
 def _ml_kmeans_model(spark: SparkSession, parent, k: int) -> KMeansModel:
@@ -216,9 +218,7 @@ def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool
     from sklearn.manifold import TSNE
 
     subset = points.head(max_points)
-    x = np.stack(subset["pca"].to_numpy()).astype(np.float64)
-    if l2_normalize and len(x):
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = clustering_vectors(subset, l2_normalize)
     if len(x) < 5:
         return subset.assign(tsne1=0.0, tsne2=0.0)
     perplexity = float(min(30.0, (len(x) - 1) / 3))
