@@ -275,11 +275,13 @@ def warm_start(spark: SparkSession, cfg: Config, reduced: DataFrame, k: int, ups
     (a fresh start on a sample). Refitting from fresh starts past that growth keeps a chain of warm starts
     from drifting away from what a fresh fit of the whole table finds."""
     fresh = {"from": None, "fresh_start_rows": n_images}
+    if cfg.kmeans_warm_start_growth <= 0:
+        return None, fresh
     wanted = {"n_clusters": k, "l2_normalize": cfg.l2_normalize, "backbone": upstream["params"].get("backbone"),
               "weights": upstream["params"].get("weights")}
     matching = [m for m in committed_steps(spark, cfg, STEP) if isinstance(m.get("start"), dict)
                 and all(m.get("params", {}).get(name) == value for name, value in wanted.items())]
-    if cfg.kmeans_warm_start_growth <= 0 or not matching:
+    if not matching:
         return None, fresh
     last = max(matching, key=store_order)
     fresh_rows = last["start"].get("fresh_start_rows")
