@@ -41,9 +41,19 @@ def same_model(manifests: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, [m for m in manifests if model_of(m) != newest]
 
 
-def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
+# Keys in more than one row (photos featurized again) that are told apart with a broadcast of their names;
+# past this many, the newest row of each key comes from a shuffle of every row instead.
+MAX_REPEATED_KEYS = 50_000
+
+
+def feature_table(spark: SparkSession, manifests: list[dict], max_repeated_keys: int = MAX_REPEATED_KEYS
+                  ) -> DataFrame:
     """Union of the featurize outputs; for a key present several times, the row of the step whose
-    manifest the store saw last wins."""
+    manifest the store saw last wins.
+
+    A photo is featurized again only when its object changed, so few keys repeat: they are found with a
+    shuffle of the keys alone, and only their rows move to pick the newest. Shuffling every row (~6 KB of
+    features each) would cost every run a pass that grows with the whole table."""
     if not manifests:
         raise SystemExit("no committed featurize output: run the featurize step first")
     frames = [
@@ -55,5 +65,20 @@ def feature_table(spark: SparkSession, manifests: list[dict]) -> DataFrame:
     table = frames[0]
     for frame in frames[1:]:
         table = table.unionByName(frame)
+    columns = [c for c in table.columns if c not in ("_stored_ms", "_step")]
+    repeated = [row.key for row in table.groupBy("key").count().filter("count > 1").select("key")
+                .limit(max_repeated_keys + 1).collect()]
+    if not repeated:
+        return table.select(*columns)
+    if len(repeated) > max_repeated_keys:
+        return newest_rows(table).select(*columns)
+    marks = spark.createDataFrame([(key,) for key in repeated], "key string").withColumn("_repeated", F.lit(True))
+    flagged = table.join(F.broadcast(marks), "key", "left")
+    once = flagged.filter(F.col("_repeated").isNull()).select(*columns)
+    return once.unionByName(newest_rows(flagged.filter(F.col("_repeated"))).select(*columns))
+
+
+def newest_rows(table: DataFrame) -> DataFrame:
+    """One row per key: the newest step's (a step that wrote a key twice gives one of its rows)."""
     newest = Window.partitionBy("key").orderBy(F.col("_stored_ms").desc(), F.col("_step").desc())
-    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n", "_stored_ms", "_step")
+    return table.withColumn("_n", F.row_number().over(newest)).filter("_n = 1").drop("_n")
