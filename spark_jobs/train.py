@@ -6,6 +6,11 @@ class has two or more; a class with a single image trains only and is counted). 
 the rest; accuracy, macro F1, per-class recall and the most confused pairs come from the held-out
 category x prediction counts (a small aggregate, nothing per image on the driver).
 
+Start: the fit starts from the last train step's classifier made from the same vectors and
+regularisation, its coefficients carried over to this run's PCA (`carried_over`): a run that adds a few
+photos to a big table then runs a few L-BFGS iterations, each a Spark job over the table, instead of a
+fit from Spark's own start. The objective is convex, so the start changes the cost, not the classifier.
+
 Export (beside the Spark ML model, in the models bucket): the PCA preparation (normalisation, colour
 weight, mean, components), the classifier's coefficients, a capped bank of training vectors for the
 nearest neighbours, and the distance beyond which a photo is "unknown" (calibrated so that
@@ -16,14 +21,17 @@ pickle, the rest to JSON.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import Normalizer, StandardScalerModel, StringIndexer
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -33,11 +41,25 @@ from pyspark.sql import functions as F
 from spark_jobs import step_cli
 from spark_jobs.common import storage
 from spark_jobs.common.config import Config
-from spark_jobs.common.manifest import Timings, begin_step, read_manifest, store_order, write_manifest
+from spark_jobs.common.manifest import (
+    Timings,
+    begin_step,
+    committed_steps,
+    read_manifest,
+    store_order,
+    write_manifest,
+)
 from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON, unit_rows, unknown_threshold
 from spark_jobs.step_outputs import read_output
 
 STEP = "train"
+# Spark ML's LogisticRegression `tol`: the fit stops once its objective moved less than this share of the
+# objective it started from
+TOL = 1e-6
+# What made the vectors a classifier was fit on: an earlier step's is a start only when they are the same
+STARTS_FROM_THE_SAME = ("backbone", "weights", "model_tag", "precision")
+# classify.npz as train writes it is a few MB (20 000 bank vectors and their keys); more is not one
+MAX_EXPORT_BYTES = 256 * 2**20
 
 
 # --------------------------------------------------------------------------- transform
@@ -58,12 +80,18 @@ def classifier_vectors(reduced: DataFrame) -> DataFrame:
     return reduced.withColumn("vector", array_to_vector("pca"))
 
 
-def fit_classifier(train: DataFrame, reg_param: float, max_iter: int) -> PipelineModel:
-    """StringIndexer (category -> label, most frequent first) + multinomial logistic regression."""
-    indexer = StringIndexer(inputCol="category", outputCol="label", stringOrderType="frequencyDesc")
+def fit_classifier(train: DataFrame, reg_param: float, max_iter: int, start: Start | None = None) -> PipelineModel:
+    """StringIndexer (category -> label, most frequent first) + multinomial logistic regression, from
+    `start` (an earlier classifier in this run's PCA space) when given, else from Spark's own start."""
+    indexer = StringIndexer(inputCol="category", outputCol="label", stringOrderType="frequencyDesc").fit(train)
     regression = LogisticRegression(featuresCol="vector", labelCol="label", family="multinomial",
-                                    regParam=reg_param, elasticNetParam=0.0, maxIter=max_iter)
-    return Pipeline(stages=[indexer, regression]).fit(classifier_vectors(train))
+                                    regParam=reg_param, elasticNetParam=0.0, maxIter=max_iter, tol=TOL)
+    if start is not None:
+        regression.setTol(start.tol)
+        # Spark ML has the initial model on the JVM side only (`setInitialModel`)
+        regression._java_obj.setInitialModel(start.java_model(train.sparkSession, list(indexer.labels)))
+    fitted = regression.fit(indexer.transform(classifier_vectors(train)))
+    return PipelineModel(stages=[indexer, fitted])
 
 
 def classes_of(model: PipelineModel) -> list[str]:
@@ -126,6 +154,68 @@ def to_unit_if(vectors: np.ndarray, l2_normalize: bool) -> np.ndarray:
     return unit_rows(vectors) if l2_normalize else vectors
 
 
+@dataclass(frozen=True)
+class Start:
+    """An earlier run's classifier to start the logistic regression from: its coefficients and intercepts
+    over this run's PCA components (`carried_over`), by class name, and the `tol` that stops the fit
+    where a fit from Spark's own start stops."""
+
+    classes: list[str]
+    coefficients: np.ndarray  # classes x this run's k
+    intercepts: np.ndarray
+    tol: float
+
+    def java_model(self, spark: SparkSession, labels: list[str]):
+        """Spark ML's LogisticRegressionModel (JVM side) with a row per label, in order: a class the earlier
+        classifier did not know starts at zero coefficients and the mean intercept."""
+        from pyspark.ml.common import _py2java
+        from pyspark.ml.linalg import DenseMatrix, DenseVector
+
+        row = {name: i for i, name in enumerate(self.classes)}
+        k = self.coefficients.shape[1]
+        coefficients = np.array([self.coefficients[row[c]] if c in row else np.zeros(k) for c in labels])
+        intercepts = [float(self.intercepts[row[c]]) if c in row else float(self.intercepts.mean()) for c in labels]
+        sc = spark.sparkContext
+        matrix = DenseMatrix(len(labels), k, coefficients.T.ravel().tolist())  # column-major
+        return sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
+            "fruitflow-start", _py2java(sc, matrix), _py2java(sc, DenseVector(intercepts)), len(labels), True)
+
+
+def carried_over(earlier: dict, prep: dict) -> tuple[np.ndarray, np.ndarray]:
+    """An exported classifier's coefficients and intercepts over this run's PCA (`prep`): the same logits
+    for any input in both PCAs' span. With z = (x - mean) @ components in each run,
+    z_earlier = z @ C_new.T @ C_earlier + (mean_new - mean_earlier) @ C_earlier."""
+    w, b = earlier["coefficients"], earlier["intercepts"]
+    c_old, c_new, m_old, m_new = earlier["pca_components"], prep["components"], earlier["pca_mean"], prep["mean"]
+    d, k_old = c_old.shape
+    if c_new.shape[0] != d or m_old.shape != (d,) or m_new.shape != (d,) or w.ndim != 2 or w.shape[1] != k_old \
+            or b.shape != (w.shape[0],) or earlier["classes"].shape != (w.shape[0],):
+        raise ValueError("the earlier classifier's arrays do not fit this run's PCA")
+    coefficients, intercepts = w @ c_old.T @ c_new, b + w @ (c_old.T @ (m_new - m_old))
+    if not (np.isfinite(coefficients).all() and np.isfinite(intercepts).all()):
+        raise ValueError("the earlier classifier's numbers are not finite")
+    return coefficients, intercepts
+
+
+def fresh_objective(counts: np.ndarray) -> float:
+    """The objective at Spark's own start (zero coefficients, intercepts log(1 + n) per class): the training
+    labels' cross-entropy under the softmax of those intercepts."""
+    intercepts = np.log1p(counts.astype(np.float64))
+    top = intercepts.max()
+    return float(top + np.log(np.exp(intercepts - top).sum()) - counts @ intercepts / counts.sum())
+
+
+def start_tol(earlier_objective: float, counts: dict[str, int], classes: list[str]) -> float:
+    """Spark's fit stops once its objective moves by less than `tol` times the objective it started from.
+    From a classifier near the optimum that start is many times smaller than Spark's own, so the same `tol`
+    would run on long after a fresh fit stops (bench/RESULTS.md). Scaled by the two starts' objectives the
+    stop is a fresh fit's; with other classes than the earlier classifier's, the start is farther and `tol`
+    stays."""
+    if set(classes) != set(counts) or not math.isfinite(earlier_objective) or earlier_objective <= 0:
+        return TOL
+    return max(TOL, TOL * fresh_objective(np.array(list(counts.values()))) / earlier_objective)
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -139,16 +229,16 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     cores = spark.sparkContext.defaultParallelism
     split = split_held_out(reduced, cfg.test_fraction, cfg.seed).coalesce(cores).cache()
     n_images = split.count()
-    per_class = split.groupBy("category").agg(F.count(F.lit(1)).alias("n"),
-                                              F.sum(F.col("held_out").cast("int")).alias("n_test"))
-    counts = per_class.agg(F.count(F.lit(1)).alias("classes"), F.sum("n_test").alias("n_test"),
-                           F.sum(F.when(F.col("n") == 1, 1).otherwise(0)).alias("single")).first()
+    per_class = {row["category"]: (row["n"], row["n_test"]) for row in split.groupBy("category").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("held_out").cast("int")).alias("n_test")).collect()}
+    n_test = sum(held for _, held in per_class.values())
     train, test = split.filter(~F.col("held_out")), split.filter(F.col("held_out"))
-    n_test = int(counts["n_test"] or 0)
-    if counts["classes"] < 2:  # every class keeps at least one training image (split_held_out)
-        raise SystemExit(f"cannot train a classifier on {counts['classes']} fruit class(es): need at least 2")
+    if len(per_class) < 2:  # every class keeps at least one training image (split_held_out)
+        raise SystemExit(f"cannot train a classifier on {len(per_class)} fruit class(es): need at least 2")
+    prep = pca_preparation(PipelineModel.load(upstream["outputs"]["model"]))
     with timings.measure("fit"):
-        model = fit_classifier(train, cfg.reg_param, cfg.classifier_max_iter)
+        start, started = warm_start(spark, cfg, upstream, prep, {c: n - held for c, (n, held) in per_class.items()})
+        model = fit_classifier(train, cfg.reg_param, cfg.classifier_max_iter, start)
     predictions_uri = f"{out_uri}/held_out_predictions"
     with timings.measure("evaluate"):
         predict(model, test).drop("pca", "held_out").write.mode("overwrite").parquet(predictions_uri)
@@ -158,8 +248,10 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     with timings.measure("export"):
         model.write().overwrite().save(model_uri)
         bank, bank_vectors, threshold = neighbour_bank(train, test, n_images - n_test, n_test, cfg)
-        export, export_sha256 = export_artifacts(spark, out_uri, upstream, model, bank, bank_vectors, threshold, cfg)
+        export, export_sha256 = export_artifacts(spark, out_uri, upstream, prep, model, bank, bank_vectors, threshold,
+                                                 cfg)
     split.unpersist()
+    summary = model.stages[1].summary
     return write_manifest(
         spark,
         out_uri,
@@ -168,19 +260,68 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
             "inputs": {"pca": input_uri, "reduced": upstream["outputs"]["reduced"]},
             "outputs": {"model": model_uri, "held_out_predictions": predictions_uri, **export},
             "export_sha256": export_sha256,  # the signed manifest vouches for the files the driver wrote
+            # the classifier the fit started from (None: Spark's own start) and the tolerance it stopped at
+            "start": started,
             "counts": {"n_images": n_images, "n_train": n_images - n_test,
-                       "n_held_out": n_test, "n_classes": int(counts["classes"]),
-                       "n_single_image_classes": int(counts["single"] or 0), "n_neighbour_bank": len(bank)},
+                       "n_held_out": n_test, "n_classes": len(per_class),
+                       "n_single_image_classes": sum(1 for n, _ in per_class.values() if n == 1),
+                       "n_neighbour_bank": len(bank)},
             "params": {"classifier": "multinomial logistic regression (Spark ML)", "reg_param": cfg.reg_param,
                        "max_iter": cfg.classifier_max_iter, "test_fraction": cfg.test_fraction, "seed": cfg.seed,
                        "pca_k": upstream["params"]["k"],
                        "l2_normalize": cfg.l2_normalize, "unknown_quantile": cfg.unknown_quantile,
                        "unknown_threshold": threshold, "model_name": name,
-                       **{k: upstream["params"].get(k) for k in ("backbone", "weights", "model_tag", "precision")}},
-            "metrics": {**quality, "iterations": model.stages[1].summary.totalIterations},
+                       **{k: upstream["params"].get(k) for k in STARTS_FROM_THE_SAME}},
+            "metrics": {**quality, "iterations": summary.totalIterations, "objective": summary.objectiveHistory[-1]},
             "timings_s": dict(timings),
         },
     )
+
+
+def warm_start(spark: SparkSession, cfg: Config, upstream: dict, prep: dict, counts: dict[str, int]
+               ) -> tuple[Start | None, dict]:
+    """The newest train step's classifier made with the same model and regularisation, carried over to this
+    run's PCA (`carried_over`), and what the manifest says of the start (`start`); None: Spark's own start
+    (no such step, or its export gone, altered or made from another PCA input). The objective is convex:
+    where the fit starts changes how long it runs, not where it ends."""
+    fresh = {"from": None, "tol": TOL}
+    wanted = {"reg_param": cfg.reg_param, **{name: upstream["params"].get(name) for name in STARTS_FROM_THE_SAME}}
+    matching = [m for m in committed_steps(spark, cfg, STEP)
+                if all(m.get("params", {}).get(name) == value for name, value in wanted.items())]
+    if not matching:
+        return None, fresh
+    last = max(matching, key=store_order)
+    try:
+        earlier, meta = read_export(spark, last)
+        if (meta.get("pca_l2_normalize"), meta.get("color_weight")) != (prep["l2_normalize"], prep["color_weight"]):
+            raise ValueError("its PCA input was made another way")
+        coefficients, intercepts = carried_over(earlier, prep)
+        objective = float(last["metrics"]["objective"])
+    except Exception as exc:  # noqa: BLE001 - gone (expired), altered or from an older version: Spark's start
+        print(f"[train] not starting from {last['step_uri']}: {str(exc)[:300]}", file=sys.stderr)
+        return None, fresh
+    classes = [str(c) for c in earlier["classes"]]
+    tol = start_tol(objective, counts, classes)
+    return Start(classes, coefficients, intercepts, tol), {"from": last["step_uri"], "tol": tol}
+
+
+def read_export(spark: SparkSession, manifest: dict) -> tuple[dict, dict]:
+    """A train step's exported classifier (its arrays, as float64 but the class names) and description, as
+    its (signed) manifest vouches for them: the Spark nodes can write in the step's folder."""
+    from spark_jobs.common.classifier import require_inside, vouched
+
+    export, digests = manifest["outputs"]["export"], manifest.get("export_sha256") or {}
+    require_inside(export, manifest["step_uri"], "the classifier's export")
+    body = {name: vouched(storage.read_bytes(spark, f"{export}/{name}", MAX_EXPORT_BYTES), digests.get(name), name)
+            for name in (EXPORT_JSON, EXPORT_ARRAYS)}
+    meta = json.loads(body[EXPORT_JSON])
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"exported in format {meta.get('format')}, this version writes {EXPORT_FORMAT}")
+    with np.load(io.BytesIO(body[EXPORT_ARRAYS]), allow_pickle=False) as npz:
+        arrays = {name: npz[name].astype(np.float64) for name in ("pca_mean", "pca_components", "coefficients",
+                                                                   "intercepts")}
+        arrays["classes"] = npz["classes"]
+    return arrays, meta
 
 
 def neighbour_bank(train: DataFrame, test: DataFrame, n_train: int, n_test: int, cfg: Config
@@ -214,11 +355,10 @@ def backbone_model_uri(spark: SparkSession, pca_manifest: dict, cfg: Config) -> 
     return max(steps, key=store_order)["outputs"]["model"]
 
 
-def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, model: PipelineModel,
+def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, prep: dict, model: PipelineModel,
                      bank: pd.DataFrame, bank_vectors: np.ndarray, threshold: float, cfg) -> tuple[dict, dict]:
     """classify.npz (arrays, no pickle) and classify.json (what they mean), uploaded under export/; their
-    outputs and the SHA-256 of each file."""
-    prep = pca_preparation(PipelineModel.load(pca_manifest["outputs"]["model"]))
+    outputs and the SHA-256 of each file. `prep`: the PCA step's preparation (`pca_preparation`)."""
     regression = model.stages[1]
     arrays = {
         "pca_mean": prep["mean"], "pca_components": prep["components"],

@@ -66,8 +66,12 @@ def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
         out.close()
 
 
-def read_bytes(spark: SparkSession, uri: str) -> bytes:
+def read_bytes(spark: SparkSession, uri: str, max_bytes: int | None = None) -> bytes:
+    """A file's bytes; a ValueError, before reading, for a file over `max_bytes` (one a Spark node could
+    have planted where the driver reads)."""
     fs, path = _path(spark, uri)
+    if max_bytes is not None and fs.getFileStatus(path).getLen() > max_bytes:
+        raise ValueError(f"{uri} is over {max_bytes} bytes")
     jvm = spark.sparkContext._jvm
     stream = fs.open(path)
     try:

@@ -174,3 +174,59 @@ def test_kmeans_starts_from_the_newest_matching_cluster_step_while_the_table_gre
         for bucket in cfg.buckets:
             for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+def test_train_starts_from_the_newest_classifier_made_from_the_same_vectors_as_its_manifest_vouches(spark, cfg, s3):
+    """The train step an incremental run starts from: the newest with the same model and regularisation,
+    read from its export only as its manifest vouches for it (the Spark nodes can write in its folder)."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    from spark_jobs import train
+    from spark_jobs.common import storage
+    from spark_jobs.common.manifest import manifest_uri
+    from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON
+
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"train-{uuid.uuid4().hex[:8]}"))
+    upstream = {"params": {"backbone": "efficientnet_lite0", "weights": "imagenet", "model_tag": "imagenet-pypi0.1.0",
+                           "precision": "fp32"}}
+    prep = {"l2_normalize": True, "color_weight": 1.0, "mean": np.zeros(4), "components": np.eye(4)[:, :2]}
+    counts = {"a": 30, "b": 30}
+
+    def plant(run: str, objective: float | None = 0.05, **changed) -> str:
+        step_uri = cfg.step_uri(run, "train")
+        arrays = io.BytesIO()
+        np.savez(arrays, pca_mean=prep["mean"], pca_components=prep["components"], coefficients=np.ones((2, 2)),
+                 intercepts=np.array([0.5, -0.5]), classes=np.array(["a", "b"]))
+        files = {EXPORT_ARRAYS: arrays.getvalue(), EXPORT_JSON: json.dumps(
+            {"format": EXPORT_FORMAT, "pca_l2_normalize": True, "color_weight": 1.0}).encode()}
+        for name, body in files.items():
+            storage.write_bytes(spark, f"{step_uri}/export/{name}", body)
+        manifest = {"step": "train", "step_uri": step_uri, "outputs": {"export": f"{step_uri}/export"},
+                    "export_sha256": {name: hashlib.sha256(body).hexdigest() for name, body in files.items()},
+                    "params": {"reg_param": cfg.reg_param, **upstream["params"], **changed},
+                    "metrics": {} if objective is None else {"objective": objective}}
+        storage.write_text(spark, manifest_uri(step_uri), json.dumps(signing.sign(manifest)))
+        time.sleep(1.1)  # the store's time orders the manifests, in whole seconds
+        return step_uri
+
+    fresh = (None, {"from": None, "tol": train.TOL})
+    try:
+        assert train.warm_start(spark, cfg, upstream, prep, counts) == fresh
+        first = plant("run-a")
+        plant("run-b", backbone="resnet50")  # newer, other vectors: not this run's
+        start, started = train.warm_start(spark, cfg, upstream, prep, counts)
+        assert started == {"from": first, "tol": start.tol} and start.tol > train.TOL
+        assert start.classes == ["a", "b"] and np.allclose(start.coefficients, 1.0)
+        assert train.warm_start(spark, cfg.with_overrides(reg_param=0.1), upstream, prep, counts) == fresh
+        assert train.warm_start(spark, cfg, upstream, {**prep, "color_weight": 0.5}, counts) == fresh
+        storage.write_bytes(spark, f"{first}/export/{EXPORT_ARRAYS}", b"planted by a Spark node")
+        assert train.warm_start(spark, cfg, upstream, prep, counts) == fresh
+        plant("run-c", objective=None)  # from before the objective was recorded
+        assert train.warm_start(spark, cfg, upstream, prep, counts) == fresh
+    finally:
+        for bucket in cfg.buckets:
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])

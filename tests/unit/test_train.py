@@ -126,3 +126,63 @@ def test_a_fruit_the_classifier_never_saw_is_mostly_unknown(spark, lite0_files):
         new = recognition.unit_rows(np.stack(reduced.filter(F.col("category") == unseen).toPandas()["pca"]))
         flagged.append(float((recognition.nearest_distances(new, bank) > threshold).mean()))
     assert np.mean(flagged) >= 0.75, dict(zip(classes[::3], flagged))
+
+
+def test_a_classifier_carried_over_to_another_pca_of_the_same_span_gives_the_same_logits():
+    rng = np.random.default_rng(3)
+    d, k = 9, 4
+    c_old = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    rotation = np.linalg.qr(rng.normal(size=(k, k)))[0] @ np.diag([1, -1, 1, -1])  # turned, signs flipped
+    m_old = rng.normal(size=d)
+    prep = {"components": c_old @ rotation, "mean": m_old + c_old @ rng.normal(size=k)}  # a new mean in the span
+    earlier = {"coefficients": rng.normal(size=(3, k)), "intercepts": rng.normal(size=3), "pca_components": c_old,
+               "pca_mean": m_old, "classes": np.array(["a", "b", "c"])}
+    x = m_old + rng.normal(size=(20, k)) @ c_old.T  # inputs in the span
+    coefficients, intercepts = train.carried_over(earlier, prep)
+    before = (x - m_old) @ c_old @ earlier["coefficients"].T + earlier["intercepts"]
+    after = (x - prep["mean"]) @ prep["components"] @ coefficients.T + intercepts
+    assert np.abs(before - after).max() < 1e-9
+    with pytest.raises(ValueError):
+        train.carried_over(earlier, {"components": np.zeros((d + 1, k)), "mean": np.zeros(d + 1)})
+
+
+def test_a_start_near_the_optimum_stops_where_sparks_own_start_stops():
+    counts = {"a": 30, "b": 30, "c": 30, "d": 30}
+    assert train.fresh_objective(np.array(list(counts.values()))) == pytest.approx(np.log(4))
+    tol = train.start_tol(0.05, counts, ["d", "c", "b", "a"])
+    assert tol == pytest.approx(train.TOL * np.log(4) / 0.05)  # the same absolute stop: tol x the start's objective
+    assert train.start_tol(0.05, {**counts, "e": 3}, list(counts)) == train.TOL  # a new fruit: a farther start
+    assert train.start_tol(float("nan"), counts, list(counts)) == train.TOL
+
+
+def test_a_fit_from_the_last_runs_classifier_ends_where_a_fresh_fit_ends_in_fewer_iterations(spark):
+    """The next run's table: the same photos and a tenth more, and a PCA fit again on it. Started from the
+    first run's classifier (carried over to the new PCA), the fit predicts what a fresh fit predicts."""
+    cfg = Config()
+    features, first_pca, reduced = _reduced(spark, {f"fruit{i}": 40 for i in range(6)}, k=8)
+    first = train.fit_classifier(train.split_held_out(reduced, 0.25, seed=42).filter("not held_out"),
+                                 cfg.reg_param, cfg.classifier_max_iter)
+    grown = features.unionByName(features.sample(0.1, seed=1).withColumn("key", F.concat(F.lit("new/"), "key")))
+    second_pca = pca.fit_pca(grown, 8, None, grown.count(), l2_normalize=True, color_weight=1.0)
+    split = train.split_held_out(pca.project(second_pca, grown), 0.25, seed=42).cache()
+    rows = split.filter("not held_out")
+    counts = {r.category: r["count"] for r in rows.groupBy("category").count().collect()}
+
+    regression = first.stages[1]
+    earlier = {"coefficients": regression.coefficientMatrix.toArray(), "intercepts": regression.interceptVector.toArray(),
+               "classes": np.array(train.classes_of(first)), **{f"pca_{name}": value for name, value in
+                                                                train.pca_preparation(first_pca).items()
+                                                                if name in ("mean", "components")}}
+    coefficients, intercepts = train.carried_over(earlier, train.pca_preparation(second_pca))
+    start = train.Start(train.classes_of(first), coefficients, intercepts,
+                        train.start_tol(regression.summary.objectiveHistory[-1], counts, train.classes_of(first)))
+    fresh = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter)
+    warm = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter, start)
+
+    fresh_history, warm_history = fresh.stages[1].summary.objectiveHistory, warm.stages[1].summary.objectiveHistory
+    assert warm_history[0] < fresh_history[0] / 5  # it started near the optimum
+    assert warm.stages[1].summary.totalIterations < fresh.stages[1].summary.totalIterations
+    assert warm_history[-1] <= fresh_history[-1] + train.TOL * fresh_history[0]
+    predicted = [train.predict(model, split.filter("held_out")).orderBy("key").select("predicted").collect()
+                 for model in (fresh, warm)]
+    assert predicted[0] == predicted[1]
