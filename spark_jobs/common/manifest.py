@@ -109,9 +109,10 @@ def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
     """Why a manifest read from `step_uri` must not be followed, or None. A step's outputs are where it
     wrote them: inside its own folder, `<configured bucket>/<runs prefix>/<run>/<step>/`, or the same
     folder of the preprocessed bucket (featurize's thumbnails, which the report and the Recognise page
-    read from that bucket only); a model it materialised may also sit in the models bucket under its
-    backbone's folder. Anything else (another run's or bucket's data, a manifest copied from elsewhere)
-    would let whoever can write one object point the pipeline at data it never made."""
+    read from that bucket only); a model it materialised (featurize's `model`) or used (train's
+    `backbone_model`) may also sit in the models bucket under its backbone's folder. Anything else
+    (another run's or bucket's data, a manifest copied from elsewhere) would let whoever can write one
+    object point the pipeline at data it never made."""
     step_uri = step_uri.rstrip("/")
     if reason := other_folder_reason(manifest, step_uri):
         return reason
@@ -123,8 +124,8 @@ def untrusted_reason(manifest: dict, step_uri: str, cfg: Config) -> str | None:
         for uri in value if isinstance(value, list) else [value]:
             if not isinstance(uri, str):
                 return f"output {name!r} is not a URI"
-            if not (uri.startswith(folders) or (name == "model" and uri.startswith(models) and
-                                                models.count("/") > 3)):
+            if not (uri.startswith(folders) or (name in ("model", "backbone_model") and uri.startswith(models)
+                                                and models.count("/") > 3)):
                 return f"output {name!r} ({uri}) is outside the step's folder"
             if any(part in (".", "..") for part in uri.split("://", 1)[-1].split("/")):
                 return f"output {name!r} ({uri}) has a '.' or '..' segment"

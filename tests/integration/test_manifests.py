@@ -204,7 +204,8 @@ def test_train_starts_from_the_newest_classifier_made_from_the_same_vectors_as_i
             {"format": EXPORT_FORMAT, "pca_l2_normalize": True, "color_weight": 1.0}).encode()}
         for name, body in files.items():
             storage.write_bytes(spark, f"{step_uri}/export/{name}", body)
-        manifest = {"step": "train", "step_uri": step_uri, "outputs": {"export": f"{step_uri}/export"},
+        manifest = {"step": "train", "step_uri": step_uri,
+                    "outputs": {"export": f"{step_uri}/export", "backbone_model": MODEL},
                     "export_sha256": {name: hashlib.sha256(body).hexdigest() for name, body in files.items()},
                     "params": {"reg_param": cfg.reg_param, **upstream["params"], **changed},
                     "metrics": {} if objective is None else {"objective": objective}}
