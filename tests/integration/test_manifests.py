@@ -184,7 +184,7 @@ def test_train_starts_from_the_newest_classifier_made_from_the_same_vectors_as_i
 
     import numpy as np
 
-    from spark_jobs import train
+    from spark_jobs import classifier_start, train
     from spark_jobs.common import storage
     from spark_jobs.common.manifest import manifest_uri
     from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_JSON
@@ -213,13 +213,13 @@ def test_train_starts_from_the_newest_classifier_made_from_the_same_vectors_as_i
         time.sleep(1.1)  # the store's time orders the manifests, in whole seconds
         return step_uri
 
-    fresh = (None, {"from": None, "tol": train.TOL})
+    fresh = (None, {"from": None, "tol": classifier_start.TOL})
     try:
         assert train.warm_start(spark, cfg, upstream, prep, counts) == fresh
         first = plant("run-a")
         plant("run-b", backbone="resnet50")  # newer, other vectors: not this run's
         start, started = train.warm_start(spark, cfg, upstream, prep, counts)
-        assert started == {"from": first, "tol": start.tol} and start.tol > train.TOL
+        assert started == {"from": first, "tol": start.tol} and start.tol > classifier_start.TOL
         assert start.classes == ["a", "b"] and np.allclose(start.coefficients, 1.0)
         assert train.warm_start(spark, cfg.with_overrides(reg_param=0.1), upstream, prep, counts) == fresh
         assert train.warm_start(spark, cfg, upstream, {**prep, "color_weight": 0.5}, counts) == fresh

@@ -8,6 +8,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from spark_jobs import pca, train
+from spark_jobs.classifier_start import TOL, Start, carried_over, fresh_objective, start_tol
 from spark_jobs.common import recognition
 from spark_jobs.common.config import Config
 from spark_jobs.step_outputs import with_added_columns
@@ -138,21 +139,21 @@ def test_a_classifier_carried_over_to_another_pca_of_the_same_span_gives_the_sam
     earlier = {"coefficients": rng.normal(size=(3, k)), "intercepts": rng.normal(size=3), "pca_components": c_old,
                "pca_mean": m_old, "classes": np.array(["a", "b", "c"])}
     x = m_old + rng.normal(size=(20, k)) @ c_old.T  # inputs in the span
-    coefficients, intercepts = train.carried_over(earlier, prep)
+    coefficients, intercepts = carried_over(earlier, prep)
     before = (x - m_old) @ c_old @ earlier["coefficients"].T + earlier["intercepts"]
     after = (x - prep["mean"]) @ prep["components"] @ coefficients.T + intercepts
     assert np.abs(before - after).max() < 1e-9
     with pytest.raises(ValueError):
-        train.carried_over(earlier, {"components": np.zeros((d + 1, k)), "mean": np.zeros(d + 1)})
+        carried_over(earlier, {"components": np.zeros((d + 1, k)), "mean": np.zeros(d + 1)})
 
 
 def test_a_start_near_the_optimum_stops_where_sparks_own_start_stops():
     counts = {"a": 30, "b": 30, "c": 30, "d": 30}
-    assert train.fresh_objective(np.array(list(counts.values()))) == pytest.approx(np.log(4))
-    tol = train.start_tol(0.05, counts, ["d", "c", "b", "a"])
-    assert tol == pytest.approx(train.TOL * np.log(4) / 0.05)  # the same absolute stop: tol x the start's objective
-    assert train.start_tol(0.05, {**counts, "e": 3}, list(counts)) == train.TOL  # a new fruit: a farther start
-    assert train.start_tol(float("nan"), counts, list(counts)) == train.TOL
+    assert fresh_objective(np.array(list(counts.values()))) == pytest.approx(np.log(4))
+    tol = start_tol(0.05, counts, ["d", "c", "b", "a"])
+    assert tol == pytest.approx(TOL * np.log(4) / 0.05)  # the same absolute stop: tol x the start's objective
+    assert start_tol(0.05, {**counts, "e": 3}, list(counts)) == TOL  # a new fruit: a farther start
+    assert start_tol(float("nan"), counts, list(counts)) == TOL
 
 
 def test_a_fit_from_the_last_runs_classifier_ends_where_a_fresh_fit_ends_in_fewer_iterations(spark):
@@ -169,20 +170,21 @@ def test_a_fit_from_the_last_runs_classifier_ends_where_a_fresh_fit_ends_in_fewe
     counts = {r.category: r["count"] for r in rows.groupBy("category").count().collect()}
 
     regression = first.stages[1]
-    earlier = {"coefficients": regression.coefficientMatrix.toArray(), "intercepts": regression.interceptVector.toArray(),
-               "classes": np.array(train.classes_of(first)), **{f"pca_{name}": value for name, value in
-                                                                train.pca_preparation(first_pca).items()
-                                                                if name in ("mean", "components")}}
-    coefficients, intercepts = train.carried_over(earlier, train.pca_preparation(second_pca))
-    start = train.Start(train.classes_of(first), coefficients, intercepts,
-                        train.start_tol(regression.summary.objectiveHistory[-1], counts, train.classes_of(first)))
+    prep = train.pca_preparation(first_pca)
+    earlier = {"coefficients": regression.coefficientMatrix.toArray(), "classes": np.array(train.classes_of(first)),
+               "intercepts": regression.interceptVector.toArray(), "pca_mean": prep["mean"],
+               "pca_components": prep["components"]}
+    coefficients, intercepts = carried_over(earlier, train.pca_preparation(second_pca))
+    classes = train.classes_of(first)
+    tol = start_tol(regression.summary.objectiveHistory[-1], counts, classes)
+    start = Start(classes, coefficients, intercepts, tol)
     fresh = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter)
     warm = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter, start)
 
     fresh_history, warm_history = fresh.stages[1].summary.objectiveHistory, warm.stages[1].summary.objectiveHistory
     assert warm_history[0] < fresh_history[0] / 5  # it started near the optimum
     assert warm.stages[1].summary.totalIterations < fresh.stages[1].summary.totalIterations
-    assert warm_history[-1] <= fresh_history[-1] + train.TOL * fresh_history[0]
+    assert warm_history[-1] <= fresh_history[-1] + TOL * fresh_history[0]
     predicted = [train.predict(model, split.filter("held_out")).orderBy("key").select("predicted").collect()
                  for model in (fresh, warm)]
     assert predicted[0] == predicted[1]
