@@ -23,6 +23,9 @@ from spark_jobs.common.recognition import EXPORT_ARRAYS, EXPORT_FORMAT, EXPORT_J
 TOL = 1e-6
 # What made the vectors a classifier was fit on: an earlier step's is a start only when they are the same
 STARTS_FROM_THE_SAME = ("backbone", "weights", "model_tag", "precision")
+# A start whose objective is more than this times the earlier classifier's end is not the near start its
+# scaled `tol` was meant for
+FARTHER = 1.5
 # classify.npz as train writes it is a few MB (20 000 bank vectors and their keys); more is not one
 MAX_EXPORT_BYTES = 256 * 2**20
 
@@ -37,6 +40,7 @@ class Start:
     coefficients: np.ndarray  # classes x this run's k
     intercepts: np.ndarray
     tol: float
+    expected: float  # the objective it should start at: the earlier classifier's at its end
 
     def java_model(self, spark: SparkSession, labels: list[str]):
         """Spark ML's LogisticRegressionModel (JVM side) with a row per label, in order: a class the earlier
@@ -76,6 +80,18 @@ def fresh_objective(counts: np.ndarray) -> float:
     intercepts = np.log1p(counts.astype(np.float64))
     top = intercepts.max()
     return float(top + np.log(np.exp(intercepts - top).sum()) - counts @ intercepts / counts.sum())
+
+
+def went_wrong(history: list[float], start: Start) -> str | None:
+    """Why a fit from `start` (its objective at each iteration) must be redone, or None. A start whose
+    objective is not finite (an earlier classifier that leaves some photo no chance at all, such as one
+    fit on a handful of photos) is where L-BFGS cannot move from; one farther from the optimum than the
+    earlier classifier's end has a `tol` scaled for a nearer start, so it may have stopped early."""
+    if not (math.isfinite(history[0]) and math.isfinite(history[-1])):
+        return "its objective is not finite"
+    if start.tol > TOL and history[0] > FARTHER * start.expected:
+        return f"it started at {history[0]:.6g}, not near {start.expected:.6g}"
+    return None
 
 
 def start_tol(earlier_objective: float, counts: dict[str, int], classes: list[str]) -> float:

@@ -42,6 +42,7 @@ from spark_jobs.classifier_start import (
     carried_over,
     read_export,
     start_tol,
+    went_wrong,
 )
 from spark_jobs.common import storage
 from spark_jobs.common.config import Config
@@ -89,6 +90,17 @@ def fit_classifier(train: DataFrame, reg_param: float, max_iter: int, start: Sta
         regression._java_obj.setInitialModel(start.java_model(train.sparkSession, list(indexer.labels)))
     fitted = regression.fit(indexer.transform(classifier_vectors(train)))
     return PipelineModel(stages=[indexer, fitted])
+
+
+def fit_checked(train: DataFrame, cfg: Config, start: Start | None, started: dict) -> tuple[PipelineModel, dict]:
+    """`fit_classifier` from `start`, and what the manifest says of the start: a fit that went wrong from it
+    (`went_wrong`) is redone from Spark's own start."""
+    model = fit_classifier(train, cfg.reg_param, cfg.classifier_max_iter, start)
+    if start is None or not (reason := went_wrong(model.stages[1].summary.objectiveHistory, start)):
+        return model, started
+    print(f"[train] the fit from {started['from']} is redone from Spark's own start: {reason}", file=sys.stderr)
+    return (fit_classifier(train, cfg.reg_param, cfg.classifier_max_iter),
+            {"from": None, "tol": TOL, "redone": {"from": started["from"], "because": reason}})
 
 
 def classes_of(model: PipelineModel) -> list[str]:
@@ -173,7 +185,7 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
     with timings.measure("fit"):
         prep = pca_preparation(PipelineModel.load(upstream["outputs"]["model"]))  # the warm start's and export's
         start, started = warm_start(spark, cfg, upstream, prep, {c: n - held for c, (n, held) in per_class.items()})
-        model = fit_classifier(train, cfg.reg_param, cfg.classifier_max_iter, start)
+        model, started = fit_checked(train, cfg, start, started)
     predictions_uri = f"{out_uri}/held_out_predictions"
     with timings.measure("evaluate"):
         predict(model, test).drop("pca", "held_out").write.mode("overwrite").parquet(predictions_uri)
@@ -237,7 +249,7 @@ def warm_start(spark: SparkSession, cfg: Config, upstream: dict, prep: dict, cou
         return None, fresh
     classes = [str(c) for c in earlier["classes"]]
     tol = start_tol(objective, counts, classes)
-    return Start(classes, coefficients, intercepts, tol), {"from": last["step_uri"], "tol": tol}
+    return Start(classes, coefficients, intercepts, tol, objective), {"from": last["step_uri"], "tol": tol}
 
 
 def neighbour_bank(train: DataFrame, test: DataFrame, n_train: int, n_test: int, cfg: Config

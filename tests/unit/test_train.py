@@ -8,7 +8,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from spark_jobs import pca, train
-from spark_jobs.classifier_start import TOL, Start, carried_over, fresh_objective, start_tol
+from spark_jobs.classifier_start import TOL, Start, carried_over, fresh_objective, start_tol, went_wrong
 from spark_jobs.common import recognition
 from spark_jobs.common.config import Config
 from spark_jobs.step_outputs import with_added_columns
@@ -177,7 +177,7 @@ def test_a_fit_from_the_last_runs_classifier_ends_where_a_fresh_fit_ends_in_fewe
     coefficients, intercepts = carried_over(earlier, train.pca_preparation(second_pca))
     classes = train.classes_of(first)
     tol = start_tol(regression.summary.objectiveHistory[-1], counts, classes)
-    start = Start(classes, coefficients, intercepts, tol)
+    start = Start(classes, coefficients, intercepts, tol, regression.summary.objectiveHistory[-1])
     fresh = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter)
     warm = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter, start)
 
@@ -188,3 +188,25 @@ def test_a_fit_from_the_last_runs_classifier_ends_where_a_fresh_fit_ends_in_fewe
     predicted = [train.predict(model, split.filter("held_out")).orderBy("key").select("predicted").collect()
                  for model in (fresh, warm)]
     assert predicted[0] == predicted[1]
+
+
+def test_a_start_that_leaves_a_photo_no_chance_or_starts_far_is_redone_from_sparks_own_start(spark):
+    """An earlier classifier fit on a handful of photos can give a new photo no chance at all: the
+    objective at its start is infinite and L-BFGS returns it unmoved (held-out accuracy 0 in a real run).
+    One whose start is far from the last run's end had its stop scaled for a near start."""
+    cfg = Config()
+    _, _, reduced = _reduced(spark, {f"fruit{i}": 12 for i in range(3)}, k=4)
+    rows = train.split_held_out(reduced, 0.25, seed=42).filter("not held_out").cache()
+    classes = [f"fruit{i}" for i in range(3)]
+    fresh = train.fit_classifier(rows, cfg.reg_param, cfg.classifier_max_iter)
+    hopeless = Start(classes, np.full((3, 4), 1e300) * [[1], [-1], [0]], np.zeros(3), TOL, 0.01)
+    model, started = train.fit_checked(rows, cfg, hopeless, {"from": "s3a://b/runs/r0/train", "tol": TOL})
+    assert started == {"from": None, "tol": TOL, "redone": {"from": "s3a://b/runs/r0/train",
+                                                             "because": "its objective is not finite"}}
+    history = model.stages[1].summary.objectiveHistory
+    assert history == fresh.stages[1].summary.objectiveHistory and np.isfinite(history[-1])
+
+    far = Start(classes, np.ones((3, 4)), np.zeros(3), 1e-3, 1e-4)  # a loose stop meant for a near start
+    assert went_wrong([5.0, 0.5], far).startswith("it started at 5")
+    assert went_wrong([1.2e-4, 1e-4], far) is None and went_wrong([5.0, 0.5], Start(classes, far.coefficients,
+                                                                                   far.intercepts, TOL, 1e-4)) is None
