@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -219,7 +220,9 @@ def run(spark: SparkSession, cfg, *, input_uri: str, out_uri: str) -> dict:
                        "l2_normalize": cfg.l2_normalize, "unknown_quantile": cfg.unknown_quantile,
                        "unknown_threshold": threshold, "model_name": name,
                        **{k: upstream["params"].get(k) for k in STARTS_FROM_THE_SAME}},
-            "metrics": {**quality, "iterations": summary.totalIterations, "objective": summary.objectiveHistory[-1]},
+            # a manifest is JSON: an objective that is not finite (a fit gone wrong) is said as null
+            "metrics": {**quality, "iterations": summary.totalIterations,
+                        "objective": objective if math.isfinite(objective := summary.objectiveHistory[-1]) else None},
             "timings_s": dict(timings),
         },
     )
