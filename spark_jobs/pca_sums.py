@@ -25,6 +25,8 @@ from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import STORED_MS, committed_steps, store_order
 
 SUMS_FILE = "sums.npz"
+# The sums are d x d float64: 40 MB for ResNet50 with the colour histogram; more is not a sums file
+MAX_SUMS_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def last_kept(spark: SparkSession, cfg: Config, steps: list[list], inputs: dict)
             covers = [list(s) for s in kept.get("covers") or []]
             if kept.get("inputs") != inputs or not {tuple(s) for s in covers} <= wanted:
                 continue
-            body = storage.read_bytes(spark, manifest["outputs"]["sums"])
+            body = storage.read_bytes(spark, manifest["outputs"]["sums"], MAX_SUMS_BYTES)
             if hashlib.sha256(body).hexdigest() != kept.get("sha256"):
                 raise ValueError("the file is not the one its manifest vouches for")
             return Kept(Sums.from_bytes(body), covers, manifest["step_uri"])

@@ -97,11 +97,13 @@ def test_manifests_are_ordered_by_the_stores_clock_not_by_a_date_inside_them(spa
             s3.delete_object(Bucket="fruitflow-features", Key=obj["Key"])
 
 
-def test_kept_pca_sums_are_added_to_only_as_their_signed_manifest_vouches(spark, cfg, s3):
+def test_kept_pca_sums_are_added_to_only_as_their_signed_manifest_vouches(spark, cfg, s3, monkeypatch):
     """The sums file sits where the Spark nodes can write: one altered after the pca step (or expired, or
-    made under other inputs, or covering a step no longer in the table) is never added to."""
+    made under other inputs, or covering a step no longer in the table, or too large to be one) is never
+    added to."""
     import numpy as np
 
+    from spark_jobs import pca_sums
     from spark_jobs.common import storage
     from spark_jobs.common.manifest import manifest_uri
     from spark_jobs.pca_sums import Sums, keep, last_kept
@@ -121,6 +123,9 @@ def test_kept_pca_sums_are_added_to_only_as_their_signed_manifest_vouches(spark,
         assert found is not None and found.sums.n == 5 and found.pca_step == step_uri
         assert last_kept(spark, cfg, steps, {**inputs, "column": "joined"}) is None  # other inputs
         assert last_kept(spark, cfg, steps[1:], inputs) is None  # a step it covers is gone from the table
+        with monkeypatch.context() as patched:  # refused before it is read
+            patched.setattr(pca_sums, "MAX_SUMS_BYTES", len(sums.to_bytes()) - 1)
+            assert last_kept(spark, cfg, steps, inputs) is None
         storage.write_bytes(spark, sums_uri, Sums(500, np.arange(3.0), np.eye(3)).to_bytes())  # altered
         assert last_kept(spark, cfg, steps, inputs) is None
         storage.delete(spark, sums_uri)  # expired
