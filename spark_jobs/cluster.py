@@ -35,9 +35,8 @@ from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import (
     Timings,
     begin_step,
-    committed_steps,
+    newest_matching,
     read_manifest,
-    store_order,
     write_manifest,
 )
 from spark_jobs.common.recognition import unit_rows
@@ -279,12 +278,10 @@ def warm_start(spark: SparkSession, cfg: Config, reduced: DataFrame, k: int, ups
         return None, fresh
     wanted = {"n_clusters": k, "l2_normalize": cfg.l2_normalize, "backbone": upstream["params"].get("backbone"),
               "weights": upstream["params"].get("weights")}
-    matching = [m for m in committed_steps(spark, cfg, STEP) if isinstance(m.get("start"), dict)
-                and all(m.get("params", {}).get(name) == value for name, value in wanted.items())]
-    if not matching:
+    last = newest_matching(spark, cfg, STEP, wanted)
+    if last is None:
         return None, fresh
-    last = max(matching, key=store_order)
-    fresh_rows = last["start"].get("fresh_start_rows")
+    fresh_rows = (last.get("start") or {}).get("fresh_start_rows")  # none before warm starts: afresh
     if not isinstance(fresh_rows, int) or n_images > fresh_rows * (1 + cfg.kmeans_warm_start_growth):
         print(f"[cluster] {n_images} photos, {fresh_rows} at the last fresh start ({last['step_uri']}): "
               f"starting afresh", file=sys.stderr)

@@ -50,7 +50,7 @@ from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import (
     Timings,
     begin_step,
-    committed_steps,
+    newest_matching,
     read_manifest,
     store_order,
     write_manifest,
@@ -236,11 +236,9 @@ def warm_start(spark: SparkSession, cfg: Config, upstream: dict, prep: dict, cou
     where the fit starts changes how long it runs, not where it ends."""
     fresh = {"from": None, "tol": TOL}
     wanted = {"reg_param": cfg.reg_param, **{name: upstream["params"].get(name) for name in STARTS_FROM_THE_SAME}}
-    matching = [m for m in committed_steps(spark, cfg, STEP)
-                if all(m.get("params", {}).get(name) == value for name, value in wanted.items())]
-    if not matching:
+    last = newest_matching(spark, cfg, STEP, wanted)
+    if last is None:
         return None, fresh
-    last = max(matching, key=store_order)
     try:
         earlier, meta = read_export(spark, last)
         if (meta.get("pca_l2_normalize"), meta.get("color_weight")) != (prep["l2_normalize"], prep["color_weight"]):

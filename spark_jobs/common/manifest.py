@@ -152,6 +152,14 @@ def committed_steps(spark: SparkSession, cfg: Config, step: str) -> list[dict]:
     return committed
 
 
+def newest_matching(spark: SparkSession, cfg: Config, step: str, params: dict) -> dict | None:
+    """The newest committed run of one step whose params have these values (the earlier run an incremental
+    one may start from: the cluster step's clusters, the train step's classifier), or None."""
+    matching = [m for m in committed_steps(spark, cfg, step)
+                if all(m.get("params", {}).get(name) == value for name, value in params.items())]
+    return max(matching, key=store_order) if matching else None
+
+
 def begin_step(spark: SparkSession, step_uri: str) -> None:
     """A rerun replaces its outputs: the old manifest goes first, so no reader trusts half-new data."""
     storage.delete(spark, manifest_uri(step_uri))
