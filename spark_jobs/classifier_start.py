@@ -110,7 +110,8 @@ def read_export(spark: SparkSession, manifest: dict) -> tuple[dict, dict]:
     its (signed) manifest vouches for them: the Spark nodes can write in the step's folder."""
     export, digests = manifest["outputs"]["export"], manifest.get("export_sha256") or {}
     require_inside(export, manifest["step_uri"], "the classifier's export")
-    body = {name: vouched(storage.read_bytes(spark, f"{export}/{name}", MAX_EXPORT_BYTES), digests.get(name), name)
+    body = {name: vouched(storage.read_bytes(spark, f"{export}/{name}", MAX_EXPORT_BYTES), digests.get(name),
+                           f"the classifier's {name}")
             for name in (EXPORT_JSON, EXPORT_ARRAYS)}
     meta = json.loads(body[EXPORT_JSON])
     if meta.get("format") != EXPORT_FORMAT:

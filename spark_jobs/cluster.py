@@ -7,7 +7,8 @@ centres in this run's space), as an incremental run should: its cost is then Llo
 silhouette (Spark's ClusteringEvaluator) and, from the category x cluster contingency table (a small
 aggregate, so nothing per image reaches the driver), ARI, NMI and purity. The 2-D views (PCA and
 t-SNE) are drawn from a capped sample; t-SNE runs on the driver on at most `tsne_max_points` reduced
-vectors.
+vectors, with each fresh KMeans start: a run that starts from earlier clusters carries their step's view
+over, its new photos placed by their nearest neighbours.
 """
 
 from __future__ import annotations
@@ -29,8 +30,18 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+# scikit-learn and SciPy at import time, not in the functions: the t-SNE view is drawn on a second thread,
+# and two threads importing scikit-learn at once can see it half imported (an ImportError)
+from scipy.special import comb
+from scipy.stats import entropy
+from sklearn.cluster import KMeans as SampleKMeans
+from sklearn.manifold import TSNE
+from sklearn.metrics import mutual_info_score
+from sklearn.neighbors import NearestNeighbors
+
 from spark_jobs import step_cli
 from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
+from spark_jobs.common.classifier import require_inside, vouched
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import (
     Timings,
@@ -43,6 +54,10 @@ from spark_jobs.common.recognition import unit_rows
 from spark_jobs.step_outputs import read_output
 
 STEP = "cluster"
+VIEW_FILE = "tsne.json"
+MAX_VIEW_BYTES = 64 << 20  # 3000 keys of at most 1024 bytes and their places, with room to spare
+CARRIED_VIEW_MIN_SHARE = 0.8  # of the photos in view, kept in the earlier view, else the view is redrawn
+VIEW_NEIGHBOURS = 10
 
 
 # --------------------------------------------------------------------------- transform
@@ -101,8 +116,6 @@ def sample_start(reduced: DataFrame, k: int, seed: int, starts: int, start_max_p
     inertia) on a random sample of at most `start_max_points` vectors (all of them when there are fewer).
     This is the role the local k-means++ plays inside Spark's own k-means||, done better: with ~9 images
     per cluster Spark's initialisation settled in costlier minima (README, "Clustering quality")."""
-    from sklearn.cluster import KMeans as SampleKMeans
-
     n_rows = reduced.count() if n_rows is None else n_rows
     points = clustering_vectors(start_sample(reduced, [], max(start_max_points, 2 * k), seed, n_rows), l2_normalize)
     if len(points) < k:
@@ -168,10 +181,6 @@ def contingency(assigned: DataFrame) -> pd.DataFrame:
 
 def scores_from_contingency(table: pd.DataFrame) -> dict[str, float]:
     """ARI, NMI (arithmetic normalisation, as scikit-learn's default) and purity from counts alone."""
-    from scipy.special import comb
-    from scipy.stats import entropy
-    from sklearn.metrics import mutual_info_score
-
     counts = table.to_numpy(dtype=np.int64)
     n = counts.sum()
     sum_cells = comb(counts, 2).sum()
@@ -201,8 +210,16 @@ def capped_sample(frame: DataFrame, max_points: int, seed: int, n_rows: int) -> 
 
 
 def sample(reduced: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.DataFrame:
-    """The rows the driver-side views draw (their clusters are added once KMeans has assigned them)."""
-    return capped_sample(reduced.select("key", "category", "pc1", "pc2", "pca", "jpeg"), max_points, seed, n_rows)
+    """The rows the driver-side views draw (their clusters are added once KMeans has assigned them): the
+    `max_points` photos whose keys hash lowest (seeded), in that order, all of them when there are fewer.
+    The same photos from run to run as the table grows, new ones coming in at the rate the table grows: a
+    t-SNE view kept from an earlier run (`carried_view`) still covers nearly all of its first rows."""
+    rank = F.xxhash64("key", F.lit(seed)).alias("rank")
+    ranked = reduced.select("key", "category", "pc1", "pc2", "pca", "jpeg", rank)
+    if n_rows > max_points:
+        ranked = ranked.orderBy("rank").limit(max_points)  # each partition's lowest, then theirs
+    points = ranked.toPandas().sort_values("rank", kind="stable")
+    return points.drop(columns="rank").reset_index(drop=True)
 
 
 def with_clusters(points: pd.DataFrame, assignments: DataFrame) -> pd.DataFrame:
@@ -212,17 +229,74 @@ def with_clusters(points: pd.DataFrame, assignments: DataFrame) -> pd.DataFrame:
     return points.merge(found, on="key", how="inner")
 
 
-def tsne_2d(points: pd.DataFrame, max_points: int, seed: int, l2_normalize: bool = True) -> pd.DataFrame:
+def tsne_2d(subset: pd.DataFrame, seed: int, l2_normalize: bool = True) -> pd.DataFrame:
     """t-SNE of the vectors KMeans saw (unit length under cosine geometry)."""
-    from sklearn.manifold import TSNE
-
-    subset = points.head(max_points)
     x = clustering_vectors(subset, l2_normalize)
     if len(x) < 5:
         return subset.assign(tsne1=0.0, tsne2=0.0)
     perplexity = float(min(30.0, (len(x) - 1) / 3))
     embedded = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
     return subset.assign(tsne1=embedded[:, 0], tsne2=embedded[:, 1])
+
+
+def carried_view(subset: pd.DataFrame, kept: pd.DataFrame, l2_normalize: bool = True,
+                 min_share: float = CARRIED_VIEW_MIN_SHARE, neighbours: int = VIEW_NEIGHBOURS):
+    """`subset` placed in an earlier run's t-SNE view `kept` (key, tsne1, tsne2): the photos it holds where
+    it put them, each other one at the median place of its `neighbours` nearest such photos in the space
+    KMeans works in (how openTSNE starts placing new points in an embedding); and how many were placed.
+    None when `kept` holds under `min_share` of `subset`: a view that would be mostly placed points."""
+    merged = subset.merge(kept.drop_duplicates("key"), on="key", how="left")
+    known = merged["tsne1"].notna().to_numpy()
+    if not len(merged) or known.sum() < max(min_share * len(merged), min(neighbours, len(merged))):
+        return None
+    placed = ~known
+    if placed.any():
+        x = clustering_vectors(merged, l2_normalize)
+        _, nearest = NearestNeighbors(n_neighbors=min(neighbours, int(known.sum()))).fit(x[known]).kneighbors(
+            x[placed])
+        where = merged.loc[known, ["tsne1", "tsne2"]].to_numpy()
+        merged.loc[placed, ["tsne1", "tsne2"]] = np.median(where[nearest], axis=1)
+    return merged, int(placed.sum())
+
+
+def view_2d(spark: SparkSession, cfg: Config, points: pd.DataFrame, start: dict) -> tuple[pd.DataFrame, dict]:
+    """The t-SNE view of the first `tsne_max_points` sampled photos, and what the manifest says of it: drawn
+    afresh with each fresh KMeans start; carried over from the cluster step KMeans started from otherwise
+    (`carried_view`), as its clusters are, so an incremental run does not pay for a t-SNE of the table."""
+    subset = points.head(cfg.tsne_max_points)
+    if start.get("from"):
+        try:
+            carried = carried_view(subset, read_view(spark, read_manifest(spark, start["from"], cfg)),
+                                   cfg.l2_normalize)
+        except Exception as exc:  # noqa: BLE001 - gone, altered or unreadable: drawn afresh
+            print(f"[cluster] not carrying the t-SNE view of {start['from']}: {str(exc)[:300]}", file=sys.stderr)
+            carried = None
+        if carried is not None:
+            return carried[0], {"from": start["from"], "placed": carried[1], "points": len(subset)}
+    return tsne_2d(subset, cfg.seed, cfg.l2_normalize), {"from": None, "placed": 0, "points": len(subset)}
+
+
+def view_json(embedded: pd.DataFrame) -> str:
+    """The t-SNE view as the next run reads it (`read_view`)."""
+    return json.dumps({"keys": embedded["key"].tolist(),
+                       "tsne": embedded[["tsne1", "tsne2"]].to_numpy(dtype=float).tolist()})
+
+
+def read_view(spark: SparkSession, manifest: dict) -> pd.DataFrame:
+    """An earlier cluster step's t-SNE view (key, tsne1, tsne2), as its (signed) manifest vouches for it:
+    the Spark nodes can write in the step's folder. A ValueError for one too large, altered or malformed."""
+    uri = (manifest.get("outputs") or {}).get("tsne")
+    if not isinstance(uri, str):
+        raise ValueError("the step kept no t-SNE view")
+    require_inside(uri, manifest["step_uri"], "the t-SNE view")
+    body = json.loads(vouched(storage.read_bytes(spark, uri, MAX_VIEW_BYTES), manifest.get("tsne_sha256"),
+                              "the t-SNE view"))
+    keys = body.get("keys") if isinstance(body, dict) else None
+    places = np.asarray(body.get("tsne") if isinstance(body, dict) else [], dtype=float)
+    if (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+            or places.shape != (len(keys), 2) or not np.isfinite(places).all()):
+        raise ValueError("the t-SNE view is not a list of keys and as many finite (x, y) places")
+    return pd.DataFrame({"key": keys, "tsne1": places[:, 0], "tsne2": places[:, 1]})
 
 
 def jpeg_fetcher(spark: SparkSession, cfg: Config, threads: int = 16):
@@ -331,9 +405,9 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
         points = sample(reduced, cfg.plot_max_points, cfg.seed, n_images)
     # The t-SNE view needs the sampled vectors only: it runs on the driver while the executors fit KMeans
     with ThreadPoolExecutor(max_workers=1) as background:
-        embedding = background.submit(tsne_2d, points, cfg.tsne_max_points, cfg.seed, cfg.l2_normalize)
         with timings.measure("kmeans"):
             initial, start = warm_start(spark, cfg, reduced, k, upstream, n_images)
+            embedding = background.submit(view_2d, spark, cfg, points, start)
             model, fit = fit_kmeans(reduced, k, cfg.seed, cfg.kmeans_starts, cfg.l2_normalize,
                                     cfg.kmeans_start_max_points, n_images, initial)
         with timings.measure("write"):
@@ -344,9 +418,12 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             table = contingency(assigned)
             metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
         with timings.measure("report"):
-            context = report_context(upstream, input_uri, cfg, n_images, n_categories, k, fit, start)
+            view, drawn = embedding.result()
+            view_text = view_json(view)
+            storage.write_text(spark, outputs["tsne"], view_text)
+            context = report_context(upstream, input_uri, cfg, n_images, n_categories, k, fit, start, drawn)
             points = with_clusters(points, assignments)
-            embedded = embedding.result().merge(points[["key", "cluster"]], on="key")
+            embedded = view.merge(points[["key", "cluster"]], on="key")
             report_files = write_report(spark, cfg, upstream, points, embedded, table, metrics, context,
                                         outputs["report_folder"])
     reduced.unpersist()
@@ -360,8 +437,11 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             # the centres as written: the (signed) manifest vouches for them where the Spark nodes may write
             "centroids_sha256": hashlib.sha256(centres.encode("utf-8")).hexdigest(),
             "report_sha256": report_files,
+            "tsne_sha256": hashlib.sha256(view_text.encode("utf-8")).hexdigest(),
             # the clusters this run started from (None: a fresh start) and the table at the last fresh start
             "start": start,
+            # the t-SNE view: drawn afresh (from None) or carried over from that step, with new photos placed
+            "view": drawn,
             "counts": {"n_images": n_images, "n_categories": n_categories},
             "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
                        "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
@@ -381,7 +461,8 @@ def write_model(spark: SparkSession, cfg: Config, model: KMeansModel, reduced: D
     """Every vector's cluster, the Spark ML model and its centres as plain numbers (for `fruitflow
     classify`: no Spark there); the step's outputs and the centres' JSON."""
     outputs = {"assignments": f"{out_uri}/assignments", "model": f"{out_uri}/model",
-               "centroids": f"{out_uri}/centroids.json", "report": f"{out_uri}/report/index.html",
+               "centroids": f"{out_uri}/centroids.json", "tsne": f"{out_uri}/{VIEW_FILE}",
+               "report": f"{out_uri}/report/index.html",
                "report_folder": f"{out_uri}/report"}
     assign(model, reduced, cfg.l2_normalize).drop("pca").write.mode("overwrite").parquet(outputs["assignments"])
     model.write().overwrite().save(outputs["model"])
@@ -391,7 +472,7 @@ def write_model(spark: SparkSession, cfg: Config, model: KMeansModel, reduced: D
 
 
 def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n_categories: int, k: int,
-                   fit: dict, start: dict) -> dict:
+                   fit: dict, start: dict, drawn: dict) -> dict:
     """What the report says of the run beside its figures."""
     return {
         "images": n_images, "categories": n_categories, "clusters": k,
@@ -400,6 +481,8 @@ def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n
         "explained_variance": upstream["metrics"]["explained_variance"],
         "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
         "kmeans_starts": fit["starts"], "kmeans_started_from": start["from"] or "a fresh start",
+        "tsne_view": (f"carried over from {drawn['from']}, {drawn['placed']} new photos placed by their "
+                      f"{VIEW_NEIGHBOURS} nearest" if drawn["from"] else "drawn afresh"),
         "pca_step": input_uri,
     }
 

@@ -76,11 +76,13 @@ class Classifier:
         # could name any other
         require_inside(export, train_uri, "the classifier's export")
         digests = train.get("export_sha256") or {}
-        meta = json.loads(vouched(reader.get(f"{export}/{EXPORT_JSON}"), digests.get(EXPORT_JSON), EXPORT_JSON))
+        meta = json.loads(vouched(reader.get(f"{export}/{EXPORT_JSON}"), digests.get(EXPORT_JSON),
+                                   f"the classifier's {EXPORT_JSON}"))
         if meta.get("format") != EXPORT_FORMAT:
             raise NoModel(f"{export} was exported in format {meta.get('format')}, this version reads {EXPORT_FORMAT}: "
                           "run the pipeline again")
-        arrays_file = vouched(reader.get(f"{export}/{EXPORT_ARRAYS}"), digests.get(EXPORT_ARRAYS), EXPORT_ARRAYS)
+        arrays_file = vouched(reader.get(f"{export}/{EXPORT_ARRAYS}"), digests.get(EXPORT_ARRAYS),
+                              f"the classifier's {EXPORT_ARRAYS}")
         with np.load(io.BytesIO(arrays_file), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         centres = None
@@ -90,7 +92,7 @@ class Classifier:
             if cluster["inputs"]["pca"] == train["inputs"]["pca"] and "centroids" in cluster["outputs"]:
                 require_inside(cluster["outputs"]["centroids"], cluster_uri, "the KMeans centres")
                 body = vouched(reader.get(cluster["outputs"]["centroids"]), cluster.get("centroids_sha256"),
-                               "KMeans centres")
+                               "the KMeans centres")
                 centres = np.array(json.loads(body)["centres"])
         featurizer = load_backbone(reader, meta["backbone_model"], threads or os.cpu_count() or 1)
         source = {"train": train["step_uri"], "backbone": meta["backbone"], "weights": meta["weights"],
@@ -273,7 +275,7 @@ def vouched(body: bytes, expected: str | None, what: str) -> bytes:
     import hashlib
 
     if not expected or hashlib.sha256(body).hexdigest() != expected:
-        raise ValueError(f"the classifier's {what} is not the one its step wrote "
+        raise ValueError(f"{what} is not the one its step wrote "
                          f"({'no digest in the manifest' if not expected else 'its SHA-256 differs'})")
     return body
 

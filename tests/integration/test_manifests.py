@@ -181,6 +181,48 @@ def test_kmeans_starts_from_the_newest_matching_cluster_step_while_the_table_gre
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
 
 
+def test_the_t_sne_view_is_carried_over_from_the_step_kmeans_started_from_as_its_manifest_vouches(spark, cfg, s3):
+    """An incremental run's t-SNE view is the one the cluster step it started from kept, read only as that
+    step's signed manifest vouches for it (the Spark nodes can write in its folder); else drawn afresh."""
+    import hashlib
+
+    import pandas as pd
+
+    from spark_jobs import cluster
+    from spark_jobs.common import storage
+    from spark_jobs.common.manifest import manifest_uri
+
+    cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"view-{uuid.uuid4().hex[:8]}"))
+    points = pd.DataFrame({"key": [f"c{i % 2}/{i}.jpg" for i in range(12)],
+                           "pca": [[float(i % 2), float(1 - i % 2), 0.01 * i] for i in range(12)]})
+    kept = points.head(11).assign(tsne1=[float(i) for i in range(11)], tsne2=0.0)
+
+    def plant(run: str, view: str, **outputs) -> str:
+        step_uri = cfg.step_uri(run, "cluster")
+        storage.write_text(spark, f"{step_uri}/{cluster.VIEW_FILE}", view)
+        manifest = {"step": "cluster", "step_uri": step_uri,
+                    "outputs": {"tsne": f"{step_uri}/{cluster.VIEW_FILE}", **outputs},
+                    "tsne_sha256": hashlib.sha256(view.encode()).hexdigest()}
+        storage.write_text(spark, manifest_uri(step_uri), json.dumps(signing.sign(manifest)))
+        return step_uri
+
+    try:
+        first = plant("run-a", cluster.view_json(kept))
+        view, drawn = cluster.view_2d(spark, cfg, points, {"from": first})
+        assert drawn == {"from": first, "placed": 1, "points": 12}
+        assert list(view["tsne1"][:11]) == list(kept["tsne1"])
+        assert cluster.view_2d(spark, cfg, points, {"from": None})[1]["from"] is None  # a fresh KMeans start
+        storage.write_text(spark, f"{first}/{cluster.VIEW_FILE}", cluster.view_json(kept.assign(tsne2=1.0)))
+        assert cluster.view_2d(spark, cfg, points, {"from": first})[1]["from"] is None  # altered by a Spark node
+        elsewhere = plant("run-b", "[]")  # malformed, however vouched for
+        assert cluster.view_2d(spark, cfg, points, {"from": elsewhere})[1]["from"] is None
+        assert cluster.view_2d(spark, cfg, points, {"from": cfg.step_uri("run-c", "cluster")})[1]["from"] is None
+    finally:
+        for bucket in cfg.buckets:
+            for obj in s3.list_objects_v2(Bucket=bucket, Prefix=cfg.runs_prefix + "/").get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
 def test_train_starts_from_the_newest_classifier_made_from_the_same_vectors_as_its_manifest_vouches(spark, cfg, s3):
     """The train step an incremental run starts from: the newest with the same model and regularisation,
     read from its export only as its manifest vouches for it (the Spark nodes can write in its folder)."""

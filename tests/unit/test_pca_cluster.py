@@ -250,3 +250,45 @@ def test_an_earlier_partition_missing_a_cluster_gives_no_start_and_foreign_numbe
     assert cluster.partition_centres(reduced, three, 4) is None
     foreign = three.union(spark.createDataFrame([(keys[-1], 7), (keys[-2], -1)], "key string, cluster int"))
     assert cluster.partition_centres(reduced, foreign, 4) is None
+
+
+def _view_rows(spark, keys, dim=3, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [(key, key.split("/")[0], 0.0, 0.0, rng.normal(size=dim).tolist(), f"pack@{i}")
+            for i, key in enumerate(keys)]
+    return spark.createDataFrame(rows, "key string, category string, pc1 double, pc2 double, pca array<double>, "
+                                       "jpeg string")
+
+
+def test_the_views_sample_keeps_its_photos_as_the_table_grows(spark):
+    """The driver's views draw the same photos run after run: at 200 photos and at 220, the 50 sampled from the
+    larger table are those sampled before but for the new photos that took their place, in one fixed order."""
+    before_keys = [f"c{i % 4}/{i}.jpg" for i in range(200)]
+    grown_keys = before_keys + [f"c{i % 4}/new{i}.jpg" for i in range(20)]
+    before = cluster.sample(_view_rows(spark, before_keys).repartition(3), 50, seed=7, n_rows=200)
+    grown = cluster.sample(_view_rows(spark, grown_keys).repartition(5), 50, seed=7, n_rows=220)
+    assert len(before) == len(grown) == 50
+    new = [k for k in grown["key"] if "new" in k]
+    assert set(grown["key"]) - set(new) <= set(before["key"])  # nothing but new photos came in
+    assert len(new) < 20  # and only those hashing below the photos they displaced
+    kept = [k for k in before["key"] if k in set(grown["key"])]
+    assert [k for k in grown["key"] if k not in new] == kept  # the same order: the first rows stay first
+    every = cluster.sample(_view_rows(spark, before_keys), 500, seed=7, n_rows=200)  # under the cap: all
+    assert len(every) == 200 and list(every["key"][:50]) == list(before["key"])
+
+
+def test_an_earlier_t_sne_view_is_carried_over_and_new_photos_placed_among_their_neighbours():
+    """An incremental run keeps the earlier view's places for the photos it had and puts each new one among
+    its nearest neighbours; a view holding too few of the photos in view is not carried."""
+    rng = np.random.default_rng(4)
+    centres = np.eye(4)
+    vectors = [centres[i % 4] + rng.normal(0, 0.05, 4) for i in range(100)]
+    subset = pd.DataFrame({"key": [f"c{i % 4}/{i}.jpg" for i in range(100)], "pca": vectors})
+    places = {0: (0.0, 0.0), 1: (50.0, 0.0), 2: (0.0, 50.0), 3: (50.0, 50.0)}
+    kept = pd.DataFrame([(key, *places[i % 4]) for i, key in enumerate(subset["key"]) if i < 90],
+                        columns=["key", "tsne1", "tsne2"])
+    view, placed = cluster.carried_view(subset, pd.concat([kept, kept.head(3)]))  # repeated keys count once
+    assert placed == 10 and len(view) == 100 and list(view["key"]) == list(subset["key"])
+    for i, row in view.iterrows():
+        assert (row["tsne1"], row["tsne2"]) == places[i % 4]
+    assert cluster.carried_view(subset, kept.head(70)) is None  # 70 % of the photos: redrawn
