@@ -26,6 +26,7 @@ FIGURES = (  # file, caption, frame ("points": PCA sample, "embedded": t-SNE), x
 SCREE = ("scree.png", "Explained variance per principal component, and cumulative")
 HEATMAP = ("contingency.png", "Photos per fruit (rows) and KMeans cluster (columns)")
 THUMBNAILS_PER_CLUSTER = 4
+LEGEND_MAX_LABELS = 25  # more fruits or clusters than this, and a legend would hide the plot
 
 
 def figure_files() -> list[tuple[str, str]]:
@@ -92,15 +93,23 @@ def scatter(points: pd.DataFrame, x: str, y: str, colour_by: str, title: str, pa
     cmap = plt.get_cmap("tab20")
     markers = "o^sDv<>p*h"
     fig, ax = plt.subplots(figsize=(9, 7), dpi=100)
-    for i, label in enumerate(labels):
-        part = points[points[colour_by] == label]
-        ax.scatter(part[x], part[y], s=14, color=cmap(i % 20), marker=markers[(i // 20) % len(markers)],
-                   label=plot_label(label), alpha=0.8, linewidths=0)
+    style = {"s": 14, "alpha": 0.8, "linewidths": 0}
+    if len(labels) <= LEGEND_MAX_LABELS:  # one series per label, for the legend
+        for i, label in enumerate(labels):
+            part = points[points[colour_by] == label]
+            ax.scatter(part[x], part[y], color=cmap(i % 20), marker=markers[(i // 20) % len(markers)],
+                       label=plot_label(label), **style)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    else:  # no legend: one series per marker, each point its label's colour (a series per label cost seconds)
+        code = points[colour_by].map({label: i for i, label in enumerate(labels)}).to_numpy()
+        for m, marker in enumerate(markers):
+            part = (code // 20) % len(markers) == m
+            if part.any():
+                ax.scatter(points[x].to_numpy()[part], points[y].to_numpy()[part], color=cmap(code[part] % 20),
+                           marker=marker, **style)
     ax.set_title(title)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    if len(labels) <= 25:
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
