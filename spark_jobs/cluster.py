@@ -30,17 +30,16 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-# scikit-learn and SciPy at import time, not in the functions: the t-SNE view is drawn on a second thread,
-# and two threads importing scikit-learn at once can see it half imported (an ImportError)
+# scikit-learn and SciPy at import time (and `tsne_view` imports the rest), not in the functions: the
+# t-SNE view is drawn on a second thread, and two threads importing scikit-learn at once can see it half
+# imported (an ImportError)
 from scipy.special import comb
 from scipy.stats import entropy
 from sklearn.cluster import KMeans as SampleKMeans
-from sklearn.manifold import TSNE
 from sklearn.metrics import mutual_info_score
-from sklearn.neighbors import NearestNeighbors
 
 from spark_jobs import step_cli
-from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage
+from spark_jobs.common import cluster_report, jpeg_packs, report_page, storage, tsne_view
 from spark_jobs.common.classifier import require_inside, vouched
 from spark_jobs.common.config import Config
 from spark_jobs.common.manifest import (
@@ -56,8 +55,6 @@ from spark_jobs.step_outputs import read_output
 STEP = "cluster"
 VIEW_FILE = "tsne.json"
 MAX_VIEW_BYTES = 64 << 20  # 3000 keys of at most 1024 bytes and their places, with room to spare
-CARRIED_VIEW_MIN_SHARE = 0.8  # of the photos in view, kept in the earlier view, else the view is redrawn
-VIEW_NEIGHBOURS = 10
 
 
 # --------------------------------------------------------------------------- transform
@@ -213,7 +210,7 @@ def sample(reduced: DataFrame, max_points: int, seed: int, n_rows: int) -> pd.Da
     """The rows the driver-side views draw (their clusters are added once KMeans has assigned them): the
     `max_points` photos whose keys hash lowest (seeded), in that order, all of them when there are fewer.
     The same photos from run to run as the table grows, new ones coming in at the rate the table grows: a
-    t-SNE view kept from an earlier run (`carried_view`) still covers nearly all of its first rows."""
+    t-SNE view kept from an earlier run (`tsne_view.carried`) still covers nearly all of its first rows."""
     rank = F.xxhash64("key", F.lit(seed)).alias("rank")
     ranked = reduced.select("key", "category", "pc1", "pc2", "pca", "jpeg", rank)
     if n_rows > max_points:
@@ -229,57 +226,21 @@ def with_clusters(points: pd.DataFrame, assignments: DataFrame) -> pd.DataFrame:
     return points.merge(found, on="key", how="inner")
 
 
-def tsne_2d(subset: pd.DataFrame, seed: int, l2_normalize: bool = True) -> pd.DataFrame:
-    """t-SNE of the vectors KMeans saw (unit length under cosine geometry)."""
-    x = clustering_vectors(subset, l2_normalize)
-    if len(x) < 5:
-        return subset.assign(tsne1=0.0, tsne2=0.0)
-    perplexity = float(min(30.0, (len(x) - 1) / 3))
-    embedded = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
-    return subset.assign(tsne1=embedded[:, 0], tsne2=embedded[:, 1])
-
-
-def carried_view(subset: pd.DataFrame, kept: pd.DataFrame, l2_normalize: bool = True,
-                 min_share: float = CARRIED_VIEW_MIN_SHARE, neighbours: int = VIEW_NEIGHBOURS):
-    """`subset` placed in an earlier run's t-SNE view `kept` (key, tsne1, tsne2): the photos it holds where
-    it put them, each other one at the median place of its `neighbours` nearest such photos in the space
-    KMeans works in (how openTSNE starts placing new points in an embedding); and how many were placed.
-    None when `kept` holds under `min_share` of `subset`: a view that would be mostly placed points."""
-    merged = subset.merge(kept.drop_duplicates("key"), on="key", how="left")
-    known = merged["tsne1"].notna().to_numpy()
-    if not len(merged) or known.sum() < max(min_share * len(merged), min(neighbours, len(merged))):
-        return None
-    placed = ~known
-    if placed.any():
-        x = clustering_vectors(merged, l2_normalize)
-        _, nearest = NearestNeighbors(n_neighbors=min(neighbours, int(known.sum()))).fit(x[known]).kneighbors(
-            x[placed])
-        where = merged.loc[known, ["tsne1", "tsne2"]].to_numpy()
-        merged.loc[placed, ["tsne1", "tsne2"]] = np.median(where[nearest], axis=1)
-    return merged, int(placed.sum())
-
-
 def view_2d(spark: SparkSession, cfg: Config, points: pd.DataFrame, start: dict) -> tuple[pd.DataFrame, dict]:
     """The t-SNE view of the first `tsne_max_points` sampled photos, and what the manifest says of it: drawn
     afresh with each fresh KMeans start; carried over from the cluster step KMeans started from otherwise
-    (`carried_view`), as its clusters are, so an incremental run does not pay for a t-SNE of the table."""
+    (`tsne_view.carried`), as its clusters are, so an incremental run does not pay for a t-SNE of the table."""
     subset = points.head(cfg.tsne_max_points)
+    x = clustering_vectors(subset, cfg.l2_normalize)
     if start.get("from"):
         try:
-            carried = carried_view(subset, read_view(spark, read_manifest(spark, start["from"], cfg)),
-                                   cfg.l2_normalize)
+            carried = tsne_view.carried(subset, x, read_view(spark, read_manifest(spark, start["from"], cfg)))
         except Exception as exc:  # noqa: BLE001 - gone, altered or unreadable: drawn afresh
             print(f"[cluster] not carrying the t-SNE view of {start['from']}: {str(exc)[:300]}", file=sys.stderr)
             carried = None
         if carried is not None:
             return carried[0], {"from": start["from"], "placed": carried[1], "points": len(subset)}
-    return tsne_2d(subset, cfg.seed, cfg.l2_normalize), {"from": None, "placed": 0, "points": len(subset)}
-
-
-def view_json(embedded: pd.DataFrame) -> str:
-    """The t-SNE view as the next run reads it (`read_view`)."""
-    return json.dumps({"keys": embedded["key"].tolist(),
-                       "tsne": embedded[["tsne1", "tsne2"]].to_numpy(dtype=float).tolist()})
+    return tsne_view.drawn(subset, x, cfg.seed), {"from": None, "placed": 0, "points": len(subset)}
 
 
 def read_view(spark: SparkSession, manifest: dict) -> pd.DataFrame:
@@ -289,14 +250,8 @@ def read_view(spark: SparkSession, manifest: dict) -> pd.DataFrame:
     if not isinstance(uri, str):
         raise ValueError("the step kept no t-SNE view")
     require_inside(uri, manifest["step_uri"], "the t-SNE view")
-    body = json.loads(vouched(storage.read_bytes(spark, uri, MAX_VIEW_BYTES), manifest.get("tsne_sha256"),
-                              "the t-SNE view"))
-    keys = body.get("keys") if isinstance(body, dict) else None
-    places = np.asarray(body.get("tsne") if isinstance(body, dict) else [], dtype=float)
-    if (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
-            or places.shape != (len(keys), 2) or not np.isfinite(places).all()):
-        raise ValueError("the t-SNE view is not a list of keys and as many finite (x, y) places")
-    return pd.DataFrame({"key": keys, "tsne1": places[:, 0], "tsne2": places[:, 1]})
+    return tsne_view.parse(vouched(storage.read_bytes(spark, uri, MAX_VIEW_BYTES), manifest.get("tsne_sha256"),
+                                   "the t-SNE view"))
 
 
 def jpeg_fetcher(spark: SparkSession, cfg: Config, threads: int = 16):
@@ -419,7 +374,7 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             metrics = {"silhouette": silhouette(assigned, cfg.l2_normalize), **scores_from_contingency(table)}
         with timings.measure("report"):
             view, drawn = embedding.result()
-            view_text = view_json(view)
+            view_text = tsne_view.to_json(view)
             storage.write_text(spark, outputs["tsne"], view_text)
             context = report_context(upstream, input_uri, cfg, n_images, n_categories, k, fit, start, drawn)
             points = with_clusters(points, assignments)
@@ -443,17 +398,21 @@ def run(spark: SparkSession, cfg: Config, *, input_uri: str, out_uri: str) -> di
             # the t-SNE view: drawn afresh (from None) or carried over from that step, with new photos placed
             "view": drawn,
             "counts": {"n_images": n_images, "n_categories": n_categories},
-            "params": {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
-                       "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
-                       "warm_start_growth": cfg.kmeans_warm_start_growth,
-                       "seed": cfg.seed, "l2_normalize": cfg.l2_normalize,
-                       "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
-                       "tsne_max_points": cfg.tsne_max_points, "plot_max_points": cfg.plot_max_points},
+            "params": step_params(cfg, upstream, k, wanted),
             "metrics": {**{k_: round(v, 6) for k_, v in metrics.items()}, "kmeans_cost": fit["cost"],
                         "kmeans_start_points": fit["start_points"]},
             "timings_s": dict(timings),
         },
     )
+
+
+def step_params(cfg: Config, upstream: dict, k: int, wanted: int) -> dict:
+    """What the manifest says the step ran with (the next run's warm start matches on some of them)."""
+    return {"n_clusters": k, "n_clusters_wanted": wanted, "max_clusters": cfg.max_clusters,
+            "starts": cfg.kmeans_starts, "start_max_points": cfg.kmeans_start_max_points,
+            "warm_start_growth": cfg.kmeans_warm_start_growth, "seed": cfg.seed, "l2_normalize": cfg.l2_normalize,
+            "backbone": upstream["params"].get("backbone"), "weights": upstream["params"].get("weights"),
+            "tsne_max_points": cfg.tsne_max_points, "plot_max_points": cfg.plot_max_points}
 
 
 def write_model(spark: SparkSession, cfg: Config, model: KMeansModel, reduced: DataFrame,
@@ -482,7 +441,7 @@ def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n
         "kmeans_cost": round(fit["cost"], 4), "kmeans_start_points": fit["start_points"],
         "kmeans_starts": fit["starts"], "kmeans_started_from": start["from"] or "a fresh start",
         "tsne_view": (f"carried over from {drawn['from']}, {drawn['placed']} new photos placed by their "
-                      f"{VIEW_NEIGHBOURS} nearest" if drawn["from"] else "drawn afresh"),
+                      f"{tsne_view.NEIGHBOURS} nearest" if drawn["from"] else "drawn afresh"),
         "pca_step": input_uri,
     }
 

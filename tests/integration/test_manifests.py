@@ -189,7 +189,7 @@ def test_the_t_sne_view_is_carried_over_from_the_step_kmeans_started_from_as_its
     import pandas as pd
 
     from spark_jobs import cluster
-    from spark_jobs.common import storage
+    from spark_jobs.common import storage, tsne_view
     from spark_jobs.common.manifest import manifest_uri
 
     cfg = cfg.with_overrides(runs_prefix=cfg.table_prefix(f"view-{uuid.uuid4().hex[:8]}"))
@@ -207,12 +207,12 @@ def test_the_t_sne_view_is_carried_over_from_the_step_kmeans_started_from_as_its
         return step_uri
 
     try:
-        first = plant("run-a", cluster.view_json(kept))
+        first = plant("run-a", tsne_view.to_json(kept))
         view, drawn = cluster.view_2d(spark, cfg, points, {"from": first})
         assert drawn == {"from": first, "placed": 1, "points": 12}
         assert list(view["tsne1"][:11]) == list(kept["tsne1"])
         assert cluster.view_2d(spark, cfg, points, {"from": None})[1]["from"] is None  # a fresh KMeans start
-        storage.write_text(spark, f"{first}/{cluster.VIEW_FILE}", cluster.view_json(kept.assign(tsne2=1.0)))
+        storage.write_text(spark, f"{first}/{cluster.VIEW_FILE}", tsne_view.to_json(kept.assign(tsne2=1.0)))
         assert cluster.view_2d(spark, cfg, points, {"from": first})[1]["from"] is None  # altered by a Spark node
         elsewhere = plant("run-b", "[]")  # malformed, however vouched for
         assert cluster.view_2d(spark, cfg, points, {"from": elsewhere})[1]["from"] is None

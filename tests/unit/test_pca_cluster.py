@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from spark_jobs import cluster, pca
+from spark_jobs.common import tsne_view
 from spark_jobs.pca_sums import sums_of
 from spark_jobs.step_outputs import with_added_columns
 
@@ -287,8 +288,15 @@ def test_an_earlier_t_sne_view_is_carried_over_and_new_photos_placed_among_their
     places = {0: (0.0, 0.0), 1: (50.0, 0.0), 2: (0.0, 50.0), 3: (50.0, 50.0)}
     kept = pd.DataFrame([(key, *places[i % 4]) for i, key in enumerate(subset["key"]) if i < 90],
                         columns=["key", "tsne1", "tsne2"])
-    view, placed = cluster.carried_view(subset, pd.concat([kept, kept.head(3)]))  # repeated keys count once
+    x = np.stack(vectors)
+    view, placed = tsne_view.carried(subset, x, pd.concat([kept, kept.head(3)]))  # repeated keys count once
     assert placed == 10 and len(view) == 100 and list(view["key"]) == list(subset["key"])
     for i, row in view.iterrows():
         assert (row["tsne1"], row["tsne2"]) == places[i % 4]
-    assert cluster.carried_view(subset, kept.head(70)) is None  # 70 % of the photos: redrawn
+    assert tsne_view.carried(subset, x, kept.head(70)) is None  # 70 % of the photos: redrawn
+    # kept between runs as JSON, read back only as keys and as many finite places
+    assert tsne_view.parse(tsne_view.to_json(view)).equals(view[["key", "tsne1", "tsne2"]])
+    for planted in ("[]", '{"keys": ["a"], "tsne": [[0, 1], [2, 3]]}', '{"keys": [1], "tsne": [[0, 1]]}',
+                    '{"keys": ["a"], "tsne": [[NaN, 1]]}'):
+        with pytest.raises(ValueError):
+            tsne_view.parse(planted)
