@@ -254,15 +254,15 @@ def read_view(spark: SparkSession, manifest: dict) -> pd.DataFrame:
                                    "the t-SNE view"))
 
 
-def jpeg_fetcher(spark: SparkSession, cfg: Config, threads: int = 16):
+def jpeg_fetcher(cfg: Config, threads: int = 10):
     """{key: locator} -> {key: (locator, bytes)} of the preprocessed JPEGs read (`jpeg_packs`: one ranged
     read each; a locator refused or a read failed is left out, with a line in the log).
 
-    A few hundred small reads (the report's thumbnails), each a round trip to S3 that leaves the driver
-    idle: they run side by side on `threads` threads (py4j gives each Python thread its own JVM thread)."""
-
-    def get_range(bucket: str, key: str, offset: int, length: int) -> bytes:
-        return storage.read_range(spark, f"s3a://{bucket}/{key}", offset, length)
+    A few hundred small reads (the report's thumbnails), through boto3 as the run report and the Recognise
+    page read them: S3A's reads of more than ~8 KB each waited ~40 ms on this stack (bench/RESULTS.md).
+    Each is a round trip to S3 that leaves the driver idle: they run side by side on `threads` threads
+    (boto3's default pool holds 10 connections)."""
+    get_range = jpeg_packs.s3_range(storage.client_for(cfg))
 
     def locate(item: tuple[str, str]):
         key, locator = item
@@ -338,7 +338,7 @@ def write_report(spark: SparkSession, cfg: Config, upstream: dict, points: pd.Da
                              metrics={name: round(v, 4) for name, v in metrics.items()},
                              context={**context, "points_plotted": len(points), "tsne_points": len(embedded)},
                              explained=upstream["metrics"]["explained_variance_per_component"],
-                             fetch_jpegs=jpeg_fetcher(spark, cfg), seed=cfg.seed,
+                             fetch_jpegs=jpeg_fetcher(cfg), seed=cfg.seed,
                              make_thumbnails=partial(report_page.thumbnails, **cfg.decoder_limits))
         digests = {}
         for name in sorted(os.listdir(tmp)):

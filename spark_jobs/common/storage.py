@@ -80,18 +80,6 @@ def read_bytes(spark: SparkSession, uri: str, max_bytes: int | None = None) -> b
         stream.close()
 
 
-def read_range(spark: SparkSession, uri: str, offset: int, length: int) -> bytes:
-    """`length` bytes of a file from `offset` (an IOException when the file is shorter)."""
-    fs, path = _path(spark, uri)
-    jvm = spark.sparkContext._jvm
-    stream = fs.open(path)
-    try:
-        stream.seek(offset)
-        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream, length))
-    finally:
-        stream.close()
-
-
 def read_text(spark: SparkSession, uri: str) -> str:
     return read_bytes(spark, uri).decode("utf-8")
 
