@@ -1,8 +1,9 @@
 """The featurize step's photo reading: raw fruit photos -> denoised 224x224 RGB pixels, or a reject.
 
-Extract: the objects the DAG's `list_new` listed (`--keys`), read by exact key with boto3 on the
-executors; or, without `--keys`, every object under the raw prefix (`binaryFile`). Transform:
-`category`/`key` from the path; each image read, decoded and preprocessed in one pass through Python on
+Extract: the objects the DAG's `list_new` listed (`--keys`), read by exact key on the executors
+(through Arrow's S3 client when the bytes are the content listed, otherwise through boto3); or,
+without `--keys`, every object under the raw prefix (`binaryFile`). Transform: `category`/`key` from
+the path; each image read, decoded and preprocessed in one pass through Python on
 the executors (`prepare_batches`), where the featurize step's model turns the pixels into features and
 the thumbnail is written as a JPEG in its batch's pack; files that cannot be used, and keys that are
 unsafe to read ('..', '.', empty segments), become rejects with a reason. Load: the rejects, the keys
@@ -172,7 +173,10 @@ def preprocess_images(candidates: DataFrame, cfg: Config, *, fetch_from: str | N
                 F.lit(None).cast(made.spark_type).alias(made.name), F.lit(None).cast("array<float>").alias("color"),
                 F.lit(None).cast("string").alias("jpeg"))
     )
-    readable = candidates.filter(F.col("length") <= cfg.max_image_bytes).select(*columns, "content", "pre_reject")
+    # the listing's ETag (`listed_files`): the content a key's bytes are checked against when read by Arrow
+    listed_etag = F.col("listed_etag") if "listed_etag" in candidates.columns else F.lit(None).cast("string")
+    readable = candidates.filter(F.col("length") <= cfg.max_image_bytes).select(
+        *columns, "content", "pre_reject", listed_etag.alias("listed_etag"))
     schema = StructType([*(readable.schema[c] for c in columns), StructField("etag", StringType()),
                          StructField("reason", StringType()), StructField(made.name, made.spark_type),
                          StructField("color", ArrayType(FloatType())), StructField("jpeg", StringType())])
@@ -206,9 +210,9 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
                 source = split_s3_uri(fetch_from) if fetch_from else None
             reasons = list(batch["pre_reject"])
             if source:
-                keys, contents = list(batch["key"]), [None] * len(batch)
+                keys, etags, contents = list(batch["key"]), list(batch["listed_etag"]), [None] * len(batch)
                 todo = [i for i, reason in enumerate(reasons) if reason is None]
-                fetched = pool.map(lambda i: fetch_object(s3, *source, keys[i], cfg.max_image_bytes), todo)
+                fetched = pool.map(lambda i: read_object(s3, cfg, *source, keys[i], etags[i]), todo)
                 for i, (content, reason) in zip(todo, fetched):
                     contents[i], reasons[i] = content, reason
             else:
@@ -217,7 +221,7 @@ def prepare_batches(batches, *, cfg: Config, fetch_from: str | None, jpeg_uri: s
             colors = [images.color_histogram(rgb) if rgb is not None else None for rgb in pixels]
             stored = [images.stored(rgb) if rgb is not None else None for rgb in pixels]
             locators = upload_pack(s3, jpeg_uri, stored) if jpeg_uri else [None] * len(stored)
-            yield batch.drop(columns=["content", "pre_reject"]).assign(
+            yield batch.drop(columns=["content", "pre_reject", "listed_etag"]).assign(
                 # S3's ETag for single-part uploads
                 etag=[hashlib.md5(c).hexdigest() if c is not None else None for c in contents],
                 reason=reasons, color=colors, jpeg=locators, **{made.name: made(stored)})
@@ -260,6 +264,19 @@ def decode_all(contents: list, reasons: list, cfg: Config) -> list:
         elif outcome.ok:
             pixels[i] = images.rgb_from_bytes(outcome.value)
     return pixels
+
+
+def read_object(s3, cfg: Config, bucket: str, prefix: str, key: str, listed_etag: str | None):
+    """A listed object's bytes, or why not: through Arrow's client when they are the content listed
+    (`storage.read_listed_content`), otherwise, and for every error, through boto3 (`fetch_object`)."""
+    from spark_jobs.common import storage as st
+
+    if listed_etag:
+        name = f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
+        content = st.read_listed_content(st.arrow_s3_for(cfg), bucket, name, listed_etag, cfg.max_image_bytes)
+        if content is not None:
+            return content, None
+    return fetch_object(s3, bucket, prefix, key, cfg.max_image_bytes)
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
@@ -309,7 +326,8 @@ def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
     """The DAG's listing (key, etag, size, refused, already) in the shape `extract` gives, without
     listing S3 again: Hadoop would normalise '.', '..' and empty key segments (reading another object,
     or failing the whole listing when the key climbs out of the prefix), so keys stay keys. A key
-    list_new refused carries its reason as `read_error`; `content` is fetched later, by key."""
+    list_new refused carries its reason as `read_error`; `content` is fetched later, by key, and checked
+    against the ETag listed for it (`listed_etag`)."""
     base = raw_uri.rstrip("/")
     return wanted.select(
         F.concat(F.lit(base + "/"), "key").alias("path"),
@@ -317,6 +335,7 @@ def listed_files(wanted: DataFrame, raw_uri: str) -> DataFrame:
         F.coalesce(F.col("size"), F.lit(0)).cast("long").alias("length"),
         F.lit(None).cast("binary").alias("content"),
         F.col("refused").alias("read_error"),
+        F.col("etag").alias("listed_etag"),
         "already",
     )
 

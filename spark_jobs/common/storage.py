@@ -2,7 +2,8 @@
 
 On the driver, through Hadoop's FileSystem API over py4j: the same s3a settings and credentials as
 the Spark reads and writes, and any Hadoop scheme (s3a, file, hdfs) works. On executors, where there
-is no JVM gateway, through boto3 and the standard AWS chain (see `client_for`).
+is no JVM gateway, through boto3 and the standard AWS chain (see `client_for`), and, for the raw photos
+the featurize pass reads by the ETag listed for them, through Arrow's S3 client (`read_listed_content`).
 """
 
 from __future__ import annotations
@@ -160,3 +161,57 @@ def s3_client(endpoint: str | None, region: str, timeout_s: int):
             s3={"addressing_style": "path" if endpoint else "auto"},
         ),
     )
+
+
+def arrow_s3_for(cfg: Config):
+    """Arrow's S3 file system (the AWS C++ SDK) for a Config's endpoint, region and timeout, one per Python
+    worker and setting, credentials from the AWS default chain, as `client_for`'s."""
+    return arrow_s3(cfg.s3_endpoint, cfg.s3_region, cfg.s3_timeout_s)
+
+
+@lru_cache(maxsize=4)
+def arrow_s3(endpoint: str | None, region: str, timeout_s: int):
+    from pyarrow import fs
+
+    return fs.S3FileSystem(endpoint_override=endpoint, region=region, connect_timeout=timeout_s,
+                           request_timeout=timeout_s, force_virtual_addressing=endpoint is None,
+                           retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=10))
+
+
+def read_listed_content(arrow_fs, bucket: str, key: str, etag: str, max_bytes: int) -> bytes | None:
+    """An object's bytes when they are the content its listing gave `etag` for (a single-part upload's ETag
+    is the MD5 of its bytes); None when they cannot be shown to be: any error, an object over `max_bytes`,
+    one replaced since it was listed (or between Arrow's HEAD and its GET), an ETag that is not an MD5
+    (multipart, SSE-KMS). The caller then reads it with boto3, whose errors say why.
+
+    Why Arrow: its C++ client costs under half of boto3's CPU per object (bench/RESULTS.md), and a photo's
+    GET through boto3 is the largest part of the featurize pass after the CNN. The MD5 check also means
+    that bytes accepted here are the listed object's, whatever key the client resolved."""
+    import hashlib
+
+    try:
+        with arrow_fs.open_input_stream(f"{bucket}/{key}", compression=None) as stream:
+            size = int(stream.metadata().get("Content-Length", b"-1"))
+            if not 0 <= size <= max_bytes:
+                return None
+            content = stream.read()
+    except (OSError, ValueError) as exc:  # ArrowIOError, ArrowInvalid (a key Arrow will not take): boto3 says why
+        if not isinstance(exc, FileNotFoundError):  # a key gone since its listing is the object's, not Arrow's
+            _first_arrow_error(exc)
+        return None
+    return content if hashlib.md5(content).hexdigest() == etag else None
+
+
+_ARROW_ERRORS_SAID: list[str] = []
+
+
+def _first_arrow_error(exc: Exception) -> None:
+    """Said once per Python worker in the executor's log: a setting Arrow's client does not share with
+    boto3 (its credentials, a CA bundle) would otherwise cost every photo a second read, silently."""
+    import sys
+
+    if _ARROW_ERRORS_SAID:
+        return
+    _ARROW_ERRORS_SAID.append(type(exc).__name__)
+    print(f"storage: a read through Arrow's S3 client failed, boto3 reads it ({type(exc).__name__}: "
+          f"{str(exc)[:300]}); said once per worker", file=sys.stderr)
