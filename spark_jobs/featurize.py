@@ -72,9 +72,9 @@ class Features:
             return out
         model = load_featurizer(resolve_model_file(self.model_ref), self.engine, self.threads_per_worker,
                                 backbone=self.backbone)
-        rgb = np.stack([from_stored(stored[i]) for i in todo]).astype(np.float32)
-        size = self.model_batch_size
-        features = np.concatenate([model(rgb[j:j + size]) for j in range(0, len(rgb), size)])
+        rgb = np.stack([from_stored(stored[i]) for i in todo])
+        size = self.model_batch_size  # float32 a call at a time: 600 KB a photo, against 150 KB as bytes
+        features = np.concatenate([model(rgb[j:j + size].astype(np.float32)) for j in range(0, len(rgb), size)])
         for i, vector in zip(todo, features.astype(np.float32)):
             out[i] = vector
         return out

@@ -93,8 +93,9 @@ class Config:
     engine: str = "onnx"  # onnx | tensorflow
     precision: str = "fp32"  # fp32 | int8 (opt-in: ONNX model statically quantized on the run's images)
     # Photos per Arrow batch: what one call of the featurize pass handles (one sandboxed decoder child,
-    # whose start costs ~10 ms, and one pack of thumbnails)
-    batch_size: int = 64
+    # whose start and copied pages cost ~0.4 ms a photo at 64 and ~0.25 at 128, and one pack of
+    # thumbnails); the batch's raw photos are in the Python worker's memory together
+    batch_size: int = 128
     # Photos per call of the CNN within a batch: small calls keep its activations in the CPU's caches
     # (Lite0 costs ~15 % more per photo in calls of 64; bench/RESULTS.md)
     model_batch_size: int = 16
