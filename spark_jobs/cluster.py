@@ -254,27 +254,19 @@ def read_view(spark: SparkSession, manifest: dict) -> pd.DataFrame:
                                    "the t-SNE view"))
 
 
-def jpeg_fetcher(cfg: Config, threads: int = 10):
-    """{key: locator} -> {key: (locator, bytes)} of the preprocessed JPEGs read (`jpeg_packs`: one ranged
-    read each; a locator refused or a read failed is left out, with a line in the log).
-
-    A few hundred small reads (the report's thumbnails), through boto3 as the run report and the Recognise
-    page read them: S3A's reads of more than ~8 KB each waited ~40 ms on this stack (bench/RESULTS.md).
-    Each is a round trip to S3 that leaves the driver idle: they run side by side on `threads` threads
-    (boto3's default pool holds 10 connections)."""
+def jpeg_fetcher(cfg: Config):
+    """{key: locator} -> {key: (locator, bytes)} of the preprocessed JPEGs read (`jpeg_packs.read_all`: a
+    locator refused or a read failed is left out, with a line in the log), through boto3 as the run
+    report and the Recognise page read them: S3A's reads of more than ~8 KB each waited ~40 ms on this
+    stack (bench/RESULTS.md)."""
     get_range = jpeg_packs.s3_range(storage.client_for(cfg))
 
-    def locate(item: tuple[str, str]):
-        key, locator = item
-        try:
-            return key, (locator, jpeg_packs.read(locator, cfg.preprocessed_bucket, get_range))
-        except Exception as exc:  # noqa: BLE001 - a thumbnail is never worth failing the step
-            print(f"cluster: no thumbnail for {key!r}: {exc}", file=sys.stderr)
-            return key, None
+    def left_out(key: str, exc: Exception) -> None:
+        print(f"cluster: no thumbnail for {key!r}: {exc}", file=sys.stderr)
 
     def fetch(locators: dict[str, str]) -> dict:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return {key: found for key, found in pool.map(locate, locators.items()) if found is not None}
+        found = jpeg_packs.read_all(locators, cfg.preprocessed_bucket, get_range, left_out)
+        return {key: (locators[key], data) for key, data in found.items()}
 
     return fetch
 

@@ -90,13 +90,10 @@ def thumbnails(s3_hook, cfg: Config, locators: dict[str, str]) -> dict[str, byte
     """Small JPEGs of the clusters' member photos (their locators into the preprocessed bucket's packs,
     which the Spark nodes write: `jpeg_packs.read` refuses any other), made in the decoder sandbox with
     the executors' limits; a photo gone, refused or not decoded is left out."""
-    get_range = jpeg_packs.s3_range(s3_hook.get_conn())
-    jpegs = {}
-    for key, locator in locators.items():
-        try:
-            jpegs[key] = jpeg_packs.read(locator, cfg.preprocessed_bucket, get_range)
-        except Exception as exc:  # noqa: BLE001 - gone, refused or unreadable: left out
-            log.warning("thumbnail of %s left out: %s", key, exc)
+    def left_out(key: str, exc: Exception) -> None:  # gone, refused or unreadable
+        log.warning("thumbnail of %s left out: %s", key, exc)
+
+    jpegs = jpeg_packs.read_all(locators, cfg.preprocessed_bucket, jpeg_packs.s3_range(s3_hook.get_conn()), left_out)
     return report_page.thumbnails(jpegs, **cfg.decoder_limits)
 
 

@@ -12,6 +12,7 @@ decoded in the decoder sandbox only.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 SUFFIX = ".pack"
@@ -61,6 +62,25 @@ def read(value: object, preprocessed_bucket: str, get_range: Callable[[str, str,
     if len(data) != length:
         raise ValueError(f"JPEG locator {value[:200]!r}: {len(data)} bytes read, {length} expected")
     return data
+
+
+def read_all(locators: dict[str, str], preprocessed_bucket: str, get_range: Callable[[str, str, int, int], bytes],
+             left_out: Callable[[str, Exception], None], threads: int = 10) -> dict[str, bytes]:
+    """{key: locator} -> {key: JPEG} of those read (`read`); a locator refused or a read failed is left
+    out and told to `left_out(key, error)`. A few hundred small reads (a report's thumbnails), each a round
+    trip to the store that leaves the reader idle: `threads` of them side by side (boto3's default pool
+    holds 10 connections)."""
+
+    def one(item: tuple[str, str]) -> tuple[str, bytes | None]:
+        key, value = item
+        try:
+            return key, read(value, preprocessed_bucket, get_range)
+        except Exception as exc:  # noqa: BLE001 - a thumbnail is never worth failing its reader
+            left_out(key, exc)
+            return key, None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return {key: data for key, data in pool.map(one, locators.items()) if data is not None}
 
 
 def s3_range(s3) -> Callable[[str, str, int, int], bytes]:

@@ -43,3 +43,23 @@ def test_a_locator_a_pack_cannot_hold_is_refused_before_any_read(locator):
 def test_a_pack_shorter_than_the_locator_says_is_an_error_not_a_truncated_photo():
     with pytest.raises(ValueError, match="3 bytes read, 10 expected"):
         jpeg_packs.read(f"{PACK}#0+10", BUCKET, lambda *args: b"abc")
+
+
+def test_many_jpegs_are_read_side_by_side_and_one_that_fails_is_left_out_with_its_reason():
+    """A report reads a few hundred thumbnails, each a round trip that leaves the reader idle: here three
+    reads must be in flight together to pass the barrier (one at a time, each would wait out its timeout)."""
+    import threading
+
+    body, spans = jpeg_packs.pack([b"\xff\xd8one", b"\xff\xd8two", b"\xff\xd8three"])
+    locators = {f"k{i}": jpeg_packs.locator(PACK, span) for i, span in enumerate(spans)}
+    locators["planted"] = "s3a://fruitflow-models/x.pack#0+3"
+    together = threading.Barrier(3, timeout=10)
+
+    def get_range(bucket, key, offset, length):
+        together.wait()
+        return body[offset:offset + length]
+
+    left_out = {}
+    found = jpeg_packs.read_all(locators, BUCKET, get_range, lambda key, exc: left_out.update({key: str(exc)}))
+    assert found == {"k0": b"\xff\xd8one", "k1": b"\xff\xd8two", "k2": b"\xff\xd8three"}
+    assert list(left_out) == ["planted"] and "outside the preprocessed bucket" in left_out["planted"]
