@@ -1,5 +1,5 @@
-"""The run's report page: rendered by `publish` from what the steps stored (the cluster step's figures
-and clusters.json, the train step's metrics, the run summary), kept as report.html beside summary.json,
+"""The run's report page: rendered by `publish` from what the steps stored (the cluster step's figures,
+clusters.json and thumbnails, the train step's metrics, the run summary), kept as report.html beside summary.json,
 and served by the plugin (`ui_plugin.py`). Small objects only, read through the S3Hook."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 from urllib.parse import quote
 
 from fruitflow_airflow.submit import legacy_run_folder, safe_run_id
-from spark_jobs.common import jpeg_packs, report_page, signing
+from spark_jobs.common import cluster_report, report_page, signing
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 from spark_jobs.common.pointers import latest_run_uri
 
@@ -66,7 +66,7 @@ def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None
         "rejects": summary.get("rejects"), "summary": summary.get("summary"),
     }
     return report_page.render(quality=quality, clusters=document["clusters"], figures=figures, context=context,
-                              thumbnails=thumbnails(s3_hook, cfg, document.get("thumbnail_locators") or {}),
+                              thumbnails=vouched_thumbnails(s3_hook, cfg, folder, digests),
                               classifier=(train or {}).get("metrics"),
                               run_id=summary.get("run_id"))
 
@@ -86,15 +86,16 @@ def vouched_file(s3_hook, cfg: Config, folder: str, name: str, digests: dict[str
     return data
 
 
-def thumbnails(s3_hook, cfg: Config, locators: dict[str, str]) -> dict[str, bytes]:
-    """Small JPEGs of the clusters' member photos (their locators into the preprocessed bucket's packs,
-    which the Spark nodes write: `jpeg_packs.read` refuses any other), made in the decoder sandbox with
-    the executors' limits; a photo gone, refused or not decoded is left out."""
-    def left_out(key: str, exc: Exception) -> None:  # gone, refused or unreadable
-        log.warning("thumbnail of %s left out: %s", key, exc)
-
-    jpegs = jpeg_packs.read_all(locators, cfg.preprocessed_bucket, jpeg_packs.s3_range(s3_hook.get_conn()), left_out)
-    return report_page.thumbnails(jpegs, **cfg.decoder_limits)
+def vouched_thumbnails(s3_hook, cfg: Config, folder: str, digests: dict[str, str]) -> dict[str, bytes]:
+    """The member photos' thumbnails as the cluster step made them, in its decoder sandbox from the packs the
+    Spark nodes write, and as its signed manifest vouches for them (`vouched_file`): this host decodes no
+    photo and follows no locator. None, or a file that does not parse: a page without thumbnails."""
+    data = vouched_file(s3_hook, cfg, folder, cluster_report.THUMBNAILS, digests)
+    try:
+        return cluster_report.parse_thumbnails(data) if data else {}
+    except ValueError as exc:
+        log.warning("thumbnails left out: %s", exc)
+        return {}
 
 
 def publish(s3_hook, cfg: Config, run_id: str, summary: dict, manifests: dict[str, dict | None]) -> dict:

@@ -9,7 +9,7 @@ import signal
 from PIL import Image
 
 from fruitflow_airflow import run_report
-from spark_jobs.common import jpeg_packs, report_page, signing
+from spark_jobs.common import cluster_report, report_page, signing
 from spark_jobs.common.config import Config, split_s3_uri
 
 
@@ -94,8 +94,8 @@ def test_the_summary_and_the_page_name_ignored_files_with_their_reasons():
 
 
 class _Store:
-    """The S3Hook calls `render` makes: get_key(key, bucket).get()["Body"].read(), and its client's ranged
-    get_object for the thumbnails' packs."""
+    """The S3Hook calls `render` makes: get_key(key, bucket).get()["Body"].read(). Nothing else: the page
+    is made of the cluster step's files, and reads no photo of its own."""
 
     def __init__(self, objects):
         self.objects = objects
@@ -103,13 +103,6 @@ class _Store:
     def get_key(self, key, bucket):
         data = self.objects[(bucket, key)]
         return type("Object", (), {"get": lambda _self: {"Body": io.BytesIO(data)}})()
-
-    def get_conn(self):
-        return self
-
-    def get_object(self, Bucket, Key, Range):  # noqa: N803 - boto3's names
-        start, end = (int(n) for n in Range.removeprefix("bytes=").split("-"))
-        return {"Body": io.BytesIO(self.objects[(Bucket, Key)][start:end + 1])}
 
 
 def _png(colour) -> bytes:
@@ -124,32 +117,30 @@ def _jpeg() -> bytes:
     return out.getvalue()
 
 
-PACK_KEY = "runs/r1/featurize/jpeg/0123abcd.pack"
-
-
 def _cluster_step(cfg):
-    """A cluster step's report folder and its manifest (with the digests it signs), two member photos."""
+    """A cluster step's report folder and its manifest (with the digests it signs): two member photos, one
+    of which its decoder sandbox could not make a thumbnail of."""
     folder = f"s3a://{cfg.features_bucket}/runs/r1/cluster/report"
-    body, spans = jpeg_packs.pack([_jpeg(), b"\xff\xd8 not a jpeg"])
-    pack_uri = f"s3a://{cfg.preprocessed_bucket}/{PACK_KEY}"
-    photos = {k: jpeg_packs.locator(pack_uri, span) for k, span in zip(("Apple/a.jpg", "Kiwi/b.jpg"), spans)}
     document = {"clusters": [{"cluster": 0, "size": 2, "purity": 0.5, "top_fruits": [["Apple", 1]],
-                              "thumbnails": list(photos)}],
-                "figures": [["scree.png", "explained variance"], ["tsne.png", "t-SNE"]], "thumbnail_locators": photos}
-    files = {"clusters.json": json.dumps(document).encode(), "scree.png": _png("blue"), "tsne.png": _png("green")}
+                              "thumbnails": ["Apple/a.jpg", "Kiwi/b.jpg"]}],
+                "figures": [["scree.png", "explained variance"], ["tsne.png", "t-SNE"]]}
+    thumbnails = cluster_report.thumbnails_json({"Apple/a.jpg": report_page.thumbnail(_jpeg())})
+    files = {"clusters.json": json.dumps(document).encode(), "scree.png": _png("blue"), "tsne.png": _png("green"),
+             cluster_report.THUMBNAILS: thumbnails.encode()}
     objects = {split_s3_uri(f"{folder}/{name}"): data for name, data in files.items()}
-    objects[(cfg.preprocessed_bucket, PACK_KEY)] = body
     manifest = {"outputs": {"report_folder": folder},
                 "report_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     return objects, manifest, folder
 
 
-def test_the_page_shows_the_cluster_steps_files_as_it_wrote_them():
+def test_the_page_shows_the_cluster_steps_files_and_thumbnails_as_it_wrote_them():
+    """Figures, clusters and the thumbnails the cluster step made: the publish task reads those files
+    alone (it used to read every member photo again from its pack, and decode it)."""
     cfg = Config.from_env()
     objects, manifest, _ = _cluster_step(cfg)
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 2 and 'class="cluster"' in page
-    # the photo that does not decode is left out; the other one is there
+    # the photo without a thumbnail is left out; the other one is there
     assert page.count("data:image/jpeg;base64,") == 1
 
 
@@ -164,19 +155,19 @@ def crashing_thumbnail(jpeg: bytes) -> bytes:
 
 
 def test_thumbnails_are_made_in_the_decoder_sandbox(monkeypatch):
-    """A member photo that crashes the decoder costs its thumbnail, not the publish task."""
+    """A member photo that crashes the decoder costs its thumbnail, not the step that makes them."""
     monkeypatch.setattr(report_page, "thumbnail", crashing_thumbnail)
     cfg = Config.from_env()
-    objects, manifest, _ = _cluster_step(cfg)
-    page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
-    assert page.count("data:image/jpeg;base64,") == 1
+    made = report_page.thumbnails({"Apple/a.jpg": _jpeg(), "Kiwi/b.jpg": b"\xff\xd8 not a jpeg"},
+                                  **cfg.decoder_limits)
+    assert list(made) == ["Apple/a.jpg"] and made["Apple/a.jpg"].startswith(b"\xff\xd8")
 
 
 def test_report_files_gone_since_are_left_out():
     cfg = Config.from_env()
     objects, manifest, folder = _cluster_step(cfg)
     del objects[split_s3_uri(f"{folder}/scree.png")]
-    del objects[(cfg.preprocessed_bucket, PACK_KEY)]
+    del objects[split_s3_uri(f"{folder}/{cluster_report.THUMBNAILS}")]
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0
 
@@ -187,10 +178,12 @@ def test_report_files_replaced_after_the_cluster_step_are_left_out():
     cfg = Config.from_env()
     objects, manifest, folder = _cluster_step(cfg)
     objects[split_s3_uri(f"{folder}/tsne.png")] = _png("red")
+    objects[split_s3_uri(f"{folder}/{cluster_report.THUMBNAILS}")] = cluster_report.thumbnails_json(
+        {"Apple/a.jpg": _png("red")}).encode()
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
-    assert page.count("data:image/png;base64,") == 1
+    assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0
     planted = {"clusters": [{"cluster": 9, "size": 1, "purity": 1.0, "top_fruits": [["Planted", 1]],
-                             "thumbnails": []}], "figures": [], "thumbnail_locators": {}}
+                             "thumbnails": []}], "figures": []}
     objects[split_s3_uri(f"{folder}/clusters.json")] = json.dumps(planted).encode()
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert "Planted" not in page and 'class="cluster"' not in page

@@ -58,6 +58,8 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     assert all(1 <= len(c["thumbnails"]) <= 4 for c in document["clusters"]) and len(document["clusters"]) == 3
     assert not [k for k in shown if k.startswith("+")]  # a photo not found is left out, the page still made
     assert sum(src.startswith("data:image/jpeg") for src in sources) == len(shown)
+    # the same thumbnails for the run report, which decodes no photo itself
+    assert set(cluster_report.parse_thumbnails((tmp_path / cluster_report.THUMBNAILS).read_bytes())) == set(shown)
 
 
 def _number(cell):
