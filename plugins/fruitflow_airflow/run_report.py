@@ -10,7 +10,7 @@ import logging
 from urllib.parse import quote
 
 from fruitflow_airflow.submit import legacy_run_folder, safe_run_id
-from spark_jobs.common import cluster_report, report_page, signing
+from spark_jobs.common import report_page, signing
 from spark_jobs.common.config import Config, s3a_uri, split_s3_uri
 from spark_jobs.common.pointers import latest_run_uri
 
@@ -90,9 +90,9 @@ def vouched_thumbnails(s3_hook, cfg: Config, folder: str, digests: dict[str, str
     """The member photos' thumbnails as the cluster step made them, in its decoder sandbox from the packs the
     Spark nodes write, and as its signed manifest vouches for them (`vouched_file`): this host decodes no
     photo and follows no locator. None, or a file that does not parse: a page without thumbnails."""
-    data = vouched_file(s3_hook, cfg, folder, cluster_report.THUMBNAILS, digests)
+    data = vouched_file(s3_hook, cfg, folder, report_page.THUMBNAILS_FILE, digests)
     try:
-        return cluster_report.parse_thumbnails(data) if data else {}
+        return report_page.parse_thumbnails(data) if data else {}
     except ValueError as exc:
         log.warning("thumbnails left out: %s", exc)
         return {}

@@ -9,7 +9,6 @@ cells are neutralised and plot labels escaped (`untrusted`).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 
@@ -27,9 +26,6 @@ FIGURES = (  # file, caption, frame ("points": PCA sample, "embedded": t-SNE), x
 SCREE = ("scree.png", "Explained variance per principal component, and cumulative")
 HEATMAP = ("contingency.png", "Photos per fruit (rows) and KMeans cluster (columns)")
 THUMBNAILS_PER_CLUSTER = 4
-# The member photos' thumbnails as made here (in the decoder sandbox), key -> base64 JPEG: the run report
-# embeds them as the step's signed manifest vouches for them, and decodes no photo of its own
-THUMBNAILS = "thumbnails.json"
 LEGEND_MAX_LABELS = 25  # more fruits or clusters than this, and a legend would hide the plot
 
 
@@ -66,8 +62,8 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     with open(os.path.join(folder, "clusters.json"), "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=1)
     thumbnails = make_thumbnails({k: data for k, (_, data) in found.items()})
-    with open(os.path.join(folder, THUMBNAILS), "w", encoding="utf-8") as fh:
-        fh.write(thumbnails_json(thumbnails))
+    with open(os.path.join(folder, report_page.THUMBNAILS_FILE), "w", encoding="utf-8") as fh:
+        fh.write(report_page.thumbnails_json(thumbnails))
     page = report_page.render(
         quality=metrics, clusters=clusters, context=context,
         figures=[(caption, _read(os.path.join(folder, name))) for name, caption in figure_files()],
@@ -76,18 +72,6 @@ def build(folder: str, *, points: pd.DataFrame, embedded: pd.DataFrame, table: p
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(page)
     return path
-
-
-def thumbnails_json(thumbnails: dict[str, bytes]) -> str:
-    return json.dumps({key: base64.b64encode(data).decode("ascii") for key, data in thumbnails.items()})
-
-
-def parse_thumbnails(text: bytes | str) -> dict[str, bytes]:
-    """`thumbnails_json`'s thumbnails back; ValueError for anything else."""
-    document = json.loads(text)
-    if not isinstance(document, dict) or not all(isinstance(v, str) for v in document.values()):
-        raise ValueError(f"{THUMBNAILS} is not an object of base64 strings")
-    return {str(key): base64.b64decode(value, validate=True) for key, value in document.items()}
 
 
 def _read(path: str) -> bytes:

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import jinja2
 
 THUMBNAIL_PX = 96
+# The member photos' thumbnails as the cluster step made them (in its decoder sandbox), key -> base64 JPEG,
+# a file of its report folder: the run report embeds them as the step's signed manifest vouches for them,
+# and decodes no photo of its own
+THUMBNAILS_FILE = "thumbnails.json"
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fruitflow report{% if run_id %} - {{ run_id }}{% endif %}</title>
@@ -70,6 +75,18 @@ def thumbnail(jpeg: bytes, px: int = THUMBNAIL_PX) -> bytes:
         out = io.BytesIO()
         small.save(out, format="JPEG", quality=85)
         return out.getvalue()
+
+
+def thumbnails_json(made: dict[str, bytes]) -> str:
+    return json.dumps({key: encode(data) for key, data in made.items()})
+
+
+def parse_thumbnails(text: bytes | str) -> dict[str, bytes]:
+    """`thumbnails_json`'s thumbnails back; ValueError for anything else."""
+    document = json.loads(text)
+    if not isinstance(document, dict) or not all(isinstance(v, str) for v in document.values()):
+        raise ValueError(f"{THUMBNAILS_FILE} is not an object of base64 strings")
+    return {str(key): base64.b64decode(value, validate=True) for key, value in document.items()}
 
 
 def thumbnails(jpegs: dict[str, bytes], *, memory_bytes: int, timeout_s: float) -> dict[str, bytes]:

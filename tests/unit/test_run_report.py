@@ -9,7 +9,7 @@ import signal
 from PIL import Image
 
 from fruitflow_airflow import run_report
-from spark_jobs.common import cluster_report, report_page, signing
+from spark_jobs.common import report_page, signing
 from spark_jobs.common.config import Config, split_s3_uri
 
 
@@ -124,9 +124,9 @@ def _cluster_step(cfg):
     document = {"clusters": [{"cluster": 0, "size": 2, "purity": 0.5, "top_fruits": [["Apple", 1]],
                               "thumbnails": ["Apple/a.jpg", "Kiwi/b.jpg"]}],
                 "figures": [["scree.png", "explained variance"], ["tsne.png", "t-SNE"]]}
-    thumbnails = cluster_report.thumbnails_json({"Apple/a.jpg": report_page.thumbnail(_jpeg())})
+    thumbnails = report_page.thumbnails_json({"Apple/a.jpg": report_page.thumbnail(_jpeg())})
     files = {"clusters.json": json.dumps(document).encode(), "scree.png": _png("blue"), "tsne.png": _png("green"),
-             cluster_report.THUMBNAILS: thumbnails.encode()}
+             report_page.THUMBNAILS_FILE: thumbnails.encode()}
     objects = {split_s3_uri(f"{folder}/{name}"): data for name, data in files.items()}
     manifest = {"outputs": {"report_folder": folder},
                 "report_sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
@@ -167,7 +167,7 @@ def test_report_files_gone_since_are_left_out():
     cfg = Config.from_env()
     objects, manifest, folder = _cluster_step(cfg)
     del objects[split_s3_uri(f"{folder}/scree.png")]
-    del objects[split_s3_uri(f"{folder}/{cluster_report.THUMBNAILS}")]
+    del objects[split_s3_uri(f"{folder}/{report_page.THUMBNAILS_FILE}")]
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0
 
@@ -178,7 +178,7 @@ def test_report_files_replaced_after_the_cluster_step_are_left_out():
     cfg = Config.from_env()
     objects, manifest, folder = _cluster_step(cfg)
     objects[split_s3_uri(f"{folder}/tsne.png")] = _png("red")
-    objects[split_s3_uri(f"{folder}/{cluster_report.THUMBNAILS}")] = cluster_report.thumbnails_json(
+    objects[split_s3_uri(f"{folder}/{report_page.THUMBNAILS_FILE}")] = report_page.thumbnails_json(
         {"Apple/a.jpg": _png("red")}).encode()
     page = run_report.render(_Store(objects), cfg, {"run_id": "r1"}, {"cluster": manifest})
     assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0

@@ -59,7 +59,7 @@ def test_the_report_draws_and_writes_hostile_category_names(tmp_path):
     assert not [k for k in shown if k.startswith("+")]  # a photo not found is left out, the page still made
     assert sum(src.startswith("data:image/jpeg") for src in sources) == len(shown)
     # the same thumbnails for the run report, which decodes no photo itself
-    assert set(cluster_report.parse_thumbnails((tmp_path / cluster_report.THUMBNAILS).read_bytes())) == set(shown)
+    assert set(report_page.parse_thumbnails((tmp_path / report_page.THUMBNAILS_FILE).read_bytes())) == set(shown)
 
 
 def _number(cell):
