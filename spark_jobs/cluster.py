@@ -256,9 +256,9 @@ def read_view(spark: SparkSession, manifest: dict) -> pd.DataFrame:
 
 def jpeg_fetcher(cfg: Config):
     """{key: locator} -> {key: (locator, bytes)} of the preprocessed JPEGs read (`jpeg_packs.read_all`: a
-    locator refused or a read failed is left out, with a line in the log), through boto3 as the run
-    report and the Recognise page read them: S3A's reads of more than ~8 KB each waited ~40 ms on this
-    stack (bench/RESULTS.md)."""
+    locator refused or a read failed is left out, with a line in the log), through boto3 as the Recognise
+    page reads them: S3A's reads of more than ~8 KB each waited ~40 ms on this stack (bench/RESULTS.md).
+    The report's thumbnails are made of them here, once: the run report embeds those (`report_page`)."""
     get_range = jpeg_packs.s3_range(storage.client_for(cfg))
 
     def left_out(key: str, exc: Exception) -> None:
