@@ -269,14 +269,18 @@ def decode_all(contents: list, reasons: list, cfg: Config) -> list:
 def read_object(s3, cfg: Config, bucket: str, prefix: str, key: str, listed_etag: str | None):
     """A listed object's bytes, or why not: through Arrow's client when they are the content listed
     (`storage.read_listed_content`), otherwise, and for every error, through boto3 (`fetch_object`)."""
-    from spark_jobs.common import storage as st
-
     if listed_etag:
-        name = f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
-        content = st.read_listed_content(st.arrow_s3_for(cfg), bucket, name, listed_etag, cfg.max_image_bytes)
+        content = storage.read_listed_content(storage.arrow_s3_for(cfg), bucket, object_key(prefix, key),
+                                              listed_etag, cfg.max_image_bytes)
         if content is not None:
             return content, None
     return fetch_object(s3, bucket, prefix, key, cfg.max_image_bytes)
+
+
+def object_key(prefix: str, key: str) -> str:
+    """A listed key's object key under the raw prefix."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{key}" if prefix else key
 
 
 def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
@@ -286,9 +290,8 @@ def fetch_object(s3, bucket: str, prefix: str, key: str, max_bytes: int) -> tupl
     retries) fail the task, which Spark and then Airflow retry."""
     from botocore.exceptions import ClientError
 
-    prefix = prefix.strip("/")
     try:
-        obj = s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
+        obj = s3.get_object(Bucket=bucket, Key=object_key(prefix, key))
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404"):
