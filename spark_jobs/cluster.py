@@ -439,18 +439,14 @@ def report_context(upstream: dict, input_uri: str, cfg: Config, n_images: int, n
 
 
 def arg_parser():
-    parser = step_cli.parser(__doc__)
-    parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
+    parser = step_cli.after_pca_parser(__doc__)
     parser.add_argument("--n-clusters", dest="n_clusters", type=step_cli.optional(int),
                         help="default: number of categories")
-    parser.add_argument("--seed", type=int)
-    step_cli.add_l2_normalize(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
-        spark, cfg, input_uri=args.input, out_uri=out))
+    return step_cli.run_after_pca(STEP, arg_parser(), argv, run)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,21 @@ def add_l2_normalize(p: argparse.ArgumentParser) -> None:
                    help="cosine geometry: unit-length features before PCA and reduced vectors before KMeans")
 
 
+def after_pca_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of a step that reads the pca step's output (cluster, train): add your own to it."""
+    p = parser(doc)
+    p.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
+    p.add_argument("--seed", type=int)
+    add_l2_normalize(p)
+    return p
+
+
+def run_after_pca(step: str, parser: argparse.ArgumentParser, argv: list[str] | None, run) -> int:
+    """run_step for a step made of `run(spark, cfg, input_uri=..., out_uri=...)` over the pca step's output."""
+    return run_step(step, parser, argv, lambda spark, cfg, args, out: run(
+        spark, cfg, input_uri=args.input, out_uri=out))
+
+
 def config(args: argparse.Namespace) -> Config:
     """Config from the environment, overridden by any argument named like a Config field."""
     fields = {f.name for f in dataclasses.fields(Config) if f.init}

@@ -294,7 +294,8 @@ def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, prep
         "coefficients": regression.coefficientMatrix.toArray(), "intercepts": regression.interceptVector.toArray(),
         "classes": np.array(classes_of(model), dtype=str),
         "bank_vectors": bank_vectors.astype(np.float32),
-        "bank_keys": np.array(bank["key"].tolist(), dtype=str), "bank_fruit": np.array(bank["category"].tolist(), dtype=str),
+        "bank_keys": np.array(bank["key"].tolist(), dtype=str),
+        "bank_fruit": np.array(bank["category"].tolist(), dtype=str),
         # where each bank photo's thumbnail is (`jpeg_packs`; "" when it has none)
         "bank_jpegs": np.array([j if isinstance(j, str) else "" for j in bank["jpeg"]], dtype=str),
     }
@@ -324,20 +325,16 @@ def export_artifacts(spark: SparkSession, out_uri: str, pca_manifest: dict, prep
 
 
 def arg_parser():
-    parser = step_cli.parser(__doc__)
-    parser.add_argument("--input", required=True, help="URI of the pca step (its manifest is read)")
+    parser = step_cli.after_pca_parser(__doc__)
     parser.add_argument("--test-fraction", dest="test_fraction", type=step_cli.optional(float),
                         help="share of each class held out for the quality figures (default 0.25)")
     parser.add_argument("--reg-param", dest="reg_param", type=step_cli.optional(float),
                         help="L2 regularisation of the logistic regression")
-    parser.add_argument("--seed", type=int)
-    step_cli.add_l2_normalize(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return step_cli.run_step(STEP, arg_parser(), argv, lambda spark, cfg, args, out: run(
-        spark, cfg, input_uri=args.input, out_uri=out))
+    return step_cli.run_after_pca(STEP, arg_parser(), argv, run)
 
 
 if __name__ == "__main__":

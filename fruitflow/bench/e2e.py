@@ -35,13 +35,14 @@ import os
 import subprocess
 import sys
 import time
-from functools import partial
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from fruitflow import buckets, stack
+from fruitflow.bench import ready
 from fruitflow.bench.sampler import ProcessSampler
 from fruitflow.paths import SAMPLE_1179
 from spark_jobs.common.config import Config
@@ -128,6 +129,7 @@ def prime_model(weights: str) -> tuple[float, str]:
     once; every later run reuses it), so that each run measures the steady state and N and 4N compare:
     (seconds, the model's ONNX file)."""
     from fruitflow_airflow.tasks import choose_model
+
     from spark_jobs.common import storage
     from spark_jobs.common.models import materialize
     from spark_jobs.session import build_session, stop_session
@@ -165,10 +167,9 @@ def trivial_submit_s(cfg, rounds: int = 2) -> float:
     """The fastest of `rounds` submissions of the trivial job (fruitflow.bench.trivial_job), launched
     like a step: the operator's hook, launch settings, py-files and master."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
-
     from fruitflow_airflow import SPARK_CONN_ID
-
     from fruitflow_airflow.submit import submit_kwargs
+
     from spark_jobs.common.config import s3a_uri
 
     kwargs = submit_kwargs(STEP_NAMES[0], cfg)
@@ -393,10 +394,8 @@ def results(args, measured: dict) -> dict:
 
 def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
-    if not args.data.is_dir():
-        log(f"no images at {args.data}: pass DATA=<folder of <fruit>/<image>.jpg>")
+    if not ready(args.data, log):
         return 2
-    os.environ.update(stack.prepared_env())
     os.environ.setdefault("FRUITFLOW_SCHEDULE", "none")
     if args.copies:  # child: one DAG run on a stack the parent brought up; the run as the last line
         print(json.dumps(run_pipeline(args.data, args.copies, args.weights, args.precision, label=args.label,

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from fruitflow import stack
+from fruitflow.bench import ready
 from fruitflow.bench.sampler import ProcessSampler, cpu_flags
 from fruitflow.paths import SAMPLE_1179
 
@@ -314,11 +315,8 @@ def arg_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
-    if not args.data.is_dir():
-        log(f"no images at {args.data}: pass DATA=<folder of <fruit>/<image>.jpg>")
+    if not ready(args.data, log):
         return 2
-
-    os.environ.update(stack.prepared_env())
     from spark_jobs.common.config import Config
 
     cfg = Config.from_env(weights="random")
