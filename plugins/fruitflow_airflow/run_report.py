@@ -16,6 +16,10 @@ from spark_jobs.common.pointers import latest_run_uri
 
 log = logging.getLogger(__name__)
 PLUGIN_PREFIX = "/fruitflow"  # where the plugin's FastAPI app is mounted on the api-server
+# The most of one report file this host reads: the Spark nodes may write any size where the cluster step
+# wrote its files, and the digest check comes after the read. The step's own are far smaller (the
+# thumbnails of max_clusters x 4 photos, a few MB; a figure, well under one).
+REPORT_FILE_MAX_BYTES = 32 << 20
 
 
 def report_html_uri(cfg: Config, run_id: str, folder: str | None = None) -> str:
@@ -34,12 +38,20 @@ def report_url(run_id: str) -> str:
     return f"{base}{PLUGIN_PREFIX}/runs/{quote(run_id, safe='')}/report"
 
 
-def read_bytes(s3_hook, cfg: Config, uri: str) -> bytes:
-    """One object of the pipeline's buckets (a stored file names no other place)."""
+def read_bytes(s3_hook, cfg: Config, uri: str, max_bytes: int = REPORT_FILE_MAX_BYTES) -> bytes:
+    """One object of the pipeline's buckets (a stored file names no other place), up to `max_bytes`: a
+    ValueError for a larger one, after reading no more than that."""
     bucket, key = split_s3_uri(uri)
     if bucket not in cfg.buckets or any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(f"refusing to read {uri!r}: not an object of the pipeline's buckets")
-    return s3_hook.get_key(key, bucket).get()["Body"].read()
+    body = s3_hook.get_key(key, bucket).get()["Body"]
+    try:
+        data = body.read(max_bytes + 1)
+    finally:
+        body.close()
+    if len(data) > max_bytes:
+        raise ValueError(f"refusing {uri!r}: over {max_bytes} bytes")
+    return data
 
 
 def render(s3_hook, cfg: Config, summary: dict, manifests: dict[str, dict | None]) -> str | None:

@@ -172,6 +172,38 @@ def test_report_files_gone_since_are_left_out():
     assert page.count("data:image/png;base64,") == 1 and page.count("data:image/jpeg;base64,") == 0
 
 
+class _EndlessBody:
+    """An object a Spark node planted that never ends: bytes for every read, and a record of reads that
+    asked for all of it (which would take the publish task's memory)."""
+
+    def __init__(self):
+        self.unbounded_reads = 0
+
+    def read(self, amt=None):
+        if amt is None or amt < 0:
+            self.unbounded_reads += 1
+            return b"{}"  # what a whole read would hold, had it ended
+        return b" " * amt
+
+    def close(self):
+        pass
+
+
+def test_a_report_file_grown_past_its_bound_is_left_out_without_reading_it_whole():
+    """A compromised executor can write a report file of any size where the cluster step wrote it: the
+    Airflow host reads a bounded part, never the whole object, and the page goes on without it."""
+    cfg = Config.from_env()
+    objects, manifest, folder = _cluster_step(cfg)
+    endless = _EndlessBody()
+    store = _Store(objects)
+    real_get_key = store.get_key
+    store.get_key = lambda key, bucket: (type("Object", (), {"get": lambda _self: {"Body": endless}})()
+                                         if key.endswith(report_page.THUMBNAILS_FILE) else real_get_key(key, bucket))
+    page = run_report.render(store, cfg, {"run_id": "r1"}, {"cluster": manifest})
+    assert endless.unbounded_reads == 0
+    assert page.count("data:image/png;base64,") == 2 and page.count("data:image/jpeg;base64,") == 0
+
+
 def test_report_files_replaced_after_the_cluster_step_are_left_out():
     """The report folder is where the Spark nodes may write: a figure or clusters.json replaced there (a
     planted page element, thumbnails from elsewhere) does not reach the page."""
